@@ -1,0 +1,466 @@
+//! Flags → library calls → output and exit codes. No decisions are made here.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use pot::challenge::{Catalog, ChallengeKey};
+use pot::diff::{self, DiffConfig, Mode};
+use pot::model::{Kernels, LoadOptions, Model};
+use pot::stats::Decision;
+use pot::variant::{self, Target, VariantOptions};
+
+/// pot: does an inference provider serve the model it claims?
+///
+/// `pot diff --ref A --cand B` runs both models on secret keyed challenge prompts and decides,
+/// with a stated error bound, whether B computes what A computes (SAME), does not (DIFFERENT),
+/// or cannot tell within the budget (UNDECIDED). Exit codes: 0 SAME, 1 DIFFERENT, 2 error,
+/// 3 UNDECIDED.
+#[derive(Parser)]
+#[command(name = "pot", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Threads for the engine (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Log what pot does (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide whether a candidate model computes what a reference model computes.
+    Diff(DiffArgs),
+    /// Write a fresh secret challenge key (64 hex digits, file mode 0600).
+    Keygen {
+        /// Output file.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Print the challenge prompts of a key and run id.
+    Challenges {
+        /// Secret key file (from `pot keygen`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Run id.
+        #[arg(long)]
+        run_id: String,
+        /// How many.
+        #[arg(short, default_value_t = 10)]
+        n: u64,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a model's token ids for a text.
+    Tokenize {
+        /// Model: GGUF file, folder holding one, or cached Hugging Face id.
+        model: String,
+        /// Text to tokenize.
+        #[arg(long)]
+        text: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the top-K next tokens after every position of a text.
+    Logits {
+        /// Model: GGUF file, folder holding one, or cached Hugging Face id.
+        model: String,
+        /// Text.
+        #[arg(long)]
+        text: String,
+        /// How many next tokens per position.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Matrix kernels.
+        #[arg(long, value_enum, default_value_t = KernelArg::Dense)]
+        kernels: KernelArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Identify a model: file, canonical weight, config and tokenizer hashes, TLSH.
+    Fingerprint {
+        /// Model file.
+        model: String,
+        /// Also the TLSH distance to this model.
+        #[arg(long)]
+        compare: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a derived model (re-encoded, re-quantized, pruned or noised): a substitute.
+    Variant {
+        /// Source model file.
+        model: String,
+        /// Encoding of the matrices.
+        #[arg(long, value_enum)]
+        to: Target,
+        /// Drop this many transformer blocks (those before the last).
+        #[arg(long, default_value_t = 0)]
+        prune_layers: usize,
+        /// Add Gaussian noise of this many RMS units to every matrix.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
+        /// Seed of the noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KernelArg {
+    Dense,
+    Quantized,
+}
+
+impl From<KernelArg> for Kernels {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::Dense => Kernels::Dense,
+            KernelArg::Quantized => Kernels::Quantized,
+        }
+    }
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// Reference model (what was paid for): GGUF file, folder, or cached Hugging Face id.
+    #[arg(long = "ref")]
+    reference: String,
+    /// Candidate model (what is served).
+    #[arg(long = "cand")]
+    candidate: String,
+    /// Preset of error bound, margins, K and budget.
+    #[arg(long, value_enum, default_value_t = Mode::Audit)]
+    mode: Mode,
+    /// Secret challenge key (default: a fresh one, saved beside the transcript).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Run id (default: time and random suffix).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Continue the killed run with this id.
+    #[arg(long, value_name = "RUN")]
+    resume: Option<String>,
+    /// Folder of transcripts.
+    #[arg(long, default_value = "transcripts")]
+    transcripts: PathBuf,
+    /// Hold one model in memory at a time, working in batches of N challenges.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10")]
+    one_at_a_time: Option<usize>,
+    /// Error bound of each decision (mode default).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// SAME margin γ: DIFFERENT means mean score above γ (mode default).
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// DIFFERENT margin δ: SAME means mean score below δ (mode default).
+    #[arg(long)]
+    delta: Option<f64>,
+    /// Clip bound B of each score (mode default).
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Continuation tokens per challenge (mode default).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Fewest challenges before a decision.
+    #[arg(long)]
+    n_min: Option<usize>,
+    /// Budget: UNDECIDED after this many challenges.
+    #[arg(long)]
+    n_max: Option<usize>,
+    /// Matrix kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Dense)]
+    kernels: KernelArg,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Logging to stderr, off unless asked for.
+pub fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .try_init();
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // candle's CPU kernels size their thread pools from this variable; set it before
+        // any model is touched (we are still single-threaded here).
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    match cli.command {
+        Command::Diff(a) => cmd_diff(a),
+        Command::Keygen { out } => {
+            write_new_secret(&out, &ChallengeKey::generate().to_hex())?;
+            eprintln!("pot: wrote a new challenge key to {} (keep it secret)", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Challenges { key_file, run_id, n, json } => {
+            let key = ChallengeKey::read(&key_file)?;
+            let cat = Catalog::load()?;
+            for i in 0..n {
+                let c = cat.challenge(&key, &run_id, i);
+                if json {
+                    println!("{}", serde_json::to_string(&c)?);
+                } else {
+                    println!("[{i} {}] {}", c.family, c.prompt.replace('\n', "\\n"));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokenize { model, text, json } => {
+            let m = Model::load(&model, LoadOptions::default())?;
+            let ids = m.tokenizer.encode(&text)?;
+            if json {
+                let pieces: Vec<String> = ids.iter().map(|i| m.tokenizer.decode(&[*i]).unwrap_or_default()).collect();
+                println!("{}", serde_json::json!({"token_ids": ids, "pieces": pieces}));
+            } else {
+                for i in &ids {
+                    println!("{i}\t{:?}", m.tokenizer.decode(&[*i])?);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logits { model, text, top_k, kernels, json } => cmd_logits(&model, &text, top_k, kernels.into(), json),
+        Command::Fingerprint { model, compare, json } => {
+            let id = pot::identity::fingerprint(&pot::model::resolve(&model)?, true)?;
+            let other = match &compare {
+                Some(c) => Some(pot::identity::fingerprint(&pot::model::resolve(c)?, true)?),
+                None => None,
+            };
+            let dist = other
+                .as_ref()
+                .and_then(|o| pot::identity::tlsh_distance(id.tlsh.as_deref()?, o.tlsh.as_deref()?));
+            if json {
+                println!("{}", serde_json::json!({"model": id, "compare": other, "tlsh_distance": dist}));
+            } else {
+                for x in std::iter::once(&id).chain(other.as_ref()) {
+                    println!("{}\n  arch {}  parameters {}  bytes {}", x.path, x.arch, x.parameters, x.file_bytes);
+                    println!("  file sha256     {}\n  weight hash     {}", x.file_sha256, x.weight_hash);
+                    println!("  config hash     {}\n  tokenizer hash  {}", x.config_hash, x.tokenizer_hash);
+                    println!("  tlsh            {}", x.tlsh.as_deref().unwrap_or("-"));
+                }
+                if let Some(d) = dist {
+                    println!("TLSH distance {d} (0 identical; small: near-clone; above ~100: unrelated)");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Variant { model, to, prune_layers, noise, seed, out } => {
+            let src = pot::model::resolve(&model)?;
+            variant::derive(&src, &VariantOptions { to, prune_layers, noise, seed }, &out)?;
+            eprintln!("pot: wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Write a secret file that did not exist, readable by its owner only.
+fn write_new_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("{}: cannot create key file (it must not exist yet)", path.display()))?;
+    f.write_all(format!("{text}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("{}: cannot write key file", path.display()))?;
+    Ok(())
+}
+
+fn cmd_logits(model: &str, text: &str, top_k: usize, kernels: Kernels, json: bool) -> Result<ExitCode> {
+    let m = Model::load(model, LoadOptions { kernels })?;
+    let ids = m.tokenizer.encode(text)?;
+    if ids.is_empty() {
+        bail!("--text {text:?} has no tokens; give a non-empty text");
+    }
+    let logits: Vec<Vec<f32>> = m
+        .logits(&ids, 0)?
+        .to_vec2()
+        .map_err(|e| anyhow::anyhow!("{model}: {e}"))?;
+    let mut positions = Vec::new();
+    for row in &logits {
+        let mx = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = mx + row.iter().map(|v| (*v as f64 - mx).exp()).sum::<f64>().ln();
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+        idx.truncate(top_k);
+        positions.push(serde_json::json!({
+            "top_ids": idx,
+            "top_logits": idx.iter().map(|i| row[*i]).collect::<Vec<_>>(),
+            "top_logprobs": idx.iter().map(|i| row[*i] as f64 - lse).collect::<Vec<_>>(),
+            "logsumexp": lse,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::json!({"token_ids": ids, "positions": positions}));
+    } else {
+        for (i, p) in positions.iter().enumerate() {
+            let after = m.tokenizer.decode(&ids[..=i]).unwrap_or_default();
+            println!("after {:?}:", after.chars().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<String>());
+            for (id, lp) in p["top_ids"].as_array().into_iter().flatten().zip(p["top_logprobs"].as_array().into_iter().flatten()) {
+                let id = id.as_u64().unwrap_or(0) as u32;
+                println!("  {:>7} {:>9.4}  {:?}", id, lp.as_f64().unwrap_or(f64::NAN), m.tokenizer.decode(&[id]).unwrap_or_default());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A run id from the UTC time and a random suffix, e.g. `20261123T120501Z-3fa2c1`.
+fn new_run_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:06x}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
+    let mut params = a.mode.params();
+    if let Some(v) = a.alpha { params.alpha = v; }
+    if let Some(v) = a.gamma { params.gamma = v; }
+    if let Some(v) = a.delta { params.delta = v; }
+    if let Some(v) = a.clip { params.clip = v; }
+    if let Some(v) = a.n_min { params.n_min = v; }
+    if let Some(v) = a.n_max { params.n_max = v; }
+    params.validate()?;
+    let k = a.k.unwrap_or(a.mode.k());
+    if k == 0 {
+        bail!("--k must be at least 1");
+    }
+    if a.resume.is_some() && a.run_id.is_some() {
+        bail!("--resume RUN names the run already; drop --run-id");
+    }
+    let resume = a.resume.is_some();
+    let run_id = a.resume.clone().or(a.run_id.clone()).unwrap_or_else(new_run_id);
+    if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
+        bail!("run id {run_id:?} must be a plain file name (no slashes, not starting with a dot)");
+    }
+    let transcript = a.transcripts.join(format!("{run_id}.ndjson"));
+    let saved_key = a.transcripts.join(format!("{run_id}.key"));
+    let key = match (&a.key_file, resume) {
+        (Some(f), _) => ChallengeKey::read(f)?,
+        (None, true) => ChallengeKey::read(&saved_key).with_context(|| {
+            format!("resuming {run_id}: no --key-file given and no saved key at {}", saved_key.display())
+        })?,
+        (None, false) => {
+            let key = ChallengeKey::generate();
+            std::fs::create_dir_all(&a.transcripts)
+                .with_context(|| format!("{}: cannot create the transcripts folder", a.transcripts.display()))?;
+            write_new_secret(&saved_key, &key.to_hex())?;
+            key
+        }
+    };
+    let cfg = DiffConfig {
+        reference: a.reference.clone(),
+        candidate: a.candidate.clone(),
+        mode: a.mode,
+        params,
+        k,
+        kernels: a.kernels.into(),
+        key,
+        run_id,
+        transcript,
+        resume,
+        one_at_a_time: a.one_at_a_time,
+    };
+    let bar = if std::io::stderr().is_terminal() && !a.json {
+        let b = indicatif::ProgressBar::new(params.n_max as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} challenges {msg} [{elapsed_precise}, eta {eta}]")
+                .expect("valid template"),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut progress = |st: &pot::stats::Status| {
+        if let Some(b) = &bar {
+            b.set_position(st.n as u64);
+            b.set_message(format!("mean {:.4} in [{:.4}, {:.4}]", st.mean, st.lower, st.upper));
+        }
+    };
+    let out = diff::run(&cfg, &mut progress);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let out = out?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let p = out.params;
+        println!("{}", out.decision.as_str());
+        println!(
+            "  {} challenges, {:.1} s; mean score {:.4} ({}), {:.0}% confidence sequence [{:.4}, {:.4}]",
+            out.queries,
+            out.elapsed_s,
+            out.mean,
+            match out.score_kind {
+                pot::score::ScoreKind::Kl => "nats of KL per token",
+                pot::score::ScoreKind::BitsPerByte => "bits per byte apart",
+            },
+            100.0 * (1.0 - p.alpha),
+            out.lower,
+            out.upper
+        );
+        println!(
+            "  SAME means mean score below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
+            p.delta, p.gamma, p.alpha
+        );
+        println!("  reference {} (weights {})", out.reference.path, &out.reference.weight_hash[..16]);
+        println!("  candidate {} (weights {})", out.candidate.path, &out.candidate.weight_hash[..16]);
+        println!("  transcript {}", out.transcript);
+    }
+    Ok(ExitCode::from(match out.decision {
+        Decision::Same => 0,
+        Decision::Different => 1,
+        Decision::Undecided => 3,
+    }))
+}

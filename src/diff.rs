@@ -1,0 +1,338 @@
+//! `pot diff`: the sequential loop that joins the rooms.
+//!
+//! key → challenge → reference pass → candidate pass → score → test → transcript line, until
+//! the test decides or the budget runs out. With `one_at_a_time`, challenges are worked
+//! through in batches: the reference alone computes its half of a batch, is dropped, then the
+//! candidate alone finishes it; scores enter the test in index order either way, so both
+//! paths reach the same decision at the same query.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::challenge::{Catalog, ChallengeKey};
+use crate::identity::{fingerprint, Identity};
+use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
+use crate::score::{self, ScoreKind};
+use crate::stats::{Decision, SequentialTest, Status, TestParams, CYCLE};
+use crate::transcript::{self, Header, Query, TranscriptError, Verdict, Writer};
+
+/// A preset of test parameters and continuation length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Fast screening: α = 0.05, K = 16, at most 50 challenges.
+    Quick,
+    /// The default: α = 0.01, K = 32, at most 200 challenges.
+    Audit,
+    /// Tight margins for disputes: α = 0.001, K = 48, at most 1000 challenges.
+    Extended,
+}
+
+impl Mode {
+    /// The mode's test parameters.
+    pub fn params(self) -> TestParams {
+        match self {
+            Mode::Quick => TestParams { alpha: 0.05, gamma: 0.05, delta: 0.1, clip: 0.2, n_min: CYCLE, n_max: 50 },
+            Mode::Audit => TestParams { alpha: 0.01, gamma: 0.05, delta: 0.1, clip: 0.2, n_min: CYCLE, n_max: 200 },
+            Mode::Extended => TestParams { alpha: 0.001, gamma: 0.02, delta: 0.05, clip: 0.1, n_min: 2 * CYCLE, n_max: 1000 },
+        }
+    }
+
+    /// The mode's continuation length K.
+    pub fn k(self) -> usize {
+        match self {
+            Mode::Quick => 16,
+            Mode::Audit => 32,
+            Mode::Extended => 48,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Quick => "quick",
+            Mode::Audit => "audit",
+            Mode::Extended => "extended",
+        }
+    }
+}
+
+/// Everything a diff run needs.
+pub struct DiffConfig {
+    /// Reference model spec.
+    pub reference: String,
+    /// Candidate model spec.
+    pub candidate: String,
+    /// Mode name (recorded).
+    pub mode: Mode,
+    /// Test parameters (the mode's, with overrides).
+    pub params: TestParams,
+    /// Continuation length.
+    pub k: usize,
+    /// Kernels.
+    pub kernels: Kernels,
+    /// Challenge key.
+    pub key: ChallengeKey,
+    /// Run id.
+    pub run_id: String,
+    /// Transcript file.
+    pub transcript: PathBuf,
+    /// Continue an existing transcript.
+    pub resume: bool,
+    /// Hold one model at a time, in batches of this many challenges.
+    pub one_at_a_time: Option<usize>,
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiffOutcome {
+    /// Verdict.
+    pub decision: Decision,
+    /// Challenges used.
+    pub queries: usize,
+    /// Mean clipped score.
+    pub mean: f64,
+    /// Confidence sequence lower end.
+    pub lower: f64,
+    /// Upper end.
+    pub upper: f64,
+    /// Error bound of each decision.
+    pub alpha: f64,
+    /// Margins and budget.
+    pub params: TestParams,
+    /// Mode.
+    pub mode: Mode,
+    /// Continuation length.
+    pub k: usize,
+    /// How challenges were scored.
+    pub score_kind: ScoreKind,
+    /// Wall time of the run (all sessions, when resumed).
+    pub elapsed_s: f64,
+    /// Run id.
+    pub run_id: String,
+    /// Transcript path.
+    pub transcript: String,
+    /// Key commitment.
+    pub key_commitment: String,
+    /// Reference identity.
+    pub reference: Identity,
+    /// Candidate identity.
+    pub candidate: Identity,
+}
+
+/// What went wrong in a diff run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiffError {
+    /// A model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The transcript.
+    #[error(transparent)]
+    Transcript(#[from] TranscriptError),
+    /// Challenge data or key.
+    #[error(transparent)]
+    Challenge(#[from] crate::challenge::ChallengeError),
+    /// Parameters.
+    #[error(transparent)]
+    Params(#[from] crate::stats::ParamError),
+    /// A resumed run whose transcript does not match this invocation.
+    #[error("{path}: cannot resume: {what}; resume with the original models, mode and flags, or start a new run")]
+    ResumeMismatch {
+        /// Transcript.
+        path: String,
+        /// What differs.
+        what: String,
+    },
+}
+
+/// Progress callback: status after each challenge.
+pub type Progress<'a> = &'a mut dyn FnMut(&Status);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Run (or resume) a diff to a decision.
+pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, DiffError> {
+    let start = Instant::now();
+    let mut test = SequentialTest::new(cfg.params)?;
+    let catalog = Catalog::load()?;
+    let ref_path = resolve(&cfg.reference)?;
+    let cand_path = resolve(&cfg.candidate)?;
+    let reference = fingerprint(&ref_path, false)?;
+    let candidate = fingerprint(&cand_path, false)?;
+    let kind = score::kind_for(&reference, &candidate);
+    let header = Header {
+        record: "header".into(),
+        version: transcript::VERSION,
+        run_id: cfg.run_id.clone(),
+        mode: cfg.mode.name().into(),
+        params: cfg.params,
+        k: cfg.k,
+        kernels: cfg.kernels,
+        score_kind: kind,
+        key_commitment: cfg.key.commitment(),
+        reference: reference.clone(),
+        candidate: candidate.clone(),
+        pot_version: env!("CARGO_PKG_VERSION").into(),
+        started_unix: unix_now(),
+    };
+    let mut prior_elapsed = 0.0;
+    let mut writer = if cfg.resume {
+        let loaded = transcript::read(&cfg.transcript)?;
+        let h = &loaded.header;
+        let mismatch = |what: String| DiffError::ResumeMismatch {
+            path: cfg.transcript.display().to_string(),
+            what,
+        };
+        if h.key_commitment != header.key_commitment {
+            return Err(mismatch("the key does not match the transcript's key commitment".into()));
+        }
+        if h.reference.weight_hash != reference.weight_hash || h.candidate.weight_hash != candidate.weight_hash {
+            return Err(mismatch("the models' weight hashes differ from the transcript's".into()));
+        }
+        if h.params != header.params || h.k != header.k || h.kernels != header.kernels || h.run_id != header.run_id {
+            return Err(mismatch(format!(
+                "parameters differ (transcript: mode {}, K {}, {:?}; now: mode {}, K {}, {:?})",
+                h.mode, h.k, h.params, header.mode, header.k, header.params
+            )));
+        }
+        for q in &loaded.queries {
+            test.push(q.score.score);
+            prior_elapsed += q.seconds;
+        }
+        if let Some(v) = loaded.verdict {
+            return Ok(outcome(cfg, &test, kind, v.elapsed_s, reference, candidate));
+        }
+        if let Some(d) = test.decision() {
+            // Killed between the last query line and the verdict line.
+            let mut w = Writer::reopen(&cfg.transcript, loaded.complete_len)?;
+            let st = test.status();
+            w.append(&verdict(d, &st, prior_elapsed))?;
+            return Ok(outcome(cfg, &test, kind, prior_elapsed, reference, candidate));
+        }
+        Writer::reopen(&cfg.transcript, loaded.complete_len)?
+    } else {
+        Writer::create(&cfg.transcript, &header)?
+    };
+    let opts = LoadOptions { kernels: cfg.kernels };
+    let ref_spec = ref_path.display().to_string();
+    let cand_spec = cand_path.display().to_string();
+    match cfg.one_at_a_time {
+        None => {
+            let rm = Model::load(&ref_spec, opts)?;
+            let cm = Model::load(&cand_spec, opts)?;
+            while test.decision().is_none() {
+                let t0 = Instant::now();
+                let ch = catalog.challenge(&cfg.key, &cfg.run_id, test.n() as u64);
+                let side = score::reference_pass(&rm, &ch.prompt, cfg.k, kind)?;
+                let sc = score::candidate_pass(&cm, &side)?;
+                record(&mut writer, &mut test, ch, side, sc, t0.elapsed().as_secs_f64(), progress)?;
+            }
+        }
+        Some(batch) => {
+            let batch = batch.max(1);
+            while test.decision().is_none() {
+                let first = test.n() as u64;
+                let t0 = Instant::now();
+                let rm = Model::load(&ref_spec, opts)?;
+                let mut sides = Vec::with_capacity(batch);
+                for i in first..first + batch as u64 {
+                    let ch = catalog.challenge(&cfg.key, &cfg.run_id, i);
+                    let side = score::reference_pass(&rm, &ch.prompt, cfg.k, kind)?;
+                    sides.push((ch, side));
+                }
+                drop(rm);
+                let cm = Model::load(&cand_spec, opts)?;
+                let per = t0.elapsed().as_secs_f64() / batch as f64;
+                for (ch, side) in sides {
+                    if test.decision().is_some() {
+                        break;
+                    }
+                    let t1 = Instant::now();
+                    let sc = score::candidate_pass(&cm, &side)?;
+                    record(&mut writer, &mut test, ch, side, sc, per + t1.elapsed().as_secs_f64(), progress)?;
+                }
+            }
+        }
+    }
+    let elapsed = prior_elapsed + start.elapsed().as_secs_f64();
+    let st = test.status();
+    writer.append(&verdict(test.decision().unwrap_or(Decision::Undecided), &st, elapsed))?;
+    Ok(outcome(cfg, &test, kind, elapsed, reference, candidate))
+}
+
+fn verdict(d: Decision, st: &Status, elapsed: f64) -> Verdict {
+    Verdict {
+        record: "verdict".into(),
+        decision: d,
+        queries: st.n,
+        mean: st.mean,
+        lower: st.lower,
+        upper: st.upper,
+        elapsed_s: elapsed,
+    }
+}
+
+fn record(
+    writer: &mut Writer,
+    test: &mut SequentialTest,
+    ch: crate::challenge::Challenge,
+    side: score::ReferenceSide,
+    sc: score::ChallengeScore,
+    seconds: f64,
+    progress: Progress<'_>,
+) -> Result<(), DiffError> {
+    let st = test.push(sc.score);
+    writer.append(&Query {
+        record: "query".into(),
+        index: ch.index,
+        family: ch.family,
+        template: ch.template,
+        prompt: ch.prompt,
+        continuation_ids: side.continuation_ids,
+        continuation_text: side.continuation_text,
+        score: sc,
+        mean: st.mean,
+        lower: st.lower,
+        upper: st.upper,
+        seconds,
+    })?;
+    progress(&st);
+    Ok(())
+}
+
+fn outcome(
+    cfg: &DiffConfig,
+    test: &SequentialTest,
+    kind: ScoreKind,
+    elapsed: f64,
+    reference: Identity,
+    candidate: Identity,
+) -> DiffOutcome {
+    let st = test.status();
+    DiffOutcome {
+        decision: test.decision().unwrap_or(Decision::Undecided),
+        queries: st.n,
+        mean: st.mean,
+        lower: st.lower,
+        upper: st.upper,
+        alpha: cfg.params.alpha,
+        params: cfg.params,
+        mode: cfg.mode,
+        k: cfg.k,
+        score_kind: kind,
+        elapsed_s: elapsed,
+        run_id: cfg.run_id.clone(),
+        transcript: cfg.transcript.display().to_string(),
+        key_commitment: cfg.key.commitment(),
+        reference,
+        candidate,
+    }
+}

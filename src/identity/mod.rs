@@ -1,0 +1,182 @@
+//! Model identity: names for a model that do not depend on how its file was packed.
+//!
+//! * `file_sha256`: the bytes of the file, as distributed.
+//! * `weight_hash`: SHA-256 over the tensors sorted by name, each as (name, dtype, shape,
+//!   stored bytes), length-prefixed: the same tensors in another container order hash the same,
+//!   any changed weight changes it.
+//! * `config_hash`: SHA-256 of the architecture hyper-parameters as canonical JSON.
+//! * `tokenizer_hash`: SHA-256 of tokens, merges, types and special ids (see `model::tokenizer`).
+//! * `tlsh`: a TLSH fuzzy hash of a *signature* of the dequantized weights (a fixed sample of
+//!   each tensor, coarsely bucketed relative to the tensor's spread), so a re-quantized copy of
+//!   a model lies near it and a different model far. Compare two with [`tlsh_distance`].
+//!
+//! This room reads model files and hashes; it never changes them.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::gguf::GgufFile;
+use crate::model::ModelError;
+
+/// Domain tag of the canonical weight hash.
+const WEIGHT_TAG: &[u8] = b"pot/weights/v1";
+/// Values sampled per tensor for the TLSH signature.
+const SIGNATURE_SAMPLES: usize = 2048;
+/// Signature buckets per standard deviation of a tensor.
+const BUCKETS_PER_SIGMA: f32 = 4.0;
+
+/// The identity of a model file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Identity {
+    /// Path as given.
+    pub path: String,
+    /// Architecture (`general.architecture`).
+    pub arch: String,
+    /// Size of the file.
+    pub file_bytes: u64,
+    /// Number of weights.
+    pub parameters: u64,
+    /// Rows of the output layer (vocabulary entries the model scores).
+    pub vocab_size: usize,
+    /// SHA-256 of the file.
+    pub file_sha256: String,
+    /// Canonical weight hash.
+    pub weight_hash: String,
+    /// Hash of the hyper-parameters.
+    pub config_hash: String,
+    /// Hash of the tokenizer.
+    pub tokenizer_hash: String,
+    /// TLSH of the weight signature (only from [`fingerprint`] with `tlsh = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tlsh: Option<String>,
+}
+
+fn io_err(path: &str, e: std::io::Error) -> ModelError {
+    ModelError::Open {
+        path: path.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String, ModelError> {
+    let p = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(|e| io_err(&p, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err(&p, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Compute a model file's identity; `tlsh` adds the fuzzy hash (dequantizes every tensor).
+pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
+    let p = path.display().to_string();
+    let g = GgufFile::open(path)?;
+    let cfg = g.config()?;
+    let tokenizer_hash = g.tokenizer_data()?.canonical_hash();
+    let config_hash = hex::encode(Sha256::digest(
+        serde_json::to_string(&serde_json::to_value(&cfg).expect("config serializes"))
+            .expect("json")
+            .as_bytes(),
+    ));
+    let mut names: Vec<&String> = g.content.tensor_infos.keys().collect();
+    names.sort();
+    let mut file = std::fs::File::open(path).map_err(|e| io_err(&p, e))?;
+    let mut h = Sha256::new();
+    h.update(WEIGHT_TAG);
+    let mut parameters = 0u64;
+    let mut buf = Vec::new();
+    for name in &names {
+        let info = &g.content.tensor_infos[*name];
+        let elems = info.shape.elem_count();
+        parameters += elems as u64;
+        let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        buf.resize(bytes, 0);
+        file.seek(SeekFrom::Start(g.content.tensor_data_offset + info.offset))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|e| io_err(&p, e))?;
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        let dtype = format!("{:?}", info.ggml_dtype);
+        h.update((dtype.len() as u64).to_be_bytes());
+        h.update(dtype.as_bytes());
+        h.update((info.shape.dims().len() as u64).to_be_bytes());
+        for d in info.shape.dims() {
+            h.update((*d as u64).to_be_bytes());
+        }
+        h.update((bytes as u64).to_be_bytes());
+        h.update(&buf);
+    }
+    let weight_hash = hex::encode(h.finalize());
+    let tlsh = if tlsh { Some(weight_tlsh(path)?) } else { None };
+    Ok(Identity {
+        path: p,
+        arch: cfg.arch.clone(),
+        file_bytes: std::fs::metadata(path).map_err(|e| io_err(&path.display().to_string(), e))?.len(),
+        parameters,
+        vocab_size: cfg.vocab_size,
+        file_sha256: sha256_file(path)?,
+        weight_hash,
+        config_hash,
+        tokenizer_hash,
+        tlsh,
+    })
+}
+
+/// The byte signature of the weights that TLSH hashes: for each tensor in name order, up to
+/// [`SIGNATURE_SAMPLES`] values at fixed strided positions, each mapped to
+/// `round(v / σ · 4)` clamped to ±12 (σ: the tensor's RMS), as one byte.
+pub fn weight_signature(path: &Path) -> Result<Vec<u8>, ModelError> {
+    let mut g = GgufFile::open(path)?;
+    let mut names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let mut sig = Vec::new();
+    for name in names {
+        let t = g.tensor(&name)?;
+        let v: Vec<f32> = t
+            .dequantize(&Device::Cpu)
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.to_vec1())
+            .map_err(|e| ModelError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("tensor {name}: {e}"),
+            })?;
+        if v.is_empty() {
+            continue;
+        }
+        let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt() as f32;
+        let step = (v.len() / SIGNATURE_SAMPLES).max(1);
+        for x in v.iter().step_by(step).take(SIGNATURE_SAMPLES) {
+            let b = if rms > 0.0 { (x / rms * BUCKETS_PER_SIGMA).round().clamp(-12.0, 12.0) } else { 0.0 };
+            sig.push((b as i32 + 128) as u8);
+        }
+    }
+    Ok(sig)
+}
+
+/// TLSH (128 buckets, 1-byte checksum) of [`weight_signature`].
+pub fn weight_tlsh(path: &Path) -> Result<String, ModelError> {
+    let sig = weight_signature(path)?;
+    let t = tlsh2::TlshDefaultBuilder::build_from(&sig).ok_or_else(|| ModelError::Corrupt {
+        path: path.display().to_string(),
+        reason: "too few or too uniform weights for a TLSH hash".into(),
+    })?;
+    Ok(String::from_utf8_lossy(&t.hash()).into_owned())
+}
+
+/// TLSH distance between two hashes (0: identical; above ~100: unrelated), or `None` when
+/// either is not a TLSH hash.
+pub fn tlsh_distance(a: &str, b: &str) -> Option<i32> {
+    let a: tlsh2::TlshDefault = a.parse().ok()?;
+    let b: tlsh2::TlshDefault = b.parse().ok()?;
+    Some(a.diff(&b, true))
+}

@@ -1,0 +1,16 @@
+//! pot: tell whether an inference provider serves the model it claims.
+//!
+//! The data path, one module per room:
+//! `challenge` (keyed prompts) → `model` (engine) → `score` (per-challenge divergence) →
+//! `stats` (anytime-valid decision) → `transcript` (append-only record), joined by `diff`.
+//! `identity` names models by their weights; `variant` derives cheaper substitutes.
+#![deny(missing_docs)]
+
+pub mod challenge;
+pub mod model;
+pub mod stats;
+pub mod identity;
+pub mod score;
+pub mod variant;
+pub mod diff;
+pub mod transcript;

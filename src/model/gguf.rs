@@ -1,0 +1,312 @@
+//! Loading GGUF files: metadata → [`Config`] and [`Tokenizer`], tensors → [`Decoder`].
+//!
+//! Required metadata keys fail with the key's name; optional ones have the defaults visible
+//! below. The file is checked (magic, tensor bounds) before any weight is read.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+
+use super::decoder::{Block, Config, Decoder, Kernels, Linear, RmsNorm, RopeStyle};
+use super::tokenizer::{GgufTokenizerData, Tokenizer};
+use super::ModelError;
+
+/// Architectures whose forward pass pot implements.
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
+
+/// A parsed GGUF header with the open file.
+pub struct GgufFile {
+    /// Path as given, for messages.
+    pub path: String,
+    /// Metadata and tensor directory.
+    pub content: Content,
+    reader: BufReader<File>,
+}
+
+impl GgufFile {
+    /// Open and parse the header; errors say whether the file is missing, not GGUF, or cut short.
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let p = path.display().to_string();
+        let file = File::open(path).map_err(|e| ModelError::Open {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 4];
+        if reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+            return Err(ModelError::NotGguf { path: p });
+        }
+        reader
+            .rewind()
+            .map_err(|e| ModelError::Open { path: p.clone(), reason: e.to_string() })?;
+        let content = Content::read(&mut reader).map_err(|e| ModelError::Corrupt {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        // Every tensor must lie inside the file: a truncated download fails here, not mid-run.
+        let size = reader
+            .get_ref()
+            .metadata()
+            .map_err(|e| ModelError::Open { path: p.clone(), reason: e.to_string() })?
+            .len();
+        for (name, info) in &content.tensor_infos {
+            let elems = info.shape.elem_count();
+            let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            if end > size {
+                return Err(ModelError::Corrupt {
+                    path: p,
+                    reason: format!(
+                        "tensor {name} ends at byte {end} but the file has {size} bytes (truncated download?)"
+                    ),
+                });
+            }
+        }
+        Ok(Self { path: p, content, reader })
+    }
+
+    /// A metadata value, or an error naming the missing key.
+    pub fn md(&self, key: &str) -> Result<&Value, ModelError> {
+        self.content.metadata.get(key).ok_or_else(|| ModelError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })
+    }
+
+    fn md_usize(&self, key: &str) -> Result<usize, ModelError> {
+        let v = self.md(key)?;
+        v.to_u32()
+            .map(|x| x as usize)
+            .or_else(|_| v.to_u64().map(|x| x as usize))
+            .or_else(|_| v.to_i32().map(|x| x.max(0) as usize))
+            .map_err(|e| self.bad_key(key, e))
+    }
+
+    fn md_f64(&self, key: &str) -> Result<f64, ModelError> {
+        let v = self.md(key)?;
+        v.to_f32()
+            .map(f64::from)
+            .or_else(|_| v.to_f64())
+            .map_err(|e| self.bad_key(key, e))
+    }
+
+    fn bad_key(&self, key: &str, e: impl std::fmt::Display) -> ModelError {
+        ModelError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("metadata key {key}: {e}"),
+        }
+    }
+
+    /// `general.architecture`.
+    pub fn arch(&self) -> Result<String, ModelError> {
+        Ok(self
+            .md("general.architecture")?
+            .to_string()
+            .map_err(|e| self.bad_key("general.architecture", e))?
+            .clone())
+    }
+
+    /// Read one tensor (dequantization is the caller's choice).
+    pub fn tensor(&mut self, name: &str) -> Result<QTensor, ModelError> {
+        let path = self.path.clone();
+        if !self.content.tensor_infos.contains_key(name) {
+            return Err(ModelError::MissingTensor { path, name: name.to_string() });
+        }
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| ModelError::Corrupt { path, reason: format!("tensor {name}: {e}") })
+    }
+
+    /// Whether the file holds a tensor of that name.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// The architecture hyper-parameters.
+    pub fn config(&self) -> Result<Config, ModelError> {
+        let arch = self.arch()?;
+        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
+            return Err(ModelError::UnsupportedArch {
+                path: self.path.clone(),
+                arch,
+            });
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let d_model = self.md_usize(&k("embedding_length"))?;
+        let n_head = self.md_usize(&k("attention.head_count"))?;
+        let n_kv_head = self
+            .md_usize(&k("attention.head_count_kv"))
+            .unwrap_or(n_head);
+        let head_dim = self
+            .md_usize(&k("attention.key_length"))
+            .unwrap_or(d_model / n_head.max(1));
+        let vocab_size = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: "token_embd.weight".into(),
+            })?;
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(self.bad_key(
+                &k("attention.head_count_kv"),
+                format!("{n_kv_head} key/value heads do not divide {n_head} query heads"),
+            ));
+        }
+        Ok(Config {
+            n_layer: self.md_usize(&k("block_count"))?,
+            d_model,
+            n_head,
+            n_kv_head,
+            head_dim,
+            d_ff: self.md_usize(&k("feed_forward_length"))?,
+            vocab_size,
+            rms_eps: self.md_f64(&k("attention.layer_norm_rms_epsilon"))?,
+            rope_base: self.md_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
+            rope_style: if arch == "llama" {
+                RopeStyle::Interleaved
+            } else {
+                RopeStyle::Neox
+            },
+            context_length: self.md_usize(&k("context_length")).unwrap_or(4096),
+            tied_embeddings: !self.has_tensor("output.weight"),
+            arch,
+        })
+    }
+
+    /// The tokenizer data in the metadata.
+    pub fn tokenizer_data(&self) -> Result<GgufTokenizerData, ModelError> {
+        let strings = |key: &str| -> Result<Vec<String>, ModelError> {
+            let arr = self.md(key)?.to_vec().map_err(|e| self.bad_key(key, e))?;
+            arr.iter()
+                .map(|v| v.to_string().cloned().map_err(|e| self.bad_key(key, e)))
+                .collect()
+        };
+        let opt_u32 = |key: &str| self.content.metadata.get(key).and_then(|v| v.to_u32().ok());
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let token_types = match self.content.metadata.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| self.bad_key("tokenizer.ggml.token_type", e))?
+                .iter()
+                .map(|x| x.to_i32().map(i64::from).unwrap_or(1))
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        Ok(GgufTokenizerData {
+            model: self
+                .md("tokenizer.ggml.model")?
+                .to_string()
+                .map_err(|e| self.bad_key("tokenizer.ggml.model", e))?
+                .clone(),
+            pre: self
+                .content
+                .metadata
+                .get("tokenizer.ggml.pre")
+                .and_then(|v| v.to_string().ok().cloned())
+                .unwrap_or_else(|| "default".into()),
+            merges: if self.content.metadata.contains_key("tokenizer.ggml.merges") {
+                strings("tokenizer.ggml.merges")?
+            } else {
+                Vec::new()
+            },
+            tokens,
+            token_types,
+            bos: opt_u32("tokenizer.ggml.bos_token_id"),
+            eos: opt_u32("tokenizer.ggml.eos_token_id"),
+            add_bos: self
+                .content
+                .metadata
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
+        })
+    }
+
+    /// Build the tokenizer.
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
+        Tokenizer::from_gguf_data(&self.path, &self.tokenizer_data()?)
+    }
+
+    /// Read every weight and assemble the decoder.
+    pub fn decoder(&mut self, kernels: Kernels) -> Result<Decoder, ModelError> {
+        let cfg = self.config()?;
+        let map = |p: &str, e: candle_core::Error| ModelError::Corrupt {
+            path: p.to_string(),
+            reason: e.to_string(),
+        };
+        let path = self.path.clone();
+        let dense = |t: QTensor| t.dequantize(&Device::Cpu).map_err(|e| map(&path, e));
+        let embed_q = self.tensor("token_embd.weight")?;
+        let embed = dense(embed_q)?;
+        let output = if cfg.tied_embeddings {
+            let q = self.tensor("token_embd.weight")?;
+            Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?
+        } else {
+            let q = self.tensor("output.weight")?;
+            Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?
+        };
+        let norm = RmsNorm::new(dense(self.tensor("output_norm.weight")?)?, cfg.rms_eps);
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let prefix = format!("blk.{i}");
+            let mut lin = |name: &str, bias: bool| -> Result<Linear, ModelError> {
+                let w = self.tensor(&format!("{prefix}.{name}.weight"))?;
+                let b = if bias {
+                    Some(dense(self.tensor(&format!("{prefix}.{name}.bias"))?)?)
+                } else {
+                    None
+                };
+                Linear::from_qtensor(w, b, kernels).map_err(|e| map(&path, e))
+            };
+            let qkv_bias = cfg.arch == "qwen2";
+            let wq = lin("attn_q", qkv_bias)?;
+            let wk = lin("attn_k", qkv_bias)?;
+            let wv = lin("attn_v", qkv_bias)?;
+            let wo = lin("attn_output", false)?;
+            let gate = lin("ffn_gate", false)?;
+            let up = lin("ffn_up", false)?;
+            let down = lin("ffn_down", false)?;
+            let mut norm_of = |name: &str| -> Result<RmsNorm, ModelError> {
+                Ok(RmsNorm::new(
+                    dense(self.tensor(&format!("{prefix}.{name}.weight"))?)?,
+                    cfg.rms_eps,
+                ))
+            };
+            let (q_norm, k_norm) = if cfg.arch == "qwen3" {
+                (Some(norm_of("attn_q_norm")?), Some(norm_of("attn_k_norm")?))
+            } else {
+                (None, None)
+            };
+            blocks.push(Block {
+                attn_norm: norm_of("attn_norm")?,
+                ffn_norm: norm_of("ffn_norm")?,
+                wq,
+                wk,
+                wv,
+                wo,
+                q_norm,
+                k_norm,
+                gate,
+                up,
+                down,
+            });
+        }
+        Decoder::new(cfg, embed, blocks, norm, output).map_err(|e| map(&path, e))
+    }
+}
+
+/// Whether a path looks like a GGUF file (by its first four bytes).
+pub fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map(|_| &magic == b"GGUF")
+        .unwrap_or(false)
+}

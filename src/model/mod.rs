@@ -1,0 +1,238 @@
+//! Models: load a checkpoint, tokenize, score sequences by teacher forcing, and generate.
+//!
+//! A model is named by a path (a GGUF file) or a Hugging Face id looked up in the local
+//! Hugging Face cache (pot never downloads: the machines it audits from are often offline).
+//! This room owns the engine; it knows nothing of challenges, scores or decisions.
+
+pub mod decoder;
+pub mod gguf;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+
+pub use decoder::{Config, Decoder, Kernels, KvCache};
+pub use tokenizer::Tokenizer;
+
+/// Everything that can go wrong while loading or running a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The path could not be opened.
+    #[error("{path}: cannot open model file ({reason}); check the path")]
+    Open {
+        /// File.
+        path: String,
+        /// OS error.
+        reason: String,
+    },
+    /// Not a GGUF file.
+    #[error("{path}: not a GGUF file (no GGUF magic); pass a .gguf model file")]
+    NotGguf {
+        /// File.
+        path: String,
+    },
+    /// A GGUF file whose structure is broken or truncated.
+    #[error("{path}: corrupt or truncated GGUF: {reason}; fetch the file again and check its sha256")]
+    Corrupt {
+        /// File.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A required metadata key is missing.
+    #[error("{path}: GGUF metadata lacks required key {key}; the converter that wrote it is too old or the file is not a language model")]
+    MissingKey {
+        /// File.
+        path: String,
+        /// Key.
+        key: String,
+    },
+    /// A required tensor is missing.
+    #[error("{path}: tensor {name} is missing; the file is not a complete checkpoint of its architecture")]
+    MissingTensor {
+        /// File.
+        path: String,
+        /// Tensor name.
+        name: String,
+    },
+    /// An architecture pot has no forward pass for.
+    #[error("{path}: architecture {arch:?} is not supported (supported: llama, qwen2, qwen3)")]
+    UnsupportedArch {
+        /// File.
+        path: String,
+        /// `general.architecture`.
+        arch: String,
+    },
+    /// A tokenizer pot cannot build.
+    #[error("{path}: unsupported tokenizer: {what}")]
+    UnsupportedTokenizer {
+        /// File.
+        path: String,
+        /// What is unsupported.
+        what: String,
+    },
+    /// A model spec that names nothing pot can load.
+    #[error("{spec}: {reason}")]
+    NotFound {
+        /// What the user typed.
+        spec: String,
+        /// What was looked for.
+        reason: String,
+    },
+    /// Tokenization failed.
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    /// The forward pass failed.
+    #[error("{path}: inference failed: {reason}")]
+    Inference {
+        /// File.
+        path: String,
+        /// candle's message.
+        reason: String,
+    },
+}
+
+/// How to hold the weights in memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Which matrix kernels to run.
+    pub kernels: Kernels,
+}
+
+/// A loaded model.
+pub struct Model {
+    /// The spec the user gave (path or id).
+    pub spec: String,
+    /// The file the weights came from.
+    pub path: PathBuf,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its network.
+    pub decoder: Decoder,
+}
+
+/// Resolve a spec (path or Hugging Face id) to a GGUF file.
+pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
+    let p = Path::new(spec);
+    if p.is_file() {
+        return Ok(p.to_path_buf());
+    }
+    if p.is_dir() {
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| ModelError::Open { path: spec.into(), reason: e.to_string() })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        return match ggufs.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(ModelError::NotFound {
+                spec: spec.into(),
+                reason: "folder holds no .gguf file; safetensors folders are not supported yet, pass a GGUF file".into(),
+            }),
+            _ => Err(ModelError::NotFound {
+                spec: spec.into(),
+                reason: "folder holds several .gguf files; pass one of them".into(),
+            }),
+        };
+    }
+    let looks_like_id = spec.split('/').count() == 2 && !spec.contains(['\\', ':']) && !spec.starts_with('.');
+    if !looks_like_id {
+        return Err(ModelError::NotFound {
+            spec: spec.into(),
+            reason: "no such file or folder; pass a GGUF file path or a Hugging Face id (org/name)".into(),
+        });
+    }
+    let cache = hf_hub::Cache::from_env();
+    let repo_dir = cache.path().join(format!("models--{}", spec.replace('/', "--")));
+    let snapshot = std::fs::read_to_string(repo_dir.join("refs").join("main"))
+        .ok()
+        .map(|c| repo_dir.join("snapshots").join(c.trim()));
+    match snapshot {
+        Some(dir) if dir.is_dir() => resolve(&dir.display().to_string()),
+        _ => Err(ModelError::NotFound {
+            spec: spec.into(),
+            reason: format!(
+                "not a local path, and the Hugging Face id is not in the local cache ({}); pot does not download models: fetch it where the hub is reachable (huggingface-cli download {spec}) and copy the cache, or pass a GGUF file",
+                repo_dir.display()
+            ),
+        }),
+    }
+}
+
+impl Model {
+    /// Load a model from a path or a cached Hugging Face id.
+    pub fn load(spec: &str, opts: LoadOptions) -> Result<Self, ModelError> {
+        let path = resolve(spec)?;
+        let mut file = gguf::GgufFile::open(&path)?;
+        let tokenizer = file.tokenizer()?;
+        let decoder = file.decoder(opts.kernels)?;
+        Ok(Self {
+            spec: spec.to_string(),
+            path,
+            tokenizer,
+            decoder,
+        })
+    }
+
+    fn inference_err(&self, e: candle_core::Error) -> ModelError {
+        ModelError::Inference {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Raw logits `(n, vocab)` after each of `tokens[from..]`, by one teacher-forced pass.
+    pub fn logits(&self, tokens: &[u32], from: usize) -> Result<Tensor, ModelError> {
+        let mut cache = KvCache::default();
+        self.decoder
+            .forward(tokens, &mut cache, from)
+            .map_err(|e| self.inference_err(e))
+    }
+
+    /// Log-probabilities after each of `tokens[from..]` (row `i` predicts `tokens[from+i+1]`).
+    pub fn logprobs(&self, tokens: &[u32], from: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let logits = self.logits(tokens, from)?;
+        decoder::log_softmax_rows(&logits).map_err(|e| self.inference_err(e))
+    }
+
+    /// Greedy continuation of `prompt`: up to `max_new` tokens, stopping after an end token.
+    pub fn greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
+        let mut cache = KvCache::default();
+        let mut out = Vec::with_capacity(max_new);
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let mut logits = self
+            .decoder
+            .forward(prompt, &mut cache, prompt.len() - 1)
+            .map_err(|e| self.inference_err(e))?;
+        loop {
+            let row: Vec<f32> = logits
+                .squeeze(0)
+                .and_then(|r| r.to_vec1())
+                .map_err(|e| self.inference_err(e))?;
+            let next = argmax(&row);
+            out.push(next);
+            if out.len() >= max_new || self.tokenizer.stop_ids.contains(&next) {
+                return Ok(out);
+            }
+            logits = self
+                .decoder
+                .forward(&[next], &mut cache, 0)
+                .map_err(|e| self.inference_err(e))?;
+        }
+    }
+}
+
+/// Index of the largest value (the first one on ties, like llama.cpp's greedy sampler).
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

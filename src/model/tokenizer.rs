@@ -1,0 +1,205 @@
+//! Tokenizers built from GGUF metadata.
+//!
+//! GGUF files carry their vocabulary, merges and token types but no `tokenizer.json`, so pot
+//! builds a `tokenizers::Tokenizer` from the metadata itself, following llama.cpp (the reference
+//! implementation for GGUF): `tokenizer.ggml.model = "gpt2"` is byte-level BPE whose
+//! pre-tokenizer regexes are chosen by `tokenizer.ggml.pre`, applied in order. Control and
+//! user-defined tokens are special tokens that the text may contain verbatim.
+//!
+//! This module never guesses: an unknown tokenizer model or pre-tokenizer is an error that names
+//! the key and its value.
+
+
+use sha2::{Digest, Sha256};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use super::ModelError;
+
+/// GGUF token types (llama.cpp `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// The GPT-2 split regex (llama.cpp's spelling, as used for `smollm`, `starcoder`, ...).
+const GPT2_REGEX: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// Qwen2's split regex (case-insensitive contractions spelled out).
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's split regex.
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The regexes llama.cpp applies, in order, for a `tokenizer.ggml.pre` value.
+fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
+    Some(match pre {
+        "default" | "gpt2" | "gpt-2" => vec![GPT2_REGEX],
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" => {
+            vec![r"\p{N}", GPT2_REGEX]
+        }
+        "qwen2" | "deepseek-r1-qwen" => vec![QWEN2_REGEX],
+        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => vec![LLAMA3_REGEX],
+        _ => return None,
+    })
+}
+
+/// A tokenizer together with the facts about it that pot records.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Token id prepended to every encoding, when the model asks for one.
+    pub bos: Option<u32>,
+    /// End-of-sequence token id.
+    pub eos: Option<u32>,
+    /// Extra ids that end generation (end-of-turn tokens).
+    pub stop_ids: Vec<u32>,
+    /// SHA-256 over the canonical tokenizer description (model, pre, tokens, types, merges,
+    /// special ids): two models with this hash equal tokenize every text identically.
+    pub hash: String,
+    vocab_size: usize,
+}
+
+/// The raw tokenizer data read from GGUF metadata.
+pub struct GgufTokenizerData {
+    /// `tokenizer.ggml.model`.
+    pub model: String,
+    /// `tokenizer.ggml.pre` (empty when absent).
+    pub pre: String,
+    /// `tokenizer.ggml.tokens`.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type`.
+    pub token_types: Vec<i64>,
+    /// `tokenizer.ggml.merges`.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token` (llama.cpp's default for BPE models is false).
+    pub add_bos: bool,
+}
+
+impl GgufTokenizerData {
+    /// SHA-256 over a canonical JSON encoding of everything that decides tokenization.
+    pub fn canonical_hash(&self) -> String {
+        let canon = serde_json::json!({
+            "model": self.model,
+            "pre": self.pre,
+            "tokens": self.tokens,
+            "token_types": self.token_types,
+            "merges": self.merges,
+            "bos": self.bos,
+            "eos": self.eos,
+            "add_bos": self.add_bos,
+        });
+        hex::encode(Sha256::digest(canon.to_string().as_bytes()))
+    }
+}
+
+impl Tokenizer {
+    /// Build the tokenizer described by GGUF metadata; `source` names the file for errors.
+    pub fn from_gguf_data(source: &str, d: &GgufTokenizerData) -> Result<Self, ModelError> {
+        let unsupported = |what: String| ModelError::UnsupportedTokenizer {
+            path: source.to_string(),
+            what,
+        };
+        if d.model != "gpt2" {
+            return Err(unsupported(format!(
+                "tokenizer.ggml.model = {:?} (only \"gpt2\" byte-level BPE is implemented; SentencePiece \"llama\" is not yet)",
+                d.model
+            )));
+        }
+        let regexes = pre_tokenizer_regexes(&d.pre).ok_or_else(|| {
+            unsupported(format!("tokenizer.ggml.pre = {:?} is not a known pre-tokenizer", d.pre))
+        })?;
+        let vocab: tokenizers::models::bpe::Vocab = d
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let mut merges = Vec::with_capacity(d.merges.len());
+        for m in &d.merges {
+            let (a, b) = m.split_once(' ').ok_or_else(|| {
+                unsupported(format!("merge {m:?} in tokenizer.ggml.merges has no space"))
+            })?;
+            merges.push((a.to_string(), b.to_string()));
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(false)
+            .build()
+            .map_err(|e| unsupported(format!("BPE could not be built: {e}")))?;
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+        for r in regexes {
+            let split = Split::new(
+                SplitPattern::Regex(r.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| unsupported(format!("pre-tokenizer regex: {e}")))?;
+            steps.push(split.into());
+        }
+        steps.push(ByteLevel::new(false, false, false).into());
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(Sequence::new(steps)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let specials: Vec<AddedToken> = d
+            .tokens
+            .iter()
+            .zip(&d.token_types)
+            .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
+            .map(|(t, &ty)| AddedToken::from(t.clone(), ty == TOKEN_TYPE_CONTROL))
+            .collect();
+        inner.add_special_tokens(&specials);
+        let stop_ids = d
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                matches!(t.as_str(), "<|im_end|>" | "<|endoftext|>" | "<|eot_id|>" | "<end_of_turn>")
+            })
+            .map(|(i, _)| i as u32)
+            .chain(d.eos)
+            .collect();
+        Ok(Self {
+            inner,
+            bos: if d.add_bos { d.bos } else { None },
+            eos: d.eos,
+            stop_ids,
+            hash: d.canonical_hash(),
+            vocab_size: d.tokens.len(),
+        })
+    }
+
+    /// Token ids of `text` (with BOS when the model asks for it).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        ids.extend(self.bos);
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))
+    }
+
+    /// The token's string as stored in the vocabulary (byte-level encoded).
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Number of entries in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}

@@ -1,0 +1,199 @@
+//! Scores: one number per challenge saying how far the candidate is from the reference.
+//!
+//! The reference greedily continues the prompt by `K` tokens. Both models are then
+//! teacher-forced on prompt + continuation:
+//!
+//! * **Same tokenizer** (equal tokenizer hashes): score = mean over the `K` continuation
+//!   positions of `KL(p_ref ‖ p_cand)` in nats. 0 exactly when both compute the same
+//!   distributions; same weights on other kernels give about 0.002 (llama.cpp's figure).
+//! * **Different tokenizers**: the models cannot be compared token by token, so each model's
+//!   bits per byte on the continuation *text* are measured and the score is
+//!   `|bpb_ref − bpb_cand|`.
+//!
+//! The statistics clip scores to `[0, B]` (see `stats`); this room reports them unclipped.
+//! Scoring is split in two passes — [`reference_pass`] then [`candidate_pass`] — so that a run
+//! can hold one model in memory at a time.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::model::{argmax, Model, ModelError};
+
+/// How a challenge was scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreKind {
+    /// Mean next-token KL(ref ‖ cand) over the continuation, nats.
+    Kl,
+    /// |difference of bits per byte| on the continuation text.
+    BitsPerByte,
+}
+
+/// What the reference pass leaves for the candidate pass.
+pub struct ReferenceSide {
+    /// Prompt text.
+    pub prompt: String,
+    /// Reference token ids of the prompt.
+    pub prompt_ids: Vec<u32>,
+    /// Greedy continuation ids (reference tokenizer).
+    pub continuation_ids: Vec<u32>,
+    /// Continuation text.
+    pub continuation_text: String,
+    /// KL scoring: log-probabilities of the reference at each continuation position.
+    logprobs: Vec<Vec<f32>>,
+    /// Text scoring: the reference's bits per byte on the continuation.
+    bpb: Option<f64>,
+}
+
+/// One challenge's score and the per-position detail that explains it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChallengeScore {
+    /// How it was scored.
+    pub kind: ScoreKind,
+    /// The score (unclipped).
+    pub score: f64,
+    /// KL per continuation position (KL scoring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kl: Vec<f64>,
+    /// Whether both models' most likely next token agree, per position (KL scoring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top1_agree: Vec<bool>,
+    /// Bits per byte of (reference, candidate) on the continuation (text scoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpb: Option<(f64, f64)>,
+}
+
+/// Whether two models can be compared token by token: same tokenizer, same output rows.
+pub fn kind_for(reference: &Identity, candidate: &Identity) -> ScoreKind {
+    if reference.tokenizer_hash == candidate.tokenizer_hash && reference.vocab_size == candidate.vocab_size {
+        ScoreKind::Kl
+    } else {
+        ScoreKind::BitsPerByte
+    }
+}
+
+/// `KL(p ‖ q)` from two rows of log-probabilities.
+pub fn kl(logp: &[f32], logq: &[f32]) -> f64 {
+    logp.iter()
+        .zip(logq)
+        .map(|(&lp, &lq)| {
+            let p = (lp as f64).exp();
+            if p == 0.0 {
+                0.0
+            } else {
+                p * (lp as f64 - lq as f64)
+            }
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// Bits per byte of `model` on `continuation` after `prompt`, scored on the model's own
+/// tokenization of the whole text. Tokens from the first one that differs from the prompt's
+/// own tokenization onward count (a token may straddle the boundary by a few bytes).
+fn bits_per_byte(model: &Model, prompt: &str, continuation: &str) -> Result<f64, ModelError> {
+    let full_text = format!("{prompt}{continuation}");
+    let full = model.tokenizer.encode(&full_text)?;
+    let head = model.tokenizer.encode(prompt)?;
+    let lcp = full.iter().zip(&head).take_while(|(a, b)| a == b).count();
+    // The first token has no prediction; start at 1 at least.
+    let start = lcp.clamp(1, full.len().saturating_sub(1).max(1));
+    if full.len() <= start {
+        return Ok(0.0);
+    }
+    let lp = model.logprobs(&full, start - 1)?;
+    let nll: f64 = (start..full.len())
+        .map(|i| -(lp[i - start][full[i] as usize] as f64))
+        .sum();
+    let bytes = model.tokenizer.decode(&full[start..])?.len().max(1);
+    Ok(nll / std::f64::consts::LN_2 / bytes as f64)
+}
+
+/// The reference's half of a challenge: greedy continuation of `k` tokens and what scoring
+/// needs from the reference.
+pub fn reference_pass(reference: &Model, prompt: &str, k: usize, kind: ScoreKind) -> Result<ReferenceSide, ModelError> {
+    let prompt_ids = reference.tokenizer.encode(prompt)?;
+    let continuation_ids = reference.greedy(&prompt_ids, k)?;
+    let continuation_text = reference.tokenizer.decode(&continuation_ids)?;
+    let (logprobs, bpb) = match kind {
+        ScoreKind::Kl => {
+            let seq: Vec<u32> = prompt_ids.iter().chain(&continuation_ids).copied().collect();
+            let mut lp = reference.logprobs(&seq, prompt_ids.len() - 1)?;
+            lp.truncate(continuation_ids.len());
+            (lp, None)
+        }
+        ScoreKind::BitsPerByte => (Vec::new(), Some(bits_per_byte(reference, prompt, &continuation_text)?)),
+    };
+    Ok(ReferenceSide {
+        prompt: prompt.to_string(),
+        prompt_ids,
+        continuation_ids,
+        continuation_text,
+        logprobs,
+        bpb,
+    })
+}
+
+/// The candidate's half: teacher-force the candidate and score against the reference side.
+pub fn candidate_pass(candidate: &Model, r: &ReferenceSide) -> Result<ChallengeScore, ModelError> {
+    match r.bpb {
+        None => {
+            let seq: Vec<u32> = r.prompt_ids.iter().chain(&r.continuation_ids).copied().collect();
+            let lq = candidate.logprobs(&seq, r.prompt_ids.len() - 1)?;
+            let kl: Vec<f64> = r.logprobs.iter().zip(&lq).map(|(p, q)| kl(p, q)).collect();
+            let top1_agree = r.logprobs.iter().zip(&lq).map(|(p, q)| argmax(p) == argmax(q)).collect();
+            let score = if kl.is_empty() { 0.0 } else { kl.iter().sum::<f64>() / kl.len() as f64 };
+            Ok(ChallengeScore {
+                kind: ScoreKind::Kl,
+                score,
+                kl,
+                top1_agree,
+                bpb: None,
+            })
+        }
+        Some(bpb_ref) => {
+            let bpb_cand = bits_per_byte(candidate, &r.prompt, &r.continuation_text)?;
+            Ok(ChallengeScore {
+                kind: ScoreKind::BitsPerByte,
+                score: (bpb_ref - bpb_cand).abs(),
+                kl: Vec::new(),
+                top1_agree: Vec::new(),
+                bpb: Some((bpb_ref, bpb_cand)),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_softmax(x: &[f32]) -> Vec<f32> {
+        let m = x.iter().cloned().fold(f32::MIN, f32::max);
+        let s: f32 = x.iter().map(|v| (v - m).exp()).sum();
+        x.iter().map(|v| v - m - s.ln()).collect()
+    }
+
+    #[test]
+    fn kl_of_identical_rows_is_zero() {
+        let p = log_softmax(&[1.0, 2.0, 3.0]);
+        assert_eq!(kl(&p, &p), 0.0);
+    }
+
+    #[test]
+    fn kl_matches_a_hand_computation() {
+        let p = [0.5f32.ln(), 0.5f32.ln()];
+        let q = [0.25f32.ln(), 0.75f32.ln()];
+        let want = 0.5 * (0.5f64 / 0.25).ln() + 0.5 * (0.5f64 / 0.75).ln();
+        assert!((kl(&p, &q) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn kl_is_asymmetric_and_positive() {
+        let p = log_softmax(&[3.0, 0.0, 0.0]);
+        let q = log_softmax(&[0.0, 0.0, 3.0]);
+        assert!(kl(&p, &q) > 1.0);
+        let r = log_softmax(&[1.0, 0.9, 0.0]);
+        assert!((kl(&p, &r) - kl(&r, &p)).abs() > 1e-3);
+    }
+}

@@ -1,0 +1,238 @@
+//! Transcripts: the append-only record of a run, one JSON object per line (NDJSON).
+//!
+//! Line 1 is a [`Header`] (identities, mode, parameters, key commitment); then one [`Query`]
+//! line per finished challenge; then, once decided, a [`Verdict`] line. Each line is written
+//! whole, flushed and fsynced before the run goes on, so a killed run loses at most the
+//! challenge it was working on, and `--resume` continues from the last complete line.
+//! The transcript holds everything needed to recompute the decision from the scores, and
+//! never the challenge key (only its commitment).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::model::Kernels;
+use crate::score::{ChallengeScore, ScoreKind};
+use crate::stats::{Decision, TestParams};
+
+/// Transcript format version.
+pub const VERSION: u32 = 1;
+
+/// The first line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    /// Always "header".
+    pub record: String,
+    /// Format version.
+    pub version: u32,
+    /// Run id (also the PRF input).
+    pub run_id: String,
+    /// Mode name.
+    pub mode: String,
+    /// Test parameters.
+    pub params: TestParams,
+    /// Continuation length K.
+    pub k: usize,
+    /// Kernels used.
+    pub kernels: Kernels,
+    /// How challenges are scored.
+    pub score_kind: ScoreKind,
+    /// SHA-256 commitment to the challenge key.
+    pub key_commitment: String,
+    /// The reference model.
+    pub reference: Identity,
+    /// The candidate model.
+    pub candidate: Identity,
+    /// pot's version.
+    pub pot_version: String,
+    /// Unix time the run started.
+    pub started_unix: u64,
+}
+
+/// One finished challenge.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Query {
+    /// Always "query".
+    pub record: String,
+    /// Challenge index.
+    pub index: u64,
+    /// Family.
+    pub family: String,
+    /// Template number.
+    pub template: usize,
+    /// Prompt text.
+    pub prompt: String,
+    /// Reference continuation ids.
+    pub continuation_ids: Vec<u32>,
+    /// Reference continuation text.
+    pub continuation_text: String,
+    /// The score and its detail.
+    #[serde(flatten)]
+    pub score: ChallengeScore,
+    /// Mean clipped score so far.
+    pub mean: f64,
+    /// Confidence sequence lower end so far.
+    pub lower: f64,
+    /// Upper end.
+    pub upper: f64,
+    /// Seconds this challenge took.
+    pub seconds: f64,
+}
+
+/// The last line, once decided.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    /// Always "verdict".
+    pub record: String,
+    /// Decision.
+    pub decision: Decision,
+    /// Challenges used.
+    pub queries: usize,
+    /// Mean clipped score.
+    pub mean: f64,
+    /// Lower end.
+    pub lower: f64,
+    /// Upper end.
+    pub upper: f64,
+    /// Wall time over all sessions of the run.
+    pub elapsed_s: f64,
+}
+
+/// Transcript I/O errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TranscriptError {
+    /// Cannot create, read or write.
+    #[error("{path}: {reason}")]
+    Io {
+        /// File.
+        path: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A line that does not parse.
+    #[error("{path}:{line}: not a pot transcript line ({reason}); the file is damaged or not a transcript")]
+    Parse {
+        /// File.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// Parser message.
+        reason: String,
+    },
+}
+
+/// An open transcript being appended to.
+pub struct Writer {
+    file: File,
+    path: PathBuf,
+}
+
+fn io(path: &Path, reason: impl std::fmt::Display) -> TranscriptError {
+    TranscriptError::Io {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Writer {
+    /// Create a new transcript holding `header`; refuses to overwrite an existing one.
+    pub fn create(path: &Path, header: &Header) -> Result<Self, TranscriptError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, format!("cannot create the folder ({e}); pass a writable --transcripts folder")))?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => io(path, "a transcript of this run id exists already; continue it with --resume, or pick another --run-id"),
+                _ => io(path, format!("cannot create the transcript ({e}); pass a writable --transcripts folder")),
+            })?;
+        let mut w = Self { file, path: path.to_path_buf() };
+        if let Err(e) = w.append(header) {
+            // Leave nothing half-written behind.
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(w)
+    }
+
+    /// Reopen an existing transcript for appending, cutting off a torn last line.
+    pub fn reopen(path: &Path, complete_len: u64) -> Result<Self, TranscriptError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io(path, format!("cannot open for appending ({e})")))?;
+        file.set_len(complete_len).map_err(|e| io(path, e))?;
+        let mut w = Self { file, path: path.to_path_buf() };
+        use std::io::Seek;
+        w.file.seek(std::io::SeekFrom::End(0)).map_err(|e| io(path, e))?;
+        Ok(w)
+    }
+
+    /// Append one record as a line, flushed and fsynced.
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), TranscriptError> {
+        let mut line = serde_json::to_string(record).map_err(|e| io(&self.path, e))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| io(&self.path, format!("write failed ({e})")))
+    }
+}
+
+/// A transcript read back.
+pub struct Loaded {
+    /// Header.
+    pub header: Header,
+    /// Finished challenges in order.
+    pub queries: Vec<Query>,
+    /// The verdict, when the run had finished.
+    pub verdict: Option<Verdict>,
+    /// Byte length of the complete lines (a torn last line lies beyond).
+    pub complete_len: u64,
+}
+
+/// Read a transcript; a torn last line (a killed write) is ignored.
+pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| io(path, format!("cannot read the transcript ({e}); check the run id and --transcripts folder")))?;
+    let complete_len = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let parse_err = |line: usize, e: serde_json::Error| TranscriptError::Parse {
+        path: path.display().to_string(),
+        line,
+        reason: e.to_string(),
+    };
+    let mut lines = text[..complete_len].lines().enumerate();
+    let header: Header = match lines.next() {
+        Some((i, l)) => serde_json::from_str(l).map_err(|e| parse_err(i + 1, e))?,
+        None => return Err(io(path, "the transcript has no complete header line; delete it and start again")),
+    };
+    let mut queries = Vec::new();
+    let mut verdict = None;
+    for (i, l) in lines {
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| parse_err(i + 1, e))?;
+        match v.get("record").and_then(|r| r.as_str()) {
+            Some("query") => queries.push(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?),
+            Some("verdict") => verdict = Some(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?),
+            _ => {
+                return Err(TranscriptError::Parse {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    reason: "unknown record type".into(),
+                })
+            }
+        }
+    }
+    Ok(Loaded {
+        header,
+        queries,
+        verdict,
+        complete_len: complete_len as u64,
+    })
+}

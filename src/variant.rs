@@ -1,0 +1,266 @@
+//! Derived models: what a cheaper substitute of a model would look like.
+//!
+//! `derive(source, options, out)` writes a GGUF holding the source's metadata and tokenizer
+//! with every matrix re-encoded: lossless (`f16`), re-quantized (`q8_0`, `q4_0`, `q3_k`,
+//! `q2_k`), optionally with layers pruned or Gaussian noise added first. Auditors use it to
+//! see what a run can catch; the tests use it to make substitutes of real models.
+//!
+//! Quantization works on blocks of 32 (legacy types) or 256 (k-quants) values along a row.
+//! A matrix whose rows are not a multiple of the block (SmolLM2's 576 columns under a k-quant)
+//! is quantized over its flattened values and stored dequantized as f16: the numbers are
+//! those of the quantization, only the container differs. 1-D tensors (norms, biases) stay f32.
+//!
+//! The output is written to a temporary file beside `out` and renamed into place, so a failed
+//! or killed run leaves no half-written model.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+use crate::model::gguf::GgufFile;
+use crate::model::ModelError;
+
+/// Target encodings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Half precision: lossless for 4- and 8-bit sources up to f16 rounding.
+    F16,
+    /// 8-bit blocks of 32.
+    Q8_0,
+    /// 4-bit blocks of 32.
+    Q4_0,
+    /// 3-bit k-quant (blocks of 256).
+    Q3K,
+    /// 2-bit k-quant (blocks of 256).
+    Q2K,
+}
+
+impl Target {
+    fn dtype(self) -> GgmlDType {
+        match self {
+            Target::F16 => GgmlDType::F16,
+            Target::Q8_0 => GgmlDType::Q8_0,
+            Target::Q4_0 => GgmlDType::Q4_0,
+            Target::Q3K => GgmlDType::Q3K,
+            Target::Q2K => GgmlDType::Q2K,
+        }
+    }
+}
+
+/// How to derive the variant.
+#[derive(Clone, Debug)]
+pub struct VariantOptions {
+    /// Encoding of every matrix.
+    pub to: Target,
+    /// Drop this many transformer blocks (those just before the last one).
+    pub prune_layers: usize,
+    /// Add Gaussian noise of this many RMS units to every matrix before encoding.
+    pub noise: f64,
+    /// Seed of the noise.
+    pub seed: u64,
+}
+
+/// What went wrong deriving a variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VariantError {
+    /// Reading the source model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Options that cannot apply to this model.
+    #[error("{0}")]
+    Options(String),
+    /// Writing the output.
+    #[error("{path}: cannot write ({reason}); check the folder exists and is writable")]
+    Write {
+        /// Output path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn candle_err(path: &str, e: candle_core::Error) -> VariantError {
+    VariantError::Model(ModelError::Corrupt {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Gaussian noise by Box–Muller (reproducible from the seed).
+fn add_noise(t: &Tensor, sigma_rms: f64, rng: &mut rand::rngs::StdRng) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
+    let s = sigma_rms * rms;
+    let noisy: Vec<f32> = v
+        .iter()
+        .map(|x| {
+            let u1: f64 = rng.gen::<f64>().max(f64::MIN_POSITIVE);
+            let u2: f64 = rng.gen();
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            (*x as f64 + s * z) as f32
+        })
+        .collect();
+    Tensor::from_vec(noisy, t.shape(), &Device::Cpu)
+}
+
+/// Encode one dense matrix as `dtype` (see the module doc for rows off the block size).
+fn encode(t: &Tensor, dtype: GgmlDType) -> candle_core::Result<QTensor> {
+    let block = dtype.block_size();
+    let cols = *t.dims().last().unwrap_or(&0);
+    if dtype == GgmlDType::F16 || cols % block == 0 {
+        return QTensor::quantize(t, dtype);
+    }
+    let n = t.elem_count();
+    if n % block != 0 {
+        // Not even the flattened matrix splits into blocks: keep full precision.
+        return QTensor::quantize(t, GgmlDType::F16);
+    }
+    let flat = t.flatten_all()?.reshape((n / block, block))?;
+    let round_trip = QTensor::quantize(&flat, dtype)?.dequantize(&Device::Cpu)?;
+    QTensor::quantize(&round_trip.reshape(t.shape())?, GgmlDType::F16)
+}
+
+/// Write the variant of `source` described by `opts` to `out`.
+pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), VariantError> {
+    let src = source.display().to_string();
+    let outp = out.display().to_string();
+    if let (Ok(a), Ok(b)) = (source.canonicalize(), out.canonicalize()) {
+        if a == b {
+            return Err(VariantError::Options(format!(
+                "{outp}: output is the input model; choose another -o path"
+            )));
+        }
+    }
+    let mut g = GgufFile::open(source)?;
+    let cfg = g.config()?;
+    let arch = cfg.arch.clone();
+    if opts.prune_layers >= cfg.n_layer.saturating_sub(1) {
+        return Err(VariantError::Options(format!(
+            "--prune-layers {} leaves no layer: {src} has {} blocks; prune at most {}",
+            opts.prune_layers,
+            cfg.n_layer,
+            cfg.n_layer.saturating_sub(2)
+        )));
+    }
+    if !(opts.noise >= 0.0 && opts.noise.is_finite()) {
+        return Err(VariantError::Options(format!("--noise {} must be a non-negative number", opts.noise)));
+    }
+    // Blocks [n-1-prune, n-2] are dropped; the rest are renumbered in order.
+    let first_dropped = cfg.n_layer - 1 - opts.prune_layers;
+    let renumber = |name: &str| -> Option<String> {
+        let rest = name.strip_prefix("blk.")?;
+        let (idx, tail) = rest.split_once('.')?;
+        let i: usize = idx.parse().ok()?;
+        if i >= first_dropped && i < cfg.n_layer - 1 {
+            return Some(String::new()); // dropped
+        }
+        let j = if i >= first_dropped { i - opts.prune_layers } else { i };
+        Some(format!("blk.{j}.{tail}"))
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for name in names {
+        let new_name = match renumber(&name) {
+            Some(n) if n.is_empty() => continue,
+            Some(n) => n,
+            None => name.clone(),
+        };
+        let q = g.tensor(&name)?;
+        let dense = q.dequantize(&Device::Cpu).map_err(|e| candle_err(&src, e))?;
+        let qt = if dense.rank() < 2 {
+            QTensor::quantize(&dense, GgmlDType::F32)
+        } else {
+            let dense = if opts.noise > 0.0 {
+                add_noise(&dense, opts.noise, &mut rng).map_err(|e| candle_err(&src, e))?
+            } else {
+                dense
+            };
+            encode(&dense, opts.to.dtype())
+        }
+        .map_err(|e| candle_err(&src, e))?;
+        tensors.push((new_name, qt));
+    }
+    let mut metadata: Vec<(String, Value)> = g
+        .content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.file_type")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.retain(|(k, _)| k != &format!("{arch}.block_count"));
+    metadata.push((format!("{arch}.block_count"), Value::U32((cfg.n_layer - opts.prune_layers) as u32)));
+    metadata.push((
+        "pot.variant".into(),
+        Value::String(format!(
+            "to={:?} prune_layers={} noise={} seed={}",
+            opts.to, opts.prune_layers, opts.noise, opts.seed
+        )),
+    ));
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    let md_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let write_err = |e: String| VariantError::Write {
+        path: outp.clone(),
+        reason: e,
+    };
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile_in(dir).map_err(|e| write_err(e.to_string()))?;
+    {
+        let mut w = BufWriter::new(tmp.as_file());
+        candle_core::quantized::gguf_file::write(&mut w, &md_refs, &t_refs).map_err(|e| write_err(e.to_string()))?;
+        w.flush().map_err(|e| write_err(e.to_string()))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| write_err(e.to_string()))?;
+    tmp.persist(out).map_err(|e| write_err(e.to_string()))?;
+    Ok(())
+}
+
+/// A temporary file that is removed unless persisted.
+pub struct TempFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    /// The open file.
+    pub fn as_file(&self) -> &std::fs::File {
+        &self.file
+    }
+    /// Rename into place.
+    pub fn persist(mut self, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, to)?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Create a fresh temporary file in `dir` (same filesystem as the destination, so the final
+/// rename is atomic).
+pub fn tempfile_in(dir: &Path) -> std::io::Result<TempFile> {
+    for _ in 0..16 {
+        let path = dir.join(format!(".pot-tmp-{:016x}", rand::random::<u64>()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok(TempFile { file, path, keep: false }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("could not create a temporary file"))
+}
