@@ -34,9 +34,30 @@ impl Mode {
     /// The mode's test parameters.
     pub fn params(self) -> TestParams {
         match self {
-            Mode::Quick => TestParams { alpha: 0.05, gamma: 0.05, delta: 0.1, clip: 0.2, n_min: CYCLE, n_max: 50 },
-            Mode::Audit => TestParams { alpha: 0.01, gamma: 0.05, delta: 0.1, clip: 0.2, n_min: CYCLE, n_max: 200 },
-            Mode::Extended => TestParams { alpha: 0.001, gamma: 0.02, delta: 0.05, clip: 0.1, n_min: 2 * CYCLE, n_max: 1000 },
+            Mode::Quick => TestParams {
+                alpha: 0.05,
+                gamma: 0.05,
+                delta: 0.1,
+                clip: 0.2,
+                n_min: CYCLE,
+                n_max: 50,
+            },
+            Mode::Audit => TestParams {
+                alpha: 0.01,
+                gamma: 0.05,
+                delta: 0.1,
+                clip: 0.2,
+                n_min: CYCLE,
+                n_max: 200,
+            },
+            Mode::Extended => TestParams {
+                alpha: 0.001,
+                gamma: 0.02,
+                delta: 0.05,
+                clip: 0.1,
+                n_min: 2 * CYCLE,
+                n_max: 1000,
+            },
         }
     }
 
@@ -183,6 +204,19 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
         pot_version: env!("CARGO_PKG_VERSION").into(),
         started_unix: unix_now(),
     };
+    let opts = LoadOptions {
+        kernels: cfg.kernels,
+    };
+    let ref_spec = ref_path.display().to_string();
+    let cand_spec = cand_path.display().to_string();
+    // Load before the transcript exists, so a model that fails to load leaves no file.
+    let both = match cfg.one_at_a_time {
+        None => Some((
+            Model::load(&ref_spec, opts)?,
+            Model::load(&cand_spec, opts)?,
+        )),
+        Some(_) => None,
+    };
     let mut prior_elapsed = 0.0;
     let mut writer = if cfg.resume {
         let loaded = transcript::read(&cfg.transcript)?;
@@ -192,12 +226,22 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
             what,
         };
         if h.key_commitment != header.key_commitment {
-            return Err(mismatch("the key does not match the transcript's key commitment".into()));
+            return Err(mismatch(
+                "the key does not match the transcript's key commitment".into(),
+            ));
         }
-        if h.reference.weight_hash != reference.weight_hash || h.candidate.weight_hash != candidate.weight_hash {
-            return Err(mismatch("the models' weight hashes differ from the transcript's".into()));
+        if h.reference.weight_hash != reference.weight_hash
+            || h.candidate.weight_hash != candidate.weight_hash
+        {
+            return Err(mismatch(
+                "the models' weight hashes differ from the transcript's".into(),
+            ));
         }
-        if h.params != header.params || h.k != header.k || h.kernels != header.kernels || h.run_id != header.run_id {
+        if h.params != header.params
+            || h.k != header.k
+            || h.kernels != header.kernels
+            || h.run_id != header.run_id
+        {
             return Err(mismatch(format!(
                 "parameters differ (transcript: mode {}, K {}, {:?}; now: mode {}, K {}, {:?})",
                 h.mode, h.k, h.params, header.mode, header.k, header.params
@@ -215,29 +259,39 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
             let mut w = Writer::reopen(&cfg.transcript, loaded.complete_len)?;
             let st = test.status();
             w.append(&verdict(d, &st, prior_elapsed))?;
-            return Ok(outcome(cfg, &test, kind, prior_elapsed, reference, candidate));
+            return Ok(outcome(
+                cfg,
+                &test,
+                kind,
+                prior_elapsed,
+                reference,
+                candidate,
+            ));
         }
         Writer::reopen(&cfg.transcript, loaded.complete_len)?
     } else {
         Writer::create(&cfg.transcript, &header)?
     };
-    let opts = LoadOptions { kernels: cfg.kernels };
-    let ref_spec = ref_path.display().to_string();
-    let cand_spec = cand_path.display().to_string();
-    match cfg.one_at_a_time {
-        None => {
-            let rm = Model::load(&ref_spec, opts)?;
-            let cm = Model::load(&cand_spec, opts)?;
+    match (cfg.one_at_a_time, both) {
+        (None, Some((rm, cm))) => {
             while test.decision().is_none() {
                 let t0 = Instant::now();
                 let ch = catalog.challenge(&cfg.key, &cfg.run_id, test.n() as u64);
                 let side = score::reference_pass(&rm, &ch.prompt, cfg.k, kind)?;
                 let sc = score::candidate_pass(&cm, &side)?;
-                record(&mut writer, &mut test, ch, side, sc, t0.elapsed().as_secs_f64(), progress)?;
+                record(
+                    &mut writer,
+                    &mut test,
+                    ch,
+                    side,
+                    sc,
+                    t0.elapsed().as_secs_f64(),
+                    progress,
+                )?;
             }
         }
-        Some(batch) => {
-            let batch = batch.max(1);
+        (batch, _) => {
+            let batch = batch.unwrap_or(1).max(1);
             while test.decision().is_none() {
                 let first = test.n() as u64;
                 let t0 = Instant::now();
@@ -257,14 +311,26 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
                     }
                     let t1 = Instant::now();
                     let sc = score::candidate_pass(&cm, &side)?;
-                    record(&mut writer, &mut test, ch, side, sc, per + t1.elapsed().as_secs_f64(), progress)?;
+                    record(
+                        &mut writer,
+                        &mut test,
+                        ch,
+                        side,
+                        sc,
+                        per + t1.elapsed().as_secs_f64(),
+                        progress,
+                    )?;
                 }
             }
         }
     }
     let elapsed = prior_elapsed + start.elapsed().as_secs_f64();
     let st = test.status();
-    writer.append(&verdict(test.decision().unwrap_or(Decision::Undecided), &st, elapsed))?;
+    writer.append(&verdict(
+        test.decision().unwrap_or(Decision::Undecided),
+        &st,
+        elapsed,
+    ))?;
     Ok(outcome(cfg, &test, kind, elapsed, reference, candidate))
 }
 
@@ -289,7 +355,8 @@ fn record(
     seconds: f64,
     progress: Progress<'_>,
 ) -> Result<(), DiffError> {
-    let st = test.push(sc.score);
+    test.push(sc.score);
+    let st = test.status();
     writer.append(&Query {
         record: "query".into(),
         index: ch.index,

@@ -7,10 +7,10 @@
 #![deny(missing_docs)]
 
 pub mod challenge;
-pub mod model;
-pub mod stats;
-pub mod identity;
-pub mod score;
-pub mod variant;
 pub mod diff;
+pub mod identity;
+pub mod model;
+pub mod score;
+pub mod stats;
 pub mod transcript;
+pub mod variant;

@@ -142,7 +142,12 @@ impl Writer {
     /// Create a new transcript holding `header`; refuses to overwrite an existing one.
     pub fn create(path: &Path, header: &Header) -> Result<Self, TranscriptError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io(dir, format!("cannot create the folder ({e}); pass a writable --transcripts folder")))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                io(
+                    dir,
+                    format!("cannot create the folder ({e}); pass a writable --transcripts folder"),
+                )
+            })?;
         }
         let file = OpenOptions::new()
             .write(true)
@@ -152,7 +157,10 @@ impl Writer {
                 std::io::ErrorKind::AlreadyExists => io(path, "a transcript of this run id exists already; continue it with --resume, or pick another --run-id"),
                 _ => io(path, format!("cannot create the transcript ({e}); pass a writable --transcripts folder")),
             })?;
-        let mut w = Self { file, path: path.to_path_buf() };
+        let mut w = Self {
+            file,
+            path: path.to_path_buf(),
+        };
         if let Err(e) = w.append(header) {
             // Leave nothing half-written behind.
             let _ = std::fs::remove_file(path);
@@ -168,9 +176,14 @@ impl Writer {
             .open(path)
             .map_err(|e| io(path, format!("cannot open for appending ({e})")))?;
         file.set_len(complete_len).map_err(|e| io(path, e))?;
-        let mut w = Self { file, path: path.to_path_buf() };
+        let mut w = Self {
+            file,
+            path: path.to_path_buf(),
+        };
         use std::io::Seek;
-        w.file.seek(std::io::SeekFrom::End(0)).map_err(|e| io(path, e))?;
+        w.file
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| io(path, e))?;
         Ok(w)
     }
 
@@ -200,8 +213,12 @@ pub struct Loaded {
 
 /// Read a transcript; a torn last line (a killed write) is ignored.
 pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| io(path, format!("cannot read the transcript ({e}); check the run id and --transcripts folder")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        io(
+            path,
+            format!("cannot read the transcript ({e}); check the run id and --transcripts folder"),
+        )
+    })?;
     let complete_len = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let parse_err = |line: usize, e: serde_json::Error| TranscriptError::Parse {
         path: path.display().to_string(),
@@ -211,15 +228,24 @@ pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
     let mut lines = text[..complete_len].lines().enumerate();
     let header: Header = match lines.next() {
         Some((i, l)) => serde_json::from_str(l).map_err(|e| parse_err(i + 1, e))?,
-        None => return Err(io(path, "the transcript has no complete header line; delete it and start again")),
+        None => {
+            return Err(io(
+                path,
+                "the transcript has no complete header line; delete it and start again",
+            ))
+        }
     };
     let mut queries = Vec::new();
     let mut verdict = None;
     for (i, l) in lines {
         let v: serde_json::Value = serde_json::from_str(l).map_err(|e| parse_err(i + 1, e))?;
         match v.get("record").and_then(|r| r.as_str()) {
-            Some("query") => queries.push(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?),
-            Some("verdict") => verdict = Some(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?),
+            Some("query") => {
+                queries.push(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?)
+            }
+            Some("verdict") => {
+                verdict = Some(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?)
+            }
             _ => {
                 return Err(TranscriptError::Parse {
                     path: path.display().to_string(),

@@ -29,14 +29,19 @@ use crate::model::ModelError;
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Half precision: lossless for 4- and 8-bit sources up to f16 rounding.
+    #[value(name = "f16")]
     F16,
     /// 8-bit blocks of 32.
+    #[value(name = "q8_0")]
     Q8_0,
     /// 4-bit blocks of 32.
+    #[value(name = "q4_0")]
     Q4_0,
     /// 3-bit k-quant (blocks of 256).
+    #[value(name = "q3_k")]
     Q3K,
     /// 2-bit k-quant (blocks of 256).
+    #[value(name = "q2_k")]
     Q2K,
 }
 
@@ -93,7 +98,11 @@ fn candle_err(path: &str, e: candle_core::Error) -> VariantError {
 }
 
 /// Gaussian noise by Box–Muller (reproducible from the seed).
-fn add_noise(t: &Tensor, sigma_rms: f64, rng: &mut rand::rngs::StdRng) -> candle_core::Result<Tensor> {
+fn add_noise(
+    t: &Tensor,
+    sigma_rms: f64,
+    rng: &mut rand::rngs::StdRng,
+) -> candle_core::Result<Tensor> {
     let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
     let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
     let s = sigma_rms * rms;
@@ -149,7 +158,10 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
         )));
     }
     if !(opts.noise >= 0.0 && opts.noise.is_finite()) {
-        return Err(VariantError::Options(format!("--noise {} must be a non-negative number", opts.noise)));
+        return Err(VariantError::Options(format!(
+            "--noise {} must be a non-negative number",
+            opts.noise
+        )));
     }
     // Blocks [n-1-prune, n-2] are dropped; the rest are renumbered in order.
     let first_dropped = cfg.n_layer - 1 - opts.prune_layers;
@@ -160,7 +172,11 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
         if i >= first_dropped && i < cfg.n_layer - 1 {
             return Some(String::new()); // dropped
         }
-        let j = if i >= first_dropped { i - opts.prune_layers } else { i };
+        let j = if i >= first_dropped {
+            i - opts.prune_layers
+        } else {
+            i
+        };
         Some(format!("blk.{j}.{tail}"))
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
@@ -174,7 +190,9 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
             None => name.clone(),
         };
         let q = g.tensor(&name)?;
-        let dense = q.dequantize(&Device::Cpu).map_err(|e| candle_err(&src, e))?;
+        let dense = q
+            .dequantize(&Device::Cpu)
+            .map_err(|e| candle_err(&src, e))?;
         let qt = if dense.rank() < 2 {
             QTensor::quantize(&dense, GgmlDType::F32)
         } else {
@@ -196,7 +214,10 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     metadata.retain(|(k, _)| k != &format!("{arch}.block_count"));
-    metadata.push((format!("{arch}.block_count"), Value::U32((cfg.n_layer - opts.prune_layers) as u32)));
+    metadata.push((
+        format!("{arch}.block_count"),
+        Value::U32((cfg.n_layer - opts.prune_layers) as u32),
+    ));
     metadata.push((
         "pot.variant".into(),
         Value::String(format!(
@@ -211,14 +232,20 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
         path: outp.clone(),
         reason: e,
     };
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile_in(dir).map_err(|e| write_err(e.to_string()))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
-        candle_core::quantized::gguf_file::write(&mut w, &md_refs, &t_refs).map_err(|e| write_err(e.to_string()))?;
+        candle_core::quantized::gguf_file::write(&mut w, &md_refs, &t_refs)
+            .map_err(|e| write_err(e.to_string()))?;
         w.flush().map_err(|e| write_err(e.to_string()))?;
     }
-    tmp.as_file().sync_all().map_err(|e| write_err(e.to_string()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| write_err(e.to_string()))?;
     tmp.persist(out).map_err(|e| write_err(e.to_string()))?;
     Ok(())
 }
@@ -256,8 +283,18 @@ impl Drop for TempFile {
 pub fn tempfile_in(dir: &Path) -> std::io::Result<TempFile> {
     for _ in 0..16 {
         let path = dir.join(format!(".pot-tmp-{:016x}", rand::random::<u64>()));
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => return Ok(TempFile { file, path, keep: false }),
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => {
+                return Ok(TempFile {
+                    file,
+                    path,
+                    keep: false,
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }

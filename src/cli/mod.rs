@@ -96,6 +96,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the engine: prompt-eval (teacher forcing) and generation tokens per second.
+    Bench {
+        /// Model file.
+        model: String,
+        /// Prompt length for prompt-eval.
+        #[arg(long, default_value_t = 256)]
+        prompt_tokens: usize,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Matrix kernels.
+        #[arg(long, value_enum, default_value_t = KernelArg::Dense)]
+        kernels: KernelArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a derived model (re-encoded, re-quantized, pruned or noised): a substitute.
     Variant {
         /// Source model file.
@@ -215,10 +232,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => cmd_diff(a),
         Command::Keygen { out } => {
             write_new_secret(&out, &ChallengeKey::generate().to_hex())?;
-            eprintln!("pot: wrote a new challenge key to {} (keep it secret)", out.display());
+            eprintln!(
+                "pot: wrote a new challenge key to {} (keep it secret)",
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Challenges { key_file, run_id, n, json } => {
+        Command::Challenges {
+            key_file,
+            run_id,
+            n,
+            json,
+        } => {
             let key = ChallengeKey::read(&key_file)?;
             let cat = Catalog::load()?;
             for i in 0..n {
@@ -235,8 +260,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let m = Model::load(&model, LoadOptions::default())?;
             let ids = m.tokenizer.encode(&text)?;
             if json {
-                let pieces: Vec<String> = ids.iter().map(|i| m.tokenizer.decode(&[*i]).unwrap_or_default()).collect();
-                println!("{}", serde_json::json!({"token_ids": ids, "pieces": pieces}));
+                let pieces: Vec<String> = ids
+                    .iter()
+                    .map(|i| m.tokenizer.decode(&[*i]).unwrap_or_default())
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"token_ids": ids, "pieces": pieces})
+                );
             } else {
                 for i in &ids {
                     println!("{i}\t{:?}", m.tokenizer.decode(&[*i])?);
@@ -244,34 +275,110 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logits { model, text, top_k, kernels, json } => cmd_logits(&model, &text, top_k, kernels.into(), json),
-        Command::Fingerprint { model, compare, json } => {
+        Command::Logits {
+            model,
+            text,
+            top_k,
+            kernels,
+            json,
+        } => cmd_logits(&model, &text, top_k, kernels.into(), json),
+        Command::Fingerprint {
+            model,
+            compare,
+            json,
+        } => {
             let id = pot::identity::fingerprint(&pot::model::resolve(&model)?, true)?;
             let other = match &compare {
                 Some(c) => Some(pot::identity::fingerprint(&pot::model::resolve(c)?, true)?),
                 None => None,
             };
-            let dist = other
-                .as_ref()
-                .and_then(|o| pot::identity::tlsh_distance(id.tlsh.as_deref()?, o.tlsh.as_deref()?));
+            let dist = other.as_ref().and_then(|o| {
+                pot::identity::tlsh_distance(id.tlsh.as_deref()?, o.tlsh.as_deref()?)
+            });
             if json {
-                println!("{}", serde_json::json!({"model": id, "compare": other, "tlsh_distance": dist}));
+                println!(
+                    "{}",
+                    serde_json::json!({"model": id, "compare": other, "tlsh_distance": dist})
+                );
             } else {
                 for x in std::iter::once(&id).chain(other.as_ref()) {
-                    println!("{}\n  arch {}  parameters {}  bytes {}", x.path, x.arch, x.parameters, x.file_bytes);
-                    println!("  file sha256     {}\n  weight hash     {}", x.file_sha256, x.weight_hash);
-                    println!("  config hash     {}\n  tokenizer hash  {}", x.config_hash, x.tokenizer_hash);
+                    println!(
+                        "{}\n  arch {}  parameters {}  bytes {}",
+                        x.path, x.arch, x.parameters, x.file_bytes
+                    );
+                    println!(
+                        "  file sha256     {}\n  weight hash     {}",
+                        x.file_sha256, x.weight_hash
+                    );
+                    println!(
+                        "  config hash     {}\n  tokenizer hash  {}",
+                        x.config_hash, x.tokenizer_hash
+                    );
                     println!("  tlsh            {}", x.tlsh.as_deref().unwrap_or("-"));
                 }
                 if let Some(d) = dist {
-                    println!("TLSH distance {d} (0 identical; small: near-clone; above ~100: unrelated)");
+                    println!(
+                        "TLSH distance {d} (0 identical; small: near-clone; above ~100: unrelated)"
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Variant { model, to, prune_layers, noise, seed, out } => {
+        Command::Bench {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            kernels,
+            json,
+        } => {
+            let t0 = std::time::Instant::now();
+            let m = Model::load(
+                &model,
+                LoadOptions {
+                    kernels: kernels.into(),
+                },
+            )?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let text = "The quick brown fox jumps over the lazy dog. ".repeat(prompt_tokens);
+            let mut ids = m.tokenizer.encode(&text)?;
+            ids.truncate(prompt_tokens.max(1));
+            // One warm-up pass, then the measured one.
+            m.logits(&ids[..ids.len().min(16)], 0)?;
+            let t = std::time::Instant::now();
+            m.logits(&ids, 0)?;
+            let prefill = ids.len() as f64 / t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            let g = m.greedy_exact(&ids[..16.min(ids.len())], gen_tokens)?;
+            let gen = g.len() as f64 / t.elapsed().as_secs_f64();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"model": model, "load_s": load_s, "prompt_tokens": ids.len(), "prompt_eval_tok_s": prefill, "generated": g.len(), "generation_tok_s": gen})
+                );
+            } else {
+                println!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); generation {gen:.1} tok/s ({} tokens)", ids.len(), g.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Variant {
+            model,
+            to,
+            prune_layers,
+            noise,
+            seed,
+            out,
+        } => {
             let src = pot::model::resolve(&model)?;
-            variant::derive(&src, &VariantOptions { to, prune_layers, noise, seed }, &out)?;
+            variant::derive(
+                &src,
+                &VariantOptions {
+                    to,
+                    prune_layers,
+                    noise,
+                    seed,
+                },
+                &out,
+            )?;
             eprintln!("pot: wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -288,16 +395,25 @@ fn write_new_secret(path: &Path, text: &str) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    let mut f = o
-        .open(path)
-        .with_context(|| format!("{}: cannot create key file (it must not exist yet)", path.display()))?;
+    let mut f = o.open(path).with_context(|| {
+        format!(
+            "{}: cannot create key file (it must not exist yet)",
+            path.display()
+        )
+    })?;
     f.write_all(format!("{text}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .with_context(|| format!("{}: cannot write key file", path.display()))?;
     Ok(())
 }
 
-fn cmd_logits(model: &str, text: &str, top_k: usize, kernels: Kernels, json: bool) -> Result<ExitCode> {
+fn cmd_logits(
+    model: &str,
+    text: &str,
+    top_k: usize,
+    kernels: Kernels,
+    json: bool,
+) -> Result<ExitCode> {
     let m = Model::load(model, LoadOptions { kernels })?;
     let ids = m.tokenizer.encode(text)?;
     if ids.is_empty() {
@@ -322,14 +438,37 @@ fn cmd_logits(model: &str, text: &str, top_k: usize, kernels: Kernels, json: boo
         }));
     }
     if json {
-        println!("{}", serde_json::json!({"token_ids": ids, "positions": positions}));
+        println!(
+            "{}",
+            serde_json::json!({"token_ids": ids, "positions": positions})
+        );
     } else {
         for (i, p) in positions.iter().enumerate() {
             let after = m.tokenizer.decode(&ids[..=i]).unwrap_or_default();
-            println!("after {:?}:", after.chars().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<String>());
-            for (id, lp) in p["top_ids"].as_array().into_iter().flatten().zip(p["top_logprobs"].as_array().into_iter().flatten()) {
+            println!(
+                "after {:?}:",
+                after
+                    .chars()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<String>()
+            );
+            for (id, lp) in p["top_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .zip(p["top_logprobs"].as_array().into_iter().flatten())
+            {
                 let id = id.as_u64().unwrap_or(0) as u32;
-                println!("  {:>7} {:>9.4}  {:?}", id, lp.as_f64().unwrap_or(f64::NAN), m.tokenizer.decode(&[id]).unwrap_or_default());
+                println!(
+                    "  {:>7} {:>9.4}  {:?}",
+                    id,
+                    lp.as_f64().unwrap_or(f64::NAN),
+                    m.tokenizer.decode(&[id]).unwrap_or_default()
+                );
             }
         }
     }
@@ -364,12 +503,24 @@ fn new_run_id() -> String {
 
 fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let mut params = a.mode.params();
-    if let Some(v) = a.alpha { params.alpha = v; }
-    if let Some(v) = a.gamma { params.gamma = v; }
-    if let Some(v) = a.delta { params.delta = v; }
-    if let Some(v) = a.clip { params.clip = v; }
-    if let Some(v) = a.n_min { params.n_min = v; }
-    if let Some(v) = a.n_max { params.n_max = v; }
+    if let Some(v) = a.alpha {
+        params.alpha = v;
+    }
+    if let Some(v) = a.gamma {
+        params.gamma = v;
+    }
+    if let Some(v) = a.delta {
+        params.delta = v;
+    }
+    if let Some(v) = a.clip {
+        params.clip = v;
+    }
+    if let Some(v) = a.n_min {
+        params.n_min = v;
+    }
+    if let Some(v) = a.n_max {
+        params.n_max = v;
+    }
     params.validate()?;
     let k = a.k.unwrap_or(a.mode.k());
     if k == 0 {
@@ -379,22 +530,35 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
         bail!("--resume RUN names the run already; drop --run-id");
     }
     let resume = a.resume.is_some();
-    let run_id = a.resume.clone().or(a.run_id.clone()).unwrap_or_else(new_run_id);
+    let run_id = a
+        .resume
+        .clone()
+        .or(a.run_id.clone())
+        .unwrap_or_else(new_run_id);
     if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
         bail!("run id {run_id:?} must be a plain file name (no slashes, not starting with a dot)");
     }
     let transcript = a.transcripts.join(format!("{run_id}.ndjson"));
     let saved_key = a.transcripts.join(format!("{run_id}.key"));
+    let mut generated_key = false;
     let key = match (&a.key_file, resume) {
         (Some(f), _) => ChallengeKey::read(f)?,
         (None, true) => ChallengeKey::read(&saved_key).with_context(|| {
-            format!("resuming {run_id}: no --key-file given and no saved key at {}", saved_key.display())
+            format!(
+                "resuming {run_id}: no --key-file given and no saved key at {}",
+                saved_key.display()
+            )
         })?,
         (None, false) => {
             let key = ChallengeKey::generate();
-            std::fs::create_dir_all(&a.transcripts)
-                .with_context(|| format!("{}: cannot create the transcripts folder", a.transcripts.display()))?;
+            std::fs::create_dir_all(&a.transcripts).with_context(|| {
+                format!(
+                    "{}: cannot create the transcripts folder",
+                    a.transcripts.display()
+                )
+            })?;
             write_new_secret(&saved_key, &key.to_hex())?;
+            generated_key = true;
             key
         }
     };
@@ -414,8 +578,10 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let bar = if std::io::stderr().is_terminal() && !a.json {
         let b = indicatif::ProgressBar::new(params.n_max as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} challenges {msg} [{elapsed_precise}, eta {eta}]")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} challenges {msg} [{elapsed_precise}, eta {eta}]",
+            )
+            .expect("valid template"),
         );
         Some(b)
     } else {
@@ -424,12 +590,19 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let mut progress = |st: &pot::stats::Status| {
         if let Some(b) = &bar {
             b.set_position(st.n as u64);
-            b.set_message(format!("mean {:.4} in [{:.4}, {:.4}]", st.mean, st.lower, st.upper));
+            b.set_message(format!(
+                "mean {:.4} in [{:.4}, {:.4}]",
+                st.mean, st.lower, st.upper
+            ));
         }
     };
     let out = diff::run(&cfg, &mut progress);
     if let Some(b) = &bar {
         b.finish_and_clear();
+    }
+    if out.is_err() && generated_key && !cfg.transcript.exists() {
+        // Nothing was recorded with this key: leave nothing behind.
+        let _ = std::fs::remove_file(&saved_key);
     }
     let out = out?;
     if a.json {
@@ -454,8 +627,16 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
             "  SAME means mean score below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
             p.delta, p.gamma, p.alpha
         );
-        println!("  reference {} (weights {})", out.reference.path, &out.reference.weight_hash[..16]);
-        println!("  candidate {} (weights {})", out.candidate.path, &out.candidate.weight_hash[..16]);
+        println!(
+            "  reference {} (weights {})",
+            out.reference.path,
+            &out.reference.weight_hash[..16]
+        );
+        println!(
+            "  candidate {} (weights {})",
+            out.candidate.path,
+            &out.candidate.weight_hash[..16]
+        );
         println!("  transcript {}", out.transcript);
     }
     Ok(ExitCode::from(match out.decision {

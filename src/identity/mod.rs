@@ -121,7 +121,9 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     Ok(Identity {
         path: p,
         arch: cfg.arch.clone(),
-        file_bytes: std::fs::metadata(path).map_err(|e| io_err(&path.display().to_string(), e))?.len(),
+        file_bytes: std::fs::metadata(path)
+            .map_err(|e| io_err(&path.display().to_string(), e))?
+            .len(),
         parameters,
         vocab_size: cfg.vocab_size,
         file_sha256: sha256_file(path)?,
@@ -153,10 +155,15 @@ pub fn weight_signature(path: &Path) -> Result<Vec<u8>, ModelError> {
         if v.is_empty() {
             continue;
         }
-        let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt() as f32;
+        let rms =
+            (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt() as f32;
         let step = (v.len() / SIGNATURE_SAMPLES).max(1);
         for x in v.iter().step_by(step).take(SIGNATURE_SAMPLES) {
-            let b = if rms > 0.0 { (x / rms * BUCKETS_PER_SIGMA).round().clamp(-12.0, 12.0) } else { 0.0 };
+            let b = if rms > 0.0 {
+                (x / rms * BUCKETS_PER_SIGMA).round().clamp(-12.0, 12.0)
+            } else {
+                0.0
+            };
             sig.push((b as i32 + 128) as u8);
         }
     }

@@ -97,6 +97,16 @@ impl Linear {
         })
     }
 
+    /// From a quantized tensor whose dense f32 copy exists already (tied embeddings).
+    pub fn from_qtensor_with_dense(w: QTensor, dense: Tensor, kernels: Kernels) -> Result<Self> {
+        let quantized = !matches!(w.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        Ok(Self {
+            dense: (kernels == Kernels::Dense || !quantized).then_some(dense),
+            quant: quantized.then(|| QMatMul::QTensor(Arc::new(w))),
+            bias: None,
+        })
+    }
+
     /// From a dense f32 tensor.
     pub fn from_dense(w: Tensor, bias: Option<Tensor>) -> Self {
         Self {
@@ -111,7 +121,9 @@ impl Linear {
             (_, Some(q)) if decode || self.dense.is_none() => q.forward(x)?,
             (Some(w), _) => {
                 let (b, t, d) = x.dims3()?;
-                x.reshape((b * t, d))?.matmul(&w.t()?)?.reshape((b, t, ()))?
+                x.reshape((b * t, d))?
+                    .matmul(&w.t()?)?
+                    .reshape((b, t, ()))?
             }
             (None, _) => candle_core::bail!("linear layer holds no weights"),
         };
@@ -199,7 +211,11 @@ impl Decoder {
         let max_pos = config.context_length.clamp(1, 32_768);
         let half = config.head_dim / 2;
         let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / config.rope_base.powf(2.0 * i as f64 / config.head_dim as f64) as f32)
+            .map(|i| {
+                1.0 / config
+                    .rope_base
+                    .powf(2.0 * i as f64 / config.head_dim as f64) as f32
+            })
             .collect();
         let inv = Tensor::from_vec(inv, (1, half), &Device::Cpu)?;
         let pos = Tensor::arange(0u32, max_pos as u32, &Device::Cpu)?
@@ -304,13 +320,17 @@ impl Decoder {
             };
             let att = candle_nn::ops::softmax_last_dim(&att)?;
             let y = att.matmul(&v)?; // (1, heads, t, head_dim)
-            let y = y.transpose(1, 2)?.reshape((1, t, cfg.n_head * cfg.head_dim))?;
+            let y = y
+                .transpose(1, 2)?
+                .reshape((1, t, cfg.n_head * cfg.head_dim))?;
             let y = block.wo.forward(&y, decode)?;
             x = (x + y)?;
             let h = block.ffn_norm.forward(&x)?;
             let g = block.gate.forward(&h, decode)?;
             let u = block.up.forward(&h, decode)?;
-            let m = block.down.forward(&(candle_nn::ops::silu(&g)? * u)?, decode)?;
+            let m = block
+                .down
+                .forward(&(candle_nn::ops::silu(&g)? * u)?, decode)?;
             x = (x + m)?;
         }
         cache.len += t;
@@ -332,7 +352,15 @@ impl Decoder {
 fn causal_mask(t: usize, start: usize) -> Result<Tensor> {
     let kv = start + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..kv).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..kv).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, kv), &Device::Cpu)
 }

@@ -40,9 +40,10 @@ impl GgufFile {
         if reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
             return Err(ModelError::NotGguf { path: p });
         }
-        reader
-            .rewind()
-            .map_err(|e| ModelError::Open { path: p.clone(), reason: e.to_string() })?;
+        reader.rewind().map_err(|e| ModelError::Open {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
         let content = Content::read(&mut reader).map_err(|e| ModelError::Corrupt {
             path: p.clone(),
             reason: e.to_string(),
@@ -51,7 +52,10 @@ impl GgufFile {
         let size = reader
             .get_ref()
             .metadata()
-            .map_err(|e| ModelError::Open { path: p.clone(), reason: e.to_string() })?
+            .map_err(|e| ModelError::Open {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?
             .len();
         for (name, info) in &content.tensor_infos {
             let elems = info.shape.elem_count();
@@ -66,15 +70,22 @@ impl GgufFile {
                 });
             }
         }
-        Ok(Self { path: p, content, reader })
+        Ok(Self {
+            path: p,
+            content,
+            reader,
+        })
     }
 
     /// A metadata value, or an error naming the missing key.
     pub fn md(&self, key: &str) -> Result<&Value, ModelError> {
-        self.content.metadata.get(key).ok_or_else(|| ModelError::MissingKey {
-            path: self.path.clone(),
-            key: key.to_string(),
-        })
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| ModelError::MissingKey {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })
     }
 
     fn md_usize(&self, key: &str) -> Result<usize, ModelError> {
@@ -114,11 +125,17 @@ impl GgufFile {
     pub fn tensor(&mut self, name: &str) -> Result<QTensor, ModelError> {
         let path = self.path.clone();
         if !self.content.tensor_infos.contains_key(name) {
-            return Err(ModelError::MissingTensor { path, name: name.to_string() });
+            return Err(ModelError::MissingTensor {
+                path,
+                name: name.to_string(),
+            });
         }
         self.content
             .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| ModelError::Corrupt { path, reason: format!("tensor {name}: {e}") })
+            .map_err(|e| ModelError::Corrupt {
+                path,
+                reason: format!("tensor {name}: {e}"),
+            })
     }
 
     /// Whether the file holds a tensor of that name.
@@ -246,8 +263,9 @@ impl GgufFile {
         let embed_q = self.tensor("token_embd.weight")?;
         let embed = dense(embed_q)?;
         let output = if cfg.tied_embeddings {
+            // Tied: the output projection is the embedding; share its dense copy.
             let q = self.tensor("token_embd.weight")?;
-            Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?
+            Linear::from_qtensor_with_dense(q, embed.clone(), kernels).map_err(|e| map(&path, e))?
         } else {
             let q = self.tensor("output.weight")?;
             Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?

@@ -34,7 +34,9 @@ pub enum ModelError {
         path: String,
     },
     /// A GGUF file whose structure is broken or truncated.
-    #[error("{path}: corrupt or truncated GGUF: {reason}; fetch the file again and check its sha256")]
+    #[error(
+        "{path}: corrupt or truncated GGUF: {reason}; fetch the file again and check its sha256"
+    )]
     Corrupt {
         /// File.
         path: String,
@@ -121,7 +123,10 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
     }
     if p.is_dir() {
         let ggufs: Vec<PathBuf> = std::fs::read_dir(p)
-            .map_err(|e| ModelError::Open { path: spec.into(), reason: e.to_string() })?
+            .map_err(|e| ModelError::Open {
+                path: spec.into(),
+                reason: e.to_string(),
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|f| f.extension().is_some_and(|x| x == "gguf"))
             .collect();
@@ -137,15 +142,19 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
             }),
         };
     }
-    let looks_like_id = spec.split('/').count() == 2 && !spec.contains(['\\', ':']) && !spec.starts_with('.');
+    let looks_like_id =
+        spec.split('/').count() == 2 && !spec.contains(['\\', ':']) && !spec.starts_with('.');
     if !looks_like_id {
         return Err(ModelError::NotFound {
             spec: spec.into(),
-            reason: "no such file or folder; pass a GGUF file path or a Hugging Face id (org/name)".into(),
+            reason: "no such file or folder; pass a GGUF file path or a Hugging Face id (org/name)"
+                .into(),
         });
     }
     let cache = hf_hub::Cache::from_env();
-    let repo_dir = cache.path().join(format!("models--{}", spec.replace('/', "--")));
+    let repo_dir = cache
+        .path()
+        .join(format!("models--{}", spec.replace('/', "--")));
     let snapshot = std::fs::read_to_string(repo_dir.join("refs").join("main"))
         .ok()
         .map(|c| repo_dir.join("snapshots").join(c.trim()));
@@ -199,10 +208,24 @@ impl Model {
 
     /// Greedy continuation of `prompt`: up to `max_new` tokens, stopping after an end token.
     pub fn greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
+        self.generate(prompt, max_new, true)
+    }
+
+    /// Greedy continuation of exactly `max_new` tokens, end tokens or not (benchmarks).
+    pub fn greedy_exact(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
+        self.generate(prompt, max_new, false)
+    }
+
+    fn generate(&self, prompt: &[u32], max_new: usize, stop: bool) -> Result<Vec<u32>, ModelError> {
         let mut cache = KvCache::default();
         let mut out = Vec::with_capacity(max_new);
         if max_new == 0 {
             return Ok(out);
+        }
+        if prompt.is_empty() {
+            return Err(ModelError::Tokenize(
+                "cannot continue an empty prompt".into(),
+            ));
         }
         let mut logits = self
             .decoder
@@ -215,7 +238,7 @@ impl Model {
                 .map_err(|e| self.inference_err(e))?;
             let next = argmax(&row);
             out.push(next);
-            if out.len() >= max_new || self.tokenizer.stop_ids.contains(&next) {
+            if out.len() >= max_new || (stop && self.tokenizer.stop_ids.contains(&next)) {
                 return Ok(out);
             }
             logits = self

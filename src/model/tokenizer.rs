@@ -9,7 +9,6 @@
 //! This module never guesses: an unknown tokenizer model or pre-tokenizer is an error that names
 //! the key and its value.
 
-
 use sha2::{Digest, Sha256};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -112,7 +111,10 @@ impl Tokenizer {
             )));
         }
         let regexes = pre_tokenizer_regexes(&d.pre).ok_or_else(|| {
-            unsupported(format!("tokenizer.ggml.pre = {:?} is not a known pre-tokenizer", d.pre))
+            unsupported(format!(
+                "tokenizer.ggml.pre = {:?} is not a known pre-tokenizer",
+                d.pre
+            ))
         })?;
         let vocab: tokenizers::models::bpe::Vocab = d
             .tokens
@@ -159,7 +161,10 @@ impl Tokenizer {
             .iter()
             .enumerate()
             .filter(|(_, t)| {
-                matches!(t.as_str(), "<|im_end|>" | "<|endoftext|>" | "<|eot_id|>" | "<end_of_turn>")
+                matches!(
+                    t.as_str(),
+                    "<|im_end|>" | "<|endoftext|>" | "<|eot_id|>" | "<end_of_turn>"
+                )
             })
             .map(|(i, _)| i as u32)
             .chain(d.eos)

@@ -65,7 +65,9 @@ pub struct ChallengeScore {
 
 /// Whether two models can be compared token by token: same tokenizer, same output rows.
 pub fn kind_for(reference: &Identity, candidate: &Identity) -> ScoreKind {
-    if reference.tokenizer_hash == candidate.tokenizer_hash && reference.vocab_size == candidate.vocab_size {
+    if reference.tokenizer_hash == candidate.tokenizer_hash
+        && reference.vocab_size == candidate.vocab_size
+    {
         ScoreKind::Kl
     } else {
         ScoreKind::BitsPerByte
@@ -111,18 +113,30 @@ fn bits_per_byte(model: &Model, prompt: &str, continuation: &str) -> Result<f64,
 
 /// The reference's half of a challenge: greedy continuation of `k` tokens and what scoring
 /// needs from the reference.
-pub fn reference_pass(reference: &Model, prompt: &str, k: usize, kind: ScoreKind) -> Result<ReferenceSide, ModelError> {
+pub fn reference_pass(
+    reference: &Model,
+    prompt: &str,
+    k: usize,
+    kind: ScoreKind,
+) -> Result<ReferenceSide, ModelError> {
     let prompt_ids = reference.tokenizer.encode(prompt)?;
     let continuation_ids = reference.greedy(&prompt_ids, k)?;
     let continuation_text = reference.tokenizer.decode(&continuation_ids)?;
     let (logprobs, bpb) = match kind {
         ScoreKind::Kl => {
-            let seq: Vec<u32> = prompt_ids.iter().chain(&continuation_ids).copied().collect();
+            let seq: Vec<u32> = prompt_ids
+                .iter()
+                .chain(&continuation_ids)
+                .copied()
+                .collect();
             let mut lp = reference.logprobs(&seq, prompt_ids.len() - 1)?;
             lp.truncate(continuation_ids.len());
             (lp, None)
         }
-        ScoreKind::BitsPerByte => (Vec::new(), Some(bits_per_byte(reference, prompt, &continuation_text)?)),
+        ScoreKind::BitsPerByte => (
+            Vec::new(),
+            Some(bits_per_byte(reference, prompt, &continuation_text)?),
+        ),
     };
     Ok(ReferenceSide {
         prompt: prompt.to_string(),
@@ -138,11 +152,25 @@ pub fn reference_pass(reference: &Model, prompt: &str, k: usize, kind: ScoreKind
 pub fn candidate_pass(candidate: &Model, r: &ReferenceSide) -> Result<ChallengeScore, ModelError> {
     match r.bpb {
         None => {
-            let seq: Vec<u32> = r.prompt_ids.iter().chain(&r.continuation_ids).copied().collect();
+            let seq: Vec<u32> = r
+                .prompt_ids
+                .iter()
+                .chain(&r.continuation_ids)
+                .copied()
+                .collect();
             let lq = candidate.logprobs(&seq, r.prompt_ids.len() - 1)?;
             let kl: Vec<f64> = r.logprobs.iter().zip(&lq).map(|(p, q)| kl(p, q)).collect();
-            let top1_agree = r.logprobs.iter().zip(&lq).map(|(p, q)| argmax(p) == argmax(q)).collect();
-            let score = if kl.is_empty() { 0.0 } else { kl.iter().sum::<f64>() / kl.len() as f64 };
+            let top1_agree = r
+                .logprobs
+                .iter()
+                .zip(&lq)
+                .map(|(p, q)| argmax(p) == argmax(q))
+                .collect();
+            let score = if kl.is_empty() {
+                0.0
+            } else {
+                kl.iter().sum::<f64>() / kl.len() as f64
+            };
             Ok(ChallengeScore {
                 kind: ScoreKind::Kl,
                 score,

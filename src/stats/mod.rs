@@ -222,9 +222,9 @@ impl SequentialTest {
         s.clamp(0.0, self.params.clip) / self.params.clip
     }
 
-    /// Add one challenge's score (NaN counts as the clip bound: maximal divergence).
-    /// After a decision, further scores are recorded but change nothing.
-    pub fn push(&mut self, score: f64) -> Status {
+    /// Add one challenge's score (NaN counts as the clip bound: maximal divergence) and
+    /// return the verdict once reached. After a decision, further scores change nothing.
+    pub fn push(&mut self, score: f64) -> Option<Decision> {
         let p = self.params;
         let x = self.scaled(score);
         self.scores.push(score);
@@ -251,7 +251,7 @@ impl SequentialTest {
         if self.decision.is_none() && n >= p.n_max {
             self.decision = Some(Decision::Undecided);
         }
-        self.status()
+        self.decision
     }
 
     /// The current state.
@@ -284,12 +284,17 @@ impl SequentialTest {
         if full == 0 {
             return (0.0, p.clip);
         }
-        let xs: Vec<f64> = self.scores[..full].iter().map(|s| self.scaled(*s)).collect();
+        let xs: Vec<f64> = self.scores[..full]
+            .iter()
+            .map(|s| self.scaled(*s))
+            .collect();
         let threshold = (1.0 / p.alpha).ln();
         const GRID: usize = 400;
         let ms = (1..GRID).map(|i| i as f64 / GRID as f64);
         let kept: Vec<f64> = ms
-            .filter(|&m| log_wealth(&xs, m, true) < threshold && log_wealth(&xs, m, false) < threshold)
+            .filter(|&m| {
+                log_wealth(&xs, m, true) < threshold && log_wealth(&xs, m, false) < threshold
+            })
             .collect();
         // A point below the grid's first step: the bound is 0 (or B) itself.
         let lower = if log_wealth(&xs, 1.0 / GRID as f64, true) < threshold {
@@ -311,7 +316,7 @@ impl SequentialTest {
 pub fn run_stream(params: TestParams, scores: impl IntoIterator<Item = f64>) -> (Decision, usize) {
     let mut t = SequentialTest::new(params).expect("valid parameters");
     for s in scores {
-        if let Some(d) = t.push(s).decision {
+        if let Some(d) = t.push(s) {
             return (d, t.n());
         }
     }
@@ -339,11 +344,22 @@ mod tests {
     /// scores with that mean, the hardest case for a bounded-mean test.
     fn stream(rng: &mut impl Rng, family_means: [f64; CYCLE], clip: f64, n: usize) -> Vec<f64> {
         (0..n)
-            .map(|i| if rng.gen::<f64>() < family_means[i % CYCLE] { clip } else { 0.0 })
+            .map(|i| {
+                if rng.gen::<f64>() < family_means[i % CYCLE] {
+                    clip
+                } else {
+                    0.0
+                }
+            })
             .collect()
     }
 
-    fn error_rate(p: TestParams, family_means: [f64; CYCLE], wrong: Decision, streams: usize) -> f64 {
+    fn error_rate(
+        p: TestParams,
+        family_means: [f64; CYCLE],
+        wrong: Decision,
+        streams: usize,
+    ) -> f64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut errors = 0;
         for _ in 0..streams {
@@ -360,7 +376,11 @@ mod tests {
         // Mean exactly γ/B = 0.25, spread unevenly across families.
         for alpha in [0.05, 0.01] {
             let p = params(alpha);
-            for means in [[0.25; 5], [0.05, 0.1, 0.25, 0.35, 0.5], [0.0, 0.0, 0.0, 0.25, 1.0]] {
+            for means in [
+                [0.25; 5],
+                [0.05, 0.1, 0.25, 0.35, 0.5],
+                [0.0, 0.0, 0.0, 0.25, 1.0],
+            ] {
                 let rate = error_rate(p, means, Decision::Different, 10_000);
                 eprintln!("alpha {alpha} means {means:?}: wrong DIFFERENT {rate}");
                 assert!(rate <= alpha, "alpha {alpha} means {means:?}: {rate}");
@@ -373,7 +393,11 @@ mod tests {
         // Mean exactly δ/B = 0.5.
         for alpha in [0.05, 0.01] {
             let p = params(alpha);
-            for means in [[0.5; 5], [0.1, 0.3, 0.5, 0.7, 0.9], [0.0, 0.0, 0.5, 1.0, 1.0]] {
+            for means in [
+                [0.5; 5],
+                [0.1, 0.3, 0.5, 0.7, 0.9],
+                [0.0, 0.0, 0.5, 1.0, 1.0],
+            ] {
                 let rate = error_rate(p, means, Decision::Same, 10_000);
                 eprintln!("alpha {alpha} means {means:?}: wrong SAME {rate}");
                 assert!(rate <= alpha, "alpha {alpha} means {means:?}: {rate}");
@@ -415,7 +439,8 @@ mod tests {
         let mut t = SequentialTest::new(params(0.01)).unwrap();
         let mut widths = vec![];
         for i in 0..100 {
-            let st = t.push(if i % 4 == 0 { 0.2 } else { 0.0 });
+            t.push(if i % 4 == 0 { 0.2 } else { 0.0 });
+            let st = t.status();
             if (i + 1) % 25 == 0 {
                 assert!(st.lower <= 0.05 && 0.05 <= st.upper, "{st:?}");
                 widths.push(st.upper - st.lower);

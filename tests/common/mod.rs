@@ -14,7 +14,11 @@ pub fn models_dir() -> PathBuf {
 /// A fetched model file; panics with the fix when it is missing.
 pub fn model_path(name: &str) -> PathBuf {
     let p = models_dir().join(name);
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh first",
+        p.display()
+    );
     p
 }
 

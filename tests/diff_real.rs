@@ -1,0 +1,332 @@
+//! `pot diff` on real models, through the real binary: the verdicts the issue requires, resume
+//! after a kill, the one-model-at-a-time path, and bad input.
+//!
+//! Needs the models: `scripts/fetch-models.sh`. Heavy: run with `--test-threads=1` (as
+//! scripts/test.sh does) so that two large models are not loaded twice over.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::{model_path, QWEN05, QWEN15, SMOL};
+use serde_json::Value;
+
+fn pot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pot"));
+    c.env("RUST_BACKTRACE", "0");
+    c
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn diff(reference: &Path, candidate: &Path, dir: &Path, extra: &[&str]) -> (Output, Value) {
+    let out = pot()
+        .args(["diff", "--json", "--mode", "audit", "--ref"])
+        .arg(reference)
+        .arg("--cand")
+        .arg(candidate)
+        .arg("--transcripts")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    eprintln!(
+        "{} vs {}: {} in {} queries, mean {}, [{}, {}], {} s",
+        reference.display(),
+        candidate.display(),
+        v["decision"],
+        v["queries"],
+        v["mean"],
+        v["lower"],
+        v["upper"],
+        v["elapsed_s"]
+    );
+    (out, v)
+}
+
+/// Variants of SmolLM2 made once per test binary with `pot variant`.
+fn smol_variant(to: &str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(tmp);
+    let out = dir.path().join(format!("smol-{to}.gguf"));
+    if !out.exists() {
+        let o = pot()
+            .args(["variant", "--to", to, "-o"])
+            .arg(&out)
+            .arg(model_path(SMOL))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    out
+}
+
+#[test]
+fn smollm2_against_itself_is_same() {
+    let d = tmp();
+    let (o, v) = diff(&model_path(SMOL), &model_path(SMOL), d.path(), &[]);
+    assert_eq!(
+        v["decision"],
+        "SAME",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(v["mean"].as_f64(), Some(0.0));
+}
+
+#[test]
+fn qwen_05b_and_15b_are_different_within_12_queries_both_orders() {
+    for (a, b) in [(QWEN05, QWEN15), (QWEN15, QWEN05)] {
+        let d = tmp();
+        let (o, v) = diff(&model_path(a), &model_path(b), d.path(), &[]);
+        assert_eq!(
+            v["decision"],
+            "DIFFERENT",
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(1));
+        assert!(v["queries"].as_u64().unwrap() <= 12, "{v}");
+        assert_eq!(v["score_kind"], "kl");
+    }
+}
+
+#[test]
+fn smollm2_and_qwen_with_other_tokenizers_are_different() {
+    let d = tmp();
+    let (o, v) = diff(&model_path(SMOL), &model_path(QWEN05), d.path(), &[]);
+    assert_eq!(
+        v["decision"],
+        "DIFFERENT",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(v["score_kind"], "bits-per-byte");
+}
+
+#[test]
+fn smollm2_and_its_f16_reencoding_are_same() {
+    let d = tmp();
+    let (o, v) = diff(&model_path(SMOL), &smol_variant("f16"), d.path(), &[]);
+    assert_eq!(
+        v["decision"],
+        "SAME",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Other bytes, other weight hash: the identity sees the re-encoding, the verdict does not.
+    assert_ne!(v["reference"]["weight_hash"], v["candidate"]["weight_hash"]);
+}
+
+#[test]
+fn smollm2_and_its_q2_k_requantization_are_different() {
+    let d = tmp();
+    let (o, v) = diff(&model_path(SMOL), &smol_variant("q2_k"), d.path(), &[]);
+    assert_eq!(
+        v["decision"],
+        "DIFFERENT",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn query_lines(transcript: &Path) -> usize {
+    std::fs::read_to_string(transcript)
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.contains("\"record\":\"query\""))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_decision() {
+    let d = tmp();
+    let key = d.path().join("key");
+    assert!(pot()
+        .args(["keygen", "-o"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let k = key.to_str().unwrap();
+    // n_min 20 keeps the run going long enough to be killed in the middle.
+    let flags = ["--key-file", k, "--run-id", "killme", "--n-min", "20"];
+    let whole = d.path().join("whole");
+    let (_, uninterrupted) = diff(&model_path(SMOL), &smol_variant("q4_0"), &whole, &flags);
+
+    let parts = d.path().join("parts");
+    let mut child = pot()
+        .args(["diff", "--json", "--ref"])
+        .arg(model_path(SMOL))
+        .arg("--cand")
+        .arg(smol_variant("q4_0"))
+        .arg("--transcripts")
+        .arg(&parts)
+        .args(flags)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = parts.join("killme.ndjson");
+    let start = std::time::Instant::now();
+    while query_lines(&t) < 4 && start.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = query_lines(&t);
+    assert!(
+        (4..20).contains(&done_before),
+        "killed after {done_before} queries"
+    );
+    assert!(!std::fs::read_to_string(&t)
+        .unwrap()
+        .contains("\"record\":\"verdict\""));
+
+    let (o, resumed) = diff(
+        &model_path(SMOL),
+        &smol_variant("q4_0"),
+        &parts,
+        &["--key-file", k, "--resume", "killme", "--n-min", "20"],
+    );
+    assert!(
+        o.status.code().is_some_and(|c| c != 2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(resumed["decision"], uninterrupted["decision"]);
+    assert_eq!(resumed["queries"], uninterrupted["queries"]);
+    assert_eq!(resumed["mean"], uninterrupted["mean"]);
+    // Finished queries were not recomputed: the transcript holds each index once.
+    let text = std::fs::read_to_string(&t).unwrap();
+    let idx: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["record"] == "query")
+        .map(|v| v["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, (0..idx.len() as u64).collect::<Vec<_>>());
+
+    // Resuming with other parameters is refused.
+    let (o, _) = diff(
+        &model_path(SMOL),
+        &smol_variant("q4_0"),
+        &parts,
+        &["--key-file", k, "--resume", "killme"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot resume"));
+}
+
+#[test]
+fn one_model_at_a_time_reaches_the_same_decision() {
+    let d = tmp();
+    let key = d.path().join("key");
+    assert!(pot()
+        .args(["keygen", "-o"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let k = key.to_str().unwrap();
+    let (_, a) = diff(
+        &model_path(SMOL),
+        &smol_variant("q2_k"),
+        &d.path().join("a"),
+        &["--key-file", k, "--run-id", "r"],
+    );
+    let (_, b) = diff(
+        &model_path(SMOL),
+        &smol_variant("q2_k"),
+        &d.path().join("b"),
+        &["--key-file", k, "--run-id", "r", "--one-at-a-time", "3"],
+    );
+    assert_eq!(a["decision"], b["decision"]);
+    assert_eq!(a["queries"], b["queries"]);
+    assert_eq!(a["mean"], b["mean"]);
+}
+
+fn assert_clean_error(o: &Output, needle: &str, dir: &Path) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "{err}");
+    let ndjson = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "ndjson"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(ndjson, 0, "no transcript may be left behind");
+}
+
+#[test]
+fn bad_model_files_fail_cleanly() {
+    let d = tmp();
+    let tr = d.path().join("tr");
+    let missing = d.path().join("missing.gguf");
+    let (o, _) = diff(&model_path(SMOL), &missing, &tr, &[]);
+    assert_clean_error(&o, "missing.gguf", &tr);
+
+    let not_gguf = d.path().join("notes.gguf");
+    std::fs::write(&not_gguf, b"this is not a model").unwrap();
+    let (o, _) = diff(&model_path(SMOL), &not_gguf, &tr, &[]);
+    assert_clean_error(&o, "not a GGUF file", &tr);
+
+    let truncated = d.path().join("truncated.gguf");
+    let bytes = std::fs::read(model_path(SMOL)).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let (o, _) = diff(&model_path(SMOL), &truncated, &tr, &[]);
+    assert_clean_error(&o, "truncated", &tr);
+
+    let empty_key = d.path().join("empty.key");
+    std::fs::write(&empty_key, b"").unwrap();
+    let (o, _) = diff(
+        &model_path(SMOL),
+        &model_path(SMOL),
+        &tr,
+        &["--key-file", empty_key.to_str().unwrap()],
+    );
+    assert_clean_error(&o, "empty", &tr);
+}
+
+#[test]
+fn challenges_are_reproducible_and_never_show_the_key() {
+    let d = tmp();
+    let key = d.path().join("key");
+    assert!(pot()
+        .args(["keygen", "-o"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let run = |id: &str| {
+        pot()
+            .args([
+                "challenges",
+                "--json",
+                "-n",
+                "20",
+                "--run-id",
+                id,
+                "--key-file",
+            ])
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let (a, b, c) = (run("x"), run("x"), run("y"));
+    assert!(a.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    assert_ne!(a.stdout, c.stdout);
+    let secret = std::fs::read_to_string(&key).unwrap();
+    assert!(!String::from_utf8_lossy(&a.stdout).contains(secret.trim()));
+}
