@@ -82,28 +82,35 @@ pub struct Linear {
 impl Linear {
     /// From a (possibly quantized) tensor, keeping what `kernels` needs.
     pub fn from_qtensor(w: QTensor, bias: Option<Tensor>, kernels: Kernels) -> Result<Self> {
-        let quantized = !matches!(w.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if !quantized {
-            return Ok(Self::from_dense(w.dequantize(&Device::Cpu)?, bias));
-        }
-        let dense = match kernels {
-            Kernels::Dense => Some(w.dequantize(&Device::Cpu)?),
-            Kernels::Quantized => None,
-        };
-        Ok(Self {
-            dense,
-            quant: Some(QMatMul::QTensor(Arc::new(w))),
-            bias,
-        })
+        Self::build(w, bias, kernels, None)
     }
 
     /// From a quantized tensor whose dense f32 copy exists already (tied embeddings).
     pub fn from_qtensor_with_dense(w: QTensor, dense: Tensor, kernels: Kernels) -> Result<Self> {
+        Self::build(w, None, kernels, Some(dense))
+    }
+
+    /// Keep the dense copy when the kernels use it (or the file is not quantized), computing
+    /// it only when not given; keep the quantized copy whenever the file is quantized.
+    fn build(
+        w: QTensor,
+        bias: Option<Tensor>,
+        kernels: Kernels,
+        dense: Option<Tensor>,
+    ) -> Result<Self> {
         let quantized = !matches!(w.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let dense = if kernels == Kernels::Dense || !quantized {
+            Some(match dense {
+                Some(d) => d,
+                None => w.dequantize(&Device::Cpu)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
-            dense: (kernels == Kernels::Dense || !quantized).then_some(dense),
+            dense,
             quant: quantized.then(|| QMatMul::QTensor(Arc::new(w))),
-            bias: None,
+            bias,
         })
     }
 
