@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Decide whether a candidate model computes what a reference model computes.
-    Diff(DiffArgs),
+    Diff(Box<DiffArgs>),
     /// Write a fresh secret challenge key (64 hex digits, file mode 0600).
     Keygen {
         /// Output file.
@@ -229,7 +229,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
     match cli.command {
-        Command::Diff(a) => cmd_diff(a),
+        Command::Diff(a) => cmd_diff(*a),
         Command::Keygen { out } => {
             write_new_secret(&out, &ChallengeKey::generate().to_hex())?;
             eprintln!(
