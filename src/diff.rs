@@ -1,9 +1,11 @@
 //! `pot diff`: the sequential loop that joins the rooms.
 //!
-//! key → challenge → reference pass → candidate pass → score → test → transcript line, until
-//! the test decides or the budget runs out. With `one_at_a_time`, challenges are worked
-//! through in batches: the reference alone computes its half of a batch, is dropped, then the
-//! candidate alone finishes it; scores enter the test in index order either way, so both
+//! key → challenges → reference pass → candidate pass → scores → test → transcript lines,
+//! until the test decides or the budget runs out. Challenges are scored in groups of one
+//! stratification cycle (the test decides only at cycle ends, so this costs no query), each
+//! group walked by both models together. With `one_at_a_time`, the reference alone computes
+//! its half of a batch of groups, is dropped, then the candidate alone finishes them; the
+//! groups and the order in which scores enter the test are the same either way, so both
 //! paths reach the same decision at the same query.
 
 use std::path::PathBuf;
@@ -11,7 +13,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::challenge::{Catalog, ChallengeKey};
+use crate::challenge::{Catalog, Challenge, ChallengeKey};
 use crate::identity::{fingerprint, Identity};
 use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
 use crate::score::{self, ScoreKind};
@@ -186,8 +188,31 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     let catalog = Catalog::load()?;
     let ref_path = resolve(&cfg.reference)?;
     let cand_path = resolve(&cfg.candidate)?;
-    let reference = fingerprint(&ref_path, false)?;
-    let candidate = fingerprint(&cand_path, false)?;
+    let opts = LoadOptions {
+        kernels: cfg.kernels,
+    };
+    let ref_spec = ref_path.display().to_string();
+    let cand_spec = cand_path.display().to_string();
+    // Hash the files (the identities) on a second thread while this one loads the models:
+    // both are single-threaded work on the same files. Everything happens before the
+    // transcript exists, so a model that fails to load leaves no file.
+    let (identities, both) = std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| -> Result<(Identity, Identity), ModelError> {
+            Ok((
+                fingerprint(&ref_path, false)?,
+                fingerprint(&cand_path, false)?,
+            ))
+        });
+        let both = match cfg.one_at_a_time {
+            None => Model::load(&ref_spec, opts)
+                .and_then(|r| Ok(Some((r, Model::load(&cand_spec, opts)?)))),
+            Some(_) => Ok(None),
+        };
+        let identities = hashing.join().expect("the hashing thread does not panic");
+        (identities, both)
+    });
+    let (reference, candidate) = identities?;
+    let both = both?;
     let kind = score::kind_for(&reference, &candidate);
     let header = Header {
         record: "header".into(),
@@ -204,19 +229,7 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
         pot_version: env!("CARGO_PKG_VERSION").into(),
         started_unix: unix_now(),
     };
-    let opts = LoadOptions {
-        kernels: cfg.kernels,
-    };
-    let ref_spec = ref_path.display().to_string();
-    let cand_spec = cand_path.display().to_string();
-    // Load before the transcript exists, so a model that fails to load leaves no file.
-    let both = match cfg.one_at_a_time {
-        None => Some((
-            Model::load(&ref_spec, opts)?,
-            Model::load(&cand_spec, opts)?,
-        )),
-        Some(_) => None,
-    };
+    tracing::debug!("setup done: {:.2} s", start.elapsed().as_secs_f64());
     let mut prior_elapsed = 0.0;
     let mut writer = if cfg.resume {
         let loaded = transcript::read(&cfg.transcript)?;
@@ -272,54 +285,62 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     } else {
         Writer::create(&cfg.transcript, &header)?
     };
+    let budget = cfg.params.n_max;
+    let challenges = |range: std::ops::Range<usize>| -> Vec<Challenge> {
+        range
+            .map(|i| catalog.challenge(&cfg.key, &cfg.run_id, i as u64))
+            .collect()
+    };
+    let prompts =
+        |chs: &[Challenge]| -> Vec<String> { chs.iter().map(|c| c.prompt.clone()).collect() };
     match (cfg.one_at_a_time, both) {
         (None, Some((rm, cm))) => {
             while test.decision().is_none() {
+                let first = test.n();
+                let group = groups(first, CYCLE, budget).remove(0);
                 let t0 = Instant::now();
-                let ch = catalog.challenge(&cfg.key, &cfg.run_id, test.n() as u64);
-                let side = score::reference_pass(&rm, &ch.prompt, cfg.k, kind)?;
-                let sc = score::candidate_pass(&cm, &side)?;
-                record(
-                    &mut writer,
-                    &mut test,
-                    ch,
-                    side,
-                    sc,
-                    t0.elapsed().as_secs_f64(),
-                    progress,
-                )?;
+                let chs = challenges(group.clone());
+                let sides = score::reference_pass(&rm, &prompts(&chs), cfg.k, kind)?;
+                let t_ref = t0.elapsed().as_secs_f64();
+                let scores = score::candidate_pass(&cm, &sides)?;
+                tracing::debug!(
+                    "challenges {group:?}: reference {t_ref:.2} s, candidate {:.2} s",
+                    t0.elapsed().as_secs_f64() - t_ref
+                );
+                let per = t0.elapsed().as_secs_f64() / group.len() as f64;
+                for ((ch, side), sc) in chs.into_iter().zip(sides).zip(scores) {
+                    record(&mut writer, &mut test, ch, side, sc, per, progress)?;
+                }
             }
         }
         (batch, _) => {
             let batch = batch.unwrap_or(1).max(1);
             while test.decision().is_none() {
-                let first = test.n() as u64;
                 let t0 = Instant::now();
-                let rm = Model::load(&ref_spec, opts)?;
-                let mut sides = Vec::with_capacity(batch);
-                for i in first..first + batch as u64 {
-                    let ch = catalog.challenge(&cfg.key, &cfg.run_id, i);
-                    let side = score::reference_pass(&rm, &ch.prompt, cfg.k, kind)?;
-                    sides.push((ch, side));
-                }
-                drop(rm);
+                let work: Vec<(Vec<Challenge>, Vec<score::ReferenceSide>)> = {
+                    let rm = Model::load(&ref_spec, opts)?;
+                    groups(test.n(), batch, budget)
+                        .into_iter()
+                        .map(|g| {
+                            let chs = challenges(g);
+                            let sides = score::reference_pass(&rm, &prompts(&chs), cfg.k, kind)?;
+                            Ok((chs, sides))
+                        })
+                        .collect::<Result<_, DiffError>>()?
+                };
                 let cm = Model::load(&cand_spec, opts)?;
-                let per = t0.elapsed().as_secs_f64() / batch as f64;
-                for (ch, side) in sides {
+                let n: usize = work.iter().map(|(c, _)| c.len()).sum();
+                let per = t0.elapsed().as_secs_f64() / n as f64;
+                for (chs, sides) in work {
                     if test.decision().is_some() {
                         break;
                     }
                     let t1 = Instant::now();
-                    let sc = score::candidate_pass(&cm, &side)?;
-                    record(
-                        &mut writer,
-                        &mut test,
-                        ch,
-                        side,
-                        sc,
-                        per + t1.elapsed().as_secs_f64(),
-                        progress,
-                    )?;
+                    let scores = score::candidate_pass(&cm, &sides)?;
+                    let each = per + t1.elapsed().as_secs_f64() / chs.len() as f64;
+                    for ((ch, side), sc) in chs.into_iter().zip(sides).zip(scores) {
+                        record(&mut writer, &mut test, ch, side, sc, each, progress)?;
+                    }
                 }
             }
         }
@@ -332,6 +353,21 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
         elapsed,
     ))?;
     Ok(outcome(cfg, &test, kind, elapsed, reference, candidate))
+}
+
+/// The groups of challenge indices scored together, covering `count` indices from `first`
+/// (fewer if the budget `n_max` ends first), split at cycle ends: a group never spans two
+/// cycles, so both paths (and a resumed run) walk the same groups after the first.
+fn groups(first: usize, count: usize, n_max: usize) -> Vec<std::ops::Range<usize>> {
+    let end = (first + count.max(1)).min(n_max.max(first + 1));
+    let mut out = Vec::new();
+    let mut i = first;
+    while i < end {
+        let j = ((i / CYCLE + 1) * CYCLE).min(end);
+        out.push(i..j);
+        i = j;
+    }
+    out
 }
 
 fn verdict(d: Decision, st: &Status, elapsed: f64) -> Verdict {
@@ -401,5 +437,21 @@ fn outcome(
         key_commitment: cfg.key.commitment(),
         reference,
         candidate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_split_at_cycle_ends_and_stop_at_the_budget() {
+        assert_eq!(groups(0, CYCLE, 200), vec![0..5]);
+        assert_eq!(groups(3, CYCLE, 200), vec![3..5, 5..8]);
+        assert_eq!(groups(0, 12, 200), vec![0..5, 5..10, 10..12]);
+        assert_eq!(groups(10, 5, 12), vec![10..12]);
+        // A resumed run mid-cycle finishes that cycle first, then walks whole cycles.
+        assert_eq!(groups(7, 1, 200), vec![7..8]);
+        assert_eq!(groups(8, 10, 200), vec![8..10, 10..15, 15..18]);
     }
 }

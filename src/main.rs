@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    tune_allocator();
     let args = cli::Cli::parse();
     cli::init_tracing(args.verbose);
     match cli::run(args) {
@@ -19,3 +20,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Keep freed activation buffers in the heap for reuse. glibc hands allocations above its
+/// mmap threshold back to the kernel on free, so every forward pass would fault its multi-MB
+/// activations in again (about a tenth of a diff's time on the VMs measured in BENCHMARKS.md).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}

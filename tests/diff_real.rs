@@ -77,7 +77,12 @@ fn smollm2_against_itself_is_same() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(v["mean"].as_f64(), Some(0.0));
+    // Identical weights: the only difference is the kernels' summation order between the
+    // reference's one-token steps and the candidate's teacher-forced pass, which 8-bit
+    // activation rounding turns into a mean KL of about 0.002 (measured 0.0013-0.0017),
+    // far below the margin γ = 0.05.
+    let mean = v["mean"].as_f64().unwrap();
+    assert!(mean < 0.005, "self-diff mean score {mean}");
 }
 
 #[test]

@@ -79,7 +79,7 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         top_k: usize,
         /// Matrix kernels.
-        #[arg(long, value_enum, default_value_t = KernelArg::Dense)]
+        #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
         kernels: KernelArg,
         /// JSON output.
         #[arg(long)]
@@ -107,7 +107,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         gen_tokens: usize,
         /// Matrix kernels.
-        #[arg(long, value_enum, default_value_t = KernelArg::Dense)]
+        #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
         kernels: KernelArg,
         /// JSON output.
         #[arg(long)]
@@ -137,8 +137,10 @@ enum Command {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum KernelArg {
-    Dense,
+    /// The file's quantization, multiplied as llama.cpp does (8-bit activations): small, fast.
     Quantized,
+    /// Weights dequantized to f32: exact arithmetic on the stored weights, 4-8x the memory.
+    Dense,
 }
 
 impl From<KernelArg> for Kernels {
@@ -198,7 +200,7 @@ struct DiffArgs {
     #[arg(long)]
     n_max: Option<usize>,
     /// Matrix kernels.
-    #[arg(long, value_enum, default_value_t = KernelArg::Dense)]
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
     kernels: KernelArg,
     /// JSON output.
     #[arg(long)]

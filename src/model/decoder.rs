@@ -5,13 +5,15 @@
 //! RMSNorm, RoPE, softmax) into the decoder-only families pot loads: Llama (interleaved RoPE,
 //! as GGUF stores it), Qwen2 (Q/K/V biases, NeoX RoPE) and Qwen3 (per-head Q/K RMSNorm).
 //!
-//! With [`Kernels::Dense`] (the default) every quantized weight matrix is kept twice:
-//! dequantized to f32 for prefill and teacher forcing (dense GEMM is several times faster
-//! there, see BENCHMARKS.md), and quantized for one-token decoding (memory-bound, where fewer
-//! bytes win). Teacher-forced scores then come from exact f32 arithmetic on the stored
-//! weights, whichever file format they arrived in. [`Kernels::Quantized`] computes as
-//! llama.cpp does (8-bit activations); the two differ visibly only on rows with "massive
-//! activations", such as the first position of Qwen2.5-1.5B (tests/engine_reference.rs).
+//! Each weight matrix is held once, for the kernels the model runs: [`Kernels::Quantized`]
+//! (the default) keeps the file's quantization and computes as llama.cpp does (8-bit
+//! activations); [`Kernels::Dense`] dequantizes to f32 and computes exactly on the stored
+//! weights. The two differ visibly only on rows with "massive activations", such as the
+//! first position of Qwen2.5-1.5B (tests/engine_reference.rs).
+//!
+//! Sequences can run in batches ([`Decoder::forward_rows`]): the matrix products see the rows
+//! of all sequences at once and attention runs per sequence, so a group of challenges costs
+//! one pass over the weights per step instead of one per challenge.
 
 use std::sync::Arc;
 
@@ -62,83 +64,121 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// Weights dequantized to f32 and multiplied densely for prefill and teacher forcing
-    /// (several times faster on CPU); one-token decoding uses the quantized copy. The most
-    /// exact arithmetic on the stored weights.
+    /// The stored quantization, multiplied as llama.cpp does (activations rounded to 8 bits
+    /// before each product). Weights stay as small as the file: quick to load, and the
+    /// fastest here (BENCHMARKS.md).
     #[default]
-    Dense,
-    /// Quantized kernels everywhere, as llama.cpp computes: activations are rounded to 8 bits
-    /// before each product. Slower; use it to reproduce llama.cpp's numbers.
     Quantized,
+    /// Weights dequantized to f32 and multiplied by dense GEMM: exact arithmetic on the
+    /// stored weights, at four to eight times the memory of a 4-bit file.
+    Dense,
+}
+
+impl Kernels {
+    /// Whether a matrix stored as `dtype` stays quantized under these kernels.
+    pub fn keeps_quantized(self, dtype: GgmlDType) -> bool {
+        use GgmlDType as T;
+        match (self, dtype) {
+            (_, T::F32 | T::F16 | T::BF16) | (Kernels::Dense, _) => false,
+            (Kernels::Quantized, _) => true,
+        }
+    }
 }
 
 /// A weight matrix `(out, in)` with its optional bias.
 pub struct Linear {
-    dense: Option<Tensor>,
-    quant: Option<QMatMul>,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
+/// How a weight matrix is held: one copy, for the kernels the model runs.
+enum Weight {
+    /// f32, multiplied by dense GEMM.
+    Dense(Tensor),
+    /// The file's quantization, multiplied by candle's quantized kernels.
+    Quantized(QMatMul),
+}
+
 impl Linear {
-    /// From a (possibly quantized) tensor, keeping what `kernels` needs.
+    /// From a (possibly quantized) tensor, keeping the copy `kernels` multiplies.
     pub fn from_qtensor(w: QTensor, bias: Option<Tensor>, kernels: Kernels) -> Result<Self> {
-        Self::build(w, bias, kernels, None)
-    }
-
-    /// From a quantized tensor whose dense f32 copy exists already (tied embeddings).
-    pub fn from_qtensor_with_dense(w: QTensor, dense: Tensor, kernels: Kernels) -> Result<Self> {
-        Self::build(w, None, kernels, Some(dense))
-    }
-
-    /// Keep the dense copy when the kernels use it (or the file is not quantized), computing
-    /// it only when not given; keep the quantized copy whenever the file is quantized.
-    fn build(
-        w: QTensor,
-        bias: Option<Tensor>,
-        kernels: Kernels,
-        dense: Option<Tensor>,
-    ) -> Result<Self> {
-        let quantized = !matches!(w.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let dense = if kernels == Kernels::Dense || !quantized {
-            Some(match dense {
-                Some(d) => d,
-                None => w.dequantize(&Device::Cpu)?,
-            })
+        let weight = if !kernels.keeps_quantized(w.dtype()) {
+            Weight::Dense(w.dequantize(&Device::Cpu)?)
         } else {
-            None
+            Weight::Quantized(QMatMul::QTensor(Arc::new(fast_encoding(w)?)))
         };
-        Ok(Self {
-            dense,
-            quant: quantized.then(|| QMatMul::QTensor(Arc::new(w))),
-            bias,
-        })
+        Ok(Self { weight, bias })
+    }
+
+    /// A quantized matrix shared with another layer (tied embeddings).
+    pub fn from_shared_qtensor(w: Arc<QTensor>) -> Self {
+        Self {
+            weight: Weight::Quantized(QMatMul::QTensor(w)),
+            bias: None,
+        }
     }
 
     /// From a dense f32 tensor.
     pub fn from_dense(w: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            dense: Some(w),
-            quant: None,
+            weight: Weight::Dense(w),
             bias,
         }
     }
 
-    fn forward(&self, x: &Tensor, decode: bool) -> Result<Tensor> {
-        let y = match (&self.dense, &self.quant) {
-            (_, Some(q)) if decode || self.dense.is_none() => q.forward(x)?,
-            (Some(w), _) => {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Quantized(q) => q.forward(x)?,
+            Weight::Dense(w) => {
                 let (b, t, d) = x.dims3()?;
                 x.reshape((b * t, d))?
                     .matmul(&w.t()?)?
                     .reshape((b, t, ()))?
             }
-            (None, _) => candle_core::bail!("linear layer holds no weights"),
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
+}
+
+/// The same weights in an encoding candle multiplies fast on CPU, bit for bit.
+///
+/// Q5_0 (5-bit integers, one f16 scale per 32) has no SIMD kernel in candle; its values are
+/// exactly representable as Q8_0 (8-bit integers, the same f16 scale per 32), whose kernel is
+/// SIMD. Both multiply against the same 8-bit activations (Q8_0), so the integer dot products,
+/// and therefore the results, are the same; the weights take 8.5 bits instead of 5.5.
+pub fn fast_encoding(w: QTensor) -> Result<QTensor> {
+    if w.dtype() != GgmlDType::Q5_0 || w.device().is_cuda() || w.device().is_metal() {
+        return Ok(w);
+    }
+    let src = w.data()?;
+    const IN: usize = 22; // f16 d, u32 qh, 16 bytes of low nibbles
+    const OUT: usize = 34; // f16 d, 32 i8
+    if src.len() % IN != 0 {
+        candle_core::bail!("Q5_0 tensor of {} bytes is not whole blocks", src.len());
+    }
+    let mut out = Vec::with_capacity(src.len() / IN * OUT);
+    for b in src.chunks_exact(IN) {
+        out.extend_from_slice(&b[0..2]);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs = &b[6..22];
+        let mut q = [0u8; 32];
+        for j in 0..16 {
+            let h0 = (((qh >> j) << 4) & 0x10) as u8;
+            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+            q[j] = (((qs[j] & 0x0f) | h0) as i8 - 16) as u8;
+            q[j + 16] = (((qs[j] >> 4) | h1) as i8 - 16) as u8;
+        }
+        out.extend_from_slice(&q);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(out),
+        &w.device(),
+        GgmlDType::Q8_0,
+    )?;
+    QTensor::new(storage, w.shape().clone())
 }
 
 /// RMSNorm weights.
@@ -190,7 +230,7 @@ pub struct Block {
 pub struct Decoder {
     /// Hyper-parameters.
     pub config: Config,
-    embed: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
     output: Linear,
@@ -210,7 +250,7 @@ impl Decoder {
     /// Assemble a decoder from loaded parts.
     pub fn new(
         config: Config,
-        embed: Tensor,
+        embed: Embedding,
         blocks: Vec<Block>,
         norm: RmsNorm,
         output: Linear,
@@ -255,96 +295,205 @@ impl Decoder {
         cache: &mut KvCache,
         logits_from: usize,
     ) -> Result<Tensor> {
-        let cfg = &self.config;
-        let t = tokens.len();
-        if t == 0 || logits_from >= t {
-            candle_core::bail!("forward needs at least one token at or after logits_from");
+        self.forward_rows(&[tokens], &mut [cache], &[logits_from])
+    }
+
+    /// Run a batch of sequences, each continuing its own cache by its own new tokens, and
+    /// return the logits `(n_seq, vocab)` after each sequence's last new token.
+    pub fn forward_batch(&self, chunks: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let from: Vec<usize> = chunks.iter().map(|c| c.len().saturating_sub(1)).collect();
+        self.forward_rows(chunks, caches, &from)
+    }
+
+    /// Run a batch of sequences, each continuing its own cache by its own new tokens, and
+    /// return the logits after `chunks[i][from[i]..]` for every `i`, stacked in order
+    /// (`Σ (len_i − from_i)` rows).
+    ///
+    /// The matrix products see the rows of all sequences at once (one pass over the weights
+    /// per call, however many sequences); attention runs per sequence. A row depends on its
+    /// own sequence only, up to the summation order the batch's shape selects in the kernels
+    /// (differences of order 1e-6).
+    pub fn forward_rows(
+        &self,
+        chunks: &[&[u32]],
+        caches: &mut [&mut KvCache],
+        from: &[usize],
+    ) -> Result<Tensor> {
+        if from.len() != chunks.len() || chunks.iter().zip(from).any(|(c, &f)| f >= c.len()) {
+            // Also refuses empty chunks.
+            candle_core::bail!("forward needs, per chunk, a first logits row inside the chunk");
         }
-        let start = cache.len;
-        if start + t > self.max_positions() {
-            candle_core::bail!(
-                "sequence of {} tokens exceeds the {} positions this model supports",
-                start + t,
-                self.max_positions()
-            );
+        let x = self.run(chunks, caches)?;
+        let mut keep = Vec::with_capacity(chunks.len());
+        let mut offset = 0;
+        for (c, &f) in chunks.iter().zip(from) {
+            keep.push(x.narrow(1, offset + f, c.len() - f)?);
+            offset += c.len();
         }
-        if cache.layers.len() != self.blocks.len() {
-            cache.layers = (0..self.blocks.len()).map(|_| None).collect();
-        }
-        let decode = t == 1;
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?; // (1, t, d)
-        let cos = self.cos.narrow(0, start, t)?;
-        let sin = self.sin.narrow(0, start, t)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, start)?)
+        let x = if keep.len() == 1 {
+            keep.pop().expect("one chunk")
         } else {
-            None
+            Tensor::cat(&keep, 1)?
         };
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let groups = cfg.n_head / cfg.n_kv_head;
-        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        self.head(&x)
+    }
+
+    /// Final norm and output projection of hidden states `(1, n, d)`: logits `(n, vocab)`.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.norm.forward(x)?;
+        self.output.forward(&x)?.squeeze(0)
+    }
+
+    /// The blocks over a batch of chunks: hidden states `(1, total rows, d)` of every new
+    /// position, chunks in order; each cache grows by its chunk.
+    fn run(&self, chunks: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if chunks.is_empty() || chunks.len() != caches.len() || chunks.iter().any(|c| c.is_empty())
+        {
+            candle_core::bail!("forward needs one non-empty chunk of tokens per cache");
+        }
+        // Per chunk: (offset in the rows, length, first position, cos, sin, mask).
+        let mut parts = Vec::with_capacity(chunks.len());
+        let mut offset = 0;
+        for (chunk, cache) in chunks.iter().zip(caches.iter_mut()) {
+            let (t, start) = (chunk.len(), cache.len);
+            if start + t > self.max_positions() {
+                candle_core::bail!(
+                    "sequence of {} tokens exceeds the {} positions this model supports",
+                    start + t,
+                    self.max_positions()
+                );
+            }
+            if cache.layers.len() != self.blocks.len() {
+                cache.layers = (0..self.blocks.len()).map(|_| None).collect();
+            }
+            let mask = if t > 1 {
+                Some(causal_mask(t, start)?)
+            } else {
+                None
+            };
+            parts.push((
+                offset,
+                t,
+                self.cos.narrow(0, start, t)?,
+                self.sin.narrow(0, start, t)?,
+                mask,
+            ));
+            offset += t;
+        }
+        let ids: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
+        let mut x = self.embed.rows(&ids)?.unsqueeze(0)?; // (1, rows, d)
+        for (li, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let q = block.wq.forward(&h, decode)?;
-            let k = block.wk.forward(&h, decode)?;
-            let v = block.wv.forward(&h, decode)?;
-            let q = q.reshape((1, t, cfg.n_head, cfg.head_dim))?;
-            let k = k.reshape((1, t, cfg.n_kv_head, cfg.head_dim))?;
-            let v = v.reshape((1, t, cfg.n_kv_head, cfg.head_dim))?;
-            let q = match &block.q_norm {
-                Some(n) => n.forward(&q)?,
-                None => q,
+            let q = block.wq.forward(&h)?;
+            let k = block.wk.forward(&h)?;
+            let v = block.wv.forward(&h)?;
+            let mut ys = Vec::with_capacity(parts.len());
+            for ((off, t, cos, sin, mask), cache) in parts.iter().zip(caches.iter_mut()) {
+                let slot = &mut cache.layers[li];
+                ys.push(self.attend(
+                    block,
+                    [
+                        &q.narrow(1, *off, *t)?,
+                        &k.narrow(1, *off, *t)?,
+                        &v.narrow(1, *off, *t)?,
+                    ],
+                    (cos, sin),
+                    mask.as_ref(),
+                    slot,
+                )?);
+            }
+            let y = if ys.len() == 1 {
+                ys.pop().expect("one part")
+            } else {
+                Tensor::cat(&ys, 1)?
             };
-            let k = match &block.k_norm {
-                Some(n) => n.forward(&k)?,
-                None => k,
-            };
-            // (1, heads, t, head_dim)
-            let q = q.transpose(1, 2)?.contiguous()?;
-            let k = k.transpose(1, 2)?.contiguous()?;
-            let v = v.transpose(1, 2)?.contiguous()?;
-            let (q, k) = match cfg.rope_style {
-                RopeStyle::Interleaved => (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-                ),
-                RopeStyle::Neox => (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
-                ),
-            };
-            let (k, v) = match slot.take() {
-                Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 2)?, Tensor::cat(&[&vc, &v], 2)?),
-                None => (k, v),
-            };
-            *slot = Some((k.clone(), v.clone()));
-            let k = repeat_kv(&k, groups)?;
-            let v = repeat_kv(&v, groups)?;
-            let att = (q.matmul(&k.t()?)? * scale)?;
-            let att = match &mask {
-                Some(m) => att.broadcast_add(m)?,
-                None => att,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v)?; // (1, heads, t, head_dim)
-            let y = y
-                .transpose(1, 2)?
-                .reshape((1, t, cfg.n_head * cfg.head_dim))?;
-            let y = block.wo.forward(&y, decode)?;
+            let y = block.wo.forward(&y)?;
             x = (x + y)?;
             let h = block.ffn_norm.forward(&x)?;
-            let g = block.gate.forward(&h, decode)?;
-            let u = block.up.forward(&h, decode)?;
-            let m = block
-                .down
-                .forward(&(candle_nn::ops::silu(&g)? * u)?, decode)?;
+            let g = block.gate.forward(&h)?;
+            let u = block.up.forward(&h)?;
+            let m = block.down.forward(&(candle_nn::ops::silu(&g)? * u)?)?;
             x = (x + m)?;
         }
-        cache.len += t;
-        let x = x.narrow(1, logits_from, t - logits_from)?;
-        let x = self.norm.forward(&x)?;
-        let logits = self.output.forward(&x, decode)?;
-        logits.squeeze(0)
+        for (chunk, cache) in chunks.iter().zip(caches.iter_mut()) {
+            cache.len += chunk.len();
+        }
+        Ok(x)
+    }
+
+    /// Self-attention of one chunk `(1, t, ·)` of projected queries, keys and values over its
+    /// sequence's cached keys and values (which it extends); returns `(1, t, heads·head_dim)`.
+    fn attend(
+        &self,
+        block: &Block,
+        [q, k, v]: [&Tensor; 3],
+        (cos, sin): (&Tensor, &Tensor),
+        mask: Option<&Tensor>,
+        slot: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let t = q.dim(1)?;
+        let q = q.reshape((1, t, cfg.n_head, cfg.head_dim))?;
+        let k = k.reshape((1, t, cfg.n_kv_head, cfg.head_dim))?;
+        let v = v.reshape((1, t, cfg.n_kv_head, cfg.head_dim))?;
+        let q = match &block.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        };
+        let k = match &block.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        };
+        // (1, heads, t, head_dim)
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match cfg.rope_style {
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+            RopeStyle::Neox => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+        };
+        let (k, v) = match slot.take() {
+            Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 2)?, Tensor::cat(&[&vc, &v], 2)?),
+            None => (k, v),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        let groups = cfg.n_head / cfg.n_kv_head;
+        let k = repeat_kv(&k, groups)?;
+        let v = repeat_kv(&v, groups)?;
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?; // (1, heads, t, head_dim)
+        y.transpose(1, 2)?
+            .reshape((1, t, cfg.n_head * cfg.head_dim))
+    }
+}
+
+/// The token embedding table: dense rows, or quantized rows dequantized on lookup.
+pub enum Embedding {
+    /// f32 rows.
+    Dense(Tensor),
+    /// Quantized rows (the file's encoding); only the looked-up rows are dequantized.
+    Quantized(Arc<QTensor>),
+}
+
+impl Embedding {
+    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => t.index_select(ids, 0),
+            Embedding::Quantized(q) => q.embedding(ids),
+        }
     }
 }
 
@@ -386,4 +535,35 @@ fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
 /// Log-softmax of each row of `logits` `(n, vocab)`, as plain vectors.
 pub fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     candle_nn::ops::log_softmax(logits, D::Minus1)?.to_vec2::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q5_0_reencodes_as_q8_0_bit_for_bit() {
+        let xs: Vec<f32> = (0..64 * 96)
+            .map(|i| ((i as f32 * 0.37).sin() * 3.0 + (i % 7) as f32 * 0.1) * 0.02)
+            .collect();
+        let t = Tensor::from_vec(xs, (64, 96), &Device::Cpu).unwrap();
+        let q5 = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
+        let want: Vec<f32> = q5
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let q8 = fast_encoding(q5).unwrap();
+        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
+        let got: Vec<f32> = q8
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(got, want);
+    }
 }

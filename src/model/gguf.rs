@@ -8,10 +8,14 @@ use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
-use super::decoder::{Block, Config, Decoder, Kernels, Linear, RmsNorm, RopeStyle};
+use super::decoder::{
+    fast_encoding, Block, Config, Decoder, Embedding, Kernels, Linear, RmsNorm, RopeStyle,
+};
 use super::tokenizer::{GgufTokenizerData, Tokenizer};
 use super::ModelError;
 
@@ -261,14 +265,36 @@ impl GgufFile {
         let path = self.path.clone();
         let dense = |t: QTensor| t.dequantize(&Device::Cpu).map_err(|e| map(&path, e));
         let embed_q = self.tensor("token_embd.weight")?;
-        let embed = dense(embed_q)?;
-        let output = if cfg.tied_embeddings {
-            // Tied: the output projection is the embedding; share its dense copy.
-            let q = self.tensor("token_embd.weight")?;
-            Linear::from_qtensor_with_dense(q, embed.clone(), kernels).map_err(|e| map(&path, e))?
-        } else {
-            let q = self.tensor("output.weight")?;
-            Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?
+        let embed_quantized = !matches!(
+            embed_q.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
+        let (embed, output) = match cfg.tied_embeddings {
+            true if kernels.keeps_quantized(embed_q.dtype()) => {
+                // Tied: one quantized copy serves as the table and the output projection.
+                let q = Arc::new(fast_encoding(embed_q).map_err(|e| map(&path, e))?);
+                (
+                    Embedding::Quantized(q.clone()),
+                    Linear::from_shared_qtensor(q),
+                )
+            }
+            true => {
+                // Tied, dense: one f32 copy serves both.
+                let d = dense(embed_q)?;
+                (Embedding::Dense(d.clone()), Linear::from_dense(d, None))
+            }
+            false => {
+                // Untied: look rows up in the stored encoding (exact, and no dense copy of
+                // the table is needed).
+                let embed = if embed_quantized {
+                    Embedding::Quantized(Arc::new(embed_q))
+                } else {
+                    Embedding::Dense(dense(embed_q)?)
+                };
+                let q = self.tensor("output.weight")?;
+                let output = Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?;
+                (embed, output)
+            }
         };
         let norm = RmsNorm::new(dense(self.tensor("output_norm.weight")?)?, cfg.rms_eps);
         let mut blocks = Vec::with_capacity(cfg.n_layer);

@@ -202,51 +202,114 @@ impl Model {
 
     /// Log-probabilities after each of `tokens[from..]` (row `i` predicts `tokens[from+i+1]`).
     pub fn logprobs(&self, tokens: &[u32], from: usize) -> Result<Vec<Vec<f32>>, ModelError> {
-        let logits = self.logits(tokens, from)?;
-        decoder::log_softmax_rows(&logits).map_err(|e| self.inference_err(e))
+        Ok(self.logprobs_batch(&[tokens], &[from])?.remove(0))
+    }
+
+    /// [`Model::logprobs`] of several sequences in one pass (one batch of matrix products).
+    pub fn logprobs_batch(
+        &self,
+        seqs: &[&[u32]],
+        from: &[usize],
+    ) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+        let mut caches: Vec<KvCache> = seqs.iter().map(|_| KvCache::default()).collect();
+        let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+        let logits = self
+            .decoder
+            .forward_rows(seqs, &mut refs, from)
+            .map_err(|e| self.inference_err(e))?;
+        let mut rows = decoder::log_softmax_rows(&logits)
+            .map_err(|e| self.inference_err(e))?
+            .into_iter();
+        Ok(seqs
+            .iter()
+            .zip(from)
+            .map(|(s, f)| rows.by_ref().take(s.len() - f).collect())
+            .collect())
     }
 
     /// Greedy continuation of `prompt`: up to `max_new` tokens, stopping after an end token.
     pub fn greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
-        self.generate(prompt, max_new, true)
+        Ok(self
+            .continue_batch(&[prompt], max_new, true)?
+            .remove(0)
+            .tokens)
     }
 
     /// Greedy continuation of exactly `max_new` tokens, end tokens or not (benchmarks).
     pub fn greedy_exact(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
-        self.generate(prompt, max_new, false)
+        Ok(self
+            .continue_batch(&[prompt], max_new, false)?
+            .remove(0)
+            .tokens)
     }
 
-    fn generate(&self, prompt: &[u32], max_new: usize, stop: bool) -> Result<Vec<u32>, ModelError> {
-        let mut cache = KvCache::default();
-        let mut out = Vec::with_capacity(max_new);
-        if max_new == 0 {
-            return Ok(out);
-        }
-        if prompt.is_empty() {
+    /// Continue a batch of prompts greedily together, one token per sequence per step, for up
+    /// to `max_new` tokens each (stopping after an end token when `stop`), recording the
+    /// log-probabilities the model gives each next token. Greedy picks the first largest
+    /// logit, like llama.cpp's greedy sampler. All sequences share each step's matrix
+    /// products, so a group costs about as much per step as one sequence where reading the
+    /// weights dominates.
+    pub fn continue_batch(
+        &self,
+        prompts: &[&[u32]],
+        max_new: usize,
+        stop: bool,
+    ) -> Result<Vec<Continuation>, ModelError> {
+        let n = prompts.len();
+        let mut out: Vec<Continuation> = (0..n).map(|_| Continuation::default()).collect();
+        if prompts.iter().any(|p| p.is_empty()) {
             return Err(ModelError::Tokenize(
                 "cannot continue an empty prompt".into(),
             ));
         }
-        let mut logits = self
-            .decoder
-            .forward(prompt, &mut cache, prompt.len() - 1)
-            .map_err(|e| self.inference_err(e))?;
-        loop {
-            let row: Vec<f32> = logits
-                .squeeze(0)
-                .and_then(|r| r.to_vec1())
-                .map_err(|e| self.inference_err(e))?;
-            let next = argmax(&row);
-            out.push(next);
-            if out.len() >= max_new || (stop && self.tokenizer.stop_ids.contains(&next)) {
-                return Ok(out);
-            }
-            logits = self
+        let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::default()).collect();
+        let mut active: Vec<usize> = if max_new > 0 {
+            (0..n).collect()
+        } else {
+            Vec::new()
+        };
+        let mut chunks: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        while !active.is_empty() {
+            let refs: Vec<&[u32]> = chunks.iter().map(Vec::as_slice).collect();
+            let mut cache_refs: Vec<&mut KvCache> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| active.contains(i))
+                .map(|(_, c)| c)
+                .collect();
+            let logits = self
                 .decoder
-                .forward(&[next], &mut cache, 0)
+                .forward_batch(&refs, &mut cache_refs)
                 .map_err(|e| self.inference_err(e))?;
+            let raw: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| self.inference_err(e))?;
+            let lp = decoder::log_softmax_rows(&logits).map_err(|e| self.inference_err(e))?;
+            let mut next_active = Vec::with_capacity(active.len());
+            chunks.clear();
+            for ((&i, row), lp) in active.iter().zip(&raw).zip(lp) {
+                let c = &mut out[i];
+                let next = argmax(row);
+                c.tokens.push(next);
+                c.logprobs.push(lp);
+                let ended = stop && self.tokenizer.stop_ids.contains(&next);
+                if c.tokens.len() < max_new && !ended {
+                    next_active.push(i);
+                    chunks.push(vec![next]);
+                }
+            }
+            active = next_active;
         }
+        Ok(out)
     }
+}
+
+/// What [`Model::continue_batch`] gives for one sequence.
+#[derive(Clone, Debug, Default)]
+pub struct Continuation {
+    /// The continuation tokens.
+    pub tokens: Vec<u32>,
+    /// Row `j`: log-probabilities of the token at continuation position `j`, given the prompt
+    /// and `tokens[..j]`.
+    pub logprobs: Vec<Vec<f32>>,
 }
 
 /// Index of the largest value (the first one on ties, like llama.cpp's greedy sampler).

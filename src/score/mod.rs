@@ -1,7 +1,7 @@
 //! Scores: one number per challenge saying how far the candidate is from the reference.
 //!
-//! The reference greedily continues the prompt by `K` tokens. Both models are then
-//! teacher-forced on prompt + continuation:
+//! The reference greedily continues the prompt by `K` tokens, keeping its next-token
+//! distribution at each step; the candidate is teacher-forced on prompt + continuation:
 //!
 //! * **Same tokenizer** (equal tokenizer hashes): score = mean over the `K` continuation
 //!   positions of `KL(p_ref ‖ p_cand)` in nats. 0 exactly when both compute the same
@@ -12,7 +12,9 @@
 //!
 //! The statistics clip scores to `[0, B]` (see `stats`); this room reports them unclipped.
 //! Scoring is split in two passes — [`reference_pass`] then [`candidate_pass`] — so that a run
-//! can hold one model in memory at a time.
+//! can hold one model in memory at a time. Both passes take a group of challenges and run
+//! them together: the reference generates for all of them in lockstep (one matrix product per
+//! step for the whole group), the candidate scores all of them in one teacher-forced pass.
 
 use serde::{Deserialize, Serialize};
 
@@ -111,84 +113,114 @@ fn bits_per_byte(model: &Model, prompt: &str, continuation: &str) -> Result<f64,
     Ok(nll / std::f64::consts::LN_2 / bytes as f64)
 }
 
-/// The reference's half of a challenge: greedy continuation of `k` tokens and what scoring
+/// The reference's half of a group of challenges: each prompt continued greedily by up to
+/// `k` tokens (all prompts walked together, see [`Model::continue_batch`]), with what scoring
 /// needs from the reference.
 pub fn reference_pass(
     reference: &Model,
-    prompt: &str,
+    prompts: &[String],
     k: usize,
     kind: ScoreKind,
-) -> Result<ReferenceSide, ModelError> {
-    let prompt_ids = reference.tokenizer.encode(prompt)?;
-    let continuation_ids = reference.greedy(&prompt_ids, k)?;
-    let continuation_text = reference.tokenizer.decode(&continuation_ids)?;
-    let (logprobs, bpb) = match kind {
-        ScoreKind::Kl => {
-            let seq: Vec<u32> = prompt_ids
-                .iter()
-                .chain(&continuation_ids)
-                .copied()
-                .collect();
-            let mut lp = reference.logprobs(&seq, prompt_ids.len() - 1)?;
-            lp.truncate(continuation_ids.len());
-            (lp, None)
-        }
-        ScoreKind::BitsPerByte => (
-            Vec::new(),
-            Some(bits_per_byte(reference, prompt, &continuation_text)?),
-        ),
-    };
-    Ok(ReferenceSide {
-        prompt: prompt.to_string(),
-        prompt_ids,
-        continuation_ids,
-        continuation_text,
-        logprobs,
-        bpb,
-    })
+) -> Result<Vec<ReferenceSide>, ModelError> {
+    let ids = prompts
+        .iter()
+        .map(|p| reference.tokenizer.encode(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let conts = reference.continue_batch(&refs, k, true)?;
+    prompts
+        .iter()
+        .zip(ids)
+        .zip(conts)
+        .map(|((prompt, prompt_ids), c)| {
+            let continuation_text = reference.tokenizer.decode(&c.tokens)?;
+            let (logprobs, bpb) = match kind {
+                ScoreKind::Kl => (c.logprobs, None),
+                ScoreKind::BitsPerByte => (
+                    Vec::new(),
+                    Some(bits_per_byte(reference, prompt, &continuation_text)?),
+                ),
+            };
+            Ok(ReferenceSide {
+                prompt: prompt.clone(),
+                prompt_ids,
+                continuation_ids: c.tokens,
+                continuation_text,
+                logprobs,
+                bpb,
+            })
+        })
+        .collect()
 }
 
-/// The candidate's half: teacher-force the candidate and score against the reference side.
-pub fn candidate_pass(candidate: &Model, r: &ReferenceSide) -> Result<ChallengeScore, ModelError> {
-    match r.bpb {
-        None => {
-            let seq: Vec<u32> = r
-                .prompt_ids
+/// The candidate's half: teacher-force the candidate on the reference's continuations (the
+/// whole group in one pass) and score each challenge against the reference side.
+pub fn candidate_pass(
+    candidate: &Model,
+    sides: &[ReferenceSide],
+) -> Result<Vec<ChallengeScore>, ModelError> {
+    // Teacher forcing: each prompt + continuation (less its last token, which predicts
+    // nothing scored), all sequences of the group in one pass.
+    let kl_sides: Vec<&ReferenceSide> = sides.iter().filter(|r| r.bpb.is_none()).collect();
+    let seqs: Vec<Vec<u32>> = kl_sides
+        .iter()
+        .map(|r| {
+            let keep = r.continuation_ids.len().saturating_sub(1);
+            r.prompt_ids
                 .iter()
-                .chain(&r.continuation_ids)
+                .chain(&r.continuation_ids[..keep])
                 .copied()
-                .collect();
-            let lq = candidate.logprobs(&seq, r.prompt_ids.len() - 1)?;
-            let kl: Vec<f64> = r.logprobs.iter().zip(&lq).map(|(p, q)| kl(p, q)).collect();
-            let top1_agree = r
-                .logprobs
-                .iter()
-                .zip(&lq)
-                .map(|(p, q)| argmax(p) == argmax(q))
-                .collect();
-            let score = if kl.is_empty() {
-                0.0
-            } else {
-                kl.iter().sum::<f64>() / kl.len() as f64
-            };
-            Ok(ChallengeScore {
-                kind: ScoreKind::Kl,
-                score,
-                kl,
-                top1_agree,
-                bpb: None,
-            })
-        }
-        Some(bpb_ref) => {
-            let bpb_cand = bits_per_byte(candidate, &r.prompt, &r.continuation_text)?;
-            Ok(ChallengeScore {
-                kind: ScoreKind::BitsPerByte,
-                score: (bpb_ref - bpb_cand).abs(),
-                kl: Vec::new(),
-                top1_agree: Vec::new(),
-                bpb: Some((bpb_ref, bpb_cand)),
-            })
-        }
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let from: Vec<usize> = kl_sides.iter().map(|r| r.prompt_ids.len() - 1).collect();
+    let mut replayed = if kl_sides.is_empty() {
+        Vec::new()
+    } else {
+        candidate.logprobs_batch(&refs, &from)?
+    }
+    .into_iter();
+    sides
+        .iter()
+        .map(|r| match r.bpb {
+            None => {
+                let lq = replayed.next().expect("one row set per KL side");
+                Ok(kl_score(&r.logprobs, &lq))
+            }
+            Some(bpb_ref) => {
+                let bpb_cand = bits_per_byte(candidate, &r.prompt, &r.continuation_text)?;
+                Ok(ChallengeScore {
+                    kind: ScoreKind::BitsPerByte,
+                    score: (bpb_ref - bpb_cand).abs(),
+                    kl: Vec::new(),
+                    top1_agree: Vec::new(),
+                    bpb: Some((bpb_ref, bpb_cand)),
+                })
+            }
+        })
+        .collect()
+}
+
+/// KL scoring of one challenge from both models' rows of log-probabilities.
+fn kl_score(lp: &[Vec<f32>], lq: &[Vec<f32>]) -> ChallengeScore {
+    let kl: Vec<f64> = lp.iter().zip(lq).map(|(p, q)| kl(p, q)).collect();
+    let top1_agree = lp
+        .iter()
+        .zip(lq)
+        .map(|(p, q)| argmax(p) == argmax(q))
+        .collect();
+    let score = if kl.is_empty() {
+        0.0
+    } else {
+        kl.iter().sum::<f64>() / kl.len() as f64
+    };
+    ChallengeScore {
+        kind: ScoreKind::Kl,
+        score,
+        kl,
+        top1_agree,
+        bpb: None,
     }
 }
 
