@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Engine speed (prompt-eval and generation tokens/s, 2 threads) on the three real models, and
-# the wall time of the decisions. Prints Markdown rows for BENCHMARKS.md.
+# the wall time and peak memory of the decisions. Prints Markdown rows for BENCHMARKS.md.
 #
 #   scripts/bench.sh
 set -euo pipefail
@@ -15,21 +15,25 @@ q15="$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 echo "| model | kernels | load s | prompt-eval tok/s (256) | generation tok/s (64) |"
 echo "|---|---|---|---|---|"
 for m in "$smol" "$q05" "$q15"; do
-  for k in dense quantized; do
+  for k in quantized dense; do
     "$pot" --threads 2 bench "$m" --kernels "$k" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| {d['model'].split('/')[-1]} | $k | {d['load_s']:.1f} | {d['prompt_eval_tok_s']:.0f} | {d['generation_tok_s']:.0f} |\")"
   done
 done
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# One fixed key: every run below sees the same challenges.
+"$pot" keygen --out "$tmp/key" 2>/dev/null
 echo
-echo "| decision | verdict | queries | wall s |"
-echo "|---|---|---|---|"
-run() { # label ref cand
-  local t0=$(date +%s.%N)
-  "$pot" --threads 2 diff --json --transcripts "$tmp" --ref "$2" --cand "$3" > "$tmp/out.json" || true
-  local t1=$(date +%s.%N)
-  python3 -c "import json; d=json.load(open('$tmp/out.json')); print(f\"| $1 | {d['decision']} | {d['queries']} | {$t1-$t0:.1f} |\")"
+echo "| decision | verdict | queries | wall s | peak RSS GB |"
+echo "|---|---|---|---|---|"
+run() { # label ref cand [flags...]
+  local label=$1 ref=$2 cand=$3; shift 3
+  /usr/bin/time -f "%M" -o "$tmp/rss" "$pot" --threads 2 diff --json --key-file "$tmp/key" \
+    --transcripts "$tmp" --ref "$ref" --cand "$cand" "$@" > "$tmp/out.json" || true
+  python3 -c "import json; d=json.load(open('$tmp/out.json')); rss=int(open('$tmp/rss').read().split()[-1])/2**20; print(f\"| $label | {d['decision']} | {d['queries']} | {d['elapsed_s']:.1f} | {rss:.2f} |\")"
 }
 run "Qwen 0.5B vs 1.5B" "$q05" "$q15"
+run "Qwen 0.5B vs 1.5B, --one-at-a-time 5" "$q05" "$q15" --one-at-a-time 5
 run "Qwen 1.5B vs 0.5B" "$q15" "$q05"
 run "SmolLM2 self" "$smol" "$smol"
 run "SmolLM2 vs Qwen 0.5B" "$smol" "$q05"
+run "Qwen 0.5B vs 1.5B, --kernels dense" "$q05" "$q15" --kernels dense

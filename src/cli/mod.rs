@@ -344,14 +344,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let text = "The quick brown fox jumps over the lazy dog. ".repeat(prompt_tokens);
             let mut ids = m.tokenizer.encode(&text)?;
             ids.truncate(prompt_tokens.max(1));
-            // One warm-up pass, then the measured one.
-            m.logits(&ids[..ids.len().min(16)], 0)?;
+            // As llama-bench measures: prompt-eval is one pass over the prompt that yields the
+            // last position's logits; generation is the one-token steps after a short prompt.
+            // One warm-up pass first (candle repacks some weights on first use).
+            let last = ids.len() - 1;
+            m.logits(&ids, last)?;
             let t = std::time::Instant::now();
-            m.logits(&ids, 0)?;
+            m.logits(&ids, last)?;
             let prefill = ids.len() as f64 / t.elapsed().as_secs_f64();
+            let head = &ids[..16.min(ids.len())];
             let t = std::time::Instant::now();
-            let g = m.greedy_exact(&ids[..16.min(ids.len())], gen_tokens)?;
-            let gen = g.len() as f64 / t.elapsed().as_secs_f64();
+            m.greedy_exact(head, 1)?;
+            let first = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            let g = m.greedy_exact(head, gen_tokens.max(2))?;
+            let steps = g.len() - 1;
+            let gen = steps as f64 / (t.elapsed().as_secs_f64() - first).max(1e-9);
             if json {
                 println!(
                     "{}",

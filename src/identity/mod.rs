@@ -7,8 +7,10 @@
 //! * `config_hash`: SHA-256 of the architecture hyper-parameters as canonical JSON.
 //! * `tokenizer_hash`: SHA-256 of tokens, merges, types and special ids (see `model::tokenizer`).
 //! * `tlsh`: a TLSH fuzzy hash of a *signature* of the dequantized weights (a fixed sample of
-//!   each tensor, coarsely bucketed relative to the tensor's spread), so a re-quantized copy of
-//!   a model lies near it and a different model far. Compare two with [`tlsh_distance`].
+//!   each tensor, coarsely bucketed relative to the tensor's spread, after a digest of the
+//!   tensor's name and shape), so a re-quantized copy of a model lies near it and a different
+//!   model far. Compare two with [`tlsh_distance`]. Measured distances are in BENCHMARKS.md:
+//!   re-encodings of one model 0–24, different models 36–134.
 //!
 //! This room reads model files and hashes; it never changes them.
 
@@ -26,6 +28,8 @@ use crate::model::ModelError;
 const WEIGHT_TAG: &[u8] = b"pot/weights/v1";
 /// Values sampled per tensor for the TLSH signature.
 const SIGNATURE_SAMPLES: usize = 2048;
+/// Signature bytes naming each tensor's name and shape.
+const SHAPE_BYTES: usize = 32;
 /// Signature buckets per standard deviation of a tensor.
 const BUCKETS_PER_SIGMA: f32 = 4.0;
 
@@ -134,7 +138,8 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     })
 }
 
-/// The byte signature of the weights that TLSH hashes: for each tensor in name order, up to
+/// The byte signature of the weights that TLSH hashes: for each tensor in name order,
+/// [`SHAPE_BYTES`] bytes of a digest of its name and shape, then up to
 /// [`SIGNATURE_SAMPLES`] values at fixed strided positions, each mapped to
 /// `round(v / σ · 4)` clamped to ±12 (σ: the tensor's RMS), as one byte.
 pub fn weight_signature(path: &Path) -> Result<Vec<u8>, ModelError> {
@@ -155,6 +160,11 @@ pub fn weight_signature(path: &Path) -> Result<Vec<u8>, ModelError> {
         if v.is_empty() {
             continue;
         }
+        // The tensor's name and shape first, as bytes of their digest: models of other
+        // architectures or sizes differ here already, re-encodings of one model never do.
+        let shape = g.content.tensor_infos[&name].shape.dims().to_vec();
+        let head = Sha256::digest(format!("{name}{shape:?}").as_bytes());
+        sig.extend_from_slice(&head[..SHAPE_BYTES]);
         let rms =
             (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt() as f32;
         let step = (v.len() / SIGNATURE_SAMPLES).max(1);
