@@ -361,3 +361,144 @@ fn fingerprint_tlsh_is_near_for_a_requantization_and_far_for_another_model() {
         "another model at distance {far}"
     );
 }
+
+/// SmolLM2 exported once per test binary as a Hugging Face folder with `pot export-hf`.
+fn smol_hf() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(tmp);
+    let out = dir.path().join("SmolLM2-hf");
+    if !out.exists() {
+        let o = pot()
+            .args(["export-hf", "-o"])
+            .arg(&out)
+            .arg(model_path(SMOL))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    out
+}
+
+fn json_of(args: &[&str], model: &Path) -> Value {
+    let o = pot().args(args).arg(model).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A Hugging Face folder (safetensors, config.json, tokenizer.json) computes what the GGUF
+/// file computes: same token ids, same logits (Llama's query/key permutation undone), and
+/// `pot diff` calls them SAME.
+#[test]
+fn a_hugging_face_folder_computes_what_its_gguf_computes() {
+    let gguf = model_path(SMOL);
+    let folder = smol_hf();
+    for text in [
+        "The capital of France is",
+        "def fibonacci(n):\n    if n < 2:",
+        "日本語のテキスト 🦀 and ünïcödé",
+    ] {
+        let a = json_of(&["tokenize", "--json", "--text", text], &gguf);
+        let b = json_of(&["tokenize", "--json", "--text", text], &folder);
+        assert_eq!(a["token_ids"], b["token_ids"], "{text:?}");
+        let args = [
+            "logits",
+            "--json",
+            "--kernels",
+            "dense",
+            "--top-k",
+            "5",
+            "--text",
+            text,
+        ];
+        let a = json_of(&args, &gguf);
+        let b = json_of(&args, &folder);
+        let (pa, pb) = (
+            a["positions"].as_array().unwrap(),
+            b["positions"].as_array().unwrap(),
+        );
+        assert_eq!(pa.len(), pb.len());
+        for (x, y) in pa.iter().zip(pb) {
+            assert_eq!(x["top_ids"][0], y["top_ids"][0], "{text:?}");
+            for (u, v) in x["top_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(y["top_logprobs"].as_array().unwrap())
+            {
+                let d = (u.as_f64().unwrap() - v.as_f64().unwrap()).abs();
+                assert!(d < 1e-3, "{text:?}: log-prob differs by {d}");
+            }
+        }
+    }
+    let d = tmp();
+    let (o, v) = diff(&gguf, &folder, d.path(), &[]);
+    assert_eq!(
+        v["decision"],
+        "SAME",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Hugging Face ids resolve through the local hub cache only: a cached snapshot loads, an
+/// id that is not cached fails with one line naming what was looked for.
+#[test]
+fn hugging_face_ids_resolve_offline_from_the_local_cache() {
+    let home = tmp();
+    let repo = home.path().join("hub/models--pot-test--smollm2");
+    let snap = repo.join("snapshots/0123456789abcdef");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    for f in std::fs::read_dir(smol_hf()).unwrap() {
+        let f = f.unwrap().path();
+        std::os::unix::fs::symlink(&f, snap.join(f.file_name().unwrap())).unwrap();
+    }
+    let o = pot()
+        .env("HF_HOME", home.path())
+        .args(["tokenize", "--json", "--text", "Hello", "pot-test/smollm2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = pot()
+        .env("HF_HOME", home.path())
+        .args(["tokenize", "--text", "Hello", "pot-test/not-cached"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not in the local cache") && err.contains("models--pot-test--not-cached"),
+        "{err}"
+    );
+}
+
+/// Broken Hugging Face folders: an unsupported architecture and truncated weights.
+#[test]
+fn bad_hugging_face_folders_fail_cleanly() {
+    let d = tmp();
+    let tr = d.path().join("tr");
+    let src = smol_hf();
+    let gemma = d.path().join("gemma");
+    std::fs::create_dir(&gemma).unwrap();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(src.join(f), gemma.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(src.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"gemma3\"");
+    std::fs::write(gemma.join("config.json"), cfg).unwrap();
+    let (o, _) = diff(&model_path(SMOL), &gemma, &tr, &[]);
+    assert_clean_error(&o, "not supported", &tr);
+
+    let cut = d.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for f in ["tokenizer.json", "config.json"] {
+        std::fs::copy(src.join(f), cut.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(cut.join("model.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
+    let (o, _) = diff(&model_path(SMOL), &cut, &tr, &[]);
+    assert_clean_error(&o, "cut", &tr);
+}

@@ -113,6 +113,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a GGUF model as a Hugging Face folder (f32 safetensors, config.json,
+    /// tokenizer.json): the same weights in the other format pot reads.
+    ExportHf {
+        /// Source GGUF model.
+        model: String,
+        /// Output folder (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Write a derived model (re-encoded, re-quantized, pruned or noised): a substitute.
     Variant {
         /// Source model file.
@@ -368,6 +377,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); generation {gen:.1} tok/s ({} tokens)", ids.len(), g.len());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExportHf { model, out } => {
+            let src = pot::model::resolve(&model)?;
+            pot::model::hf::export(&src, &out)?;
+            eprintln!("pot: wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Variant {

@@ -83,6 +83,9 @@ fn sha256_file(path: &Path) -> Result<String, ModelError> {
 
 /// Compute a model file's identity; `tlsh` adds the fuzzy hash (dequantizes every tensor).
 pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
+    if crate::model::hf::is_hf_folder(path) {
+        return folder_fingerprint(path, tlsh);
+    }
     let p = path.display().to_string();
     let g = GgufFile::open(path)?;
     let cfg = g.config()?;
@@ -108,17 +111,8 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
         file.seek(SeekFrom::Start(g.content.tensor_data_offset + info.offset))
             .and_then(|_| file.read_exact(&mut buf))
             .map_err(|e| io_err(&p, e))?;
-        h.update((name.len() as u64).to_be_bytes());
-        h.update(name.as_bytes());
         let dtype = format!("{:?}", info.ggml_dtype);
-        h.update((dtype.len() as u64).to_be_bytes());
-        h.update(dtype.as_bytes());
-        h.update((info.shape.dims().len() as u64).to_be_bytes());
-        for d in info.shape.dims() {
-            h.update((*d as u64).to_be_bytes());
-        }
-        h.update((bytes as u64).to_be_bytes());
-        h.update(&buf);
+        hash_tensor(&mut h, name, &dtype, info.shape.dims(), &buf);
     }
     let weight_hash = hex::encode(h.finalize());
     let tlsh = if tlsh { Some(weight_tlsh(path)?) } else { None };
@@ -136,6 +130,87 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
         tokenizer_hash,
         tlsh,
     })
+}
+
+/// The identity of a Hugging Face folder. `file_sha256` is SHA-256 over the sorted list of
+/// (file name, SHA-256 of the file) of its config, tokenizer and weight files; the weight hash
+/// follows the same canonical definition as for GGUF (tensors sorted by name, each with name,
+/// dtype, shape and stored bytes), under the folder's own tensor names.
+fn folder_fingerprint(dir: &Path, tlsh: bool) -> Result<Identity, ModelError> {
+    let folder = crate::model::hf::HfFolder::open(dir)?;
+    let cfg = folder.config()?;
+    let tokenizer_hash = folder.tokenizer()?.hash;
+    let config_hash = hex::encode(Sha256::digest(
+        serde_json::to_string(&serde_json::to_value(&cfg).expect("config serializes"))
+            .expect("json")
+            .as_bytes(),
+    ));
+    let mut h = Sha256::new();
+    h.update(WEIGHT_TAG);
+    let mut parameters = 0u64;
+    let mut sig = Vec::new();
+    for (name, dtype, shape, bytes) in folder.raw_tensors() {
+        parameters += shape.iter().product::<usize>() as u64;
+        hash_tensor(&mut h, &name, &dtype, &shape, bytes);
+        if tlsh {
+            let v: Vec<f32> = folder
+                .tensor(&name)?
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(|e| ModelError::Corrupt {
+                    path: dir.display().to_string(),
+                    reason: format!("tensor {name}: {e}"),
+                })?;
+            sign_tensor(&mut sig, &name, &shape, &v);
+        }
+    }
+    let weight_hash = hex::encode(h.finalize());
+    let mut files: Vec<std::path::PathBuf> = folder.files().to_vec();
+    files.extend(
+        ["config.json", "tokenizer.json", "tokenizer_config.json"]
+            .iter()
+            .map(|f| dir.join(f))
+            .filter(|f| f.is_file()),
+    );
+    files.sort();
+    let mut fh = Sha256::new();
+    let mut file_bytes = 0u64;
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        fh.update(name.unwrap_or_default().as_bytes());
+        fh.update(sha256_file(f)?.as_bytes());
+        file_bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok(Identity {
+        path: dir.display().to_string(),
+        arch: cfg.arch.clone(),
+        file_bytes,
+        parameters,
+        vocab_size: cfg.vocab_size,
+        file_sha256: hex::encode(fh.finalize()),
+        weight_hash,
+        config_hash,
+        tokenizer_hash,
+        tlsh: if tlsh {
+            Some(tlsh_of(dir, &sig)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// Feed one tensor into the canonical weight hash: length-prefixed name, dtype, shape, bytes.
+fn hash_tensor(h: &mut Sha256, name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) {
+    h.update((name.len() as u64).to_be_bytes());
+    h.update(name.as_bytes());
+    h.update((dtype.len() as u64).to_be_bytes());
+    h.update(dtype.as_bytes());
+    h.update((shape.len() as u64).to_be_bytes());
+    for d in shape {
+        h.update((*d as u64).to_be_bytes());
+    }
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
 }
 
 /// The byte signature of the weights that TLSH hashes: for each tensor in name order,
@@ -157,33 +232,41 @@ pub fn weight_signature(path: &Path) -> Result<Vec<u8>, ModelError> {
                 path: path.display().to_string(),
                 reason: format!("tensor {name}: {e}"),
             })?;
-        if v.is_empty() {
-            continue;
-        }
-        // The tensor's name and shape first, as bytes of their digest: models of other
-        // architectures or sizes differ here already, re-encodings of one model never do.
         let shape = g.content.tensor_infos[&name].shape.dims().to_vec();
-        let head = Sha256::digest(format!("{name}{shape:?}").as_bytes());
-        sig.extend_from_slice(&head[..SHAPE_BYTES]);
-        let rms =
-            (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt() as f32;
-        let step = (v.len() / SIGNATURE_SAMPLES).max(1);
-        for x in v.iter().step_by(step).take(SIGNATURE_SAMPLES) {
-            let b = if rms > 0.0 {
-                (x / rms * BUCKETS_PER_SIGMA).round().clamp(-12.0, 12.0)
-            } else {
-                0.0
-            };
-            sig.push((b as i32 + 128) as u8);
-        }
+        sign_tensor(&mut sig, &name, &shape, &v);
     }
     Ok(sig)
 }
 
 /// TLSH (128 buckets, 1-byte checksum) of [`weight_signature`].
 pub fn weight_tlsh(path: &Path) -> Result<String, ModelError> {
-    let sig = weight_signature(path)?;
-    let t = tlsh2::TlshDefaultBuilder::build_from(&sig).ok_or_else(|| ModelError::Corrupt {
+    tlsh_of(path, &weight_signature(path)?)
+}
+
+/// Append one tensor's part of the signature (see [`weight_signature`]).
+fn sign_tensor(sig: &mut Vec<u8>, name: &str, shape: &[usize], v: &[f32]) {
+    if v.is_empty() {
+        return;
+    }
+    // The tensor's name and shape first, as bytes of their digest: models of other
+    // architectures or sizes differ here already, re-encodings of one model never do.
+    let head = Sha256::digest(format!("{name}{shape:?}").as_bytes());
+    sig.extend_from_slice(&head[..SHAPE_BYTES]);
+    let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt() as f32;
+    let step = (v.len() / SIGNATURE_SAMPLES).max(1);
+    for x in v.iter().step_by(step).take(SIGNATURE_SAMPLES) {
+        let b = if rms > 0.0 {
+            (x / rms * BUCKETS_PER_SIGMA).round().clamp(-12.0, 12.0)
+        } else {
+            0.0
+        };
+        sig.push((b as i32 + 128) as u8);
+    }
+}
+
+/// TLSH of a signature; `path` names the model in errors.
+fn tlsh_of(path: &Path, sig: &[u8]) -> Result<String, ModelError> {
+    let t = tlsh2::TlshDefaultBuilder::build_from(sig).ok_or_else(|| ModelError::Corrupt {
         path: path.display().to_string(),
         reason: "too few or too uniform weights for a TLSH hash".into(),
     })?;

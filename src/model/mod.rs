@@ -1,11 +1,13 @@
 //! Models: load a checkpoint, tokenize, score sequences by teacher forcing, and generate.
 //!
-//! A model is named by a path (a GGUF file) or a Hugging Face id looked up in the local
+//! A model is named by a path (a GGUF file, or a Hugging Face folder of config.json,
+//! tokenizer.json and *.safetensors) or a Hugging Face id looked up in the local
 //! Hugging Face cache (pot never downloads: the machines it audits from are often offline).
 //! This room owns the engine; it knows nothing of challenges, scores or decisions.
 
 pub mod decoder;
 pub mod gguf;
+pub mod hf;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -33,9 +35,9 @@ pub enum ModelError {
         /// File.
         path: String,
     },
-    /// A GGUF file whose structure is broken or truncated.
+    /// A model file (GGUF or safetensors) whose structure is broken or truncated.
     #[error(
-        "{path}: corrupt or truncated GGUF: {reason}; fetch the file again and check its sha256"
+        "{path}: corrupt or truncated model file: {reason}; fetch it again and check its sha256"
     )]
     Corrupt {
         /// File.
@@ -121,6 +123,9 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
     if p.is_file() {
         return Ok(p.to_path_buf());
     }
+    if hf::is_hf_folder(p) {
+        return Ok(p.to_path_buf());
+    }
     if p.is_dir() {
         let ggufs: Vec<PathBuf> = std::fs::read_dir(p)
             .map_err(|e| ModelError::Open {
@@ -134,7 +139,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
             [one] => Ok(one.clone()),
             [] => Err(ModelError::NotFound {
                 spec: spec.into(),
-                reason: "folder holds no .gguf file; safetensors folders are not supported yet, pass a GGUF file".into(),
+                reason: "folder holds neither a .gguf file nor a Hugging Face model (config.json, tokenizer.json, *.safetensors); pass a model file or folder".into(),
             }),
             _ => Err(ModelError::NotFound {
                 spec: spec.into(),
@@ -147,7 +152,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
     if !looks_like_id {
         return Err(ModelError::NotFound {
             spec: spec.into(),
-            reason: "no such file or folder; pass a GGUF file path or a Hugging Face id (org/name)"
+            reason: "no such file or folder; pass a GGUF file, a Hugging Face folder, or a Hugging Face id (org/name)"
                 .into(),
         });
     }
@@ -163,7 +168,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
         _ => Err(ModelError::NotFound {
             spec: spec.into(),
             reason: format!(
-                "not a local path, and the Hugging Face id is not in the local cache ({}); pot does not download models: fetch it where the hub is reachable (huggingface-cli download {spec}) and copy the cache, or pass a GGUF file",
+                "not a local path, and the Hugging Face id is not in the local cache ({}); pot does not download models: fetch it where the hub is reachable (huggingface-cli download {spec}) and copy the cache, or pass a model file or folder",
                 repo_dir.display()
             ),
         }),
@@ -174,9 +179,13 @@ impl Model {
     /// Load a model from a path or a cached Hugging Face id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self, ModelError> {
         let path = resolve(spec)?;
-        let mut file = gguf::GgufFile::open(&path)?;
-        let tokenizer = file.tokenizer()?;
-        let decoder = file.decoder(opts.kernels)?;
+        let (tokenizer, decoder) = if hf::is_hf_folder(&path) {
+            let folder = hf::HfFolder::open(&path)?;
+            (folder.tokenizer()?, folder.decoder()?)
+        } else {
+            let mut file = gguf::GgufFile::open(&path)?;
+            (file.tokenizer()?, file.decoder(opts.kernels)?)
+        };
         Ok(Self {
             spec: spec.to_string(),
             path,

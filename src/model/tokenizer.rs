@@ -45,6 +45,10 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
     })
 }
 
+/// Tokens that end a turn in the chat formats of the supported families: generation stops
+/// after them as after the end-of-sequence token.
+const STOP_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"];
+
 /// A tokenizer together with the facts about it that pot records.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -160,12 +164,7 @@ impl Tokenizer {
             .tokens
             .iter()
             .enumerate()
-            .filter(|(_, t)| {
-                matches!(
-                    t.as_str(),
-                    "<|im_end|>" | "<|endoftext|>" | "<|eot_id|>" | "<end_of_turn>"
-                )
-            })
+            .filter(|(_, t)| STOP_TOKENS.contains(&t.as_str()))
             .map(|(i, _)| i as u32)
             .chain(d.eos)
             .collect();
@@ -177,6 +176,35 @@ impl Tokenizer {
             hash: d.canonical_hash(),
             vocab_size: d.tokens.len(),
         })
+    }
+
+    /// A tokenizer loaded elsewhere (a `tokenizer.json`), with its BOS (when prepended), end
+    /// ids and identity hash.
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        bos: Option<u32>,
+        eos: Vec<u32>,
+        hash: String,
+    ) -> Self {
+        let stop_ids = STOP_TOKENS
+            .iter()
+            .filter_map(|t| inner.token_to_id(t))
+            .chain(eos.iter().copied())
+            .collect();
+        let vocab_size = inner.get_vocab_size(true);
+        Self {
+            inner,
+            bos,
+            eos: eos.first().copied(),
+            stop_ids,
+            hash,
+            vocab_size,
+        }
+    }
+
+    /// The tokenizer as `tokenizer.json` text (Hugging Face format).
+    pub fn inner_json(&self) -> Result<String, String> {
+        self.inner.to_string(true).map_err(|e| e.to_string())
     }
 
     /// Token ids of `text` (with BOS when the model asks for it).

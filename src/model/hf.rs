@@ -1,0 +1,409 @@
+//! Hugging Face folders: `config.json`, `tokenizer.json` and `*.safetensors` of the same
+//! decoder families as the GGUF files (llama, qwen2, qwen3).
+//!
+//! Hugging Face checkpoints store weights unquantized (f32, f16 or bf16); pot computes on them
+//! in f32 whichever kernels are asked for. The layouts differ from GGUF in two ways that
+//! matter: tensor names, and Llama's query/key rows, which llama.cpp's converter permutes so
+//! that GGUF Llama uses interleaved RoPE while Hugging Face Llama uses NeoX-style RoPE.
+//! [`export`] writes a GGUF model as such a folder (undoing that permutation), which is how
+//! the tests check this loader against the GGUF path on real weights.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::decoder::{Block, Config, Decoder, Embedding, Linear, RmsNorm, RopeStyle};
+use super::gguf::{GgufFile, SUPPORTED_ARCHS};
+use super::tokenizer::Tokenizer;
+use super::ModelError;
+
+/// Whether `dir` looks like a Hugging Face model folder.
+pub fn is_hf_folder(dir: &Path) -> bool {
+    dir.is_dir() && dir.join("config.json").is_file()
+}
+
+/// An opened Hugging Face folder.
+pub struct HfFolder {
+    dir: PathBuf,
+    config_json: Value,
+    files: Vec<PathBuf>,
+    st: MmapedSafetensors,
+}
+
+/// GGUF tensor name → Hugging Face name (`None`: not a tensor of these families).
+pub fn hf_name(gguf: &str) -> Option<String> {
+    let top = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(t.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+fn open_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn corrupt(path: &Path, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::Corrupt {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl HfFolder {
+    /// Open a folder: read `config.json` and map every `*.safetensors` file.
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| open_err(&cfg_path, e))?;
+        let config_json: Value = serde_json::from_str(&text)
+            .map_err(|e| corrupt(&cfg_path, format!("not JSON ({e})")))?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| open_err(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(ModelError::NotFound {
+                spec: dir.display().to_string(),
+                reason: "folder has config.json but no *.safetensors weights".into(),
+            });
+        }
+        // SAFETY: the files are mapped read-only; pot never writes them while mapped.
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| corrupt(dir, format!("safetensors: {e}")))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config_json,
+            files,
+            st,
+        })
+    }
+
+    fn key_usize(&self, key: &str) -> Option<usize> {
+        self.config_json.get(key)?.as_u64().map(|v| v as usize)
+    }
+
+    fn need_usize(&self, key: &str) -> Result<usize, ModelError> {
+        self.key_usize(key).ok_or_else(|| ModelError::MissingKey {
+            path: self.dir.join("config.json").display().to_string(),
+            key: key.into(),
+        })
+    }
+
+    /// The architecture hyper-parameters.
+    pub fn config(&self) -> Result<Config, ModelError> {
+        let arch = self
+            .config_json
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
+            return Err(ModelError::UnsupportedArch {
+                path: self.dir.join("config.json").display().to_string(),
+                arch,
+            });
+        }
+        if self
+            .config_json
+            .get("rope_scaling")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(ModelError::UnsupportedArch {
+                path: self.dir.join("config.json").display().to_string(),
+                arch: format!("{arch} with rope_scaling (not implemented)"),
+            });
+        }
+        let d_model = self.need_usize("hidden_size")?;
+        let n_head = self.need_usize("num_attention_heads")?;
+        let n_kv_head = self.key_usize("num_key_value_heads").unwrap_or(n_head);
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(corrupt(
+                &self.dir.join("config.json"),
+                format!("{n_kv_head} key/value heads do not divide {n_head} query heads"),
+            ));
+        }
+        let f = |k: &str, d: f64| self.config_json.get(k).and_then(Value::as_f64).unwrap_or(d);
+        let tied = match self.config_json.get("tie_word_embeddings") {
+            Some(v) => v.as_bool().unwrap_or(false),
+            None => self.st.get("lm_head.weight").is_err(),
+        };
+        Ok(Config {
+            n_layer: self.need_usize("num_hidden_layers")?,
+            d_model,
+            n_head,
+            n_kv_head,
+            head_dim: self.key_usize("head_dim").unwrap_or(d_model / n_head),
+            d_ff: self.need_usize("intermediate_size")?,
+            vocab_size: self.need_usize("vocab_size")?,
+            rms_eps: f("rms_norm_eps", 1e-6),
+            rope_base: f("rope_theta", 10_000.0),
+            rope_style: RopeStyle::Neox,
+            context_length: self.key_usize("max_position_embeddings").unwrap_or(4096),
+            tied_embeddings: tied,
+            arch,
+        })
+    }
+
+    /// One tensor as f32.
+    pub fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
+        if self.st.get(name).is_err() {
+            return Err(ModelError::MissingTensor {
+                path: self.dir.display().to_string(),
+                name: name.to_string(),
+            });
+        }
+        self.st
+            .load(name, &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| corrupt(&self.dir, format!("tensor {name}: {e}")))
+    }
+
+    /// Every tensor's name, dtype, shape and stored bytes, sorted by name (identity).
+    pub fn raw_tensors(&self) -> Vec<(String, String, Vec<usize>, &[u8])> {
+        let mut v: Vec<_> = self
+            .st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, format!("{:?}", t.dtype()), t.shape().to_vec()))
+            .collect();
+        v.sort();
+        v.into_iter()
+            .filter_map(|(n, d, s)| {
+                let view = self.st.get(&n).ok()?;
+                Some((n, d, s, view.data()))
+            })
+            .collect()
+    }
+
+    /// The weight files, sorted.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The tokenizer from `tokenizer.json` (BOS from `tokenizer_config.json`'s
+    /// `add_bos_token`, end ids from `config.json`).
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
+        let path = self.dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+            ModelError::UnsupportedTokenizer {
+                path: path.display().to_string(),
+                what: format!("tokenizer.json could not be read ({e})"),
+            }
+        })?;
+        let tc: Value = std::fs::read_to_string(self.dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let id = |v: Option<&Value>| v.and_then(Value::as_u64).map(|x| x as u32);
+        let bos = id(self.config_json.get("bos_token_id"));
+        let add_bos = tc
+            .get("add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let eos: Vec<u32> = match self.config_json.get("eos_token_id") {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| id(Some(v))).collect(),
+            v => id(v).into_iter().collect(),
+        };
+        let canonical = serde_json::json!({
+            "tokenizer_json": inner.to_string(false).map_err(|e| ModelError::Tokenize(e.to_string()))?,
+            "bos": if add_bos { bos } else { None },
+            "eos": eos,
+        });
+        let hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
+        Ok(Tokenizer::from_parts(
+            inner,
+            if add_bos { bos } else { None },
+            eos,
+            hash,
+        ))
+    }
+
+    /// Assemble the decoder (f32 weights).
+    pub fn decoder(&self) -> Result<Decoder, ModelError> {
+        let cfg = self.config()?;
+        let map = |e: candle_core::Error| corrupt(&self.dir, e);
+        let embed = self.tensor("model.embed_tokens.weight")?;
+        let output = if cfg.tied_embeddings {
+            Linear::from_dense(embed.clone(), None)
+        } else {
+            Linear::from_dense(self.tensor("lm_head.weight")?, None)
+        };
+        let norm = RmsNorm::new(self.tensor("model.norm.weight")?, cfg.rms_eps);
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("model.layers.{i}");
+            let lin = |name: &str, bias: bool| -> Result<Linear, ModelError> {
+                let w = self.tensor(&format!("{p}.{name}.weight"))?;
+                let b = if bias {
+                    Some(self.tensor(&format!("{p}.{name}.bias"))?)
+                } else {
+                    None
+                };
+                Ok(Linear::from_dense(w, b))
+            };
+            let norm_of = |name: &str| -> Result<RmsNorm, ModelError> {
+                Ok(RmsNorm::new(
+                    self.tensor(&format!("{p}.{name}.weight"))?,
+                    cfg.rms_eps,
+                ))
+            };
+            let qkv_bias = cfg.arch == "qwen2";
+            let (q_norm, k_norm) = if cfg.arch == "qwen3" {
+                (
+                    Some(norm_of("self_attn.q_norm")?),
+                    Some(norm_of("self_attn.k_norm")?),
+                )
+            } else {
+                (None, None)
+            };
+            blocks.push(Block {
+                attn_norm: norm_of("input_layernorm")?,
+                wq: lin("self_attn.q_proj", qkv_bias)?,
+                wk: lin("self_attn.k_proj", qkv_bias)?,
+                wv: lin("self_attn.v_proj", qkv_bias)?,
+                wo: lin("self_attn.o_proj", false)?,
+                q_norm,
+                k_norm,
+                ffn_norm: norm_of("post_attention_layernorm")?,
+                gate: lin("mlp.gate_proj", false)?,
+                up: lin("mlp.up_proj", false)?,
+                down: lin("mlp.down_proj", false)?,
+            });
+        }
+        Decoder::new(cfg, Embedding::Dense(embed), blocks, norm, output).map_err(map)
+    }
+}
+
+/// Undo llama.cpp's query/key row permutation of GGUF Llama: rows `(head, pair, 2)` back to
+/// `(head, 2, pair)`, Hugging Face's layout for NeoX-style RoPE.
+fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    w.reshape((heads, out / heads / 2, 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))
+}
+
+/// Write a GGUF model as a Hugging Face folder (f32 safetensors, config.json, tokenizer.json,
+/// tokenizer_config.json) in `out`, which must not exist yet; written to a temporary folder
+/// beside it and renamed, so a failure leaves nothing behind.
+pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
+    if out.exists() {
+        return Err(open_err(out, "already exists; choose a new output folder"));
+    }
+    let mut g = GgufFile::open(gguf)?;
+    let cfg = g.config()?;
+    let data = g.tokenizer_data()?;
+    let tok = g.tokenizer()?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
+    for name in names {
+        let Some(hf) = hf_name(&name) else {
+            continue;
+        };
+        let t = g
+            .tensor(&name)?
+            .dequantize(&Device::Cpu)
+            .map_err(|e| corrupt(gguf, e))?;
+        let t = match (cfg.rope_style, name.rsplit('.').nth(1)) {
+            (RopeStyle::Interleaved, Some("attn_q")) if t.rank() == 2 => unpermute(&t, cfg.n_head),
+            (RopeStyle::Interleaved, Some("attn_k")) if t.rank() == 2 => {
+                unpermute(&t, cfg.n_kv_head)
+            }
+            _ => Ok(t),
+        }
+        .map_err(|e| corrupt(gguf, e))?;
+        tensors.insert(hf, t);
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = tempfile_dir(parent.unwrap_or(Path::new(".")), out)?;
+    let write = || -> Result<(), ModelError> {
+        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))
+            .map_err(|e| open_err(&tmp, e))?;
+        let config = serde_json::json!({
+            "model_type": cfg.arch,
+            "architectures": [match cfg.arch.as_str() {
+                "qwen2" => "Qwen2ForCausalLM",
+                "qwen3" => "Qwen3ForCausalLM",
+                _ => "LlamaForCausalLM",
+            }],
+            "num_hidden_layers": cfg.n_layer,
+            "hidden_size": cfg.d_model,
+            "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.n_kv_head,
+            "head_dim": cfg.head_dim,
+            "intermediate_size": cfg.d_ff,
+            "vocab_size": cfg.vocab_size,
+            "rms_norm_eps": cfg.rms_eps,
+            "rope_theta": cfg.rope_base,
+            "max_position_embeddings": cfg.context_length,
+            "tie_word_embeddings": cfg.tied_embeddings,
+            "bos_token_id": data.bos,
+            "eos_token_id": data.eos,
+            "torch_dtype": "float32",
+        });
+        let w = |name: &str, text: String| {
+            std::fs::write(tmp.join(name), text).map_err(|e| open_err(&tmp.join(name), e))
+        };
+        w(
+            "config.json",
+            serde_json::to_string_pretty(&config).expect("json"),
+        )?;
+        w(
+            "tokenizer_config.json",
+            serde_json::json!({ "add_bos_token": data.add_bos && data.bos.is_some() }).to_string(),
+        )?;
+        w(
+            "tokenizer.json",
+            tok.inner_json().map_err(|e| corrupt(gguf, e))?,
+        )?;
+        std::fs::rename(&tmp, out).map_err(|e| open_err(out, e))
+    };
+    let r = write();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    r
+}
+
+/// A fresh temporary folder in `parent`, named after `out`.
+fn tempfile_dir(parent: &Path, out: &Path) -> Result<PathBuf, ModelError> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    std::fs::create_dir(&tmp).map_err(|e| open_err(&tmp, e))?;
+    Ok(tmp)
+}
