@@ -220,12 +220,32 @@ impl GgufFile {
                 .collect(),
             None => vec![1; tokens.len()],
         };
+        let model = self
+            .md("tokenizer.ggml.model")?
+            .to_string()
+            .map_err(|e| self.bad_key("tokenizer.ggml.model", e))?
+            .clone();
+        let flag = |key: &str, default: bool| {
+            self.content
+                .metadata
+                .get(key)
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(default)
+        };
+        let scores = match self.content.metadata.get("tokenizer.ggml.scores") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| self.bad_key("tokenizer.ggml.scores", e))?
+                .iter()
+                .map(|x| x.to_f32().unwrap_or(0.0))
+                .collect(),
+            None => Vec::new(),
+        };
+        let spm = model == "llama";
         Ok(GgufTokenizerData {
-            model: self
-                .md("tokenizer.ggml.model")?
-                .to_string()
-                .map_err(|e| self.bad_key("tokenizer.ggml.model", e))?
-                .clone(),
+            scores,
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", spm),
+            model,
             pre: self
                 .content
                 .metadata
@@ -241,12 +261,7 @@ impl GgufFile {
             token_types,
             bos: opt_u32("tokenizer.ggml.bos_token_id"),
             eos: opt_u32("tokenizer.ggml.eos_token_id"),
-            add_bos: self
-                .content
-                .metadata
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(|v| v.to_bool().ok())
-                .unwrap_or(false),
+            add_bos: flag("tokenizer.ggml.add_bos_token", spm),
         })
     }
 

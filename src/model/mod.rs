@@ -8,6 +8,7 @@
 pub mod decoder;
 pub mod gguf;
 pub mod hf;
+pub mod spm;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};

@@ -49,9 +49,20 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
 /// after them as after the end-of-sequence token.
 const STOP_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"];
 
+/// Token ids that end generation: the end-of-sequence id and the chat formats' end tokens.
+fn stop_ids(tokens: &[String], eos: Option<u32>) -> Vec<u32> {
+    tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| STOP_TOKENS.contains(&t.as_str()))
+        .map(|(i, _)| i as u32)
+        .chain(eos)
+        .collect()
+}
+
 /// A tokenizer together with the facts about it that pot records.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Backend,
     /// Token id prepended to every encoding, when the model asks for one.
     pub bos: Option<u32>,
     /// End-of-sequence token id.
@@ -62,6 +73,14 @@ pub struct Tokenizer {
     /// special ids): two models with this hash equal tokenize every text identically.
     pub hash: String,
     vocab_size: usize,
+}
+
+/// Which algorithm tokenizes.
+enum Backend {
+    /// A `tokenizers` pipeline (byte-level BPE from GGUF, or a `tokenizer.json`).
+    Hf(tokenizers::Tokenizer),
+    /// SentencePiece BPE from GGUF pieces and scores.
+    Spm(super::spm::Spm),
 }
 
 /// The raw tokenizer data read from GGUF metadata.
@@ -80,8 +99,13 @@ pub struct GgufTokenizerData {
     pub bos: Option<u32>,
     /// `tokenizer.ggml.eos_token_id`.
     pub eos: Option<u32>,
-    /// `tokenizer.ggml.add_bos_token` (llama.cpp's default for BPE models is false).
+    /// `tokenizer.ggml.add_bos_token` (llama.cpp's default: true for SentencePiece, false
+    /// for BPE).
     pub add_bos: bool,
+    /// `tokenizer.ggml.scores` (SentencePiece; empty otherwise).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece; llama.cpp's default true).
+    pub add_space_prefix: bool,
 }
 
 impl GgufTokenizerData {
@@ -97,6 +121,11 @@ impl GgufTokenizerData {
             "eos": self.eos,
             "add_bos": self.add_bos,
         });
+        let mut canon = canon;
+        if self.model == "llama" {
+            canon["scores"] = serde_json::json!(self.scores);
+            canon["add_space_prefix"] = serde_json::json!(self.add_space_prefix);
+        }
         hex::encode(Sha256::digest(canon.to_string().as_bytes()))
     }
 }
@@ -108,9 +137,21 @@ impl Tokenizer {
             path: source.to_string(),
             what,
         };
+        if d.model == "llama" {
+            let spm =
+                super::spm::Spm::new(&d.tokens, &d.scores, &d.token_types, d.add_space_prefix);
+            return Ok(Self {
+                inner: Backend::Spm(spm),
+                bos: if d.add_bos { d.bos } else { None },
+                eos: d.eos,
+                stop_ids: stop_ids(&d.tokens, d.eos),
+                hash: d.canonical_hash(),
+                vocab_size: d.tokens.len(),
+            });
+        }
         if d.model != "gpt2" {
             return Err(unsupported(format!(
-                "tokenizer.ggml.model = {:?} (only \"gpt2\" byte-level BPE is implemented; SentencePiece \"llama\" is not yet)",
+                "tokenizer.ggml.model = {:?} (implemented: \"gpt2\" byte-level BPE and \"llama\" SentencePiece)",
                 d.model
             )));
         }
@@ -160,16 +201,9 @@ impl Tokenizer {
             .map(|(t, &ty)| AddedToken::from(t.clone(), ty == TOKEN_TYPE_CONTROL))
             .collect();
         inner.add_special_tokens(&specials);
-        let stop_ids = d
-            .tokens
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| STOP_TOKENS.contains(&t.as_str()))
-            .map(|(i, _)| i as u32)
-            .chain(d.eos)
-            .collect();
+        let stop_ids = stop_ids(&d.tokens, d.eos);
         Ok(Self {
-            inner,
+            inner: Backend::Hf(inner),
             bos: if d.add_bos { d.bos } else { None },
             eos: d.eos,
             stop_ids,
@@ -193,7 +227,7 @@ impl Tokenizer {
             .collect();
         let vocab_size = inner.get_vocab_size(true);
         Self {
-            inner,
+            inner: Backend::Hf(inner),
             bos,
             eos: eos.first().copied(),
             stop_ids,
@@ -204,31 +238,46 @@ impl Tokenizer {
 
     /// The tokenizer as `tokenizer.json` text (Hugging Face format).
     pub fn inner_json(&self) -> Result<String, String> {
-        self.inner.to_string(true).map_err(|e| e.to_string())
+        match &self.inner {
+            Backend::Hf(t) => t.to_string(true).map_err(|e| e.to_string()),
+            Backend::Spm(_) => {
+                Err("SentencePiece tokenizers cannot be written as tokenizer.json yet".into())
+            }
+        }
     }
 
     /// Token ids of `text` (with BOS when the model asks for it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let body = match &self.inner {
+            Backend::Hf(t) => t
+                .encode_fast(text, false)
+                .map_err(|e| ModelError::Tokenize(e.to_string()))?
+                .get_ids()
+                .to_vec(),
+            Backend::Spm(s) => s.encode(text),
+        };
+        let mut ids = Vec::with_capacity(body.len() + 1);
         ids.extend(self.bos);
-        ids.extend_from_slice(enc.get_ids());
+        ids.extend(body);
         Ok(ids)
     }
 
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| ModelError::Tokenize(e.to_string()))
+        match &self.inner {
+            Backend::Hf(t) => t
+                .decode(ids, false)
+                .map_err(|e| ModelError::Tokenize(e.to_string())),
+            Backend::Spm(s) => Ok(s.decode(ids)),
+        }
     }
 
     /// The token's string as stored in the vocabulary (byte-level encoded).
     pub fn token_str(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.inner {
+            Backend::Hf(t) => t.id_to_token(id),
+            Backend::Spm(s) => s.piece(id),
+        }
     }
 
     /// Number of entries in the vocabulary.
