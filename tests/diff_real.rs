@@ -49,11 +49,16 @@ fn diff(reference: &Path, candidate: &Path, dir: &Path, extra: &[&str]) -> (Outp
     (out, v)
 }
 
+/// Held while a test writes a shared derived model.
+static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Variants of SmolLM2 made once per test binary with `pot variant`.
 fn smol_variant(to: &str) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(tmp);
     let out = dir.path().join(format!("smol-{to}.gguf"));
+    // Tests may run in parallel: one writer at a time.
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {
         let o = pot()
             .args(["variant", "--to", to, "-o"])
@@ -367,6 +372,7 @@ fn smol_hf() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(tmp);
     let out = dir.path().join("SmolLM2-hf");
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {
         let o = pot()
             .args(["export-hf", "-o"])

@@ -268,12 +268,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokenize { model, text, json } => {
-            let m = Model::load(&model, LoadOptions::default())?;
-            let ids = m.tokenizer.encode(&text)?;
+            let tokenizer = pot::model::load_tokenizer(&model)?;
+            let ids = tokenizer.encode(&text)?;
             if json {
                 let pieces: Vec<String> = ids
                     .iter()
-                    .map(|i| m.tokenizer.decode(&[*i]).unwrap_or_default())
+                    .map(|i| tokenizer.decode(&[*i]).unwrap_or_default())
                     .collect();
                 println!(
                     "{}",
@@ -281,7 +281,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 );
             } else {
                 for i in &ids {
-                    println!("{i}\t{:?}", m.tokenizer.decode(&[*i])?);
+                    println!("{i}\t{:?}", tokenizer.decode(&[*i])?);
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -3,7 +3,8 @@
 //! candle-transformers' quantized models return the last position's logits only; scoring a
 //! sequence by teacher forcing needs them all. This file wires candle's layers (matmul,
 //! RMSNorm, RoPE, softmax) into the decoder-only families pot loads: Llama (interleaved RoPE,
-//! as GGUF stores it), Qwen2 (Q/K/V biases, NeoX RoPE) and Qwen3 (per-head Q/K RMSNorm).
+//! as GGUF stores it), Qwen2 (Q/K/V biases, NeoX RoPE), Qwen3 (per-head Q/K RMSNorm) and
+//! Gemma 3 ([`GemmaConfig`]: scaled embeddings, post-norms, GELU, sliding-window layers).
 //!
 //! Each weight matrix is held once, for the kernels the model runs: [`Kernels::Quantized`]
 //! (the default) keeps the file's quantization and computes as llama.cpp does (8-bit
@@ -58,6 +59,35 @@ pub struct Config {
     pub context_length: usize,
     /// Whether the output projection is the token embedding.
     pub tied_embeddings: bool,
+    /// Gemma-style extras (absent for llama/qwen2/qwen3, and then not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemma: Option<GemmaConfig>,
+}
+
+/// What Gemma 3 adds to the decoder (llama.cpp's `llm_build_gemma3_iswa`): embeddings scaled by
+/// √d, norms after attention and after the MLP, GELU (tanh) instead of SiLU, queries scaled by
+/// `attn_scale`, and sliding-window attention with its own RoPE base on all layers but every
+/// `swa_pattern`-th.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GemmaConfig {
+    /// Multiplier of the queries (instead of 1/√head_dim).
+    pub attn_scale: f64,
+    /// Keys at distance ≥ this from the query are masked on sliding-window layers.
+    pub sliding_window: usize,
+    /// Layer `i` is global when `i % swa_pattern == swa_pattern - 1`.
+    pub swa_pattern: usize,
+    /// RoPE base of sliding-window layers.
+    pub rope_local_base: f64,
+    /// Linear RoPE position scale of global layers (1 / `rope.scaling.factor`).
+    pub rope_scale: f64,
+}
+
+impl Config {
+    fn is_sliding(&self, layer: usize) -> bool {
+        self.gemma
+            .as_ref()
+            .is_some_and(|g| g.swa_pattern > 0 && layer % g.swa_pattern < g.swa_pattern - 1)
+    }
 }
 
 /// Which matrix kernels run a forward pass.
@@ -216,8 +246,12 @@ pub struct Block {
     pub q_norm: Option<RmsNorm>,
     /// Per-head key norm (Qwen3).
     pub k_norm: Option<RmsNorm>,
+    /// Norm of the attention output (Gemma 3).
+    pub post_attn_norm: Option<RmsNorm>,
     /// Pre-MLP norm.
     pub ffn_norm: RmsNorm,
+    /// Norm of the MLP output (Gemma 3).
+    pub post_ffn_norm: Option<RmsNorm>,
     /// SwiGLU gate.
     pub gate: Linear,
     /// SwiGLU up.
@@ -236,6 +270,23 @@ pub struct Decoder {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// RoPE tables of sliding-window layers (Gemma 3).
+    local: Option<(Tensor, Tensor)>,
+}
+
+/// RoPE tables `(max_pos, head_dim / 2)`: cos and sin of `pos · scale · base^(−2i/d)`.
+fn rope_tables(head_dim: usize, base: f64, scale: f64, max_pos: usize) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / base.powf(2.0 * i as f64 / head_dim as f64) as f32)
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, half), &Device::Cpu)?;
+    let pos = (Tensor::arange(0u32, max_pos as u32, &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .reshape((max_pos, 1))?
+        * scale)?;
+    let freqs = pos.matmul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
 }
 
 /// Keys and values of the positions seen so far, one pair per block.
@@ -256,27 +307,26 @@ impl Decoder {
         output: Linear,
     ) -> Result<Self> {
         let max_pos = config.context_length.clamp(1, 32_768);
-        let half = config.head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| {
-                1.0 / config
-                    .rope_base
-                    .powf(2.0 * i as f64 / config.head_dim as f64) as f32
-            })
-            .collect();
-        let inv = Tensor::from_vec(inv, (1, half), &Device::Cpu)?;
-        let pos = Tensor::arange(0u32, max_pos as u32, &Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .reshape((max_pos, 1))?;
-        let freqs = pos.matmul(&inv)?;
+        let scale = config.gemma.as_ref().map_or(1.0, |g| g.rope_scale);
+        let (cos, sin) = rope_tables(config.head_dim, config.rope_base, scale, max_pos)?;
+        let local = match &config.gemma {
+            Some(g) => Some(rope_tables(
+                config.head_dim,
+                g.rope_local_base,
+                1.0,
+                max_pos,
+            )?),
+            None => None,
+        };
         Ok(Self {
             config,
             embed,
             blocks,
             norm,
             output,
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos,
+            sin,
+            local,
         })
     }
 
@@ -351,7 +401,15 @@ impl Decoder {
         {
             candle_core::bail!("forward needs one non-empty chunk of tokens per cache");
         }
-        // Per chunk: (offset in the rows, length, first position, cos, sin, mask).
+        // Per chunk: where its rows are, and its RoPE tables and masks (global layers, then
+        // sliding-window layers).
+        struct Part {
+            offset: usize,
+            t: usize,
+            global: (Tensor, Tensor, Option<Tensor>),
+            sliding: Option<(Tensor, Tensor, Option<Tensor>)>,
+        }
+        let window = self.config.gemma.as_ref().map(|g| g.sliding_window);
         let mut parts = Vec::with_capacity(chunks.len());
         let mut offset = 0;
         for (chunk, cache) in chunks.iter().zip(caches.iter_mut()) {
@@ -366,41 +424,56 @@ impl Decoder {
             if cache.layers.len() != self.blocks.len() {
                 cache.layers = (0..self.blocks.len()).map(|_| None).collect();
             }
-            let mask = if t > 1 {
-                Some(causal_mask(t, start)?)
-            } else {
-                None
-            };
-            parts.push((
-                offset,
-                t,
+            let global = (
                 self.cos.narrow(0, start, t)?,
                 self.sin.narrow(0, start, t)?,
-                mask,
-            ));
+                attention_mask(t, start, None)?,
+            );
+            let sliding = match (&self.local, window) {
+                (Some((cos, sin)), w) => Some((
+                    cos.narrow(0, start, t)?,
+                    sin.narrow(0, start, t)?,
+                    attention_mask(t, start, w)?,
+                )),
+                _ => None,
+            };
+            parts.push(Part {
+                offset,
+                t,
+                global,
+                sliding,
+            });
             offset += t;
         }
         let ids: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
         let mut x = self.embed.rows(&ids)?.unsqueeze(0)?; // (1, rows, d)
+        if self.config.gemma.is_some() {
+            x = (x * (self.config.d_model as f64).sqrt())?;
+        }
         for (li, block) in self.blocks.iter().enumerate() {
+            let sliding = self.config.is_sliding(li);
             let h = block.attn_norm.forward(&x)?;
             let q = block.wq.forward(&h)?;
             let k = block.wk.forward(&h)?;
             let v = block.wv.forward(&h)?;
             let mut ys = Vec::with_capacity(parts.len());
-            for ((off, t, cos, sin, mask), cache) in parts.iter().zip(caches.iter_mut()) {
-                let slot = &mut cache.layers[li];
+            for (part, cache) in parts.iter().zip(caches.iter_mut()) {
+                let (cos, sin, mask) = match (&part.sliding, sliding) {
+                    (Some(s), true) => s,
+                    _ => &part.global,
+                };
+                let (off, t) = (part.offset, part.t);
                 ys.push(self.attend(
                     block,
                     [
-                        &q.narrow(1, *off, *t)?,
-                        &k.narrow(1, *off, *t)?,
-                        &v.narrow(1, *off, *t)?,
+                        &q.narrow(1, off, t)?,
+                        &k.narrow(1, off, t)?,
+                        &v.narrow(1, off, t)?,
                     ],
                     (cos, sin),
                     mask.as_ref(),
-                    slot,
+                    &mut cache.layers[li],
                 )?);
             }
             let y = if ys.len() == 1 {
@@ -409,11 +482,24 @@ impl Decoder {
                 Tensor::cat(&ys, 1)?
             };
             let y = block.wo.forward(&y)?;
+            let y = match &block.post_attn_norm {
+                Some(n) => n.forward(&y)?,
+                None => y,
+            };
             x = (x + y)?;
             let h = block.ffn_norm.forward(&x)?;
             let g = block.gate.forward(&h)?;
             let u = block.up.forward(&h)?;
-            let m = block.down.forward(&(candle_nn::ops::silu(&g)? * u)?)?;
+            let act = if self.config.gemma.is_some() {
+                g.gelu()?
+            } else {
+                candle_nn::ops::silu(&g)?
+            };
+            let m = block.down.forward(&(act * u)?)?;
+            let m = match &block.post_ffn_norm {
+                Some(n) => n.forward(&m)?,
+                None => m,
+            };
             x = (x + m)?;
         }
         for (chunk, cache) in chunks.iter().zip(caches.iter_mut()) {
@@ -467,7 +553,10 @@ impl Decoder {
         let groups = cfg.n_head / cfg.n_kv_head;
         let k = repeat_kv(&k, groups)?;
         let v = repeat_kv(&v, groups)?;
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let scale = cfg
+            .gemma
+            .as_ref()
+            .map_or(1.0 / (cfg.head_dim as f64).sqrt(), |g| g.attn_scale);
         let att = (q.matmul(&k.t()?)? * scale)?;
         let att = match mask {
             Some(m) => att.broadcast_add(m)?,
@@ -497,7 +586,10 @@ impl Embedding {
     }
 }
 
-/// Additive causal mask `(t, start + t)`: 0 where query `i` may see key `j`, -inf elsewhere.
+/// Additive attention mask `(t, start + t)` of new queries over all keys: 0 where query `i`
+/// may see key `j`, -inf elsewhere. Causal; with a sliding `window`, keys `window` or more
+/// positions behind the query are masked too (llama.cpp's standard SWA). `None` when nothing
+/// is masked (one new query, no window in reach).
 ///
 /// ```text
 ///            keys: cached (start) | new (t)
@@ -505,12 +597,16 @@ impl Embedding {
 /// query 1    0 0 0 0 0            | 0  0   -inf
 /// query 2    0 0 0 0 0            | 0  0    0
 /// ```
-fn causal_mask(t: usize, start: usize) -> Result<Tensor> {
+fn attention_mask(t: usize, start: usize, window: Option<usize>) -> Result<Option<Tensor>> {
     let kv = start + t;
+    if t == 1 && window.is_none_or(|w| kv <= w) {
+        return Ok(None);
+    }
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
+            let q = start + i;
             (0..kv).map(move |j| {
-                if j > start + i {
+                if j > q || window.is_some_and(|w| q - j >= w) {
                     f32::NEG_INFINITY
                 } else {
                     0.0
@@ -518,7 +614,7 @@ fn causal_mask(t: usize, start: usize) -> Result<Tensor> {
             })
         })
         .collect();
-    Tensor::from_vec(mask, (t, kv), &Device::Cpu)
+    Tensor::from_vec(mask, (t, kv), &Device::Cpu).map(Some)
 }
 
 /// Repeat key/value heads for grouped-query attention: `(1, kv, t, d)` → `(1, kv*n, t, d)`.
@@ -540,6 +636,41 @@ pub fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_are_causal_and_slide() {
+        let rows = |m: Option<Tensor>| -> Vec<Vec<bool>> {
+            let v: Vec<Vec<f32>> = m.expect("a mask").to_vec2().expect("2-d");
+            v.iter()
+                .map(|r| r.iter().map(|x| x.is_finite()).collect())
+                .collect()
+        };
+        // Causal: 3 new queries after 2 cached keys.
+        assert_eq!(
+            rows(attention_mask(3, 2, None).unwrap()),
+            vec![
+                vec![true, true, true, false, false],
+                vec![true, true, true, true, false],
+                vec![true, true, true, true, true],
+            ]
+        );
+        // Window 2: a query sees itself and the key before it only.
+        assert_eq!(
+            rows(attention_mask(3, 0, Some(2)).unwrap()),
+            vec![
+                vec![true, false, false],
+                vec![true, true, false],
+                vec![false, true, true],
+            ]
+        );
+        // One new query: no mask unless the window is in reach.
+        assert!(attention_mask(1, 5, None).unwrap().is_none());
+        assert!(attention_mask(1, 3, Some(4)).unwrap().is_none());
+        assert_eq!(
+            rows(attention_mask(1, 5, Some(4)).unwrap()),
+            vec![vec![false, false, true, true, true, true]]
+        );
+    }
 
     #[test]
     fn q5_0_reencodes_as_q8_0_bit_for_bit() {

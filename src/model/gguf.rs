@@ -14,13 +14,14 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
 use super::decoder::{
-    fast_encoding, Block, Config, Decoder, Embedding, Kernels, Linear, RmsNorm, RopeStyle,
+    fast_encoding, Block, Config, Decoder, Embedding, GemmaConfig, Kernels, Linear, RmsNorm,
+    RopeStyle,
 };
 use super::tokenizer::{GgufTokenizerData, Tokenizer};
 use super::ModelError;
 
 /// Architectures whose forward pass pot implements.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 /// A parsed GGUF header with the open file.
 pub struct GgufFile {
@@ -197,6 +198,29 @@ impl GgufFile {
             },
             context_length: self.md_usize(&k("context_length")).unwrap_or(4096),
             tied_embeddings: !self.has_tensor("output.weight"),
+            gemma: if arch == "gemma3" {
+                let n_layer = self.md_usize(&k("block_count"))?;
+                // llama.cpp: Gemma 3 27B (62 layers) scales queries by 1/√(d/heads), the
+                // others by 1/√head_dim; sliding layers use RoPE base 10000, unscaled.
+                let per_head = if n_layer == 62 {
+                    d_model / n_head
+                } else {
+                    head_dim
+                };
+                let factor = self
+                    .md_f64(&k("rope.scaling.factor"))
+                    .or_else(|_| self.md_f64(&k("rope.scale_linear")))
+                    .unwrap_or(1.0);
+                Some(GemmaConfig {
+                    attn_scale: 1.0 / (per_head as f64).sqrt(),
+                    sliding_window: self.md_usize(&k("attention.sliding_window"))?,
+                    swa_pattern: 6,
+                    rope_local_base: 10_000.0,
+                    rope_scale: if factor > 0.0 { 1.0 / factor } else { 1.0 },
+                })
+            } else {
+                None
+            },
             arch,
         })
     }
@@ -338,12 +362,22 @@ impl GgufFile {
                     cfg.rms_eps,
                 ))
             };
-            let (q_norm, k_norm) = if cfg.arch == "qwen3" {
+            let (q_norm, k_norm) = if matches!(cfg.arch.as_str(), "qwen3" | "gemma3") {
                 (Some(norm_of("attn_q_norm")?), Some(norm_of("attn_k_norm")?))
             } else {
                 (None, None)
             };
+            let (post_attn_norm, post_ffn_norm) = if cfg.arch == "gemma3" {
+                (
+                    Some(norm_of("post_attention_norm")?),
+                    Some(norm_of("post_ffw_norm")?),
+                )
+            } else {
+                (None, None)
+            };
             blocks.push(Block {
+                post_attn_norm,
+                post_ffn_norm,
                 attn_norm: norm_of("attn_norm")?,
                 ffn_norm: norm_of("ffn_norm")?,
                 wq,

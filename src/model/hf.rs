@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::decoder::{Block, Config, Decoder, Embedding, Linear, RmsNorm, RopeStyle};
+use super::decoder::{Block, Config, Decoder, Embedding, GemmaConfig, Linear, RmsNorm, RopeStyle};
 use super::gguf::{GgufFile, SUPPORTED_ARCHS};
 use super::tokenizer::Tokenizer;
 use super::ModelError;
@@ -122,23 +122,34 @@ impl HfFolder {
 
     /// The architecture hyper-parameters.
     pub fn config(&self) -> Result<Config, ModelError> {
-        let arch = self
+        let model_type = self
             .config_json
             .get("model_type")
             .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+            .unwrap_or("");
+        // Gemma 3's text-only checkpoints say gemma3_text; the multimodal ones nest their
+        // text model and are not read here.
+        let arch = match model_type {
+            "gemma3_text" => "gemma3",
+            "gemma3" => "gemma3 (multimodal checkpoint; pass its text model)",
+            t => t,
+        }
+        .to_string();
         if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
             return Err(ModelError::UnsupportedArch {
                 path: self.dir.join("config.json").display().to_string(),
                 arch,
             });
         }
-        if self
+        let rope_scaling = self
             .config_json
             .get("rope_scaling")
-            .is_some_and(|v| !v.is_null())
-        {
+            .filter(|v| !v.is_null());
+        let linear_factor = rope_scaling
+            .filter(|v| v.get("rope_type").and_then(Value::as_str) == Some("linear"))
+            .and_then(|v| v.get("factor"))
+            .and_then(Value::as_f64);
+        if rope_scaling.is_some() && (arch != "gemma3" || linear_factor.is_none()) {
             return Err(ModelError::UnsupportedArch {
                 path: self.dir.join("config.json").display().to_string(),
                 arch: format!("{arch} with rope_scaling (not implemented)"),
@@ -155,6 +166,7 @@ impl HfFolder {
         }
         let f = |k: &str, d: f64| self.config_json.get(k).and_then(Value::as_f64).unwrap_or(d);
         let tied = match self.config_json.get("tie_word_embeddings") {
+            None if model_type == "gemma3_text" => true,
             Some(v) => v.as_bool().unwrap_or(false),
             None => self.st.get("lm_head.weight").is_err(),
         };
@@ -171,6 +183,19 @@ impl HfFolder {
             rope_style: RopeStyle::Neox,
             context_length: self.key_usize("max_position_embeddings").unwrap_or(4096),
             tied_embeddings: tied,
+            gemma: if arch == "gemma3" {
+                let head_dim = self.key_usize("head_dim").unwrap_or(d_model / n_head);
+                let scalar = f("query_pre_attn_scalar", head_dim as f64);
+                Some(GemmaConfig {
+                    attn_scale: 1.0 / scalar.sqrt(),
+                    sliding_window: self.need_usize("sliding_window")?,
+                    swa_pattern: self.key_usize("sliding_window_pattern").unwrap_or(6),
+                    rope_local_base: f("rope_local_base_freq", 10_000.0),
+                    rope_scale: 1.0 / linear_factor.unwrap_or(1.0),
+                })
+            } else {
+                None
+            },
             arch,
         })
     }
@@ -249,6 +274,17 @@ impl HfFolder {
         ))
     }
 
+    /// An RMSNorm weight; Gemma stores `w` and multiplies by `1 + w` (GGUF stores `1 + w`).
+    fn norm(&self, name: &str, cfg: &Config) -> Result<RmsNorm, ModelError> {
+        let w = self.tensor(name)?;
+        let w = if cfg.arch == "gemma3" {
+            (w + 1.0).map_err(|e| corrupt(&self.dir, e))?
+        } else {
+            w
+        };
+        Ok(RmsNorm::new(w, cfg.rms_eps))
+    }
+
     /// Assemble the decoder (f32 weights).
     pub fn decoder(&self) -> Result<Decoder, ModelError> {
         let cfg = self.config()?;
@@ -259,7 +295,7 @@ impl HfFolder {
         } else {
             Linear::from_dense(self.tensor("lm_head.weight")?, None)
         };
-        let norm = RmsNorm::new(self.tensor("model.norm.weight")?, cfg.rms_eps);
+        let norm = self.norm("model.norm.weight", &cfg)?;
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("model.layers.{i}");
@@ -272,14 +308,17 @@ impl HfFolder {
                 };
                 Ok(Linear::from_dense(w, b))
             };
-            let norm_of = |name: &str| -> Result<RmsNorm, ModelError> {
-                Ok(RmsNorm::new(
-                    self.tensor(&format!("{p}.{name}.weight"))?,
-                    cfg.rms_eps,
-                ))
-            };
+            let norm_of = |name: &str| self.norm(&format!("{p}.{name}.weight"), &cfg);
             let qkv_bias = cfg.arch == "qwen2";
-            let (q_norm, k_norm) = if cfg.arch == "qwen3" {
+            let (post_attn_norm, post_ffn_norm) = if cfg.arch == "gemma3" {
+                (
+                    Some(norm_of("post_attention_layernorm")?),
+                    Some(norm_of("post_feedforward_layernorm")?),
+                )
+            } else {
+                (None, None)
+            };
+            let (q_norm, k_norm) = if matches!(cfg.arch.as_str(), "qwen3" | "gemma3") {
                 (
                     Some(norm_of("self_attn.q_norm")?),
                     Some(norm_of("self_attn.k_norm")?),
@@ -295,7 +334,13 @@ impl HfFolder {
                 wo: lin("self_attn.o_proj", false)?,
                 q_norm,
                 k_norm,
-                ffn_norm: norm_of("post_attention_layernorm")?,
+                ffn_norm: norm_of(if cfg.arch == "gemma3" {
+                    "pre_feedforward_layernorm"
+                } else {
+                    "post_attention_layernorm"
+                })?,
+                post_attn_norm,
+                post_ffn_norm,
                 gate: lin("mlp.gate_proj", false)?,
                 up: lin("mlp.up_proj", false)?,
                 down: lin("mlp.down_proj", false)?,
@@ -324,6 +369,12 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
     }
     let mut g = GgufFile::open(gguf)?;
     let cfg = g.config()?;
+    if cfg.gemma.is_some() {
+        return Err(ModelError::UnsupportedArch {
+            path: gguf.display().to_string(),
+            arch: format!("{} (export-hf writes llama, qwen2 and qwen3)", cfg.arch),
+        });
+    }
     let data = g.tokenizer_data()?;
     let tok = g.tokenizer()?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();

@@ -63,7 +63,9 @@ pub enum ModelError {
         name: String,
     },
     /// An architecture pot has no forward pass for.
-    #[error("{path}: architecture {arch:?} is not supported (supported: llama, qwen2, qwen3)")]
+    #[error(
+        "{path}: architecture {arch:?} is not supported (supported: llama, qwen2, qwen3, gemma3)"
+    )]
     UnsupportedArch {
         /// File.
         path: String,
@@ -173,6 +175,16 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
                 repo_dir.display()
             ),
         }),
+    }
+}
+
+/// Only the tokenizer of a model (no weights are read).
+pub fn load_tokenizer(spec: &str) -> Result<Tokenizer, ModelError> {
+    let path = resolve(spec)?;
+    if hf::is_hf_folder(&path) {
+        hf::HfFolder::open(&path)?.tokenizer()
+    } else {
+        gguf::GgufFile::open(&path)?.tokenizer()
     }
 }
 

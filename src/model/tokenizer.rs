@@ -78,9 +78,9 @@ pub struct Tokenizer {
 /// Which algorithm tokenizes.
 enum Backend {
     /// A `tokenizers` pipeline (byte-level BPE from GGUF, or a `tokenizer.json`).
-    Hf(tokenizers::Tokenizer),
+    Hf(Box<tokenizers::Tokenizer>),
     /// SentencePiece BPE from GGUF pieces and scores.
-    Spm(super::spm::Spm),
+    Spm(Box<super::spm::Spm>),
 }
 
 /// The raw tokenizer data read from GGUF metadata.
@@ -141,7 +141,7 @@ impl Tokenizer {
             let spm =
                 super::spm::Spm::new(&d.tokens, &d.scores, &d.token_types, d.add_space_prefix);
             return Ok(Self {
-                inner: Backend::Spm(spm),
+                inner: Backend::Spm(Box::new(spm)),
                 bos: if d.add_bos { d.bos } else { None },
                 eos: d.eos,
                 stop_ids: stop_ids(&d.tokens, d.eos),
@@ -203,7 +203,7 @@ impl Tokenizer {
         inner.add_special_tokens(&specials);
         let stop_ids = stop_ids(&d.tokens, d.eos);
         Ok(Self {
-            inner: Backend::Hf(inner),
+            inner: Backend::Hf(Box::new(inner)),
             bos: if d.add_bos { d.bos } else { None },
             eos: d.eos,
             stop_ids,
@@ -227,7 +227,7 @@ impl Tokenizer {
             .collect();
         let vocab_size = inner.get_vocab_size(true);
         Self {
-            inner: Backend::Hf(inner),
+            inner: Backend::Hf(Box::new(inner)),
             bos,
             eos: eos.first().copied(),
             stop_ids,
