@@ -127,6 +127,20 @@ enum Weight {
     Dense(Tensor),
     /// The file's quantization, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
+    /// Q8_0 (or Q5_0 re-encoded), multiplied by pot's own 8-bit kernel (`q8`), which is
+    /// several times faster on CPU than candle's for this encoding and computes the same.
+    Q8(crate::model::q8::Q8Matrix),
+}
+
+/// The quantized weight's kernel: pot's Q8_0 product on CPU, candle's otherwise.
+fn quantized_weight(w: Arc<QTensor>) -> Result<Weight> {
+    if w.dtype() == GgmlDType::Q8_0 && w.device().is_cpu() {
+        let (n, k) = w.shape().dims2()?;
+        if let Some(m) = crate::model::q8::Q8Matrix::from_q8_0_bytes(&w.data()?, n, k) {
+            return Ok(Weight::Q8(m));
+        }
+    }
+    Ok(Weight::Quantized(QMatMul::QTensor(w)))
 }
 
 impl Linear {
@@ -135,17 +149,17 @@ impl Linear {
         let weight = if !kernels.keeps_quantized(w.dtype()) {
             Weight::Dense(w.dequantize(&Device::Cpu)?)
         } else {
-            Weight::Quantized(QMatMul::QTensor(Arc::new(fast_encoding(w)?)))
+            quantized_weight(Arc::new(fast_encoding(w)?))?
         };
         Ok(Self { weight, bias })
     }
 
     /// A quantized matrix shared with another layer (tied embeddings).
-    pub fn from_shared_qtensor(w: Arc<QTensor>) -> Self {
-        Self {
-            weight: Weight::Quantized(QMatMul::QTensor(w)),
+    pub fn from_shared_qtensor(w: Arc<QTensor>) -> Result<Self> {
+        Ok(Self {
+            weight: quantized_weight(w)?,
             bias: None,
-        }
+        })
     }
 
     /// From a dense f32 tensor.
@@ -159,6 +173,12 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Quantized(q) => q.forward(x)?,
+            Weight::Q8(m) => {
+                let (b, t, _) = x.dims3()?;
+                let rows = x.flatten_all()?.to_vec1::<f32>()?;
+                let y = m.matmul(&rows, b * t);
+                Tensor::from_vec(y, (b, t, m.n()), &Device::Cpu)?
+            }
             Weight::Dense(w) => {
                 let (b, t, d) = x.dims3()?;
                 x.reshape((b * t, d))?

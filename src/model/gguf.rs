@@ -314,7 +314,7 @@ impl GgufFile {
                 let q = Arc::new(fast_encoding(embed_q).map_err(|e| map(&path, e))?);
                 (
                     Embedding::Quantized(q.clone()),
-                    Linear::from_shared_qtensor(q),
+                    Linear::from_shared_qtensor(q).map_err(|e| map(&path, e))?,
                 )
             }
             true => {

@@ -8,6 +8,7 @@
 pub mod decoder;
 pub mod gguf;
 pub mod hf;
+pub mod q8;
 pub mod spm;
 pub mod tokenizer;
 
