@@ -127,16 +127,21 @@ enum Weight {
     Dense(Tensor),
     /// The file's quantization, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
-    /// Q8_0 (or Q5_0 re-encoded), multiplied by pot's own 8-bit kernel (`q8`), which is
-    /// several times faster on CPU than candle's for this encoding and computes the same.
+    /// Q8_0 (or Q5_0 re-encoded) and Q4_1, multiplied by pot's own 8-bit kernels (`q8`),
+    /// several times faster on CPU than candle's for these encodings, computing the same.
     Q8(crate::model::q8::Q8Matrix),
 }
 
 /// The quantized weight's kernel: pot's Q8_0 product on CPU, candle's otherwise.
 fn quantized_weight(w: Arc<QTensor>) -> Result<Weight> {
-    if w.dtype() == GgmlDType::Q8_0 && w.device().is_cpu() {
+    use crate::model::q8::Q8Matrix;
+    if w.device().is_cpu() && matches!(w.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_1) {
         let (n, k) = w.shape().dims2()?;
-        if let Some(m) = crate::model::q8::Q8Matrix::from_q8_0_bytes(&w.data()?, n, k) {
+        let m = match w.dtype() {
+            GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&w.data()?, n, k),
+            _ => Q8Matrix::from_q4_1_bytes(&w.data()?, n, k),
+        };
+        if let Some(m) = m {
             return Ok(Weight::Q8(m));
         }
     }

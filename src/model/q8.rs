@@ -1,29 +1,35 @@
-//! An 8-bit matrix product for Q8_0 weights (blocks of 32 int8 values with one scale), the
-//! arithmetic of llama.cpp's `ggml_vec_dot_q8_0_q8_0`: activations are rounded to Q8_0 per
-//! row, integer dot products per block, scaled by both blocks' scales.
+//! 8-bit matrix products for Q8_0 and Q4_1 weights (blocks of 32), the arithmetic of
+//! llama.cpp's `ggml_vec_dot_q8_0_q8_0` and `ggml_vec_dot_q4_1_q8_1`: activations are rounded
+//! to 8 bits per row and block, integer dot products per block are scaled by both blocks'
+//! scales, and Q4_1 adds its block minimum times the activation block's sum.
 //!
-//! candle multiplies Q8_0 one (row, column) pair at a time and converts both f16 scales on
-//! every block; on the project machine that path was 70% of the Qwen 0.5B's time
-//! (BENCHMARKS.md). Here the weight scales are converted once at load, each weight block is
-//! loaded once for up to four activation rows, and columns are split across threads.
+//! candle multiplies Q8_0 one (row, column) pair at a time, converting both f16 scales on
+//! every block, and has no SIMD code for Q4_1 at all; on the project machine those paths were
+//! 70% of the Qwen 0.5B's time and all of SmolLM2's (BENCHMARKS.md). Here the weight scales
+//! are converted once at load, each weight block is loaded once for up to four activation
+//! rows, and columns are split across candle's worker pool.
 
 /// Values per block.
 const QK: usize = 32;
 
-/// A Q8_0 weight matrix `(n, k)`: `n` output rows of `k` inputs.
+/// A Q8_0 or Q4_1 weight matrix `(n, k)`: `n` output rows of `k` inputs.
 pub struct Q8Matrix {
     n: usize,
     k: usize,
     /// Per block scale, as f32 (the stored f16, exactly).
     scales: Vec<f32>,
-    /// Per block 32 quants.
-    quants: Vec<i8>,
+    /// Per block minimum (Q4_1), as f32.
+    mins: Option<Vec<f32>>,
+    /// Per block 32 quants: i8 for Q8_0, 0..=15 for Q4_1.
+    quants: Vec<u8>,
 }
 
-/// Activations rounded to Q8_0: per row and block, a scale (f16-rounded) and 32 quants.
+/// Activations rounded to 8 bits: per row and block, a scale (f16-rounded), 32 quants and
+/// (for Q4_1 weights) scale × sum of the quants, f16-rounded, as llama.cpp's Q8_1 keeps it.
 struct Q8Rows {
     scales: Vec<f32>,
     quants: Vec<i8>,
+    sums: Vec<f32>,
 }
 
 impl Q8Matrix {
@@ -37,12 +43,38 @@ impl Q8Matrix {
         let mut quants = Vec::with_capacity(blocks * QK);
         for b in bytes.chunks_exact(34) {
             scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
-            quants.extend(b[2..].iter().map(|&q| q as i8));
+            quants.extend_from_slice(&b[2..]);
         }
         Some(Self {
             n,
             k,
             scales,
+            mins: None,
+            quants,
+        })
+    }
+
+    /// From GGUF Q4_1 bytes (per block: f16 scale, f16 minimum, 16 bytes of nibbles: the low
+    /// nibble of byte `j` is value `j`, the high one value `j + 16`) of an `(n, k)` matrix.
+    pub fn from_q4_1_bytes(bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        if k % QK != 0 || bytes.len() != n * k / QK * 20 {
+            return None;
+        }
+        let blocks = n * k / QK;
+        let mut scales = Vec::with_capacity(blocks);
+        let mut mins = Vec::with_capacity(blocks);
+        let mut quants = Vec::with_capacity(blocks * QK);
+        for b in bytes.chunks_exact(20) {
+            scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            mins.push(half::f16::from_le_bytes([b[2], b[3]]).to_f32());
+            quants.extend(b[4..].iter().map(|q| q & 0x0f));
+            quants.extend(b[4..].iter().map(|q| q >> 4));
+        }
+        Some(Self {
+            n,
+            k,
+            scales,
+            mins: Some(mins),
             quants,
         })
     }
@@ -56,7 +88,7 @@ impl Q8Matrix {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "activation shape");
-        let a = quantize_rows(x, m, k);
+        let a = quantize_rows(x, m, k, self.mins.is_some());
         let nb = k / QK;
         // Columns split across candle's CPU worker pool (its spinning workers hand work over
         // in microseconds, which one-token steps need); each range of columns is written for
@@ -74,7 +106,8 @@ impl Q8Matrix {
                 let mut r = 0;
                 while r < m {
                     let rows = (m - r).min(4);
-                    dot_rows(ws, wq, &a, r, rows, nb, &mut col_out[r..r + rows]);
+                    let mins = self.mins.as_ref().map(|v| &v[c * nb..(c + 1) * nb]);
+                    dot_rows(ws, mins, wq, &a, r, rows, nb, &mut col_out[r..r + rows]);
                     r += rows;
                 }
             }
@@ -92,42 +125,74 @@ impl Q8Matrix {
     }
 }
 
-/// llama.cpp's `quantize_row_q8_0`: per block, d = max|x| / 127 (stored as f16), q = round(x / d).
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> Q8Rows {
+/// llama.cpp's `quantize_row_q8_0` (and `q8_1` with `sums`): per block, d = max|x| / 127
+/// (stored as f16), q = round(x / d), s = d · Σq (stored as f16).
+fn quantize_rows(x: &[f32], m: usize, k: usize, sums: bool) -> Q8Rows {
     let nb = k / QK;
-    let mut scales = Vec::with_capacity(m * nb);
-    let mut quants = Vec::with_capacity(m * k);
+    let mut rows = Q8Rows {
+        scales: Vec::with_capacity(m * nb),
+        quants: Vec::with_capacity(m * k),
+        sums: Vec::with_capacity(if sums { m * nb } else { 0 }),
+    };
     for block in x.chunks_exact(QK) {
         let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        scales.push(half::f16::from_f32(d).to_f32());
-        quants.extend(block.iter().map(|v| (v * id).round() as i8));
+        rows.scales.push(half::f16::from_f32(d).to_f32());
+        let start = rows.quants.len();
+        rows.quants
+            .extend(block.iter().map(|v| (v * id).round() as i8));
+        if sums {
+            let sum: i32 = rows.quants[start..].iter().map(|&q| q as i32).sum();
+            rows.sums.push(half::f16::from_f32(sum as f32 * d).to_f32());
+        }
     }
-    Q8Rows { scales, quants }
+    rows
 }
 
 /// Dot products of one weight row (column of the output) with activation rows
-/// `r0..r0 + out.len()` (at most 4).
-fn dot_rows(ws: &[f32], wq: &[i8], a: &Q8Rows, r0: usize, rows: usize, nb: usize, out: &mut [f32]) {
+/// `r0..r0 + rows` (at most 4).
+#[allow(clippy::too_many_arguments)]
+fn dot_rows(
+    ws: &[f32],
+    mins: Option<&[f32]>,
+    wq: &[u8],
+    a: &Q8Rows,
+    r0: usize,
+    rows: usize,
+    nb: usize,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected; slices are in bounds by construction.
-            unsafe { avx2::dot_rows(ws, wq, a, r0, rows, nb, out) };
+            unsafe { avx2::dot_rows(ws, mins, wq, a, r0, rows, nb, out) };
             return;
         }
     }
     for (j, o) in out.iter_mut().enumerate().take(rows) {
         let r = r0 + j;
         let mut acc = 0f32;
+        let mut acc_min = 0f32;
         for b in 0..nb {
             let w = &wq[b * QK..(b + 1) * QK];
-            let q = &a.quants[(r * nb + b) * QK..(r * nb + b + 1) * QK];
-            let s: i32 = w.iter().zip(q).map(|(&x, &y)| x as i32 * y as i32).sum();
-            acc += ws[b] * a.scales[r * nb + b] * s as f32;
+            let blk = r * nb + b;
+            let q = &a.quants[blk * QK..(blk + 1) * QK];
+            let s: i32 = match mins {
+                None => w
+                    .iter()
+                    .zip(q)
+                    .map(|(&x, &y)| x as i8 as i32 * y as i32)
+                    .sum(),
+                Some(_) => w.iter().zip(q).map(|(&x, &y)| x as i32 * y as i32).sum(),
+            };
+            acc += ws[b] * a.scales[blk] * s as f32;
+            if let Some(m) = mins {
+                acc_min += m[b] * a.sums[blk];
+            }
         }
-        *o = acc;
+        *o = acc + acc_min;
     }
 }
 
@@ -146,20 +211,12 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// 8 partial sums (as f32) of the products of two blocks of 32 int8: llama.cpp's
-    /// `mul_sum_i8_pairs_float` (|x| as u8 times y with x's sign, pairwise).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_dot(ax: __m256i, x: __m256i, y: __m256i) -> __m256 {
-        let sy = _mm256_sign_epi8(y, x);
-        let dot16 = _mm256_maddubs_epi16(ax, sy);
-        let dot32 = _mm256_madd_epi16(dot16, _mm256_set1_epi16(1));
-        _mm256_cvtepi32_ps(dot32)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dot_rows(
         ws: &[f32],
-        wq: &[i8],
+        mins: Option<&[f32]>,
+        wq: &[u8],
         a: &Q8Rows,
         r0: usize,
         rows: usize,
@@ -167,20 +224,36 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_min = [0f32; 4];
         let aq = a.quants.as_ptr();
+        let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
             let x = _mm256_loadu_si256(wq.as_ptr().add(b * QK) as *const __m256i);
-            let ax = _mm256_sign_epi8(x, x);
             let wd = *ws.get_unchecked(b);
+            // Q8_0: |x| and the sign moved onto y; Q4_1: x is unsigned already.
+            let ax = if mins.is_some() {
+                x
+            } else {
+                _mm256_sign_epi8(x, x)
+            };
             for (j, acc) in acc.iter_mut().enumerate().take(rows) {
                 let blk = (r0 + j) * nb + b;
                 let y = _mm256_loadu_si256(aq.add(blk * QK) as *const __m256i);
+                let sy = if mins.is_some() {
+                    y
+                } else {
+                    _mm256_sign_epi8(y, x)
+                };
+                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
                 let d = _mm256_set1_ps(wd * *a.scales.get_unchecked(blk));
-                *acc = _mm256_fmadd_ps(d, block_dot(ax, x, y), *acc);
+                *acc = _mm256_fmadd_ps(d, dot, *acc);
+                if let Some(m) = mins {
+                    acc_min[j] += *m.get_unchecked(b) * *a.sums.get_unchecked(blk);
+                }
             }
         }
         for (j, o) in out.iter_mut().enumerate().take(rows) {
-            *o = hsum(acc[j]);
+            *o = hsum(acc[j]) + acc_min[j];
         }
     }
 }
@@ -191,17 +264,28 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
-    /// The same product as candle's Q8_0 kernels (which follow llama.cpp's), for 1, 3 and 7
-    /// activation rows.
+    /// The same products as candle's Q8_0 and Q4_1 kernels (which follow llama.cpp's), for
+    /// 1, 3 and 7 activation rows.
     #[test]
-    fn matches_candles_q8_0_product() {
+    fn matches_candles_products() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+            check(dtype);
+        }
+    }
+
+    fn check(dtype: GgmlDType) {
         let (n, k) = (70, 96);
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
             .collect();
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
-        let mine = Q8Matrix::from_q8_0_bytes(&q.data().unwrap(), n, k).unwrap();
+        let q = QTensor::quantize(&wt, dtype).unwrap();
+        let bytes = q.data().unwrap();
+        let mine = match dtype {
+            GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&bytes, n, k),
+            _ => Q8Matrix::from_q4_1_bytes(&bytes, n, k),
+        }
+        .unwrap();
         let qm = QMatMul::from_qtensor(q).unwrap();
         for m in [1usize, 3, 7] {
             let x: Vec<f32> = (0..m * k)
@@ -215,10 +299,13 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let got = mine.matmul(&x, m);
+            // Q4_1: candle rounds the activation block sum s = d·Σq as f16(Σq)·f16(d), twice;
+            // llama.cpp (and pot) as f16(d·Σq), once. That moves results by ~1e-3 relative.
+            let tol = if dtype == GgmlDType::Q4_1 { 2e-3 } else { 1e-4 };
             for (g, w) in got.iter().zip(&want) {
                 assert!(
-                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                    "m={m}: {g} vs {w}"
+                    (g - w).abs() <= tol * w.abs().max(1.0),
+                    "{dtype:?} m={m}: {g} vs {w}"
                 );
             }
         }
