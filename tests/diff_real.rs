@@ -52,16 +52,16 @@ fn diff(reference: &Path, candidate: &Path, dir: &Path, extra: &[&str]) -> (Outp
 /// Held while a test writes a shared derived model.
 static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Variants of SmolLM2 made once per test binary with `pot variant`.
-fn smol_variant(to: &str) -> PathBuf {
+/// Models derived from SmolLM2 once per test binary: `pot ARGS -o OUT SMOL`, unless OUT exists.
+fn derived(name: &str, args: &[&str]) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(tmp);
-    let out = dir.path().join(format!("smol-{to}.gguf"));
+    let out = DIR.get_or_init(tmp).path().join(name);
     // Tests may run in parallel: one writer at a time.
     let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {
         let o = pot()
-            .args(["variant", "--to", to, "-o"])
+            .args(args)
+            .arg("-o")
             .arg(&out)
             .arg(model_path(SMOL))
             .output()
@@ -69,6 +69,11 @@ fn smol_variant(to: &str) -> PathBuf {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     out
+}
+
+/// Variants of SmolLM2 made with `pot variant`.
+fn smol_variant(to: &str) -> PathBuf {
+    derived(&format!("smol-{to}.gguf"), &["variant", "--to", to])
 }
 
 #[test]
@@ -367,22 +372,9 @@ fn fingerprint_tlsh_is_near_for_a_requantization_and_far_for_another_model() {
     );
 }
 
-/// SmolLM2 exported once per test binary as a Hugging Face folder with `pot export-hf`.
+/// SmolLM2 exported as a Hugging Face folder with `pot export-hf`.
 fn smol_hf() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(tmp);
-    let out = dir.path().join("SmolLM2-hf");
-    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
-    if !out.exists() {
-        let o = pot()
-            .args(["export-hf", "-o"])
-            .arg(&out)
-            .arg(model_path(SMOL))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    out
+    derived("SmolLM2-hf", &["export-hf"])
 }
 
 fn json_of(args: &[&str], model: &Path) -> Value {

@@ -703,23 +703,15 @@ mod tests {
             .map(|i| ((i as f32 * 0.37).sin() * 3.0 + (i % 7) as f32 * 0.1) * 0.02)
             .collect();
         let t = Tensor::from_vec(xs, (64, 96), &Device::Cpu).unwrap();
+        let values = |q: &QTensor| -> Vec<f32> {
+            let d = q.dequantize(&Device::Cpu).unwrap();
+            d.flatten_all().unwrap().to_vec1().unwrap()
+        };
         let q5 = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
-        let want: Vec<f32> = q5
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let want = values(&q5);
         let q8 = fast_encoding(q5).unwrap();
         assert_eq!(q8.dtype(), GgmlDType::Q8_0);
-        let got: Vec<f32> = q8
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = values(&q8);
         assert_eq!(got, want);
     }
 }

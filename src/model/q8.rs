@@ -24,6 +24,14 @@ pub struct Q8Matrix {
     quants: Vec<u8>,
 }
 
+/// One weight row (one output column): its block scales, block minima (Q4_1) and quants.
+#[derive(Clone, Copy)]
+struct Column<'a> {
+    scales: &'a [f32],
+    mins: Option<&'a [f32]>,
+    quants: &'a [u8],
+}
+
 /// Activations rounded to 8 bits: per row and block, a scale (f16-rounded), 32 quants and
 /// (for Q4_1 weights) scale × sum of the quants, f16-rounded, as llama.cpp's Q8_1 keeps it.
 struct Q8Rows {
@@ -101,13 +109,15 @@ impl Q8Matrix {
                 // and `c * m + m <= n * m`.
                 let col_out =
                     unsafe { std::slice::from_raw_parts_mut((dst as *mut f32).add(c * m), m) };
-                let ws = &self.scales[c * nb..(c + 1) * nb];
-                let wq = &self.quants[c * k..(c + 1) * k];
+                let col = Column {
+                    scales: &self.scales[c * nb..(c + 1) * nb],
+                    mins: self.mins.as_ref().map(|v| &v[c * nb..(c + 1) * nb]),
+                    quants: &self.quants[c * k..(c + 1) * k],
+                };
                 let mut r = 0;
                 while r < m {
                     let rows = (m - r).min(4);
-                    let mins = self.mins.as_ref().map(|v| &v[c * nb..(c + 1) * nb]);
-                    dot_rows(ws, mins, wq, &a, r, rows, nb, &mut col_out[r..r + rows]);
+                    dot_rows(col, &a, r, &mut col_out[r..r + rows]);
                     r += rows;
                 }
             }
@@ -151,27 +161,23 @@ fn quantize_rows(x: &[f32], m: usize, k: usize, sums: bool) -> Q8Rows {
 }
 
 /// Dot products of one weight row (column of the output) with activation rows
-/// `r0..r0 + rows` (at most 4).
-#[allow(clippy::too_many_arguments)]
-fn dot_rows(
-    ws: &[f32],
-    mins: Option<&[f32]>,
-    wq: &[u8],
-    a: &Q8Rows,
-    r0: usize,
-    rows: usize,
-    nb: usize,
-    out: &mut [f32],
-) {
+/// `r0..r0 + out.len()` (at most 4).
+fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected; slices are in bounds by construction.
-            unsafe { avx2::dot_rows(ws, mins, wq, a, r0, rows, nb, out) };
+            unsafe { avx2::dot_rows(col, a, r0, out) };
             return;
         }
     }
-    for (j, o) in out.iter_mut().enumerate().take(rows) {
+    let Column {
+        scales: ws,
+        mins,
+        quants: wq,
+    } = col;
+    let nb = ws.len();
+    for (j, o) in out.iter_mut().enumerate() {
         let r = r0 + j;
         let mut acc = 0f32;
         let mut acc_min = 0f32;
@@ -198,7 +204,7 @@ fn dot_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Q8Rows, QK};
+    use super::{Column, Q8Rows, QK};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -212,17 +218,13 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dot_rows(
-        ws: &[f32],
-        mins: Option<&[f32]>,
-        wq: &[u8],
-        a: &Q8Rows,
-        r0: usize,
-        rows: usize,
-        nb: usize,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
+        let Column {
+            scales: ws,
+            mins,
+            quants: wq,
+        } = col;
+        let (nb, rows) = (ws.len(), out.len().min(4));
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut acc_min = [0f32; 4];
         let aq = a.quants.as_ptr();
