@@ -436,6 +436,12 @@ fn a_hugging_face_folder_computes_what_its_gguf_computes() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The exported tokenizer.json is the GGUF's tokenizer: compared token by token.
+    assert_eq!(v["score_kind"], "kl");
+    assert_eq!(
+        v["reference"]["tokenizer_hash"],
+        v["candidate"]["tokenizer_hash"]
+    );
 }
 
 /// Hugging Face ids resolve through the local hub cache only: a cached snapshot loads, an

@@ -89,7 +89,7 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     let p = path.display().to_string();
     let g = GgufFile::open(path)?;
     let cfg = g.config()?;
-    let tokenizer_hash = g.tokenizer_data()?.canonical_hash();
+    let tokenizer_hash = g.tokenizer()?.hash;
     let config_hash = hex::encode(Sha256::digest(
         serde_json::to_string(&serde_json::to_value(&cfg).expect("config serializes"))
             .expect("json")

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::decoder::{Block, Config, Decoder, Embedding, GemmaConfig, Linear, RmsNorm, RopeStyle};
 use super::gguf::{GgufFile, SUPPORTED_ARCHS};
@@ -260,18 +259,9 @@ impl HfFolder {
             Some(Value::Array(a)) => a.iter().filter_map(|v| id(Some(v))).collect(),
             v => id(v).into_iter().collect(),
         };
-        let canonical = serde_json::json!({
-            "tokenizer_json": inner.to_string(false).map_err(|e| ModelError::Tokenize(e.to_string()))?,
-            "bos": if add_bos { bos } else { None },
-            "eos": eos,
-        });
-        let hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
-        Ok(Tokenizer::from_parts(
-            inner,
-            if add_bos { bos } else { None },
-            eos,
-            hash,
-        ))
+        let bos = if add_bos { bos } else { None };
+        let hash = super::tokenizer::pipeline_hash(&inner, bos, &eos)?;
+        Ok(Tokenizer::from_parts(inner, bos, eos, hash))
     }
 
     /// An RMSNorm weight; Gemma stores `w` and multiplies by `1 + w` (GGUF stores `1 + w`).

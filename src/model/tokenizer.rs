@@ -49,6 +49,25 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
 /// after them as after the end-of-sequence token.
 const STOP_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"];
 
+/// Identity of a `tokenizers` pipeline: SHA-256 over its canonical JSON (the vocabulary in id
+/// order, merges, pre-tokenizer, added tokens) with the BOS it prepends and its end ids. A GGUF
+/// byte-level BPE and the `tokenizer.json` pot writes for it hash the same, so such a pair is
+/// compared token by token.
+pub fn pipeline_hash(
+    inner: &tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: &[u32],
+) -> Result<String, ModelError> {
+    let canonical = serde_json::json!({
+        "tokenizer_json": inner.to_string(false).map_err(|e| ModelError::Tokenize(e.to_string()))?,
+        "bos": bos,
+        "eos": eos,
+    });
+    Ok(hex::encode(Sha256::digest(
+        canonical.to_string().as_bytes(),
+    )))
+}
+
 /// Token ids that end generation: the end-of-sequence id and the chat formats' end tokens.
 fn stop_ids(tokens: &[String], eos: Option<u32>) -> Vec<u32> {
     tokens
@@ -69,8 +88,9 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
     /// Extra ids that end generation (end-of-turn tokens).
     pub stop_ids: Vec<u32>,
-    /// SHA-256 over the canonical tokenizer description (model, pre, tokens, types, merges,
-    /// special ids): two models with this hash equal tokenize every text identically.
+    /// Identity of the tokenizer: [`pipeline_hash`] for byte-level BPE and `tokenizer.json`,
+    /// SHA-256 of the GGUF description (pieces, scores, types, flags) for SentencePiece. Two
+    /// models with this hash equal tokenize every text identically.
     pub hash: String,
     vocab_size: usize,
 }
@@ -202,12 +222,15 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&specials);
         let stop_ids = stop_ids(&d.tokens, d.eos);
+        let bos = if d.add_bos { d.bos } else { None };
+        let eos: Vec<u32> = d.eos.into_iter().collect();
+        let hash = pipeline_hash(&inner, bos, &eos)?;
         Ok(Self {
             inner: Backend::Hf(Box::new(inner)),
-            bos: if d.add_bos { d.bos } else { None },
+            bos,
             eos: d.eos,
             stop_ids,
-            hash: d.canonical_hash(),
+            hash,
             vocab_size: d.tokens.len(),
         })
     }
