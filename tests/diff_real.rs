@@ -49,6 +49,14 @@ fn diff(reference: &Path, candidate: &Path, dir: &Path, extra: &[&str]) -> (Outp
     (out, v)
 }
 
+/// A fresh secret key written by `pot keygen` into `dir`.
+fn new_key(dir: &Path) -> PathBuf {
+    let key = dir.join("key");
+    let ok = pot().args(["keygen", "-o"]).arg(&key).status().unwrap();
+    assert!(ok.success());
+    key
+}
+
 /// Held while a test writes a shared derived model.
 static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -164,13 +172,7 @@ fn query_lines(transcript: &Path) -> usize {
 #[test]
 fn a_killed_run_resumes_to_the_same_decision() {
     let d = tmp();
-    let key = d.path().join("key");
-    assert!(pot()
-        .args(["keygen", "-o"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
+    let key = new_key(d.path());
     let k = key.to_str().unwrap();
     // n_min 20 keeps the run going long enough to be killed in the middle.
     let flags = ["--key-file", k, "--run-id", "killme", "--n-min", "20"];
@@ -243,13 +245,7 @@ fn a_killed_run_resumes_to_the_same_decision() {
 #[test]
 fn one_model_at_a_time_reaches_the_same_decision() {
     let d = tmp();
-    let key = d.path().join("key");
-    assert!(pot()
-        .args(["keygen", "-o"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
+    let key = new_key(d.path());
     let k = key.to_str().unwrap();
     let (_, a) = diff(
         &model_path(SMOL),
@@ -316,13 +312,7 @@ fn bad_model_files_fail_cleanly() {
 #[test]
 fn challenges_are_reproducible_and_never_show_the_key() {
     let d = tmp();
-    let key = d.path().join("key");
-    assert!(pot()
-        .args(["keygen", "-o"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
+    let key = new_key(d.path());
     let run = |id: &str| {
         pot()
             .args([

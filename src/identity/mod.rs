@@ -90,11 +90,7 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     let g = GgufFile::open(path)?;
     let cfg = g.config()?;
     let tokenizer_hash = g.tokenizer()?.hash;
-    let config_hash = hex::encode(Sha256::digest(
-        serde_json::to_string(&serde_json::to_value(&cfg).expect("config serializes"))
-            .expect("json")
-            .as_bytes(),
-    ));
+    let config_hash = config_hash(&cfg);
     let mut names: Vec<&String> = g.content.tensor_infos.keys().collect();
     names.sort();
     let mut file = std::fs::File::open(path).map_err(|e| io_err(&p, e))?;
@@ -140,11 +136,7 @@ fn folder_fingerprint(dir: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     let folder = crate::model::hf::HfFolder::open(dir)?;
     let cfg = folder.config()?;
     let tokenizer_hash = folder.tokenizer()?.hash;
-    let config_hash = hex::encode(Sha256::digest(
-        serde_json::to_string(&serde_json::to_value(&cfg).expect("config serializes"))
-            .expect("json")
-            .as_bytes(),
-    ));
+    let config_hash = config_hash(&cfg);
     let mut h = Sha256::new();
     h.update(WEIGHT_TAG);
     let mut parameters = 0u64;
@@ -197,6 +189,12 @@ fn folder_fingerprint(dir: &Path, tlsh: bool) -> Result<Identity, ModelError> {
             None
         },
     })
+}
+
+/// SHA-256 of the hyper-parameters as canonical JSON.
+fn config_hash(cfg: &crate::model::Config) -> String {
+    let json = serde_json::to_value(cfg).expect("the config serializes");
+    hex::encode(Sha256::digest(json.to_string().as_bytes()))
 }
 
 /// Feed one tensor into the canonical weight hash: length-prefixed name, dtype, shape, bytes.
