@@ -253,7 +253,7 @@ impl Model {
     /// Greedy continuation of `prompt`: up to `max_new` tokens, stopping after an end token.
     pub fn greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
         Ok(self
-            .continue_batch(&[prompt], max_new, true)?
+            .continue_batch(&[prompt], max_new, true, false)?
             .remove(0)
             .tokens)
     }
@@ -261,14 +261,14 @@ impl Model {
     /// Greedy continuation of exactly `max_new` tokens, end tokens or not (benchmarks).
     pub fn greedy_exact(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
         Ok(self
-            .continue_batch(&[prompt], max_new, false)?
+            .continue_batch(&[prompt], max_new, false, false)?
             .remove(0)
             .tokens)
     }
 
     /// Continue a batch of prompts greedily together, one token per sequence per step, for up
     /// to `max_new` tokens each (stopping after an end token when `stop`), recording the
-    /// log-probabilities the model gives each next token. Greedy picks the first largest
+    /// log-probabilities the model gives each next token when `keep_logprobs`. Greedy picks the first largest
     /// logit, like llama.cpp's greedy sampler. All sequences share each step's matrix
     /// products, so a group costs about as much per step as one sequence where reading the
     /// weights dominates.
@@ -277,6 +277,7 @@ impl Model {
         prompts: &[&[u32]],
         max_new: usize,
         stop: bool,
+        keep_logprobs: bool,
     ) -> Result<Vec<Continuation>, ModelError> {
         let n = prompts.len();
         let mut out: Vec<Continuation> = (0..n).map(|_| Continuation::default()).collect();
@@ -305,14 +306,19 @@ impl Model {
                 .forward_batch(&refs, &mut cache_refs)
                 .map_err(|e| self.inference_err(e))?;
             let raw: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| self.inference_err(e))?;
-            let lp = decoder::log_softmax_rows(&logits).map_err(|e| self.inference_err(e))?;
+            let mut lp = if keep_logprobs {
+                decoder::log_softmax_rows(&logits).map_err(|e| self.inference_err(e))?
+            } else {
+                Vec::new()
+            }
+            .into_iter();
             let mut next_active = Vec::with_capacity(active.len());
             chunks.clear();
-            for ((&i, row), lp) in active.iter().zip(&raw).zip(lp) {
+            for (&i, row) in active.iter().zip(&raw) {
                 let c = &mut out[i];
                 let next = argmax(row);
                 c.tokens.push(next);
-                c.logprobs.push(lp);
+                c.logprobs.extend(lp.next());
                 let ended = stop && self.tokenizer.stop_ids.contains(&next);
                 if c.tokens.len() < max_new && !ended {
                     next_active.push(i);
@@ -331,7 +337,7 @@ pub struct Continuation {
     /// The continuation tokens.
     pub tokens: Vec<u32>,
     /// Row `j`: log-probabilities of the token at continuation position `j`, given the prompt
-    /// and `tokens[..j]`.
+    /// and `tokens[..j]` (empty unless asked for).
     pub logprobs: Vec<Vec<f32>>,
 }
 

@@ -127,7 +127,8 @@ pub fn reference_pass(
         .map(|p| reference.tokenizer.encode(p))
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-    let conts = reference.continue_batch(&refs, k, true)?;
+    // Text scoring needs only the continuations; KL scoring needs the reference's rows.
+    let conts = reference.continue_batch(&refs, k, true, kind == ScoreKind::Kl)?;
     prompts
         .iter()
         .zip(ids)
