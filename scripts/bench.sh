@@ -5,10 +5,7 @@
 #   scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pot/target}"
-models=$(scripts/fetch-models.sh)
-cargo build --release --quiet
-pot="$CARGO_TARGET_DIR/release/pot"
+. scripts/common.sh
 smol="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
 q05="$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 q15="$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"

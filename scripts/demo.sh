@@ -5,10 +5,7 @@
 #   scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pot/target}"
-models=$(scripts/fetch-models.sh)
-cargo build --release --quiet
-pot="$CARGO_TARGET_DIR/release/pot"
+. scripts/common.sh
 set +e
 echo "== claimed Qwen2.5-Coder-1.5B, served 0.5B =="
 "$pot" diff --ref "$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf" --cand "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" --mode audit
