@@ -34,3 +34,12 @@ run "Qwen 1.5B vs 0.5B" "$q15" "$q05"
 run "SmolLM2 self" "$smol" "$smol"
 run "SmolLM2 vs Qwen 0.5B" "$smol" "$q05"
 run "Qwen 0.5B vs 1.5B, --kernels dense" "$q05" "$q15" --kernels dense
+# llama.cpp on the same machine and files, measured just now (speed varies between runs and
+# days on a shared VM, so compare side by side): only where llama-cpp-python is installed.
+if python3 -c "import llama_cpp" 2>/dev/null; then
+  echo
+  scripts/llamacpp-yardstick.py "$models"
+else
+  echo
+  echo "(llama-cpp-python not installed: no llama.cpp figures side by side)"
+fi

@@ -97,12 +97,16 @@ fn check_path(path: &std::path::Path, fixture: &str, kernels: Kernels) -> Agreem
     a
 }
 
-/// llama.cpp's numerics (quantized kernels, 8-bit activations), every position. Measured
-/// (2026-11-23): top-1 98.2% / 97.8% / 95.5% and mean |Δ| 0.113 / 0.074 / 0.086 nats
-/// (SmolLM2 / 0.5B / 1.5B). The misses are near-ties. Rounding attention to f16 (llama.cpp's
-/// key/value cache) was tried and did not narrow the gap.
-fn assert_agrees(a: &Agreement) {
-    assert_agrees_within(a, 10, 0.95, 0.12);
+/// llama.cpp's numerics (quantized kernels, 8-bit activations, f16-rounded attention), every
+/// position, against the bars `top1` and `mean` measured for that model (BENCHMARKS.md).
+///
+/// The fixtures themselves reproduce only so far: llama.cpp 0.3.36 (the fixtures' engine) run
+/// on the project machine agrees with them on 166/166, 132/134 and 130/134 top-1 tokens with
+/// mean |Δ| 0.061 / 0.052 / 0.075 (SmolLM2 / 0.5B / 1.5B; `scripts/llamacpp-yardstick.py`).
+/// Rounding 8-bit activations makes logits move by ~0.05 nats between two correct engines,
+/// and every miss here is a near-tie (llama.cpp's top two within 0.13 nats).
+fn assert_agrees(a: &Agreement, top1: f64, mean: f64) {
+    assert_agrees_within(a, 10, top1, mean);
 }
 
 /// All `prompts` checked, top-1 agreement at least `top1` (a fraction of all positions), mean
@@ -141,7 +145,8 @@ fn smollm2_matches_llama_cpp() {
         "smollm2-135m-instruct-q4_1.llamacpp.json",
     );
     assert_dense_agrees(&check(f.0, f.1, Kernels::Dense));
-    assert_agrees(&check(f.0, f.1, Kernels::Quantized));
+    // Measured: 165/166, mean 0.099.
+    assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.98, 0.105);
 }
 
 #[test]
@@ -151,7 +156,8 @@ fn qwen_05b_matches_llama_cpp() {
         "qwen2.5-coder-0.5b-instruct-q4_k_m.llamacpp.json",
     );
     assert_dense_agrees(&check(f.0, f.1, Kernels::Dense));
-    assert_agrees(&check(f.0, f.1, Kernels::Quantized));
+    // Measured: 132/134, mean 0.060.
+    assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.98, 0.07);
 }
 
 #[test]
@@ -161,7 +167,9 @@ fn qwen_15b_matches_llama_cpp() {
         "qwen2.5-coder-1.5b-instruct-q4_k_m.llamacpp.json",
     );
     assert_dense_agrees(&check(f.0, f.1, Kernels::Dense));
-    assert_agrees(&check(f.0, f.1, Kernels::Quantized));
+    // Measured: 129/134 (96.3%), mean 0.085. The 98% is beyond what llama.cpp
+    // itself reproduces of this fixture on this machine (130/134, 97.0%).
+    assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.96, 0.09);
 }
 
 /// Gemma 3 on a small random-weight GGUF (no real Gemma 3 is reachable from the project

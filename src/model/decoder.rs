@@ -127,22 +127,32 @@ enum Weight {
     Dense(Tensor),
     /// The file's quantization, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
-    /// Q8_0 (or Q5_0 re-encoded) and Q4_1, multiplied by pot's own 8-bit kernels (`q8`),
-    /// several times faster on CPU than candle's for these encodings, computing the same.
-    Q8(crate::model::q8::Q8Matrix),
+    /// Q8_0 (or Q5_0 re-encoded), Q4_1, Q4_K and Q6_K on CPU, multiplied by pot's own
+    /// kernels (`q8`, `kq`), several times faster here than candle's for these encodings and
+    /// computing llama.cpp's arithmetic.
+    Pot(Box<dyn crate::model::q8::Product>),
 }
 
-/// The quantized weight's kernel: pot's Q8_0 product on CPU, candle's otherwise.
+/// The quantized weight's kernel: pot's own on CPU where it has one, candle's otherwise.
 fn quantized_weight(w: Arc<QTensor>) -> Result<Weight> {
-    use crate::model::q8::Q8Matrix;
-    if w.device().is_cpu() && matches!(w.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_1) {
+    use crate::model::kq::{self, KMatrix};
+    use crate::model::q8::{Product, Q8Matrix};
+    if w.device().is_cpu() {
         let (n, k) = w.shape().dims2()?;
-        let m = match w.dtype() {
-            GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&w.data()?, n, k),
-            _ => Q8Matrix::from_q4_1_bytes(&w.data()?, n, k),
+        let pot: Option<Box<dyn Product>> = match w.dtype() {
+            GgmlDType::Q8_0 => {
+                Q8Matrix::from_q8_0_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
+            }
+            GgmlDType::Q4_1 => {
+                Q8Matrix::from_q4_1_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
+            }
+            GgmlDType::Q4K | GgmlDType::Q6K if kq::available() => {
+                KMatrix::new(w.clone()).map(|m| Box::new(m) as _)
+            }
+            _ => None,
         };
-        if let Some(m) = m {
-            return Ok(Weight::Q8(m));
+        if let Some(m) = pot {
+            return Ok(Weight::Pot(m));
         }
     }
     Ok(Weight::Quantized(QMatMul::QTensor(w)))
@@ -178,10 +188,10 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Quantized(q) => q.forward(x)?,
-            Weight::Q8(m) => {
+            Weight::Pot(m) => {
                 let (b, t, _) = x.dims3()?;
                 let rows = x.flatten_all()?.to_vec1::<f32>()?;
-                let y = m.matmul(&rows, b * t);
+                let y = m.matmul(&rows, b * t)?;
                 Tensor::from_vec(y, (b, t, m.n()), &Device::Cpu)?
             }
             Weight::Dense(w) => {
@@ -297,6 +307,10 @@ pub struct Decoder {
     sin: Tensor,
     /// RoPE tables of sliding-window layers (Gemma 3).
     local: Option<(Tensor, Tensor)>,
+    /// Round queries, keys, values and attention weights to f16 as llama.cpp does (its f16
+    /// key/value cache and f16 products): on with [`Kernels::Quantized`], llama.cpp's
+    /// numerics; off with [`Kernels::Dense`], exact f32.
+    pub f16_attention: bool,
 }
 
 /// RoPE tables `(max_pos, head_dim / 2)`: cos and sin of `pos · scale · base^(−2i/d)`.
@@ -352,6 +366,7 @@ impl Decoder {
             cos,
             sin,
             local,
+            f16_attention: true,
         })
     }
 
@@ -570,6 +585,12 @@ impl Decoder {
                 candle_nn::rotary_emb::rope(&k, cos, sin)?,
             ),
         };
+        // llama.cpp keeps keys and values as f16 and rounds the queries and the attention
+        // weights to f16 for its f16 matrix products; pot rounds the same values, which moves
+        // its agreement with llama.cpp closer (tests/engine_reference.rs, BENCHMARKS.md).
+        let f16 = self.f16_attention;
+        let round = |x: Tensor| if f16 { round_f16(&x) } else { Ok(x) };
+        let (q, k, v) = (round(q)?, round(k)?, round(v)?);
         let (k, v) = match slot.take() {
             Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 2)?, Tensor::cat(&[&vc, &v], 2)?),
             None => (k, v),
@@ -587,7 +608,7 @@ impl Decoder {
             Some(m) => att.broadcast_add(m)?,
             None => att,
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = round(candle_nn::ops::softmax_last_dim(&att)?)?;
         let y = att.matmul(&v)?; // (1, heads, t, head_dim)
         y.transpose(1, 2)?
             .reshape((1, t, cfg.n_head * cfg.head_dim))
@@ -651,6 +672,11 @@ fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
     x.unsqueeze(2)?
         .expand((b, kv, n, t, d))?
         .reshape((b, kv * n, t, d))
+}
+
+/// `x` rounded to the nearest f16, kept as f32.
+fn round_f16(x: &Tensor) -> Result<Tensor> {
+    x.to_dtype(DType::F16)?.to_dtype(DType::F32)
 }
 
 /// Log-softmax of each row of `logits` `(n, vocab)`, as plain vectors.

@@ -8,6 +8,7 @@
 pub mod decoder;
 pub mod gguf;
 pub mod hf;
+pub mod kq;
 pub mod q8;
 pub mod spm;
 pub mod tokenizer;
@@ -193,13 +194,14 @@ impl Model {
     /// Load a model from a path or a cached Hugging Face id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self, ModelError> {
         let path = resolve(spec)?;
-        let (tokenizer, decoder) = if hf::is_hf_folder(&path) {
+        let (tokenizer, mut decoder) = if hf::is_hf_folder(&path) {
             let folder = hf::HfFolder::open(&path)?;
             (folder.tokenizer()?, folder.decoder()?)
         } else {
             let mut file = gguf::GgufFile::open(&path)?;
             (file.tokenizer()?, file.decoder(opts.kernels)?)
         };
+        decoder.f16_attention = opts.kernels == Kernels::Quantized;
         Ok(Self {
             spec: spec.to_string(),
             path,
