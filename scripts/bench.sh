@@ -17,15 +17,18 @@ for m in "$smol" "$q05" "$q15"; do
   done
 done
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-# One fixed key: every run below sees the same challenges.
+# One fixed key and run id: every run below sees the same challenges (each run keeps its
+# transcript in a folder of its own).
 "$pot" keygen --out "$tmp/key" 2>/dev/null
+n=0
 echo
 echo "| decision | verdict | queries | wall s | peak RSS GB |"
 echo "|---|---|---|---|---|"
 run() { # label ref cand [flags...]
   local label=$1 ref=$2 cand=$3; shift 3
+  n=$((n + 1)); mkdir "$tmp/$n"
   /usr/bin/time -f "%M" -o "$tmp/rss" "$pot" --threads 2 diff --json --key-file "$tmp/key" \
-    --transcripts "$tmp" --ref "$ref" --cand "$cand" "$@" > "$tmp/out.json" || true
+    --run-id bench --transcripts "$tmp/$n" --ref "$ref" --cand "$cand" "$@" > "$tmp/out.json" || true
   python3 -c "import json; d=json.load(open('$tmp/out.json')); rss=int(open('$tmp/rss').read().split()[-1])/2**20; print(f\"| $label | {d['decision']} | {d['queries']} | {d['elapsed_s']:.1f} | {rss:.2f} |\")"
 }
 run "Qwen 0.5B vs 1.5B" "$q05" "$q15"

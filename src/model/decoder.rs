@@ -128,8 +128,9 @@ enum Weight {
     /// The file's quantization, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
     /// Q8_0 (or Q5_0 re-encoded), Q4_1, Q4_K and Q6_K on CPU, multiplied by pot's own
-    /// kernels (`q8`, `kq`), several times faster here than candle's for these encodings and
-    /// computing llama.cpp's arithmetic.
+    /// kernels (`q8`, `kq`) with llama.cpp's arithmetic: faster here than candle's for
+    /// these encodings (for Q4_K and Q6_K below 8 activation rows, above which `kq` hands
+    /// the product to candle's repacked tiles).
     Pot(Box<dyn crate::model::q8::Product>),
 }
 
