@@ -196,21 +196,8 @@ fn quantize_q8k(x: &[f32], k: usize) -> Q8KRows {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{scales_mins, Kind, Q8KRows, Q4K_BYTES, Q6K_BYTES, QK_K};
+    use crate::model::q8::avx2::{hsum, hsum4};
     use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        hsum4(_mm_add_ps(lo, hi))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum4(s: __m128) -> f32 {
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
 
     /// Dot products of one weight row (`nb` blocks) with activation rows `r0..r0 + out.len()`.
     #[target_feature(enable = "avx2,fma")]

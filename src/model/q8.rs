@@ -245,15 +245,21 @@ fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::{Column, Q8Rows, QK};
     use std::arch::x86_64::*;
 
+    /// Sum of the 8 lanes.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(in crate::model) unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
+        hsum4(_mm_add_ps(lo, hi))
+    }
+
+    /// Sum of the 4 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::model) unsafe fn hsum4(s: __m128) -> f32 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
