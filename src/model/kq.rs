@@ -340,8 +340,9 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::q8::tests::candle_product;
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{Device, Module, Tensor};
+    use candle_core::{Device, Tensor};
 
     /// The same products as candle's Q4_K and Q6_K kernels (which follow llama.cpp's), for
     /// 1 to 9 activation rows (every remainder of the 4-row groups) and column counts that
@@ -374,13 +375,7 @@ mod tests {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.07 + (i % 7) as f32 * 0.001)
                 .collect();
-            let want: Vec<f32> = qm
-                .forward(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let want = candle_product(&qm, &x, m, k);
             let got = mine.matmul(&x, m).unwrap();
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {

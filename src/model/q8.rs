@@ -309,7 +309,7 @@ pub(super) mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
@@ -321,6 +321,21 @@ mod tests {
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
             check(dtype);
         }
+    }
+
+    /// candle's product `x (m, k) · Wᵀ`, row-major: the yardstick of pot's kernels.
+    pub(in crate::model) fn candle_product(
+        qm: &QMatMul,
+        x: &[f32],
+        m: usize,
+        k: usize,
+    ) -> Vec<f32> {
+        qm.forward(&Tensor::from_slice(x, (m, k), &Device::Cpu).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     fn check(dtype: GgmlDType) {
@@ -341,13 +356,7 @@ mod tests {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.07)
                 .collect();
-            let want: Vec<f32> = qm
-                .forward(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let want = candle_product(&qm, &x, m, k);
             let got = mine.matmul(&x, m);
             // Q4_1: candle rounds the activation block sum s = d·Σq as f16(Σq)·f16(d), twice;
             // llama.cpp (and pot) as f16(d·Σq), once. That moves results by ~1e-3 relative.
