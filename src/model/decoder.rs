@@ -189,12 +189,7 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Quantized(q) => q.forward(x)?,
-            Weight::Pot(m) => {
-                let (b, t, _) = x.dims3()?;
-                let rows = x.flatten_all()?.to_vec1::<f32>()?;
-                let y = m.matmul(&rows, b * t)?;
-                Tensor::from_vec(y, (b, t, m.n()), &Device::Cpu)?
-            }
+            Weight::Pot(m) => m.forward(x)?,
             Weight::Dense(w) => {
                 let (b, t, d) = x.dims3()?;
                 x.reshape((b * t, d))?

@@ -17,9 +17,9 @@
 //!
 //! Only x86-64 with AVX2 and FMA runs pot's kernels (`available`); elsewhere candle's are used.
 
-use super::q8::{products, Product};
+use super::q8::{by_rows, products, Product};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 use std::sync::Arc;
 
 /// Values per super-block.
@@ -96,13 +96,9 @@ impl KMatrix {
     /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major. Call only where `available()`.
     pub fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         assert_eq!(x.len(), m * self.k, "activation shape");
-        if m >= MANY_ROWS {
-            let x = Tensor::from_slice(x, (m, self.k), &Device::Cpu)?;
-            return self.candle.forward(&x)?.flatten_all()?.to_vec1();
-        }
         assert!(available(), "k-quant kernels need AVX2 and FMA");
         let data = self.weights.data()?;
-        let a = quantize_q8k(x, self.k);
+        let a = quantize_q8k(x);
         let nb = self.k / QK_K;
         let size = match self.kind {
             Kind::Q4K => Q4K_BYTES,
@@ -123,11 +119,13 @@ impl KMatrix {
 }
 
 impl Product for KMatrix {
-    fn n(&self) -> usize {
-        self.n
-    }
-    fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
-        KMatrix::matmul(self, x, m)
+    /// pot's kernel below `MANY_ROWS` rows, candle's repacked tiles from there on.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        if b * t >= MANY_ROWS {
+            return self.candle.forward(x);
+        }
+        by_rows(x, self.n, |rows, m| self.matmul(rows, m))
     }
 }
 
@@ -156,9 +154,8 @@ fn scales_mins(q: &[u8]) -> [u8; 16] {
 /// llama.cpp's `quantize_row_q8_K_ref`, row by row: per super-block, the value of largest
 /// magnitude `max` maps to -127 (iscale = -127 / max), quants are rounded half to even and
 /// capped at 127, d = 1 / iscale, and each 16 quants are summed.
-fn quantize_q8k(x: &[f32], k: usize) -> Q8KRows {
+fn quantize_q8k(x: &[f32]) -> Q8KRows {
     let blocks = x.len() / QK_K;
-    debug_assert_eq!(x.len() % k, 0);
     let mut a = Q8KRows {
         d: Vec::with_capacity(blocks),
         qs: Vec::with_capacity(x.len()),
@@ -370,19 +367,25 @@ mod tests {
         let q = Arc::new(q);
         let mine = KMatrix::new(q.clone()).unwrap();
         let qm = QMatMul::QTensor(q);
-        // Below MANY_ROWS pot's kernel runs, from it on candle's (also checked here).
+        // pot's kernel for every row count; through `forward`, candle's from MANY_ROWS on.
         for m in 1..=MANY_ROWS + 1 {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.07 + (i % 7) as f32 * 0.001)
                 .collect();
             let want = candle_product(&qm, &x, m, k);
             let got = mine.matmul(&x, m).unwrap();
-            assert_eq!(got.len(), want.len());
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                    "{dtype:?} n={n} m={m} [{i}]: {g} vs {w}"
-                );
+            let through: Vec<f32> = mine
+                .forward(&Tensor::from_slice(&x, (1, m, k), &Device::Cpu).unwrap())
+                .and_then(|y| y.flatten_all()?.to_vec1())
+                .unwrap();
+            for got in [got, through] {
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "{dtype:?} n={n} m={m} [{i}]: {g} vs {w}"
+                    );
+                }
             }
         }
     }
@@ -411,7 +414,7 @@ mod tests {
     fn q8k_rounds_as_llama_cpp() {
         let mut x: Vec<f32> = (0..QK_K).map(|i| (i as f32 - 100.0) * 0.5).collect();
         x.extend(std::iter::repeat_n(0.0, QK_K));
-        let a = quantize_q8k(&x, QK_K);
+        let a = quantize_q8k(&x);
         // max is x[255] = 77.5 → iscale = -127/77.5, d = -77.5/127.
         assert_eq!(a.qs[255], -127);
         assert!((a.d[0] + 77.5 / 127.0).abs() < 1e-6);

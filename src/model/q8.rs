@@ -9,21 +9,29 @@
 //! are converted once at load, each weight block is loaded once for up to four activation
 //! rows, and columns are split across candle's worker pool.
 
-/// A weight matrix that multiplies f32 activation rows on pot's own kernels.
+use candle_core::{Device, Result, Tensor};
+
+/// A weight matrix `(n, k)` that multiplies f32 activations on pot's own kernels.
 pub trait Product: Send + Sync {
-    /// Rows of the output.
-    fn n(&self) -> usize;
-    /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major.
-    fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>>;
+    /// `x (b, t, k)` → `x · Wᵀ (b, t, n)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
 }
 
 impl Product for Q8Matrix {
-    fn n(&self) -> usize {
-        self.n
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        by_rows(x, self.n, |rows, m| Ok(self.matmul(rows, m)))
     }
-    fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
-        Ok(Q8Matrix::matmul(self, x, m))
-    }
+}
+
+/// `x (b, t, k)` through a kernel on row-major f32 rows, `(rows, m) → (m, n)`.
+pub(super) fn by_rows(
+    x: &Tensor,
+    n: usize,
+    matmul: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    let rows = x.flatten_all()?.to_vec1::<f32>()?;
+    Tensor::from_vec(matmul(&rows, b * t)?, (b, t, n), &Device::Cpu)
 }
 
 /// Values per block.
@@ -102,11 +110,6 @@ impl Q8Matrix {
             mins: Some(mins),
             quants,
         })
-    }
-
-    /// Rows of the output.
-    pub fn n(&self) -> usize {
-        self.n
     }
 
     /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major.
