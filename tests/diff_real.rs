@@ -49,6 +49,18 @@ fn diff(reference: &Path, candidate: &Path, dir: &Path, extra: &[&str]) -> (Outp
     (out, v)
 }
 
+/// The diff reached `want`, with diff(1)'s exit code for it (0 SAME, 1 DIFFERENT).
+fn assert_decision(o: &Output, v: &Value, want: &str) {
+    assert_eq!(
+        v["decision"],
+        want,
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let code = if want == "SAME" { 0 } else { 1 };
+    assert_eq!(o.status.code(), Some(code), "exit code of a {want} verdict");
+}
+
 /// A fresh secret key written by `pot keygen` into `dir`.
 fn new_key(dir: &Path) -> PathBuf {
     let key = dir.join("key");
@@ -88,13 +100,7 @@ fn smol_variant(to: &str) -> PathBuf {
 fn smollm2_against_itself_is_same() {
     let d = tmp();
     let (o, v) = diff(&model_path(SMOL), &model_path(SMOL), d.path(), &[]);
-    assert_eq!(
-        v["decision"],
-        "SAME",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(o.status.code(), Some(0));
+    assert_decision(&o, &v, "SAME");
     // Identical weights: the only difference is the kernels' summation order between the
     // reference's one-token steps and the candidate's teacher-forced pass, which 8-bit
     // activation rounding turns into a mean KL of about 0.002 (measured 0.0013-0.0017),
@@ -108,13 +114,7 @@ fn qwen_05b_and_15b_are_different_within_12_queries_both_orders() {
     for (a, b) in [(QWEN05, QWEN15), (QWEN15, QWEN05)] {
         let d = tmp();
         let (o, v) = diff(&model_path(a), &model_path(b), d.path(), &[]);
-        assert_eq!(
-            v["decision"],
-            "DIFFERENT",
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_eq!(o.status.code(), Some(1));
+        assert_decision(&o, &v, "DIFFERENT");
         assert!(v["queries"].as_u64().unwrap() <= 12, "{v}");
         assert_eq!(v["score_kind"], "kl");
     }
@@ -124,12 +124,7 @@ fn qwen_05b_and_15b_are_different_within_12_queries_both_orders() {
 fn smollm2_and_qwen_with_other_tokenizers_are_different() {
     let d = tmp();
     let (o, v) = diff(&model_path(SMOL), &model_path(QWEN05), d.path(), &[]);
-    assert_eq!(
-        v["decision"],
-        "DIFFERENT",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_decision(&o, &v, "DIFFERENT");
     assert_eq!(v["score_kind"], "bits-per-byte");
 }
 
@@ -137,12 +132,7 @@ fn smollm2_and_qwen_with_other_tokenizers_are_different() {
 fn smollm2_and_its_f16_reencoding_are_same() {
     let d = tmp();
     let (o, v) = diff(&model_path(SMOL), &smol_variant("f16"), d.path(), &[]);
-    assert_eq!(
-        v["decision"],
-        "SAME",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_decision(&o, &v, "SAME");
     // Other bytes, other weight hash: the identity sees the re-encoding, the verdict does not.
     assert_ne!(v["reference"]["weight_hash"], v["candidate"]["weight_hash"]);
 }
@@ -151,12 +141,7 @@ fn smollm2_and_its_f16_reencoding_are_same() {
 fn smollm2_and_its_q2_k_requantization_are_different() {
     let d = tmp();
     let (o, v) = diff(&model_path(SMOL), &smol_variant("q2_k"), d.path(), &[]);
-    assert_eq!(
-        v["decision"],
-        "DIFFERENT",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_decision(&o, &v, "DIFFERENT");
 }
 
 fn query_lines(transcript: &Path) -> usize {
@@ -420,12 +405,7 @@ fn a_hugging_face_folder_computes_what_its_gguf_computes() {
     }
     let d = tmp();
     let (o, v) = diff(&gguf, &folder, d.path(), &[]);
-    assert_eq!(
-        v["decision"],
-        "SAME",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_decision(&o, &v, "SAME");
     // The exported tokenizer.json is the GGUF's tokenizer: compared token by token.
     assert_eq!(v["score_kind"], "kl");
     assert_eq!(
