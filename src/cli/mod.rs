@@ -36,6 +36,8 @@ pub struct Cli {
 enum Command {
     /// Decide whether a candidate model computes what a reference model computes.
     Diff(Box<DiffArgs>),
+    /// Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming).
+    Serve(Box<ServeArgs>),
     /// Write a fresh secret challenge key (64 hex digits, file mode 0600).
     Keygen {
         /// Output file.
@@ -162,6 +164,43 @@ impl From<KernelArg> for Kernels {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// Model: GGUF file, folder, or cached Hugging Face id.
+    #[arg(long)]
+    model: String,
+    /// Name clients put in "model" (default: the file's stem).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port; the one chosen is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests that may wait for the engine; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 32)]
+    max_queue: usize,
+    /// Requests the engine steps together (continuous batching).
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens_limit: usize,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Seconds admitted requests may still run after SIGINT/SIGTERM before they are cancelled.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_grace: f64,
+    /// Require clients to send this environment variable's value as a bearer token.
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
+    /// Matrix kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    kernels: KernelArg,
+}
+
+#[derive(Args)]
 struct DiffArgs {
     /// Reference model (what was paid for): GGUF file, folder, or cached Hugging Face id.
     #[arg(long = "ref")]
@@ -241,6 +280,36 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Diff(a) => cmd_diff(*a),
+        Command::Serve(a) => {
+            if a.max_queue == 0 || a.max_batch == 0 {
+                bail!("--max-queue and --max-batch must be at least 1");
+            }
+            if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
+                bail!("--shutdown-grace must be a number of seconds, 0 or more");
+            }
+            let api_key = match &a.api_key_env {
+                None => None,
+                Some(var) => Some(std::env::var(var).with_context(|| {
+                    format!(
+                        "--api-key-env {var}: the variable is not set; export it or drop the flag"
+                    )
+                })?),
+            };
+            pot::serve::run(pot::serve::ServeConfig {
+                model: a.model,
+                name: a.model_name,
+                host: a.host,
+                port: a.port,
+                max_queue: a.max_queue,
+                max_batch: a.max_batch,
+                max_tokens_limit: a.max_tokens_limit,
+                max_body_bytes: a.max_body_bytes,
+                shutdown_grace: std::time::Duration::from_secs_f64(a.shutdown_grace),
+                kernels: a.kernels.into(),
+                api_key,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen { out } => {
             write_new_secret(&out, &ChallengeKey::generate().to_hex())?;
             eprintln!(

@@ -117,6 +117,15 @@ impl GgufFile {
         }
     }
 
+    /// `tokenizer.chat_template`, when the file has one.
+    pub fn chat_template(&self) -> Option<String> {
+        self.content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+    }
+
     /// `general.architecture`.
     pub fn arch(&self) -> Result<String, ModelError> {
         Ok(self

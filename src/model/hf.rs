@@ -235,6 +235,23 @@ impl HfFolder {
         &self.files
     }
 
+    /// `chat_template` from `tokenizer_config.json` (a string, or the entry named "default"
+    /// of a list), when there is one.
+    pub fn chat_template(&self) -> Option<String> {
+        let tc: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("tokenizer_config.json")).ok()?,
+        )
+        .ok()?;
+        match tc.get("chat_template")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(a) => a
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        }
+    }
+
     /// The tokenizer from `tokenizer.json` (BOS from `tokenizer_config.json`'s
     /// `add_bos_token`, end ids from `config.json`).
     pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {

@@ -5,6 +5,7 @@
 //! Hugging Face cache (pot never downloads: the machines it audits from are often offline).
 //! This room owns the engine; it knows nothing of challenges, scores or decisions.
 
+pub mod chat;
 pub mod decoder;
 pub mod gguf;
 pub mod hf;
@@ -93,6 +94,14 @@ pub enum ModelError {
     /// Tokenization failed.
     #[error("tokenizer: {0}")]
     Tokenize(String),
+    /// A chat template that cannot be rendered.
+    #[error("{origin}: chat template cannot be rendered: {reason}")]
+    Template {
+        /// Which model's template.
+        origin: String,
+        /// minijinja's message.
+        reason: String,
+    },
     /// The forward pass failed.
     #[error("{path}: inference failed: {reason}")]
     Inference {
@@ -120,6 +129,8 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// Its network.
     pub decoder: Decoder,
+    /// Its chat template, when it ships one.
+    pub chat_template: Option<chat::ChatTemplate>,
 }
 
 /// Resolve a spec (path or Hugging Face id) to a GGUF file.
@@ -194,20 +205,59 @@ impl Model {
     /// Load a model from a path or a cached Hugging Face id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self, ModelError> {
         let path = resolve(spec)?;
-        let (tokenizer, mut decoder) = if hf::is_hf_folder(&path) {
+        let (tokenizer, mut decoder, template) = if hf::is_hf_folder(&path) {
             let folder = hf::HfFolder::open(&path)?;
-            (folder.tokenizer()?, folder.decoder()?)
+            (
+                folder.tokenizer()?,
+                folder.decoder()?,
+                folder.chat_template(),
+            )
         } else {
             let mut file = gguf::GgufFile::open(&path)?;
-            (file.tokenizer()?, file.decoder(opts.kernels)?)
+            (
+                file.tokenizer()?,
+                file.decoder(opts.kernels)?,
+                file.chat_template(),
+            )
         };
+        let token_text = |id: Option<u32>| {
+            id.map(|i| String::from_utf8_lossy(&tokenizer.token_bytes(i)).into_owned())
+                .unwrap_or_default()
+        };
+        let chat_template = template.map(|src| {
+            chat::ChatTemplate::new(
+                src,
+                path.display().to_string(),
+                token_text(tokenizer.bos_id),
+                token_text(tokenizer.eos),
+            )
+        });
         decoder.f16_attention = opts.kernels == Kernels::Quantized;
         Ok(Self {
             spec: spec.to_string(),
             path,
             tokenizer,
             decoder,
+            chat_template,
         })
+    }
+
+    /// The prompt token ids of a chat: the messages rendered with the model's own template,
+    /// the assistant's turn opened. A BOS the template writes is not doubled.
+    pub fn chat_prompt(&self, messages: &[chat::Message]) -> Result<Vec<u32>, ModelError> {
+        let t = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| ModelError::NotFound {
+                spec: self.spec.clone(),
+                reason: "the model ships no chat template (tokenizer.chat_template); use a completions request or an instruction-tuned model".into(),
+            })?;
+        let text = t.render(messages)?;
+        let body = match (self.tokenizer.bos, t.bos()) {
+            (Some(_), b) if !b.is_empty() => text.strip_prefix(b).unwrap_or(&text),
+            _ => &text,
+        };
+        self.tokenizer.encode(body)
     }
 
     fn inference_err(&self, e: candle_core::Error) -> ModelError {

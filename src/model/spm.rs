@@ -249,6 +249,11 @@ impl Spm {
 
     /// Text of `ids`: `▁` back to spaces, byte pieces joined into UTF-8 (lossily).
     pub fn decode(&self, ids: &[u32]) -> String {
+        String::from_utf8_lossy(&self.bytes(ids)).into_owned()
+    }
+
+    /// The bytes `ids` stand for: `▁` as a space, a byte piece as its byte.
+    pub fn bytes(&self, ids: &[u32]) -> Vec<u8> {
         let mut bytes = Vec::new();
         for id in ids {
             if let Some(b) = self.byte_of.get(id) {
@@ -257,7 +262,7 @@ impl Spm {
                 bytes.extend_from_slice(p.replace('\u{2581}', " ").as_bytes());
             }
         }
-        String::from_utf8_lossy(&bytes).into_owned()
+        bytes
     }
 
     /// The piece of `id`.

@@ -79,11 +79,33 @@ fn stop_ids(tokens: &[String], eos: Option<u32>) -> Vec<u32> {
         .collect()
 }
 
+/// GPT-2's byte-level alphabet inverted: the bytes a byte-level piece spells, or `None` when a
+/// character of it is outside that alphabet (the tokenizer is not byte-level).
+fn byte_level_bytes(piece: &str) -> Option<Vec<u8>> {
+    // GPT-2 maps the printable bytes to themselves and the rest, in order, to U+0100...
+    fn printable(b: u8) -> bool {
+        matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)
+    }
+    piece
+        .chars()
+        .map(|c| {
+            let c = c as u32;
+            if c < 256 && printable(c as u8) {
+                return Some(c as u8);
+            }
+            let k = c.checked_sub(256)? as usize;
+            (0..=255u8).filter(|b| !printable(*b)).nth(k)
+        })
+        .collect()
+}
+
 /// A tokenizer together with the facts about it that pot records.
 pub struct Tokenizer {
     inner: Backend,
     /// Token id prepended to every encoding, when the model asks for one.
     pub bos: Option<u32>,
+    /// The model's beginning-of-sequence token, prepended or not.
+    pub bos_id: Option<u32>,
     /// End-of-sequence token id.
     pub eos: Option<u32>,
     /// Extra ids that end generation (end-of-turn tokens).
@@ -163,6 +185,7 @@ impl Tokenizer {
             return Ok(Self {
                 inner: Backend::Spm(Box::new(spm)),
                 bos: if d.add_bos { d.bos } else { None },
+                bos_id: d.bos,
                 eos: d.eos,
                 stop_ids: stop_ids(&d.tokens, d.eos),
                 hash: d.canonical_hash(),
@@ -228,6 +251,7 @@ impl Tokenizer {
         Ok(Self {
             inner: Backend::Hf(Box::new(inner)),
             bos,
+            bos_id: d.bos,
             eos: d.eos,
             stop_ids,
             hash,
@@ -252,6 +276,7 @@ impl Tokenizer {
         Self {
             inner: Backend::Hf(Box::new(inner)),
             bos,
+            bos_id: bos,
             eos: eos.first().copied(),
             stop_ids,
             hash,
@@ -292,6 +317,27 @@ impl Tokenizer {
                 .decode(ids, false)
                 .map_err(|e| ModelError::Tokenize(e.to_string())),
             Backend::Spm(s) => Ok(s.decode(ids)),
+        }
+    }
+
+    /// The bytes token `id` stands for in text (a byte-level token may hold part of a UTF-8
+    /// character, so this is not always a string). Special tokens give their own spelling.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match &self.inner {
+            Backend::Spm(s) => s.bytes(&[id]),
+            Backend::Hf(t) => {
+                let Some(piece) = t.id_to_token(id) else {
+                    return Vec::new();
+                };
+                let special = t
+                    .get_added_vocabulary()
+                    .get_added_tokens_decoder()
+                    .contains_key(&id);
+                match (special, byte_level_bytes(&piece)) {
+                    (false, Some(b)) => b,
+                    _ => t.decode(&[id], false).unwrap_or(piece).into_bytes(),
+                }
+            }
         }
     }
 

@@ -1,0 +1,572 @@
+//! The OpenAI wire format: requests as clients send them, checked field by field, and the
+//! JSON that answers them. Field names are the official ones (`/v1/completions`,
+//! `/v1/chat/completions`, `/v1/models`); anything pot cannot honour exactly (several
+//! choices, penalties, logit biases, tools) is refused with a 400 that says so, never
+//! silently ignored.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::engine::{Finish, TokenInfo};
+use crate::model::chat::Message;
+
+/// Most alternatives per token (OpenAI's own limit for chat).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most stop strings (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+/// An error as OpenAI sends it, with its HTTP status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// `error.type`.
+    pub kind: &'static str,
+    /// `error.code`.
+    pub code: Option<&'static str>,
+    /// `error.param`.
+    pub param: Option<String>,
+    /// `error.message`.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 about one parameter.
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            kind: "invalid_request_error",
+            code: None,
+            param: Some(param.to_string()),
+            message: message.into(),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+/// `stop`: a string or a list of strings.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Fields shared by both endpoints.
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct Common {
+    /// Model name.
+    pub model: Option<String>,
+    /// Tokens to generate at most.
+    pub max_tokens: Option<i64>,
+    /// Chat's newer name for `max_tokens`.
+    pub max_completion_tokens: Option<i64>,
+    /// Sampling temperature (OpenAI's default 1).
+    pub temperature: Option<f64>,
+    /// Nucleus (default 1).
+    pub top_p: Option<f64>,
+    /// Seed of the sampler.
+    pub seed: Option<i64>,
+    /// Stop strings.
+    pub stop: Option<Stop>,
+    /// Server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Stream options.
+    pub stream_options: Option<StreamOptions>,
+    /// Choices (only 1).
+    pub n: Option<i64>,
+    /// Refused unless 0.
+    pub presence_penalty: Option<f64>,
+    /// Refused unless 0.
+    pub frequency_penalty: Option<f64>,
+    /// Refused unless empty.
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Deserialize, Debug, Clone)]
+pub struct CompletionRequest {
+    /// Shared fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// A string, a list of token ids, or a one-element list of either.
+    pub prompt: Option<Value>,
+    /// Alternatives per token (0..=20); asks for logprobs.
+    pub logprobs: Option<i64>,
+    /// Return the prompt too (with its logprobs when asked).
+    #[serde(default)]
+    pub echo: bool,
+    /// Refused unless 1.
+    pub best_of: Option<i64>,
+    /// Refused (insertion is not supported).
+    pub suffix: Option<String>,
+}
+
+/// A message as sent: content as a string or a list of text parts.
+#[derive(Deserialize, Debug, Clone)]
+pub struct WireMessage {
+    /// Role.
+    pub role: String,
+    /// Content.
+    #[serde(default)]
+    pub content: Value,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Deserialize, Debug, Clone)]
+pub struct ChatRequest {
+    /// Shared fields.
+    #[serde(flatten)]
+    pub common: Common,
+    /// The conversation.
+    pub messages: Option<Vec<WireMessage>>,
+    /// Return log-probabilities of the output tokens.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// Alternatives per token (needs `logprobs: true`).
+    pub top_logprobs: Option<i64>,
+    /// Refused when set.
+    pub tools: Option<Value>,
+    /// Refused when set.
+    pub tool_choice: Option<Value>,
+    /// Refused unless `{"type": "text"}`.
+    pub response_format: Option<Value>,
+}
+
+/// What a request asks of the engine, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Tokens at most (`None`: up to the context or the server's limit).
+    pub max_tokens: Option<usize>,
+    /// Temperature.
+    pub temperature: f64,
+    /// Nucleus.
+    pub top_p: f64,
+    /// Seed (`None`: a fresh one).
+    pub seed: Option<u64>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Stream.
+    pub stream: bool,
+    /// Usage chunk at the end of a stream.
+    pub include_usage: bool,
+}
+
+/// Parse a JSON body, saying what is wrong with it.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError {
+        status: 400,
+        kind: "invalid_request_error",
+        code: Some("invalid_json"),
+        param: None,
+        message: format!("the request body is not valid JSON ({e})"),
+    })?;
+    if !v.is_object() {
+        return Err(ApiError::invalid(
+            "body",
+            "the request body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::invalid("body", format!("{e}")))
+}
+
+impl Common {
+    /// Check the shared fields against the server's limit on `max_tokens`.
+    pub fn settings(&self, max_tokens_limit: usize) -> Result<Settings, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(
+                "n",
+                "only n = 1 is supported; send several requests",
+            ));
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if v.is_some_and(|x| x != 0.0) {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("{name} is not supported (pot applies no penalties); send 0 or leave it out"),
+                ));
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                "logit_bias is not supported; leave it out",
+            ));
+        }
+        let max = match self.max_completion_tokens.or(self.max_tokens) {
+            None => None,
+            Some(m) if m < 0 => {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    format!("max_tokens must be 0 or more, got {m}"),
+                ))
+            }
+            Some(m) if m as u64 > max_tokens_limit as u64 => {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    format!("max_tokens {m} is above this server's limit of {max_tokens_limit}"),
+                ))
+            }
+            Some(m) => Some(m as usize),
+        };
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("temperature must be between 0 and 2, got {temperature}"),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {top_p}"),
+            ));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOP {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("at most {MAX_STOP} stop strings, got {}", stop.len()),
+            ));
+        }
+        Ok(Settings {
+            max_tokens: max,
+            temperature,
+            top_p,
+            seed: self.seed.map(|s| s as u64),
+            stop,
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+/// The prompt of a completion request: text, or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Text to tokenize.
+    Text(String),
+    /// Token ids.
+    Ids(Vec<u32>),
+}
+
+impl CompletionRequest {
+    /// The prompt, and the number of alternatives when logprobs are asked.
+    pub fn prompt_and_logprobs(&self) -> Result<(Prompt, Option<usize>), ApiError> {
+        if self.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::invalid(
+                "best_of",
+                "only best_of = 1 is supported",
+            ));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid(
+                "suffix",
+                "suffix (insertion) is not supported",
+            ));
+        }
+        let bad = || {
+            ApiError::invalid(
+                "prompt",
+                "prompt must be a string, a list of token ids, or a list holding one of these",
+            )
+        };
+        let ids = |a: &Vec<Value>| -> Result<Vec<u32>, ApiError> {
+            a.iter()
+                .map(|v| {
+                    v.as_u64()
+                        .filter(|x| *x <= u32::MAX as u64)
+                        .map(|x| x as u32)
+                })
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(bad)
+        };
+        let prompt = match &self.prompt {
+            None => return Err(ApiError::invalid("prompt", "prompt is required")),
+            Some(Value::String(s)) => Prompt::Text(s.clone()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Prompt::Text(a[0].as_str().unwrap_or_default().to_string())
+            }
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_array() => {
+                Prompt::Ids(ids(a[0].as_array().expect("checked"))?)
+            }
+            Some(Value::Array(a)) if a.iter().all(Value::is_number) => Prompt::Ids(ids(a)?),
+            Some(Value::Array(_)) => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "only one prompt per request is supported; send several requests",
+                ))
+            }
+            Some(_) => return Err(bad()),
+        };
+        let lp = match self.logprobs {
+            None => None,
+            Some(n) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Some(n as usize),
+            Some(n) => {
+                return Err(ApiError::invalid(
+                    "logprobs",
+                    format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+                ))
+            }
+        };
+        Ok((prompt, lp))
+    }
+}
+
+impl ChatRequest {
+    /// The messages as text, and the number of alternatives when logprobs are asked.
+    pub fn messages_and_logprobs(&self) -> Result<(Vec<Message>, Option<usize>), ApiError> {
+        if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
+            return Err(ApiError::invalid("tools", "tools are not supported"));
+        }
+        if self.tool_choice.as_ref().is_some_and(|t| !t.is_null()) {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "tool_choice is not supported",
+            ));
+        }
+        if let Some(f) = &self.response_format {
+            if !f.is_null() && f.get("type").and_then(Value::as_str) != Some("text") {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "only response_format {\"type\": \"text\"} is supported",
+                ));
+            }
+        }
+        let wire = match &self.messages {
+            Some(m) if !m.is_empty() => m,
+            _ => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    "messages must be a non-empty list",
+                ))
+            }
+        };
+        let mut out = Vec::with_capacity(wire.len());
+        for (i, m) in wire.iter().enumerate() {
+            let content = match &m.content {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                Value::Array(parts) => {
+                    let mut s = String::new();
+                    for p in parts {
+                        match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                            (Some("text"), Some(Value::String(t))) => s.push_str(t),
+                            _ => {
+                                return Err(ApiError::invalid(
+                                    &format!("messages[{i}].content"),
+                                    "only text content parts are supported",
+                                ))
+                            }
+                        }
+                    }
+                    s
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].content"),
+                        "content must be a string or a list of text parts",
+                    ))
+                }
+            };
+            out.push(Message {
+                role: m.role.clone(),
+                content,
+            });
+        }
+        let lp = match (self.logprobs, self.top_logprobs) {
+            (false, Some(n)) if n > 0 => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs: true",
+                ))
+            }
+            (false, _) => None,
+            (true, None) => Some(0),
+            (true, Some(n)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Some(n as usize),
+            (true, Some(n)) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+                ))
+            }
+        };
+        Ok((out, lp))
+    }
+}
+
+/// A token's text for the `tokens` lists: the text itself, or OpenAI's `bytes:\xNN` spelling
+/// when its bytes are not whole UTF-8.
+pub fn token_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let mut s = String::from("bytes:");
+            for b in bytes {
+                s.push_str(&format!("\\x{b:02x}"));
+            }
+            s
+        }
+    }
+}
+
+/// The string `finish_reason`.
+pub fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop => "stop",
+        Finish::Length | Finish::Cancelled => "length",
+    }
+}
+
+/// Completion logprobs (legacy format) of some tokens; `offset` is the character offset of
+/// the first, counted from the start of the prompt.
+pub fn completion_logprobs(tokens: &[TokenInfo], mut offset: usize) -> Value {
+    let mut texts = Vec::with_capacity(tokens.len());
+    let mut lps = Vec::with_capacity(tokens.len());
+    let mut tops = Vec::with_capacity(tokens.len());
+    let mut offsets = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        let text = token_text(&t.bytes);
+        offsets.push(offset);
+        offset += String::from_utf8_lossy(&t.bytes).chars().count();
+        texts.push(text);
+        lps.push(t.logprob);
+        tops.push(match t.logprob {
+            None => Value::Null,
+            Some(_) => {
+                let mut m = serde_json::Map::new();
+                for (_, b, lp) in &t.top {
+                    m.entry(token_text(b)).or_insert(json!(lp));
+                }
+                Value::Object(m)
+            }
+        });
+    }
+    json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+}
+
+/// Chat logprobs of some tokens (`logprobs.content`).
+pub fn chat_logprobs(tokens: &[TokenInfo]) -> Value {
+    Value::Array(
+        tokens
+            .iter()
+            .map(|t| {
+                json!({
+                    "token": token_text(&t.bytes),
+                    "logprob": t.logprob,
+                    "bytes": t.bytes,
+                    "top_logprobs": t.top.iter().map(|(_, b, lp)| json!({
+                        "token": token_text(b), "logprob": lp, "bytes": b,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(body: &str) -> Result<(Settings, Prompt, Option<usize>), ApiError> {
+        let r: CompletionRequest = parse(body.as_bytes())?;
+        let s = r.common.settings(4096)?;
+        let (p, lp) = r.prompt_and_logprobs()?;
+        Ok((s, p, lp))
+    }
+
+    #[test]
+    fn prompts_come_as_text_or_ids() {
+        let (_, p, _) = completion(r#"{"model":"m","prompt":"hi"}"#).unwrap();
+        assert_eq!(p, Prompt::Text("hi".into()));
+        let (_, p, _) = completion(r#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
+        assert_eq!(p, Prompt::Ids(vec![1, 2, 3]));
+        let (_, p, _) = completion(r#"{"model":"m","prompt":[[4,5]]}"#).unwrap();
+        assert_eq!(p, Prompt::Ids(vec![4, 5]));
+        let e = completion(r#"{"model":"m","prompt":["a","b"]}"#).unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("prompt")));
+        assert!(completion(r#"{"model":"m","prompt":[-1]}"#).is_err());
+    }
+
+    #[test]
+    fn bad_fields_are_400s_that_name_the_field() {
+        for (body, param) in [
+            (r#"{"prompt":"x","temperature":-0.5}"#, "temperature"),
+            (r#"{"prompt":"x","max_tokens":1000000000}"#, "max_tokens"),
+            (r#"{"prompt":"x","max_tokens":-1}"#, "max_tokens"),
+            (r#"{"prompt":"x","top_p":0}"#, "top_p"),
+            (r#"{"prompt":"x","n":2}"#, "n"),
+            (r#"{"prompt":"x","logprobs":21}"#, "logprobs"),
+            (
+                r#"{"prompt":"x","presence_penalty":0.5}"#,
+                "presence_penalty",
+            ),
+            (r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, "stop"),
+            (r#"{"prompt":"x","temperature":"hot"}"#, "body"),
+            (r#"[1,2]"#, "body"),
+        ] {
+            let e = completion(body).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+        let e = completion("{not json").unwrap_err();
+        assert_eq!(e.code, Some("invalid_json"));
+    }
+
+    #[test]
+    fn chat_content_parts_and_logprob_flags() {
+        let r: ChatRequest = parse(
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"logprobs":true,"top_logprobs":3}"#,
+        )
+        .unwrap();
+        let (m, lp) = r.messages_and_logprobs().unwrap();
+        assert_eq!(m[0].content, "ab");
+        assert_eq!(lp, Some(3));
+        let r: ChatRequest =
+            parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#)
+                .unwrap();
+        assert_eq!(
+            r.messages_and_logprobs().unwrap_err().param.as_deref(),
+            Some("top_logprobs")
+        );
+        let r: ChatRequest = parse(br#"{"model":"m","messages":[]}"#).unwrap();
+        assert!(r.messages_and_logprobs().is_err());
+    }
+
+    #[test]
+    fn partial_utf8_tokens_are_spelled_as_bytes() {
+        assert_eq!(token_text(b"abc"), "abc");
+        assert_eq!(token_text(&[0xe2, 0x82]), "bytes:\\xe2\\x82");
+    }
+}

@@ -1,0 +1,737 @@
+//! `pot serve`: an OpenAI-compatible server for a local model.
+//!
+//! Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
+//! `POST /v1/chat/completions` (both with `stream: true` as server-sent events), `GET /health`.
+//! The HTTP side (tokio + axum) checks each request ([`api`]), turns it into an engine job and
+//! relays the engine's events; the model runs on one thread of its own ([`engine`]), which
+//! batches the requests it holds. Limits: a bounded queue (429 with `Retry-After` when full),
+//! a body size limit (413), a `max_tokens` limit (400). Every error is an OpenAI-style JSON
+//! error. SIGINT or SIGTERM stops new work (503), lets admitted requests finish for a grace
+//! period, then cancels what is left and exits.
+//!
+//! This room serves; it never decides anything about models.
+
+pub mod api;
+pub mod engine;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::identity::{fingerprint, Identity};
+use crate::model::{Kernels, LoadOptions, Model, ModelError};
+use api::{ApiError, Prompt, Settings};
+use engine::{Event, Finish, Job, Sampling, TokenInfo};
+
+/// What `pot serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Model spec.
+    pub model: String,
+    /// Name clients use (default: the file's stem).
+    pub name: Option<String>,
+    /// Address to listen on.
+    pub host: String,
+    /// Port (0: any free port; the chosen one is printed).
+    pub port: u16,
+    /// Requests that may wait for the engine; more get 429.
+    pub max_queue: usize,
+    /// Requests the engine steps together.
+    pub max_batch: usize,
+    /// Largest `max_tokens` accepted.
+    pub max_tokens_limit: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// How long admitted requests may run after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Kernels.
+    pub kernels: Kernels,
+    /// Bearer token clients must send (none: open).
+    pub api_key: Option<String>,
+}
+
+/// What can stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The address.
+    #[error("{addr}: cannot listen ({reason}); pick another --port or --host")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// OS error.
+        reason: String,
+    },
+    /// The runtime.
+    #[error("server: {0}")]
+    Runtime(String),
+}
+
+struct AppState {
+    model: Arc<Model>,
+    name: String,
+    identity: Identity,
+    queue: SyncSender<Job>,
+    stopping: AtomicBool,
+    cfg: ServeConfig,
+    created: u64,
+}
+
+type St = Arc<AppState>;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Load the model, listen, and serve until SIGINT or SIGTERM.
+pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
+    let path = crate::model::resolve(&cfg.model)?;
+    let identity = fingerprint(&path, false)?;
+    let model = Arc::new(Model::load(
+        &cfg.model,
+        LoadOptions {
+            kernels: cfg.kernels,
+        },
+    )?);
+    let name = cfg.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| cfg.model.clone())
+    });
+    let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(cfg.max_queue);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let worker = engine::spawn(model.clone(), jobs, cfg.max_batch, cancel.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Runtime(e.to_string()))?;
+    let grace = cfg.shutdown_grace;
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let state = Arc::new(AppState {
+        model,
+        name,
+        identity,
+        queue,
+        stopping: AtomicBool::new(false),
+        cfg,
+        created: unix_now(),
+    });
+    let result = rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| ServeError::Bind {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        let local: SocketAddr = listener
+            .local_addr()
+            .map_err(|e| ServeError::Runtime(e.to_string()))?;
+        eprintln!(
+            "pot serve: listening on http://{local} (model {:?}, weights {})",
+            state.name,
+            &state.identity.weight_hash[..16]
+        );
+        let app = router(state.clone());
+        let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            st.stopping.store(true, Ordering::SeqCst);
+            eprintln!(
+                "pot serve: shutting down; admitted requests have {:.0} s to finish",
+                grace.as_secs_f64()
+            );
+            let _ = signalled_tx.send(());
+        });
+        let cancel_after_grace = async {
+            if signalled.await.is_err() {
+                // The server ended by itself.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+            cancel.store(true, Ordering::SeqCst);
+            eprintln!("pot serve: grace period over; cancelling what is left");
+            // Cancelled requests answer at once; give the connections a moment to close.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        tokio::select! {
+            r = serving => r.map_err(|e| ServeError::Runtime(e.to_string())),
+            _ = cancel_after_grace => Ok(()),
+        }
+    });
+    // Closing the queue ends the worker once it holds nothing.
+    cancel.store(true, Ordering::SeqCst);
+    drop(state);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let _ = worker.join();
+    eprintln!("pot serve: stopped");
+    result
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn router(state: St) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model_by_id))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/health", get(health))
+        .fallback(|| async {
+            error(ApiError {
+                status: 404,
+                kind: "invalid_request_error",
+                code: Some("unknown_url"),
+                param: None,
+                message:
+                    "unknown route; pot serves /v1/models, /v1/completions, /v1/chat/completions"
+                        .into(),
+            })
+        })
+        .method_not_allowed_fallback(|| async {
+            error(ApiError {
+                status: 405,
+                kind: "invalid_request_error",
+                code: Some("method_not_allowed"),
+                param: None,
+                message: "method not allowed on this route".into(),
+            })
+        })
+        .with_state(state)
+}
+
+fn error(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, Json(e.body())).into_response();
+    if e.status == 429 || e.status == 503 {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn model_card(st: &AppState) -> Value {
+    json!({
+        "id": st.name,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "pot",
+        "pot": {
+            "weight_hash": st.identity.weight_hash,
+            "tokenizer_hash": st.identity.tokenizer_hash,
+            "config_hash": st.identity.config_hash,
+            "arch": st.identity.arch,
+            "context_length": st.model.decoder.max_positions(),
+        },
+    })
+}
+
+async fn models(State(st): State<St>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return error(e);
+    }
+    Json(json!({"object": "list", "data": [model_card(&st)]})).into_response()
+}
+
+async fn model_by_id(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(e) = authorize(&st, &headers) {
+        return error(e);
+    }
+    match check_model(&st, Some(&id)) {
+        Ok(()) => Json(model_card(&st)).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+async fn health(State(st): State<St>) -> Response {
+    Json(json!({
+        "status": if st.stopping.load(Ordering::SeqCst) { "stopping" } else { "ok" },
+        "max_queue": st.cfg.max_queue,
+    }))
+    .into_response()
+}
+
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &st.cfg.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare digests so the time taken does not depend on how much of the key matched.
+    use sha2::{Digest, Sha256};
+    let ok = given.is_some_and(|g| Sha256::digest(g.as_bytes()) == Sha256::digest(key.as_bytes()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: 401,
+            kind: "invalid_request_error",
+            code: Some("invalid_api_key"),
+            param: None,
+            message: "missing or wrong API key (send Authorization: Bearer KEY)".into(),
+        })
+    }
+}
+
+fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        None => Err(ApiError::invalid("model", "model is required")),
+        Some(m) if m == st.name => Ok(()),
+        Some(m) => Err(ApiError {
+            status: 404,
+            kind: "invalid_request_error",
+            code: Some("model_not_found"),
+            param: Some("model".into()),
+            message: format!(
+                "the model {m:?} does not exist here; this server serves {:?}",
+                st.name
+            ),
+        }),
+    }
+}
+
+/// The request body, refused with 413 past the limit.
+async fn body_bytes(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
+    let limit = st.cfg.max_body_bytes;
+    let too_large = || ApiError {
+        status: 413,
+        kind: "invalid_request_error",
+        code: Some("request_too_large"),
+        param: None,
+        message: format!("the request body is larger than this server's limit of {limit} bytes"),
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Everything the response needs besides the engine's events.
+struct Reply {
+    chat: bool,
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+    settings: Settings,
+    /// Alternatives per token, when logprobs were asked.
+    logprobs: Option<usize>,
+    /// Completions: the prompt text when echoed.
+    echo: Option<String>,
+    /// Completions: characters of the prompt (text offsets start there without echo).
+    prompt_chars: usize,
+}
+
+async fn completions(State(st): State<St>, req: Request) -> Response {
+    match start_completion(&st, req).await {
+        Ok((reply, rx)) => respond(reply, rx).await,
+        Err(e) => error(e),
+    }
+}
+
+async fn chat(State(st): State<St>, req: Request) -> Response {
+    match start_chat(&st, req).await {
+        Ok((reply, rx)) => respond(reply, rx).await,
+        Err(e) => error(e),
+    }
+}
+
+fn request_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+}
+
+async fn start_completion(
+    st: &St,
+    req: Request,
+) -> Result<(Reply, UnboundedReceiver<Event>), ApiError> {
+    authorize(st, req.headers())?;
+    let body = body_bytes(st, req).await?;
+    let r: api::CompletionRequest = api::parse(&body)?;
+    check_model(st, r.common.model.as_deref())?;
+    let settings = r.common.settings(st.cfg.max_tokens_limit)?;
+    let (prompt, logprobs) = r.prompt_and_logprobs()?;
+    let tok = &st.model.tokenizer;
+    let ids = match &prompt {
+        Prompt::Text(t) => tok
+            .encode(t)
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        Prompt::Ids(ids) => {
+            if let Some(bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!(
+                        "token id {bad} is outside the vocabulary (size {})",
+                        tok.vocab_size()
+                    ),
+                ));
+            }
+            ids.clone()
+        }
+    };
+    let text = match &prompt {
+        Prompt::Text(t) => t.clone(),
+        Prompt::Ids(ids) => String::from_utf8_lossy(
+            &ids.iter()
+                .flat_map(|&i| tok.token_bytes(i))
+                .collect::<Vec<u8>>(),
+        )
+        .into_owned(),
+    };
+    // OpenAI's default for completions is 16 tokens.
+    let max_new = settings.max_tokens.unwrap_or(16);
+    let rx = submit(st, ids, max_new, &settings, logprobs, r.echo)?;
+    let reply = Reply {
+        chat: false,
+        id: request_id("cmpl"),
+        created: unix_now(),
+        model: st.name.clone(),
+        fingerprint: format!("pot-{}", &st.identity.weight_hash[..16]),
+        settings,
+        logprobs,
+        prompt_chars: text.chars().count(),
+        echo: r.echo.then_some(text),
+    };
+    Ok((reply, rx))
+}
+
+async fn start_chat(st: &St, req: Request) -> Result<(Reply, UnboundedReceiver<Event>), ApiError> {
+    authorize(st, req.headers())?;
+    let body = body_bytes(st, req).await?;
+    let r: api::ChatRequest = api::parse(&body)?;
+    check_model(st, r.common.model.as_deref())?;
+    let settings = r.common.settings(st.cfg.max_tokens_limit)?;
+    let (messages, logprobs) = r.messages_and_logprobs()?;
+    let ids = st.model.chat_prompt(&messages).map_err(|e| match e {
+        ModelError::Template { .. } => ApiError::invalid("messages", e.to_string()),
+        other => ApiError {
+            status: 500,
+            kind: "server_error",
+            code: None,
+            param: None,
+            message: other.to_string(),
+        },
+    })?;
+    let room = st.model.decoder.max_positions().saturating_sub(ids.len());
+    let max_new = settings
+        .max_tokens
+        .unwrap_or(room.min(st.cfg.max_tokens_limit));
+    let rx = submit(st, ids, max_new, &settings, logprobs, false)?;
+    let reply = Reply {
+        chat: true,
+        id: request_id("chatcmpl"),
+        created: unix_now(),
+        model: st.name.clone(),
+        fingerprint: format!("pot-{}", &st.identity.weight_hash[..16]),
+        settings,
+        logprobs,
+        echo: None,
+        prompt_chars: 0,
+    };
+    Ok((reply, rx))
+}
+
+/// Queue a job; 429 when the queue is full, 503 when shutting down.
+fn submit(
+    st: &St,
+    prompt: Vec<u32>,
+    max_new: usize,
+    s: &Settings,
+    logprobs: Option<usize>,
+    echo: bool,
+) -> Result<UnboundedReceiver<Event>, ApiError> {
+    if prompt.is_empty() {
+        return Err(ApiError::invalid(
+            "prompt",
+            "the prompt has no tokens; send a non-empty prompt",
+        ));
+    }
+    let context = st.model.decoder.max_positions();
+    if prompt.len() + max_new > context {
+        return Err(ApiError {
+            status: 400,
+            kind: "invalid_request_error",
+            code: Some("context_length_exceeded"),
+            param: Some("max_tokens".into()),
+            message: format!(
+                "this model's context is {context} tokens; the prompt has {} and max_tokens asks for {max_new} more",
+                prompt.len()
+            ),
+        });
+    }
+    if st.stopping.load(Ordering::SeqCst) {
+        return Err(unavailable());
+    }
+    let (tx, rx) = unbounded_channel();
+    let job = Job {
+        prompt,
+        max_tokens: max_new,
+        sampling: Sampling {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            seed: s.seed.unwrap_or_else(rand::random),
+        },
+        stop: s.stop.clone(),
+        top_logprobs: logprobs,
+        echo,
+        events: tx,
+    };
+    match st.queue.try_send(job) {
+        Ok(()) => Ok(rx),
+        Err(TrySendError::Full(_)) => Err(ApiError {
+            status: 429,
+            kind: "rate_limit_error",
+            code: Some("rate_limit_exceeded"),
+            param: None,
+            message: format!(
+                "the server's queue is full ({} requests waiting); retry after a moment",
+                st.cfg.max_queue
+            ),
+        }),
+        Err(TrySendError::Disconnected(_)) => Err(unavailable()),
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError {
+        status: 503,
+        kind: "server_error",
+        code: Some("shutting_down"),
+        param: None,
+        message: "the server is shutting down; retry on another instance".into(),
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+impl Reply {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, false) => "chat.completion",
+            (true, true) => "chat.completion.chunk",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+        })
+    }
+
+    /// Logprobs of some tokens in this endpoint's format; `offset`: characters before them.
+    fn logprobs_of(&self, tokens: &[TokenInfo], offset: usize) -> Value {
+        match (self.logprobs, self.chat) {
+            (None, _) => Value::Null,
+            (Some(_), true) => json!({"content": api::chat_logprobs(tokens)}),
+            (Some(_), false) => api::completion_logprobs(tokens, offset),
+        }
+    }
+
+    /// One streamed chunk.
+    fn chunk(&self, text: &str, lp: Value, finish: Option<&str>) -> Value {
+        let choice = if self.chat {
+            let delta = if finish.is_some() && text.is_empty() {
+                json!({})
+            } else {
+                json!({"content": text})
+            };
+            json!({"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish})
+        };
+        self.envelope(true, json!([choice]))
+    }
+}
+
+async fn respond(reply: Reply, rx: UnboundedReceiver<Event>) -> Response {
+    if reply.settings.stream {
+        stream(reply, rx)
+    } else {
+        collect(reply, rx).await
+    }
+}
+
+fn engine_failure(msg: String) -> ApiError {
+    ApiError {
+        status: 500,
+        kind: "server_error",
+        code: None,
+        param: None,
+        message: msg,
+    }
+}
+
+/// Wait for the whole output and answer with one JSON object.
+async fn collect(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
+    let mut prompt_tokens: Vec<TokenInfo> = Vec::new();
+    let mut tokens: Vec<TokenInfo> = Vec::new();
+    let mut text = String::new();
+    loop {
+        match rx.recv().await {
+            Some(Event::Prompt(p)) => prompt_tokens = p,
+            Some(Event::Token { info, text: t }) => {
+                tokens.push(info);
+                text.push_str(&t);
+            }
+            Some(Event::Done {
+                finish: Finish::Cancelled,
+                ..
+            }) => return error(unavailable()),
+            Some(Event::Done {
+                finish,
+                text: t,
+                prompt_tokens: np,
+                completion_tokens: nc,
+            }) => {
+                text.push_str(&t);
+                let lp = if let Some(echo) = &reply.echo {
+                    let all: Vec<TokenInfo> = prompt_tokens.into_iter().chain(tokens).collect();
+                    text = format!("{echo}{text}");
+                    reply.logprobs_of(&all, 0)
+                } else {
+                    reply.logprobs_of(&tokens, reply.prompt_chars)
+                };
+                let choice = if reply.chat {
+                    json!({"index": 0, "message": {"role": "assistant", "content": text},
+                           "logprobs": lp, "finish_reason": api::finish_reason(finish)})
+                } else {
+                    json!({"index": 0, "text": text, "logprobs": lp,
+                           "finish_reason": api::finish_reason(finish)})
+                };
+                let mut body = reply.envelope(false, json!([choice]));
+                body["usage"] = usage(np, nc);
+                return Json(body).into_response();
+            }
+            Some(Event::Failed(msg)) => return error(engine_failure(msg)),
+            None => return error(engine_failure("the engine stopped".into())),
+        }
+    }
+}
+
+/// Relay the output as server-sent events, ending with `data: [DONE]`.
+fn stream(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
+    let (tx, out) = tokio::sync::mpsc::channel::<Result<Sse, Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |v: Value| Ok::<Sse, Infallible>(Sse::default().data(v.to_string()));
+        if reply.chat {
+            let first = reply.envelope(
+                true,
+                json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null, "finish_reason": null}]),
+            );
+            if tx.send(send(first)).await.is_err() {
+                return;
+            }
+        }
+        let mut chars = reply.prompt_chars;
+        while let Some(ev) = rx.recv().await {
+            let msg = match ev {
+                Event::Prompt(p) => match &reply.echo {
+                    Some(echo) => {
+                        let lp = reply.logprobs_of(&p, 0);
+                        reply.chunk(echo, lp, None)
+                    }
+                    None => continue,
+                },
+                Event::Token { info, text } => {
+                    let lp = reply.logprobs_of(std::slice::from_ref(&info), chars);
+                    chars += String::from_utf8_lossy(&info.bytes).chars().count();
+                    reply.chunk(&text, lp, None)
+                }
+                Event::Done {
+                    finish: Finish::Cancelled,
+                    ..
+                } => {
+                    let _ = tx.send(send(unavailable().body())).await;
+                    return;
+                }
+                Event::Done {
+                    finish,
+                    text,
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    let last = reply.chunk(&text, Value::Null, Some(api::finish_reason(finish)));
+                    if tx.send(send(last)).await.is_err() {
+                        return;
+                    }
+                    if reply.settings.include_usage {
+                        let mut u = reply.envelope(true, json!([]));
+                        u["usage"] = usage(prompt_tokens, completion_tokens);
+                        if tx.send(send(u)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(Ok(Sse::default().data("[DONE]"))).await;
+                    return;
+                }
+                Event::Failed(msg) => {
+                    let _ = tx.send(send(engine_failure(msg).body())).await;
+                    return;
+                }
+            };
+            if tx.send(send(msg)).await.is_err() {
+                // The client is gone; dropping `rx` tells the engine.
+                return;
+            }
+        }
+    });
+    axum::response::sse::Sse::new(tokio_stream::wrappers::ReceiverStream::new(out))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
