@@ -18,7 +18,7 @@ use crate::identity::{fingerprint, Identity};
 use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
 use crate::score::{self, ScoreKind};
 use crate::stats::{Decision, SequentialTest, Status, TestParams, CYCLE};
-use crate::transcript::{self, Header, Query, TranscriptError, Verdict, Writer};
+use crate::transcript::{self, Candidate, Header, Query, TranscriptError, Verdict, Writer};
 
 /// A preset of test parameters and continuation length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -225,7 +225,7 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
         score_kind: kind,
         key_commitment: cfg.key.commitment(),
         reference: reference.clone(),
-        candidate: candidate.clone(),
+        candidate: Candidate::Model(candidate.clone()),
         pot_version: env!("CARGO_PKG_VERSION").into(),
         started_unix: unix_now(),
     };
@@ -244,7 +244,7 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
             ));
         }
         if h.reference.weight_hash != reference.weight_hash
-            || h.candidate.weight_hash != candidate.weight_hash
+            || !matches!(&h.candidate, Candidate::Model(c) if c.weight_hash == candidate.weight_hash)
         {
             return Err(mismatch(
                 "the models' weight hashes differ from the transcript's".into(),
@@ -406,6 +406,7 @@ fn record(
         lower: st.lower,
         upper: st.upper,
         seconds,
+        endpoint: None,
     })?;
     progress(&st);
     Ok(())

@@ -3,10 +3,11 @@
 //! The data path, one module per room:
 //! `challenge` (keyed prompts) → `model` (engine) → `score` (per-challenge divergence) →
 //! `stats` (anytime-valid decision) → `transcript` (append-only record), joined by `diff`.
-//! `serve` is an OpenAI-compatible server for a local model.
+//! `audit` runs the same test against an OpenAI-compatible endpoint; `serve` is an OpenAI-compatible server for a local model.
 //! `identity` names models by their weights; `variant` derives cheaper substitutes.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod challenge;
 pub mod diff;
 pub mod identity;

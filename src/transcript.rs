@@ -44,12 +44,39 @@ pub struct Header {
     pub key_commitment: String,
     /// The reference model.
     pub reference: Identity,
-    /// The candidate model.
-    pub candidate: Identity,
+    /// The candidate: a model file (diff) or an endpoint (audit).
+    pub candidate: Candidate,
     /// pot's version.
     pub pot_version: String,
     /// Unix time the run started.
     pub started_unix: u64,
+}
+
+/// What was compared with the reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Candidate {
+    /// A model file.
+    Model(Identity),
+    /// An API endpoint.
+    Endpoint(EndpointInfo),
+}
+
+/// An audited endpoint, as the transcript records it (never its API key).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EndpointInfo {
+    /// Base URL.
+    pub url: String,
+    /// Model name sent.
+    pub model: String,
+    /// `completions` or `chat`.
+    pub api: String,
+    /// How challenges are put to it: `echo`, `logprobs` or `text`.
+    pub method: String,
+    /// Alternatives asked per token.
+    pub top_logprobs: usize,
+    /// What the endpoint said about itself (`/v1/models`), when it answered.
+    pub models: Option<serde_json::Value>,
 }
 
 /// One finished challenge.
@@ -80,6 +107,9 @@ pub struct Query {
     pub upper: f64,
     /// Seconds this challenge took.
     pub seconds: f64,
+    /// Audits: the request sent and the endpoint's raw response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<serde_json::Value>,
 }
 
 /// The last line, once decided.

@@ -36,6 +36,8 @@ pub struct Cli {
 enum Command {
     /// Decide whether a candidate model computes what a reference model computes.
     Diff(Box<DiffArgs>),
+    /// Decide whether an OpenAI-compatible endpoint serves the model it claims (black box).
+    Audit(Box<AuditArgs>),
     /// Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming).
     Serve(Box<ServeArgs>),
     /// Write a fresh secret challenge key (64 hex digits, file mode 0600).
@@ -164,6 +166,77 @@ impl From<KernelArg> for Kernels {
 }
 
 #[derive(Args)]
+struct AuditArgs {
+    /// Reference model (what the vendor claims to serve): GGUF file, folder, or cached id.
+    #[arg(long = "ref")]
+    reference: String,
+    /// Base URL of the endpoint (with or without /v1), e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    endpoint: String,
+    /// Model name to request from the endpoint.
+    #[arg(long)]
+    model: String,
+    /// Audit through /chat/completions (prompts rendered with the reference's chat template).
+    #[arg(long)]
+    chat: bool,
+    /// How to put challenges to the endpoint (default: the best it supports, probed).
+    #[arg(long, value_enum)]
+    method: Option<pot::audit::Method>,
+    /// Alternatives per token to ask for (lowered when the endpoint refuses).
+    #[arg(long, default_value_t = 20)]
+    top_logprobs: usize,
+    /// Environment variable holding the endpoint's API key (sent as a bearer token, never
+    /// written anywhere).
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
+    /// Preset of error bound, margins, K and budget.
+    #[arg(long, value_enum, default_value_t = Mode::Audit)]
+    mode: Mode,
+    /// Budget of challenges: UNDECIDED after this many (mode default).
+    #[arg(long)]
+    max_queries: Option<usize>,
+    /// Tokens per challenge (mode default K).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Stop (resumably) once the endpoint reports this many tokens used.
+    #[arg(long)]
+    max_total_tokens: Option<u64>,
+    /// Seconds before one HTTP attempt times out.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Retries of a failed request (429, 5xx, dropped connection, timeout, garbled body).
+    #[arg(long, default_value_t = 6)]
+    retries: u32,
+    /// Longest wait between two attempts, seconds (Retry-After is honoured up to this).
+    #[arg(long, default_value_t = 60.0)]
+    max_backoff: f64,
+    /// Secret challenge key (default: a fresh one, saved beside the transcript).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Run id (default: time and random suffix).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Continue the stopped run with this id.
+    #[arg(long, value_name = "RUN")]
+    resume: Option<String>,
+    /// Folder of transcripts.
+    #[arg(long, default_value = "transcripts")]
+    transcripts: PathBuf,
+    /// Error bound of each decision (mode default).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Fewest challenges before a decision.
+    #[arg(long)]
+    n_min: Option<usize>,
+    /// Matrix kernels of the reference.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    kernels: KernelArg,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// Model: GGUF file, folder, or cached Hugging Face id.
     #[arg(long)]
@@ -280,6 +353,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Diff(a) => cmd_diff(*a),
+        Command::Audit(a) => cmd_audit(*a),
         Command::Serve(a) => {
             if a.max_queue == 0 || a.max_batch == 0 {
                 bail!("--max-queue and --max-batch must be at least 1");
@@ -620,42 +694,7 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     if k == 0 {
         bail!("--k must be at least 1");
     }
-    if a.resume.is_some() && a.run_id.is_some() {
-        bail!("--resume RUN names the run already; drop --run-id");
-    }
-    let resume = a.resume.is_some();
-    let run_id = a
-        .resume
-        .clone()
-        .or(a.run_id.clone())
-        .unwrap_or_else(new_run_id);
-    if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
-        bail!("run id {run_id:?} must be a plain file name (no slashes, not starting with a dot)");
-    }
-    let transcript = a.transcripts.join(format!("{run_id}.ndjson"));
-    let saved_key = a.transcripts.join(format!("{run_id}.key"));
-    let mut generated_key = false;
-    let key = match (&a.key_file, resume) {
-        (Some(f), _) => ChallengeKey::read(f)?,
-        (None, true) => ChallengeKey::read(&saved_key).with_context(|| {
-            format!(
-                "resuming {run_id}: no --key-file given and no saved key at {}",
-                saved_key.display()
-            )
-        })?,
-        (None, false) => {
-            let key = ChallengeKey::generate();
-            std::fs::create_dir_all(&a.transcripts).with_context(|| {
-                format!(
-                    "{}: cannot create the transcripts folder",
-                    a.transcripts.display()
-                )
-            })?;
-            write_new_secret(&saved_key, &key.to_hex())?;
-            generated_key = true;
-            key
-        }
-    };
+    let run = RunFiles::prepare(&a.key_file, &a.run_id, &a.resume, &a.transcripts)?;
     let cfg = DiffConfig {
         reference: a.reference.clone(),
         candidate: a.candidate.clone(),
@@ -663,42 +702,16 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
         params,
         k,
         kernels: a.kernels.into(),
-        key,
-        run_id,
-        transcript,
-        resume,
+        key: run.key.clone(),
+        run_id: run.run_id.clone(),
+        transcript: run.transcript.clone(),
+        resume: run.resume,
         one_at_a_time: a.one_at_a_time,
     };
-    let bar = if std::io::stderr().is_terminal() && !a.json {
-        let b = indicatif::ProgressBar::new(params.n_max as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {pos}/{len} challenges {msg} [{elapsed_precise}, eta {eta}]",
-            )
-            .expect("valid template"),
-        );
-        Some(b)
-    } else {
-        None
-    };
-    let mut progress = |st: &pot::stats::Status| {
-        if let Some(b) = &bar {
-            b.set_position(st.n as u64);
-            b.set_message(format!(
-                "mean {:.4} in [{:.4}, {:.4}]",
-                st.mean, st.lower, st.upper
-            ));
-        }
-    };
-    let out = diff::run(&cfg, &mut progress);
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
-    if out.is_err() && generated_key && !cfg.transcript.exists() {
-        // Nothing was recorded with this key: leave nothing behind.
-        let _ = std::fs::remove_file(&saved_key);
-    }
-    let out = out?;
+    let bar = Bar::new(params.n_max, a.json);
+    let out = diff::run(&cfg, &mut |st| bar.update(st));
+    bar.finish();
+    let out = run.cleanup_on_error(out)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -709,10 +722,7 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
             out.queries,
             out.elapsed_s,
             out.mean,
-            match out.score_kind {
-                pot::score::ScoreKind::Kl => "nats of KL per token",
-                pot::score::ScoreKind::BitsPerByte => "bits per byte apart",
-            },
+            score_unit(out.score_kind),
             100.0 * (1.0 - p.alpha),
             out.lower,
             out.upper
@@ -733,9 +743,213 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
         );
         println!("  transcript {}", out.transcript);
     }
-    Ok(ExitCode::from(match out.decision {
+    Ok(exit_code(out.decision))
+}
+
+fn exit_code(d: Decision) -> ExitCode {
+    ExitCode::from(match d {
         Decision::Same => 0,
         Decision::Different => 1,
         Decision::Undecided => 3,
-    }))
+    })
+}
+
+fn score_unit(kind: pot::score::ScoreKind) -> &'static str {
+    use pot::score::ScoreKind;
+    match kind {
+        ScoreKind::Kl => "nats of KL per token",
+        ScoreKind::BitsPerByte => "bits per byte apart",
+        ScoreKind::EndpointKl => "nats of KL per token, on the endpoint's reported tokens",
+        ScoreKind::TextMismatch => "share of tokens that are not the reference's first choice",
+    }
+}
+
+/// The files of a run: its id, transcript and challenge key (read, or made and saved).
+struct RunFiles {
+    key: ChallengeKey,
+    run_id: String,
+    transcript: PathBuf,
+    saved_key: PathBuf,
+    generated_key: bool,
+    resume: bool,
+}
+
+impl RunFiles {
+    fn prepare(
+        key_file: &Option<PathBuf>,
+        run_id: &Option<String>,
+        resume: &Option<String>,
+        transcripts: &Path,
+    ) -> Result<Self> {
+        if resume.is_some() && run_id.is_some() {
+            bail!("--resume RUN names the run already; drop --run-id");
+        }
+        let run_id = resume.clone().or(run_id.clone()).unwrap_or_else(new_run_id);
+        if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
+            bail!(
+                "run id {run_id:?} must be a plain file name (no slashes, not starting with a dot)"
+            );
+        }
+        let transcript = transcripts.join(format!("{run_id}.ndjson"));
+        let saved_key = transcripts.join(format!("{run_id}.key"));
+        let mut generated_key = false;
+        let key = match (key_file, resume.is_some()) {
+            (Some(f), _) => ChallengeKey::read(f)?,
+            (None, true) => ChallengeKey::read(&saved_key).with_context(|| {
+                format!(
+                    "resuming {run_id}: no --key-file given and no saved key at {}",
+                    saved_key.display()
+                )
+            })?,
+            (None, false) => {
+                let key = ChallengeKey::generate();
+                std::fs::create_dir_all(transcripts).with_context(|| {
+                    format!(
+                        "{}: cannot create the transcripts folder",
+                        transcripts.display()
+                    )
+                })?;
+                write_new_secret(&saved_key, &key.to_hex())?;
+                generated_key = true;
+                key
+            }
+        };
+        Ok(Self {
+            key,
+            run_id,
+            transcript,
+            saved_key,
+            generated_key,
+            resume: resume.is_some(),
+        })
+    }
+
+    /// On an error before anything was recorded, remove the key made for this run.
+    fn cleanup_on_error<T, E>(&self, r: Result<T, E>) -> Result<T, E> {
+        if r.is_err() && self.generated_key && !self.transcript.exists() {
+            let _ = std::fs::remove_file(&self.saved_key);
+        }
+        r
+    }
+}
+
+/// A progress bar on a terminal (none with --json or when stderr is not a terminal).
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new(n_max: usize, json: bool) -> Self {
+        Self((std::io::stderr().is_terminal() && !json).then(|| {
+            let b = indicatif::ProgressBar::new(n_max as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} challenges {msg} [{elapsed_precise}, eta {eta}]",
+                )
+                .expect("valid template"),
+            );
+            b
+        }))
+    }
+
+    fn update(&self, st: &pot::stats::Status) {
+        if let Some(b) = &self.0 {
+            b.set_position(st.n as u64);
+            b.set_message(format!(
+                "mean {:.4} in [{:.4}, {:.4}]",
+                st.mean, st.lower, st.upper
+            ));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
+    let mut params = a.mode.params();
+    if let Some(v) = a.alpha {
+        params.alpha = v;
+    }
+    if let Some(v) = a.n_min {
+        params.n_min = v;
+    }
+    if let Some(v) = a.max_queries {
+        params.n_max = v;
+    }
+    params.validate()?;
+    let k = a.max_tokens.unwrap_or(a.mode.k());
+    if k == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    for (name, v) in [("--timeout", a.timeout), ("--max-backoff", a.max_backoff)] {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("{name} must be a positive number of seconds");
+        }
+    }
+    let run = RunFiles::prepare(&a.key_file, &a.run_id, &a.resume, &a.transcripts)?;
+    let cfg = pot::audit::AuditConfig {
+        reference: a.reference.clone(),
+        endpoint: pot::audit::client::EndpointConfig {
+            url: a.endpoint.clone(),
+            model: a.model.clone(),
+            chat: a.chat,
+            api_key_env: a.api_key_env.clone(),
+            timeout: std::time::Duration::from_secs_f64(a.timeout),
+            retries: a.retries,
+            max_backoff: std::time::Duration::from_secs_f64(a.max_backoff),
+        },
+        method: a.method,
+        top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
+        mode: a.mode,
+        params,
+        k,
+        kernels: a.kernels.into(),
+        key: run.key.clone(),
+        run_id: run.run_id.clone(),
+        transcript: run.transcript.clone(),
+        resume: run.resume,
+        max_total_tokens: a.max_total_tokens,
+    };
+    let bar = Bar::new(params.n_max, a.json);
+    let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
+    bar.finish();
+    let out = run.cleanup_on_error(out)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let p = out.params;
+        println!("{}", out.decision.as_str());
+        if let Some(why) = &out.stopped {
+            println!("  stopped before a verdict: {why}");
+        }
+        println!(
+            "  {} challenges by {} ({}), {:.1} s; mean score {:.4} ({}), {:.0}% confidence sequence [{:.4}, {:.4}]",
+            out.queries,
+            out.method,
+            out.endpoint.api,
+            out.elapsed_s,
+            out.mean,
+            score_unit(out.score_kind),
+            100.0 * (1.0 - p.alpha),
+            out.lower,
+            out.upper
+        );
+        println!(
+            "  SAME means mean score below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
+            p.delta, p.gamma, p.alpha
+        );
+        println!(
+            "  reference {} (weights {})",
+            out.reference.path,
+            &out.reference.weight_hash[..16]
+        );
+        println!(
+            "  endpoint  {} model {:?}; {} tokens used, {} retries",
+            out.endpoint.url, out.endpoint.model, out.tokens_used, out.retries
+        );
+        println!("  transcript {}", out.transcript);
+    }
+    Ok(exit_code(out.decision))
 }

@@ -29,6 +29,12 @@ pub enum ScoreKind {
     Kl,
     /// |difference of bits per byte| on the continuation text.
     BitsPerByte,
+    /// Endpoint audits with log-probabilities: mean over positions of KL(ref ‖ endpoint) on
+    /// the partition {the endpoint's reported tokens, everything else}.
+    EndpointKl,
+    /// Endpoint audits with text only: the share of the endpoint's greedy tokens that are not
+    /// the reference's most likely token, teacher-forced on the endpoint's own text.
+    TextMismatch,
 }
 
 /// What the reference pass leaves for the candidate pass.
@@ -47,6 +53,13 @@ pub struct ReferenceSide {
     bpb: Option<f64>,
 }
 
+impl ReferenceSide {
+    /// The reference's log-probability rows at the continuation positions (KL scoring).
+    pub fn reference_rows(&self) -> &[Vec<f32>] {
+        &self.logprobs
+    }
+}
+
 /// One challenge's score and the per-position detail that explains it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ChallengeScore {
@@ -63,6 +76,132 @@ pub struct ChallengeScore {
     /// Bits per byte of (reference, candidate) on the continuation (text scoring).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bpb: Option<(f64, f64)>,
+    /// Why a score is what it is, when that is not the usual computation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The score given a challenge the endpoint answered with tokens the reference does not have:
+/// it cannot be the claimed model there. Far above every clip bound.
+pub const UNSCORABLE: f64 = 1e6;
+
+/// What an endpoint reported at one output position: its token, that token's
+/// log-probability, and its most likely alternatives (ids in the reference vocabulary, `None`
+/// where the endpoint's token has no counterpart there).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointPosition {
+    /// The token at this position.
+    pub token: Option<u32>,
+    /// Its log-probability.
+    pub logprob: f64,
+    /// Alternatives and their log-probabilities.
+    pub top: Vec<(Option<u32>, f64)>,
+}
+
+/// `KL(p ‖ q)` between the reference row `p` and the endpoint's distribution `q`, both
+/// coarsened to the partition {each token the endpoint reported, everything else}. By the
+/// data-processing inequality this is at most the full KL, and it is 0 when both
+/// distributions agree; it needs nothing the endpoint did not report.
+pub fn coarse_kl(p_row: &[f32], pos: &EndpointPosition) -> f64 {
+    let mut seen: Vec<u32> = Vec::with_capacity(pos.top.len() + 1);
+    let mut total = 0.0;
+    let mut p_in = 0.0;
+    let mut q_in = 0.0;
+    let reported = pos
+        .token
+        .map(|t| (Some(t), pos.logprob))
+        .into_iter()
+        .chain(pos.top.iter().copied());
+    for (id, lq) in reported {
+        let Some(id) = id else { continue };
+        if seen.contains(&id) || id as usize >= p_row.len() {
+            continue;
+        }
+        seen.push(id);
+        let lp = p_row[id as usize] as f64;
+        let p = lp.exp();
+        p_in += p;
+        q_in += lq.exp();
+        if p > 0.0 {
+            total += p * (lp - lq);
+        }
+    }
+    let p_rest = (1.0 - p_in).max(0.0);
+    let q_rest = (1.0 - q_in).max(1e-10);
+    if p_rest > 0.0 {
+        total += p_rest * (p_rest / q_rest).ln();
+    }
+    total.max(0.0)
+}
+
+/// Endpoint KL scoring of one challenge: reference rows and the endpoint's positions, aligned.
+pub fn endpoint_kl_score(ref_rows: &[Vec<f32>], positions: &[EndpointPosition]) -> ChallengeScore {
+    let kl: Vec<f64> = ref_rows
+        .iter()
+        .zip(positions)
+        .map(|(p, e)| coarse_kl(p, e))
+        .collect();
+    let top1_agree = ref_rows
+        .iter()
+        .zip(positions)
+        .map(|(p, e)| {
+            let best = e
+                .top
+                .iter()
+                .copied()
+                .chain(e.token.map(|t| (Some(t), e.logprob)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .and_then(|(t, _)| t);
+            best == Some(argmax(p))
+        })
+        .collect();
+    ChallengeScore {
+        kind: ScoreKind::EndpointKl,
+        score: mean(&kl),
+        kl,
+        top1_agree,
+        bpb: None,
+        note: None,
+    }
+}
+
+/// Text scoring of one challenge: `rows[j]` is the reference's distribution before
+/// `tokens[j]`; when the endpoint said it stopped on an end token, one more row follows the
+/// last token and should put an end token first (`stop_ids`).
+pub fn text_mismatch_score(
+    rows: &[Vec<f32>],
+    tokens: &[u32],
+    stop_ids: Option<&[u32]>,
+) -> ChallengeScore {
+    let mut agree: Vec<bool> = rows
+        .iter()
+        .zip(tokens)
+        .map(|(r, &t)| argmax(r) == t)
+        .collect();
+    if let (Some(stops), Some(r)) = (stop_ids, rows.get(tokens.len())) {
+        agree.push(stops.contains(&argmax(r)));
+    }
+    let misses = agree.iter().filter(|a| !**a).count();
+    ChallengeScore {
+        kind: ScoreKind::TextMismatch,
+        score: if agree.is_empty() {
+            0.0
+        } else {
+            misses as f64 / agree.len() as f64
+        },
+        kl: Vec::new(),
+        top1_agree: agree,
+        bpb: None,
+        note: None,
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
 }
 
 /// Whether two models can be compared token by token: same tokenizer, same output rows.
@@ -141,6 +280,8 @@ pub fn reference_pass(
                     Vec::new(),
                     Some(bits_per_byte(reference, prompt, &continuation_text)?),
                 ),
+                // Endpoint kinds score elsewhere (audit); keep the rows.
+                ScoreKind::EndpointKl | ScoreKind::TextMismatch => (c.logprobs, None),
             };
             Ok(ReferenceSide {
                 prompt: prompt.clone(),
@@ -197,6 +338,7 @@ pub fn candidate_pass(
                     kl: Vec::new(),
                     top1_agree: Vec::new(),
                     bpb: Some((bpb_ref, bpb_cand)),
+                    note: None,
                 })
             }
         })
@@ -211,17 +353,13 @@ fn kl_score(lp: &[Vec<f32>], lq: &[Vec<f32>]) -> ChallengeScore {
         .zip(lq)
         .map(|(p, q)| argmax(p) == argmax(q))
         .collect();
-    let score = if kl.is_empty() {
-        0.0
-    } else {
-        kl.iter().sum::<f64>() / kl.len() as f64
-    };
     ChallengeScore {
         kind: ScoreKind::Kl,
-        score,
+        score: mean(&kl),
         kl,
         top1_agree,
         bpb: None,
+        note: None,
     }
 }
 
@@ -247,6 +385,52 @@ mod tests {
         let q = [0.25f32.ln(), 0.75f32.ln()];
         let want = 0.5 * (0.5f64 / 0.25).ln() + 0.5 * (0.5f64 / 0.75).ln();
         assert!((kl(&p, &q) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn coarse_kl_is_zero_when_the_endpoint_agrees_and_below_the_full_kl() {
+        let p = log_softmax(&[2.0, 1.0, 0.5, -1.0, 0.0]);
+        let report = |q: &[f32], n: usize| {
+            let mut idx: Vec<usize> = (0..q.len()).collect();
+            idx.sort_by(|a, b| q[*b].total_cmp(&q[*a]));
+            EndpointPosition {
+                token: Some(idx[0] as u32),
+                logprob: q[idx[0]] as f64,
+                top: idx[..n]
+                    .iter()
+                    .map(|&i| (Some(i as u32), q[i] as f64))
+                    .collect(),
+            }
+        };
+        for n in 0..=5 {
+            assert!(coarse_kl(&p, &report(&p, n)) < 1e-6, "n = {n}");
+        }
+        let q = log_softmax(&[0.0, 2.0, 0.5, -1.0, 1.0]);
+        let full = kl(&p, &q);
+        let mut last = 0.0;
+        for n in 0..=5 {
+            let c = coarse_kl(&p, &report(&q, n));
+            assert!(c <= full + 1e-9 && c >= 0.0, "n = {n}: {c} vs {full}");
+            assert!(c + 1e-9 >= last, "finer partitions see more");
+            last = c;
+        }
+        assert!(
+            (last - full).abs() < 1e-5,
+            "the whole vocabulary reported gives the full KL"
+        );
+    }
+
+    #[test]
+    fn text_mismatch_counts_tokens_that_are_not_the_reference_argmax() {
+        let rows = vec![
+            log_softmax(&[3.0, 0.0, 0.0]),
+            log_softmax(&[0.0, 3.0, 0.0]),
+            log_softmax(&[0.0, 0.0, 3.0]),
+        ];
+        let s = text_mismatch_score(&rows, &[0, 2], Some(&[2]));
+        assert_eq!(s.top1_agree, vec![true, false, true]);
+        assert!((s.score - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(text_mismatch_score(&rows, &[0, 1], None).score, 0.0);
     }
 
     #[test]

@@ -1,0 +1,923 @@
+//! `pot audit`: the diff's keyed challenges and sequential test, with a vendor's
+//! OpenAI-compatible endpoint as the candidate (black box: nothing but its API).
+//!
+//! The per-challenge score uses what the endpoint gives, in this order of preference
+//! (detected by probing, or forced with `--method`):
+//!
+//! * **echo** (completions with `echo` and `logprobs`): the reference greedily continues the
+//!   prompt by K tokens, as in `pot diff`; the endpoint is sent prompt + continuation as token
+//!   ids and echoes its log-probabilities of them. Score: mean over the K positions of
+//!   KL(ref ‖ endpoint) on the endpoint's reported tokens plus "everything else"
+//!   ([`score::coarse_kl`]), which is at most the full KL and 0 when both agree.
+//! * **logprobs** (completions or chat with `logprobs`): the endpoint continues greedily with
+//!   log-probabilities; the reference is teacher-forced on the endpoint's tokens. Same score.
+//! * **text**: the endpoint's greedy text only; the reference is teacher-forced on its own
+//!   tokenization of that text. Score: the share of positions where the endpoint's token is not
+//!   the reference's most likely one (and, when the endpoint stopped on an end token, whether
+//!   the reference would have ended there too). Coarser, so it needs more queries.
+//!
+//! Every sampling parameter is sent explicitly (temperature 0, top_p 1, n 1, no penalties, a
+//! fixed seed). The endpoint's raw responses go into the transcript, the API key never does.
+
+pub mod client;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::challenge::{Catalog, Challenge, ChallengeKey};
+use crate::diff::Mode;
+use crate::identity::{fingerprint, Identity};
+use crate::model::chat::Message;
+use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
+use crate::score::{self, ChallengeScore, EndpointPosition, ScoreKind};
+use crate::stats::{Decision, SequentialTest, TestParams, CYCLE};
+use crate::transcript::{
+    self, Candidate, EndpointInfo, Header, Query, TranscriptError, Verdict, Writer,
+};
+use client::{ClientError, Endpoint, EndpointConfig};
+
+/// How challenges are put to the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Completions with echo + logprobs: the endpoint scores the reference's continuation.
+    Echo,
+    /// The endpoint's own greedy tokens with their logprobs.
+    Logprobs,
+    /// The endpoint's greedy text only.
+    Text,
+}
+
+impl Method {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Echo => "echo",
+            Method::Logprobs => "logprobs",
+            Method::Text => "text",
+        }
+    }
+
+    fn score_kind(self) -> ScoreKind {
+        match self {
+            Method::Echo | Method::Logprobs => ScoreKind::EndpointKl,
+            Method::Text => ScoreKind::TextMismatch,
+        }
+    }
+}
+
+/// Everything an audit needs.
+pub struct AuditConfig {
+    /// Reference model spec (what the vendor claims to serve).
+    pub reference: String,
+    /// The endpoint.
+    pub endpoint: EndpointConfig,
+    /// Forced method (`None`: the best the endpoint supports).
+    pub method: Option<Method>,
+    /// Alternatives to ask per token (lowered when the endpoint refuses).
+    pub top_logprobs: usize,
+    /// Mode.
+    pub mode: Mode,
+    /// Test parameters.
+    pub params: TestParams,
+    /// Tokens per challenge.
+    pub k: usize,
+    /// Kernels of the reference.
+    pub kernels: Kernels,
+    /// Challenge key.
+    pub key: ChallengeKey,
+    /// Run id.
+    pub run_id: String,
+    /// Transcript.
+    pub transcript: PathBuf,
+    /// Continue a run.
+    pub resume: bool,
+    /// Stop once the endpoint reports this many tokens used (prompt + completion).
+    pub max_total_tokens: Option<u64>,
+}
+
+/// The outcome of an audit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditOutcome {
+    /// Verdict (UNDECIDED when stopped by a budget).
+    pub decision: Decision,
+    /// Challenges used.
+    pub queries: usize,
+    /// Mean clipped score.
+    pub mean: f64,
+    /// Confidence sequence lower end.
+    pub lower: f64,
+    /// Upper end.
+    pub upper: f64,
+    /// Error bound of each decision.
+    pub alpha: f64,
+    /// Margins and budget.
+    pub params: TestParams,
+    /// Mode.
+    pub mode: Mode,
+    /// Tokens per challenge.
+    pub k: usize,
+    /// How challenges were scored.
+    pub score_kind: ScoreKind,
+    /// How they were put to the endpoint.
+    pub method: String,
+    /// Wall time (all sessions).
+    pub elapsed_s: f64,
+    /// Run id.
+    pub run_id: String,
+    /// Transcript.
+    pub transcript: String,
+    /// Key commitment.
+    pub key_commitment: String,
+    /// Reference identity.
+    pub reference: Identity,
+    /// The endpoint.
+    pub endpoint: EndpointInfo,
+    /// Tokens the endpoint reported using in this session.
+    pub tokens_used: u64,
+    /// HTTP attempts beyond the first, this session.
+    pub retries: u64,
+    /// Why the run stopped before a verdict, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+/// What can go wrong in an audit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The reference model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The transcript.
+    #[error(transparent)]
+    Transcript(#[from] TranscriptError),
+    /// Challenge data or key.
+    #[error(transparent)]
+    Challenge(#[from] crate::challenge::ChallengeError),
+    /// Parameters.
+    #[error(transparent)]
+    Params(#[from] crate::stats::ParamError),
+    /// HTTP.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The endpoint lacks what a forced method needs.
+    #[error("{url}: {what}")]
+    Unsupported {
+        /// Endpoint.
+        url: String,
+        /// What is missing, and what to do.
+        what: String,
+    },
+    /// A resumed run that does not match.
+    #[error("{path}: cannot resume: {what}; resume with the original reference, endpoint, mode and flags, or start a new run")]
+    ResumeMismatch {
+        /// Transcript.
+        path: String,
+        /// What differs.
+        what: String,
+    },
+}
+
+/// The reference's vocabulary by the bytes each token stands for, to read the endpoint's
+/// tokens (which come as strings, `bytes:\xNN` spellings, or byte lists).
+struct Vocab(std::collections::HashMap<Vec<u8>, u32>);
+
+impl Vocab {
+    fn new(model: &Model) -> Self {
+        let mut m = std::collections::HashMap::new();
+        for id in 0..model.tokenizer.vocab_size() as u32 {
+            m.entry(model.tokenizer.token_bytes(id)).or_insert(id);
+        }
+        Self(m)
+    }
+
+    /// A token as the endpoint spelled it.
+    fn id(&self, token: &str, bytes: Option<&Value>) -> Option<u32> {
+        let from_list = bytes.and_then(Value::as_array).and_then(|a| {
+            a.iter()
+                .map(|b| b.as_u64().filter(|x| *x < 256).map(|x| x as u8))
+                .collect::<Option<Vec<u8>>>()
+        });
+        let b = match from_list {
+            Some(b) => b,
+            None => match token.strip_prefix("bytes:") {
+                Some(esc) => unescape_bytes(esc)?,
+                None => token.as_bytes().to_vec(),
+            },
+        };
+        self.0.get(&b).copied()
+    }
+}
+
+/// `\xNN\xNN...` to bytes.
+fn unescape_bytes(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let h = rest.strip_prefix("\\x")?;
+        out.push(u8::from_str_radix(h.get(..2)?, 16).ok()?);
+        rest = &h[2..];
+    }
+    Some(out)
+}
+
+/// The answer to one challenge, read from the endpoint's response.
+struct Answer {
+    /// Positions with log-probabilities (echo / logprobs).
+    positions: Vec<EndpointPosition>,
+    /// The endpoint's tokens in the reference vocabulary (logprobs / text).
+    tokens: Vec<u32>,
+    /// Its text.
+    text: String,
+    /// It stopped on an end token.
+    stopped: bool,
+    /// Tokens it reported using.
+    usage: u64,
+    /// Why it cannot be scored the usual way.
+    note: Option<String>,
+}
+
+struct Auditor<'a> {
+    reference: &'a Model,
+    vocab: Vocab,
+    endpoint: &'a Endpoint,
+    method: Method,
+    top: usize,
+    k: usize,
+}
+
+impl Auditor<'_> {
+    fn chat(&self) -> bool {
+        self.endpoint.config().chat
+    }
+
+    fn route(&self) -> &'static str {
+        if self.chat() {
+            "/chat/completions"
+        } else {
+            "/completions"
+        }
+    }
+
+    /// The request for a challenge: `ids` for echo (prompt + continuation), else the text.
+    fn request(&self, prompt: &str, ids: Option<&[u32]>) -> Value {
+        let cfg = self.endpoint.config();
+        let mut b = json!({
+            "model": cfg.model,
+            "temperature": 0,
+            "top_p": 1,
+            "n": 1,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "seed": 0,
+            "stream": false,
+        });
+        match (self.chat(), self.method, ids) {
+            (false, Method::Echo, Some(ids)) => {
+                b["prompt"] = json!(ids);
+                b["max_tokens"] = json!(1);
+                b["echo"] = json!(true);
+                b["logprobs"] = json!(self.top);
+            }
+            (false, m, _) => {
+                b["prompt"] = json!(prompt);
+                b["max_tokens"] = json!(self.k);
+                if m == Method::Logprobs {
+                    b["logprobs"] = json!(self.top);
+                }
+            }
+            (true, m, _) => {
+                b["messages"] = json!([{"role": "user", "content": prompt}]);
+                b["max_tokens"] = json!(self.k);
+                if m == Method::Logprobs {
+                    b["logprobs"] = json!(true);
+                    b["top_logprobs"] = json!(self.top);
+                }
+            }
+        }
+        b
+    }
+
+    /// The reference's prompt ids for a challenge (chat: through its template).
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, ModelError> {
+        if self.chat() {
+            self.reference.chat_prompt(&[Message {
+                role: "user".into(),
+                content: prompt.into(),
+            }])
+        } else {
+            self.reference.tokenizer.encode(prompt)
+        }
+    }
+
+    /// Read a response. `sent`: for echo, the ids sent and where the continuation starts.
+    fn answer(&self, body: &Value, sent: Option<(&[u32], usize)>) -> Result<Answer, String> {
+        let choice = body
+            .pointer("/choices/0")
+            .ok_or("the response has no choices[0]")?;
+        let usage = body
+            .pointer("/usage/total_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let stopped = choice.get("finish_reason").and_then(Value::as_str) == Some("stop");
+        let text = if self.chat() {
+            choice.pointer("/message/content").and_then(Value::as_str)
+        } else {
+            choice.get("text").and_then(Value::as_str)
+        }
+        .ok_or("the response has no text")?
+        .to_string();
+        let mut a = Answer {
+            positions: Vec::new(),
+            tokens: Vec::new(),
+            text,
+            stopped,
+            usage,
+            note: None,
+        };
+        if self.method == Method::Text {
+            let ids = self
+                .reference
+                .tokenizer
+                .encode(&a.text)
+                .map_err(|e| e.to_string())?;
+            let skip = usize::from(self.reference.tokenizer.bos.is_some() && !ids.is_empty());
+            a.tokens = ids[skip..].to_vec();
+            return Ok(a);
+        }
+        let entries = self.entries(choice)?;
+        match sent {
+            Some((ids, start)) => {
+                // Echo: the entries begin with the ids sent (perhaps after a BOS the endpoint
+                // added); the continuation's positions are compared.
+                let want = &ids[start..];
+                let found = (0..=1).find(|&off| {
+                    want.iter().enumerate().all(|(j, &t)| {
+                        entries
+                            .get(off + start + j)
+                            .is_some_and(|e| e.token == Some(t))
+                    })
+                });
+                match found {
+                    Some(off) => {
+                        a.positions = entries[off + start..off + start + want.len()].to_vec();
+                        if a.positions.iter().any(|p| p.logprob.is_nan()) {
+                            return Err("echoed tokens lack logprobs".into());
+                        }
+                    }
+                    None => {
+                        a.note = Some("the endpoint echoed tokens other than those sent: it does not use the reference's tokenizer".into());
+                    }
+                }
+            }
+            None => {
+                if entries.iter().any(|e| e.token.is_none()) {
+                    a.note = Some(
+                        "the endpoint produced tokens that are not in the reference's vocabulary"
+                            .into(),
+                    );
+                }
+                a.tokens = entries.iter().filter_map(|e| e.token).collect();
+                a.positions = entries;
+            }
+        }
+        Ok(a)
+    }
+
+    /// The per-token log-probability entries of a choice, in either wire format.
+    fn entries(&self, choice: &Value) -> Result<Vec<EndpointPosition>, String> {
+        let lp = choice
+            .get("logprobs")
+            .filter(|v| !v.is_null())
+            .ok_or("the response has no logprobs")?;
+        if self.chat() {
+            let content = lp
+                .get("content")
+                .and_then(Value::as_array)
+                .ok_or("logprobs.content is missing")?;
+            content
+                .iter()
+                .map(|e| {
+                    let token = e.get("token").and_then(Value::as_str).unwrap_or("");
+                    let logprob = e
+                        .get("logprob")
+                        .and_then(Value::as_f64)
+                        .ok_or("a logprobs.content entry has no logprob")?;
+                    let top = e
+                        .get("top_logprobs")
+                        .and_then(Value::as_array)
+                        .map(|alts| {
+                            alts.iter()
+                                .filter_map(|t| {
+                                    let s = t.get("token")?.as_str()?;
+                                    let l = t.get("logprob")?.as_f64()?;
+                                    Some((self.vocab.id(s, t.get("bytes")), l))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    Ok(EndpointPosition {
+                        token: self.vocab.id(token, e.get("bytes")),
+                        logprob,
+                        top,
+                    })
+                })
+                .collect()
+        } else {
+            let tokens = lp
+                .get("tokens")
+                .and_then(Value::as_array)
+                .ok_or("logprobs.tokens is missing")?;
+            let lps = lp
+                .get("token_logprobs")
+                .and_then(Value::as_array)
+                .ok_or("logprobs.token_logprobs is missing")?;
+            let tops = lp.get("top_logprobs").and_then(Value::as_array);
+            if lps.len() != tokens.len() {
+                return Err("logprobs.tokens and token_logprobs differ in length".into());
+            }
+            Ok(tokens
+                .iter()
+                .zip(lps)
+                .enumerate()
+                .map(|(i, (t, l))| {
+                    let top = tops
+                        .and_then(|v| v.get(i))
+                        .and_then(Value::as_object)
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(s, l)| Some((self.vocab.id(s, None), l.as_f64()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    EndpointPosition {
+                        token: self.vocab.id(t.as_str().unwrap_or(""), None),
+                        // The first echoed token has none (NaN: not comparable).
+                        logprob: l.as_f64().unwrap_or(f64::NAN),
+                        top,
+                    }
+                })
+                .collect())
+        }
+    }
+}
+
+/// A response the audit could not read: retried like a failed request, since a garbled
+/// answer must never become a score.
+fn unreadable(url: String, what: String) -> ClientError {
+    ClientError::GaveUp {
+        url,
+        attempts: 1,
+        last: format!("unreadable response: {what}"),
+    }
+}
+
+/// Which method the endpoint supports, and the number of alternatives it accepts.
+fn detect(
+    aud: &mut Auditor<'_>,
+    forced: Option<Method>,
+    top: usize,
+) -> Result<(Method, usize), AuditError> {
+    let url = aud.endpoint.url(aud.route());
+    let candidates: Vec<Method> =
+        match (forced, aud.chat()) {
+            (Some(Method::Echo), true) => return Err(AuditError::Unsupported {
+                url,
+                what:
+                    "--method echo needs the completions API; drop --chat or use --method logprobs"
+                        .into(),
+            }),
+            (Some(m), _) => vec![m],
+            (None, false) => vec![Method::Echo, Method::Logprobs, Method::Text],
+            (None, true) => vec![Method::Logprobs, Method::Text],
+        };
+    let probe_text = "The capital of France is";
+    let ids = aud.reference.tokenizer.encode(probe_text)?;
+    let mut reasons = Vec::new();
+    for m in candidates {
+        aud.method = m;
+        let tops: Vec<usize> = if m == Method::Text {
+            vec![0]
+        } else {
+            let mut t = vec![top, 5, 1];
+            t.retain(|&x| x <= top);
+            t.dedup();
+            t
+        };
+        for n in tops {
+            aud.top = n;
+            let body = aud.request(probe_text, Some(&ids));
+            let ex = match aud.endpoint.post(aud.route(), &body) {
+                Ok(ex) => ex,
+                Err(ClientError::Refused {
+                    status, message, ..
+                }) => {
+                    reasons.push(format!(
+                        "{} with {n} alternatives: HTTP {status} {message}",
+                        m.name()
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let sent = (m == Method::Echo).then_some((ids.as_slice(), 1));
+            match aud.answer(&ex.body, sent) {
+                Ok(a) if a.note.is_none() && (m == Method::Text || !a.positions.is_empty()) => {
+                    return Ok((m, n))
+                }
+                Ok(a) => reasons.push(format!(
+                    "{}: {}",
+                    m.name(),
+                    a.note.unwrap_or_else(|| "no positions".into())
+                )),
+                Err(why) => reasons.push(format!("{}: {why}", m.name())),
+            }
+            break;
+        }
+    }
+    Err(AuditError::Unsupported {
+        url,
+        what: format!(
+            "the endpoint supports none of the methods tried ({})",
+            reasons.join("; ")
+        ),
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Run (or resume) an audit to a decision.
+pub fn run(
+    cfg: &AuditConfig,
+    progress: &mut dyn FnMut(&crate::stats::Status),
+) -> Result<AuditOutcome, AuditError> {
+    let start = Instant::now();
+    let mut test = SequentialTest::new(cfg.params)?;
+    let catalog = Catalog::load()?;
+    let ref_path = resolve(&cfg.reference)?;
+    let identity = fingerprint(&ref_path, false)?;
+    let reference = Model::load(
+        &ref_path.display().to_string(),
+        LoadOptions {
+            kernels: cfg.kernels,
+        },
+    )?;
+    if cfg.endpoint.chat && reference.chat_template.is_none() {
+        return Err(AuditError::Unsupported {
+            url: cfg.endpoint.url.clone(),
+            what: format!(
+                "--chat needs the reference's chat template to know what the endpoint's model sees, and {} has none; audit through completions instead",
+                ref_path.display()
+            ),
+        });
+    }
+    let endpoint = Endpoint::new(cfg.endpoint.clone())?;
+    let mut aud = Auditor {
+        reference: &reference,
+        vocab: Vocab::new(&reference),
+        endpoint: &endpoint,
+        method: Method::Text,
+        top: 0,
+        k: cfg.k,
+    };
+    let models = endpoint.get("/models").ok().map(|e| e.body);
+    let (method, top) = detect(&mut aud, cfg.method, cfg.top_logprobs)?;
+    aud.method = method;
+    aud.top = top;
+    tracing::info!("auditing by {} with {top} alternatives", method.name());
+    let info = EndpointInfo {
+        url: cfg.endpoint.url.clone(),
+        model: cfg.endpoint.model.clone(),
+        api: if cfg.endpoint.chat {
+            "chat"
+        } else {
+            "completions"
+        }
+        .into(),
+        method: method.name().into(),
+        top_logprobs: top,
+        models,
+    };
+    let kind = method.score_kind();
+    let header = Header {
+        record: "header".into(),
+        version: transcript::VERSION,
+        run_id: cfg.run_id.clone(),
+        mode: cfg.mode.name().into(),
+        params: cfg.params,
+        k: cfg.k,
+        kernels: cfg.kernels,
+        score_kind: kind,
+        key_commitment: cfg.key.commitment(),
+        reference: identity.clone(),
+        candidate: Candidate::Endpoint(info.clone()),
+        pot_version: env!("CARGO_PKG_VERSION").into(),
+        started_unix: unix_now(),
+    };
+    let mut prior_elapsed = 0.0;
+    let mut tokens_used = 0u64;
+    let mut retries = 0u64;
+    let outcome = |test: &SequentialTest, elapsed: f64, tokens_used, retries, stopped| {
+        let st = test.status();
+        AuditOutcome {
+            decision: test.decision().unwrap_or(Decision::Undecided),
+            queries: st.n,
+            mean: st.mean,
+            lower: st.lower,
+            upper: st.upper,
+            alpha: cfg.params.alpha,
+            params: cfg.params,
+            mode: cfg.mode,
+            k: cfg.k,
+            score_kind: kind,
+            method: method.name().into(),
+            elapsed_s: elapsed,
+            run_id: cfg.run_id.clone(),
+            transcript: cfg.transcript.display().to_string(),
+            key_commitment: cfg.key.commitment(),
+            reference: identity.clone(),
+            endpoint: info.clone(),
+            tokens_used,
+            retries,
+            stopped,
+        }
+    };
+    let mut writer = if cfg.resume {
+        let loaded = transcript::read(&cfg.transcript)?;
+        let h = &loaded.header;
+        let mismatch = |what: String| AuditError::ResumeMismatch {
+            path: cfg.transcript.display().to_string(),
+            what,
+        };
+        if h.key_commitment != header.key_commitment {
+            return Err(mismatch(
+                "the key does not match the transcript's key commitment".into(),
+            ));
+        }
+        if h.reference.weight_hash != identity.weight_hash {
+            return Err(mismatch("the reference's weight hash differs".into()));
+        }
+        match &h.candidate {
+            Candidate::Endpoint(e)
+                if e.url == info.url
+                    && e.model == info.model
+                    && e.api == info.api
+                    && e.method == info.method
+                    && e.top_logprobs == info.top_logprobs => {}
+            _ => {
+                return Err(mismatch(
+                    "the endpoint, API or method differs from the transcript's".into(),
+                ))
+            }
+        }
+        if h.params != header.params
+            || h.k != header.k
+            || h.kernels != header.kernels
+            || h.run_id != header.run_id
+        {
+            return Err(mismatch("mode or parameters differ".into()));
+        }
+        for q in &loaded.queries {
+            test.push(q.score.score);
+            prior_elapsed += q.seconds;
+        }
+        if let Some(v) = loaded.verdict {
+            return Ok(outcome(&test, v.elapsed_s, 0, 0, None));
+        }
+        let mut w = Writer::reopen(&cfg.transcript, loaded.complete_len)?;
+        if let Some(d) = test.decision() {
+            let st = test.status();
+            w.append(&verdict(d, &st, prior_elapsed))?;
+            return Ok(outcome(&test, prior_elapsed, 0, 0, None));
+        }
+        w
+    } else {
+        Writer::create(&cfg.transcript, &header)?
+    };
+    let mut stopped = None;
+    while test.decision().is_none() {
+        if let Some(max) = cfg.max_total_tokens {
+            if tokens_used >= max {
+                stopped = Some(format!(
+                    "token budget reached: the endpoint reported {tokens_used} tokens (--max-total-tokens {max}); raise it and --resume {} to go on",
+                    cfg.run_id
+                ));
+                break;
+            }
+        }
+        let first = test.n();
+        let end = ((first / CYCLE + 1) * CYCLE).min(cfg.params.n_max.max(first + 1));
+        let t0 = Instant::now();
+        let chs: Vec<Challenge> = (first..end)
+            .map(|i| catalog.challenge(&cfg.key, &cfg.run_id, i as u64))
+            .collect();
+        let results = score_group(&aud, &chs)?;
+        let per = t0.elapsed().as_secs_f64() / chs.len() as f64;
+        for (ch, r) in chs.into_iter().zip(results) {
+            tokens_used += r.usage;
+            retries += u64::from(r.attempts.saturating_sub(1));
+            test.push(r.score.score);
+            let st = test.status();
+            writer.append(&Query {
+                record: "query".into(),
+                index: ch.index,
+                family: ch.family,
+                template: ch.template,
+                prompt: ch.prompt,
+                continuation_ids: r.continuation_ids,
+                continuation_text: r.continuation_text,
+                score: r.score,
+                mean: st.mean,
+                lower: st.lower,
+                upper: st.upper,
+                seconds: per,
+                endpoint: Some(r.exchange),
+            })?;
+            progress(&st);
+        }
+    }
+    let elapsed = prior_elapsed + start.elapsed().as_secs_f64();
+    if stopped.is_none() {
+        let st = test.status();
+        writer.append(&verdict(
+            test.decision().unwrap_or(Decision::Undecided),
+            &st,
+            elapsed,
+        ))?;
+    }
+    Ok(outcome(&test, elapsed, tokens_used, retries, stopped))
+}
+
+fn verdict(d: Decision, st: &crate::stats::Status, elapsed: f64) -> Verdict {
+    Verdict {
+        record: "verdict".into(),
+        decision: d,
+        queries: st.n,
+        mean: st.mean,
+        lower: st.lower,
+        upper: st.upper,
+        elapsed_s: elapsed,
+    }
+}
+
+/// One scored challenge and what the transcript keeps of it.
+struct Scored {
+    score: ChallengeScore,
+    continuation_ids: Vec<u32>,
+    continuation_text: String,
+    exchange: Value,
+    usage: u64,
+    attempts: u32,
+}
+
+/// Score a group of challenges: endpoint requests in parallel, reference passes batched.
+fn score_group(aud: &Auditor<'_>, chs: &[Challenge]) -> Result<Vec<Scored>, AuditError> {
+    let prompts: Vec<String> = chs.iter().map(|c| c.prompt.clone()).collect();
+    // Echo: the reference's continuations first (as in diff), sent as ids.
+    let sides = if aud.method == Method::Echo {
+        Some(score::reference_pass(
+            aud.reference,
+            &prompts,
+            aud.k,
+            ScoreKind::Kl,
+        )?)
+    } else {
+        None
+    };
+    let prompt_ids: Vec<Vec<u32>> = match &sides {
+        Some(s) => s.iter().map(|r| r.prompt_ids.clone()).collect(),
+        None => prompts
+            .iter()
+            .map(|p| aud.prompt_ids(p))
+            .collect::<Result<_, _>>()?,
+    };
+    let requests: Vec<(Value, Option<Vec<u32>>)> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ids = sides.as_ref().map(|s| {
+                let mut v = s[i].prompt_ids.clone();
+                v.extend(&s[i].continuation_ids);
+                v
+            });
+            (aud.request(p, ids.as_deref()), ids)
+        })
+        .collect();
+    let route = aud.route();
+    let url = aud.endpoint.url(route);
+    // Each request is retried on its own; an answer that cannot be read is asked again too.
+    let answers: Vec<Result<(Answer, Value, u32), AuditError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, (body, ids))| {
+                let url = url.clone();
+                let start = prompt_ids[i].len();
+                scope.spawn(move || -> Result<(Answer, Value, u32), AuditError> {
+                    let mut attempts = 0;
+                    let mut last = String::new();
+                    for _ in 0..=aud.endpoint.config().retries {
+                        let ex = aud.endpoint.post(route, body)?;
+                        attempts += ex.attempts;
+                        match aud.answer(&ex.body, ids.as_deref().map(|v| (v, start))) {
+                            Ok(a) => {
+                                let record = json!({"request": body, "response": ex.body, "attempts": attempts});
+                                return Ok((a, record, attempts));
+                            }
+                            Err(why) => {
+                                tracing::info!("{url}: unreadable answer: {why}");
+                                last = why;
+                            }
+                        }
+                    }
+                    Err(unreadable(url, last).into())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request threads do not panic"))
+            .collect()
+    });
+    let answers: Vec<(Answer, Value, u32)> = answers.into_iter().collect::<Result<_, _>>()?;
+    // The reference's rows for the endpoint's own tokens (logprobs, text): one batched pass.
+    let rows: Vec<Option<Vec<Vec<f32>>>> = if aud.method == Method::Echo {
+        answers.iter().map(|_| None).collect()
+    } else {
+        let seqs: Vec<Vec<u32>> = answers
+            .iter()
+            .zip(&prompt_ids)
+            .map(|((a, _, _), p)| p.iter().chain(&a.tokens).copied().collect())
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let from: Vec<usize> = prompt_ids.iter().map(|p| p.len() - 1).collect();
+        aud.reference
+            .logprobs_batch(&refs, &from)?
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    let stop_ids = aud.reference.tokenizer.stop_ids.clone();
+    let mut out = Vec::with_capacity(chs.len());
+    for (i, ((a, exchange, attempts), rows)) in answers.into_iter().zip(rows).enumerate() {
+        let mut sc = match (&a.note, aud.method, &sides, &rows) {
+            (Some(note), _, _, _) => ChallengeScore {
+                kind: aud.method.score_kind(),
+                score: score::UNSCORABLE,
+                kl: Vec::new(),
+                top1_agree: Vec::new(),
+                bpb: None,
+                note: Some(note.clone()),
+            },
+            (None, Method::Echo, Some(s), _) => {
+                score::endpoint_kl_score(s[i].reference_rows(), &a.positions)
+            }
+            (None, Method::Logprobs, _, Some(r)) => score::endpoint_kl_score(r, &a.positions),
+            (None, Method::Text, _, Some(r)) => {
+                score::text_mismatch_score(r, &a.tokens, a.stopped.then_some(stop_ids.as_slice()))
+            }
+            _ => unreachable!("rows exist for every method that needs them"),
+        };
+        if sc.kl.is_empty() && sc.top1_agree.is_empty() && sc.note.is_none() {
+            sc.note = Some("the endpoint returned no tokens".into());
+        }
+        let (continuation_ids, continuation_text) = match &sides {
+            Some(s) => (
+                s[i].continuation_ids.clone(),
+                s[i].continuation_text.clone(),
+            ),
+            None => (a.tokens.clone(), a.text.clone()),
+        };
+        out.push(Scored {
+            score: sc,
+            continuation_ids,
+            continuation_text,
+            exchange,
+            usage: a.usage,
+            attempts,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_spellings_are_read_back() {
+        assert_eq!(unescape_bytes("\\xe2\\x82"), Some(vec![0xe2, 0x82]));
+        assert_eq!(unescape_bytes(""), Some(vec![]));
+        assert_eq!(unescape_bytes("\\xz1"), None);
+        assert_eq!(unescape_bytes("ab"), None);
+    }
+}
