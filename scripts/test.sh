@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, statistics simulations, and the real-model integration
-# tests (engine vs llama.cpp, pot diff verdicts, resume after kill, bad input).
+# tests (engine vs llama.cpp, pot diff verdicts, resume after kill, bad input, pot serve and
+# pot audit: verdicts by every method, a misbehaving endpoint, 64 clients, the openai client).
 #
 #   scripts/test.sh
 #
@@ -10,5 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pot/target}"
 scripts/fetch-models.sh >/dev/null
+# The official openai Python package checks `pot serve` (a client nobody here wrote); it lives
+# in a venv beside the models, made once from PyPI.
+venv="${POT_OPENAI_VENV:-$HOME/.cache/pot/openai-venv}"
+if ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet openai
+fi
+export POT_OPENAI_PYTHON="$venv/bin/python"
 # One test at a time: the integration tests load models of several GB each.
 cargo test --release -- --test-threads=1

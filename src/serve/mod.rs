@@ -347,12 +347,22 @@ async fn body_bytes(st: &AppState, req: Request) -> Result<axum::body::Bytes, Ap
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        // Read and drop what the client sends (up to a bound), so that it can read the 413
+        // rather than fail writing into a closed connection.
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
+            use tokio_stream::StreamExt;
+            let mut s = req.into_body().into_data_stream();
+            while let Some(Ok(_)) = s.next().await {}
+        }
         return Err(too_large());
     }
     axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| too_large())
 }
+
+/// Largest refused body the server still reads to the end before answering 413.
+const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Everything the response needs besides the engine's events.
 struct Reply {

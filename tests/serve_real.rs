@@ -1,0 +1,560 @@
+//! `pot serve` and `pot audit` on real models: audits of a served model decide SAME for the
+//! model it serves and DIFFERENT for the one it claims; a misbehaving endpoint is retried,
+//! given up on cleanly and resumed, never scored wrong; the server stays up under 64
+//! concurrent clients and bad requests; the official `openai` Python client works with it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{model_path, QWEN05, QWEN15, SMOL};
+use serde_json::{json, Value};
+
+/// A `pot serve` child process, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(model: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pot"))
+            .args(["serve", "--model"])
+            .arg(model_path(model))
+            .args(["--port", "0", "--model-name", "vendor"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pot serve starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("pot serve prints its address")
+                .expect("stderr is text");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .expect("an address")
+                    .to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+
+    /// SIGTERM, then the exit status (within `wait`).
+    fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        let t = Instant::now();
+        while t.elapsed() < wait {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pot(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pot"))
+        .args(args)
+        .output()
+        .expect("pot runs")
+}
+
+/// Run an audit of `url` with `--json`; the exit code and the parsed outcome (if any).
+fn audit(
+    reference: &str,
+    url: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (i32, Value, String) {
+    let r = model_path(reference).display().to_string();
+    let d = dir.display().to_string();
+    let mut args = vec![
+        "audit",
+        "--ref",
+        &r,
+        "--endpoint",
+        url,
+        "--model",
+        "vendor",
+        "--json",
+        "--transcripts",
+        &d,
+    ];
+    args.extend_from_slice(extra);
+    let o = pot(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), v, stderr)
+}
+
+fn assert_verdict(code: i32, v: &Value, stderr: &str, want: &str, method: &str) {
+    assert_eq!(v["decision"], want, "{method}: {v}\n{stderr}");
+    assert_eq!(v["method"], method, "{v}");
+    let exit = if want == "SAME" { 0 } else { 1 };
+    assert_eq!(code, exit, "exit code of {want}");
+    // The audit needed at least a cycle and stayed within budget.
+    let q = v["queries"].as_u64().unwrap();
+    assert!((5..=200).contains(&q), "{q}");
+}
+
+#[test]
+fn audits_through_completions_decide_same_for_the_served_model_and_different_for_the_claim() {
+    let server = Server::start(QWEN05, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    for method in ["echo", "logprobs"] {
+        let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &["--method", method]);
+        assert_verdict(code, &v, &err, "SAME", method);
+        assert!(v["mean"].as_f64().unwrap() < 0.01, "{v}");
+        let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &["--method", method]);
+        assert_verdict(code, &v, &err, "DIFFERENT", method);
+    }
+    // Without --method the audit probes and picks echo, the strongest the server offers.
+    let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &[]);
+    assert_verdict(code, &v, &err, "DIFFERENT", "echo");
+    assert_eq!(v["endpoint"]["top_logprobs"], 20);
+    // The transcript keeps the raw responses, and no API key field.
+    let t = std::fs::read_to_string(v["transcript"].as_str().unwrap()).unwrap();
+    let q: Value = serde_json::from_str(t.lines().nth(1).unwrap()).unwrap();
+    assert!(q["endpoint"]["response"]["choices"][0]["logprobs"].is_object());
+    assert!(!t.to_lowercase().contains("authorization"));
+}
+
+#[test]
+fn audits_through_chat_and_text_only_decide_too() {
+    let server = Server::start(QWEN05, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &["--chat"]);
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
+    assert_eq!(v["endpoint"]["api"], "chat");
+    let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &["--chat"]);
+    assert_verdict(code, &v, &err, "DIFFERENT", "logprobs");
+    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &["--method", "text"]);
+    assert_verdict(code, &v, &err, "SAME", "text");
+    assert_eq!(v["score_kind"], "text-mismatch");
+    let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &["--method", "text"]);
+    assert_verdict(code, &v, &err, "DIFFERENT", "text");
+    // Echo cannot go through chat: a clear refusal, exit 2, nothing left behind.
+    let (code, _, err) = audit(
+        QWEN05,
+        &server.url,
+        dir.path(),
+        &["--chat", "--method", "echo"],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--method echo needs the completions API"),
+        "{err}"
+    );
+}
+
+/// How the proxy treats the requests it gets.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Forward everything.
+    None,
+    /// Cycle through: 503, 429 + Retry-After, truncated JSON, a hang, then six forwarded.
+    Cycle,
+    /// Answer every request with 503.
+    Down,
+}
+
+/// A proxy in front of a server that misbehaves as told.
+struct Proxy {
+    url: String,
+    fault: Arc<std::sync::Mutex<Fault>>,
+    seen: Arc<AtomicUsize>,
+    faults: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some(buf);
+        }
+    }
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let fault = Arc::new(std::sync::Mutex::new(Fault::None));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let faults = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, sn, fs) = (fault.clone(), seen.clone(), faults.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (f, sn, fs, up) = (f.clone(), sn.clone(), fs.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let Some(req) = read_request(&mut conn) else {
+                        return;
+                    };
+                    let n = sn.fetch_add(1, Ordering::SeqCst);
+                    let mode = *f.lock().unwrap();
+                    let step = match mode {
+                        Fault::None => 5,
+                        Fault::Down => 0,
+                        Fault::Cycle => n % 10,
+                    };
+                    if step < 4 {
+                        fs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let reply: Vec<u8> = match step {
+                        0 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 43\r\nconnection: close\r\n\r\n{\"error\":{\"message\":\"down\",\"type\":\"x\"}}  ".to_vec(),
+                        1 => b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_vec(),
+                        2 => b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 20\r\nconnection: close\r\n\r\n{\"choices\":[{\"text\"".to_vec(),
+                        3 => {
+                            // Hang past the client's timeout, then drop the connection.
+                            std::thread::sleep(Duration::from_secs(12));
+                            return;
+                        }
+                        _ => {
+                            // Forward, closing the upstream connection after one exchange.
+                            let Ok(mut u) = TcpStream::connect(&up) else { return };
+                            let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                            let mut out = req[..head_end].to_vec();
+                            out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+                            out.extend_from_slice(&req[head_end + 4..]);
+                            if u.write_all(&out).is_err() {
+                                return;
+                            }
+                            let mut resp = Vec::new();
+                            let _ = u.read_to_end(&mut resp);
+                            resp
+                        }
+                    };
+                    let _ = conn.write_all(&reply);
+                });
+            }
+        });
+        Proxy {
+            url,
+            fault,
+            seen,
+            faults,
+            stop,
+        }
+    }
+
+    fn set(&self, f: Fault) {
+        *self.fault.lock().unwrap() = f;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn scores(transcript: &str) -> Vec<f64> {
+    std::fs::read_to_string(transcript)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["record"] == "query")
+        .map(|v| v["score"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_misbehaving_endpoint_is_retried_and_never_scored_wrong() {
+    // One request at a time: the server's numbers then do not depend on what else it was
+    // batching, so scores through the faults must equal the direct ones exactly.
+    let server = Server::start(QWEN05, &["--max-batch", "1"]);
+    let proxy = Proxy::start(&server.url);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, "11".repeat(32)).unwrap();
+    let k = key.display().to_string();
+    let fast = [
+        "--key-file",
+        &k,
+        "--method",
+        "logprobs",
+        "--timeout",
+        "10",
+        "--max-backoff",
+        "1.5",
+    ];
+    // The same run id and key, straight to the server, then through the faults.
+    let direct_dir = dir.path().join("direct");
+    let mut args = fast.to_vec();
+    args.extend(["--run-id", "r1", "--retries", "8"]);
+    let (code, direct, err) = audit(QWEN05, &server.url, &direct_dir, &args);
+    assert_eq!(code, 0, "{err}");
+    proxy.set(Fault::Cycle);
+    let (code, flaky, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
+    assert_eq!(code, 0, "{flaky}\n{err}");
+    assert_eq!(flaky["decision"], direct["decision"]);
+    assert!(flaky["retries"].as_u64().unwrap() >= 4, "{flaky}");
+    assert!(proxy.faults.load(Ordering::SeqCst) >= 4);
+    let a = scores(direct["transcript"].as_str().unwrap());
+    let b = scores(flaky["transcript"].as_str().unwrap());
+    assert_eq!(a.len(), b.len());
+    assert_eq!(a, b, "the same challenges scored through the faults");
+
+    // An endpoint that goes down: the audit gives up with the reason, exit 2, and records
+    // no challenge it did not finish; once it is back, --resume finishes the run.
+    proxy.set(Fault::Down);
+    let mut args = fast.to_vec();
+    args.extend(["--run-id", "r2", "--retries", "2"]);
+    let (code, _, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("gave up after 3 attempts") && err.contains("503"),
+        "{err}"
+    );
+    let t = dir.path().join("r2.ndjson");
+    assert!(!t.exists(), "nothing recorded when the probe already fails");
+    // Fail mid-run: healthy for the probe and the first cycle, then down.
+    proxy.set(Fault::None);
+    let before = proxy.seen.load(Ordering::SeqCst);
+    let p = proxy.fault.clone();
+    let seen = proxy.seen.clone();
+    let flipper = std::thread::spawn(move || loop {
+        // /v1/models, the probe, then five challenges: down from the eighth request on.
+        if seen.load(Ordering::SeqCst) >= before + 7 {
+            *p.lock().unwrap() = Fault::Down;
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    });
+    let (code, _, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
+    flipper.join().unwrap();
+    assert_eq!(code, 2, "{err}");
+    let partial = scores(&t.display().to_string());
+    assert_eq!(
+        partial.len(),
+        5,
+        "the first cycle is kept, nothing after it"
+    );
+    proxy.set(Fault::None);
+    let mut args = fast.to_vec();
+    args.extend(["--resume", "r2", "--retries", "8"]);
+    let (code, v, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
+    assert_eq!(code, 0, "{v}\n{err}");
+    let all = scores(&t.display().to_string());
+    assert_eq!(all.len(), v["queries"].as_u64().unwrap() as usize);
+    assert_eq!(&all[..5], &partial[..]);
+
+    // A 4xx is not retried: the wrong model name is refused once per probe, then a clear error.
+    let before = proxy.seen.load(Ordering::SeqCst);
+    let o = pot(&[
+        "audit",
+        "--ref",
+        &model_path(QWEN05).display().to_string(),
+        "--endpoint",
+        &proxy.url,
+        "--model",
+        "not-served",
+        "--transcripts",
+        &dir.path().display().to_string(),
+        "--method",
+        "text",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("404") && err.contains("not-served"), "{err}");
+    // GET /v1/models and one probe: no retry.
+    assert_eq!(proxy.seen.load(Ordering::SeqCst) - before, 2);
+}
+
+#[test]
+fn serve_answers_or_429s_64_concurrent_clients_and_refuses_bad_requests() {
+    let mut server = Server::start(SMOL, &["--max-queue", "16", "--max-batch", "8"]);
+    let url = server.url.clone();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let busy = Arc::new(AtomicUsize::new(0));
+    let other = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> =
+        (0..64)
+            .map(|c| {
+                let (url, ok, busy, other) = (url.clone(), ok.clone(), busy.clone(), other.clone());
+                std::thread::spawn(move || {
+                    let http = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(300))
+                        .build()
+                        .unwrap();
+                    for r in 0..4 {
+                        let resp = http
+                        .post(format!("{url}/v1/completions"))
+                        .json(&json!({"model": "vendor", "prompt": format!("Client {c} asks {r}:"),
+                                      "max_tokens": 8, "temperature": 0}))
+                        .send();
+                        match resp.map(|r| {
+                            (
+                                r.status().as_u16(),
+                                r.headers().contains_key("retry-after"),
+                                r.text(),
+                            )
+                        }) {
+                            Ok((200, _, Ok(body))) => {
+                                let v: Value = serde_json::from_str(&body).unwrap();
+                                assert!(v["choices"][0]["text"].is_string());
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok((429, true, _)) => {
+                                busy.fetch_add(1, Ordering::SeqCst);
+                            }
+                            other_outcome => other
+                                .lock()
+                                .unwrap()
+                                .push(format!("{:?}", other_outcome.map(|(s, _, _)| s))),
+                        }
+                    }
+                })
+            })
+            .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (ok, busy) = (ok.load(Ordering::SeqCst), busy.load(Ordering::SeqCst));
+    assert!(
+        other.lock().unwrap().is_empty(),
+        "{:?}",
+        other.lock().unwrap()
+    );
+    assert_eq!(ok + busy, 256);
+    assert!(ok >= 16, "{ok} answered, {busy} refused");
+    assert!(busy > 0, "64 clients against a queue of 16 must see 429s");
+    // Bad requests: 4xx, and the server stays up.
+    let http = reqwest::blocking::Client::new();
+    let post = |body: Vec<u8>| {
+        http.post(format!("{url}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"{\"model\": \"vendor\", \"prompt\": ".to_vec(), 400),
+        (vec![b'a'; 10 << 20], 413),
+        (
+            br#"{"model":"vendor","prompt":"x","max_tokens":1000000000}"#.to_vec(),
+            400,
+        ),
+        (
+            br#"{"model":"vendor","prompt":"x","temperature":-1}"#.to_vec(),
+            400,
+        ),
+        (br#"{"model":"gpt-4","prompt":"x"}"#.to_vec(), 404),
+        (br#"{"model":"vendor","prompt":[99999999]}"#.to_vec(), 400),
+    ];
+    for (body, status) in cases {
+        let r = post(body);
+        assert_eq!(r.status().as_u16(), status);
+        let v: Value = r.json().unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().len() > 10, "{v}");
+    }
+    let chat_bad = http
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&json!({"model": "vendor", "messages": "hi"}))
+        .send()
+        .unwrap();
+    assert_eq!(chat_bad.status().as_u16(), 400);
+    assert_eq!(
+        http.get(format!("{url}/health"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+
+    // Graceful shutdown: a request in flight at SIGTERM still gets its whole answer.
+    let u = url.clone();
+    let inflight = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(format!("{u}/v1/completions"))
+            .json(
+                &json!({"model": "vendor", "prompt": "Once upon a time", "max_tokens": 48,
+                          "temperature": 0}),
+            )
+            .send()
+            .and_then(|r| r.json::<Value>())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let status = server.terminate(Duration::from_secs(30));
+    let v = inflight
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(v["usage"]["completion_tokens"], 48, "{v}");
+    assert_eq!(status.map(|s| s.success()), Some(true));
+}
+
+#[test]
+fn the_official_openai_python_client_works_against_pot_serve() {
+    let python = std::env::var("POT_OPENAI_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python)
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has,
+        "{python} cannot import openai: run scripts/test.sh (it installs the package in a venv) or set POT_OPENAI_PYTHON"
+    );
+    let server = Server::start(QWEN05, &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/openai-client-check.py"
+    );
+    let o = Command::new(&python)
+        .args([script, &server.url, "vendor"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("all checks passed"));
+}
