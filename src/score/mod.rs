@@ -410,8 +410,8 @@ mod tests {
         let mut last = 0.0;
         for n in 0..=5 {
             let c = coarse_kl(&p, &report(&q, n));
-            assert!(c <= full + 1e-9 && c >= 0.0, "n = {n}: {c} vs {full}");
-            assert!(c + 1e-9 >= last, "finer partitions see more");
+            assert!(c <= full + 1e-6 && c >= 0.0, "n = {n}: {c} vs {full}");
+            assert!(c + 1e-6 >= last, "finer partitions see more");
             last = c;
         }
         assert!(
