@@ -18,7 +18,9 @@ use crate::identity::{fingerprint, Identity};
 use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
 use crate::score::{self, ScoreKind};
 use crate::stats::{Decision, SequentialTest, Status, TestParams, CYCLE};
-use crate::transcript::{self, Candidate, Header, Query, TranscriptError, Verdict, Writer};
+use crate::transcript::{
+    self, unix_now, Candidate, Header, Query, Resumed, TranscriptError, Verdict, Writer,
+};
 
 /// A preset of test parameters and continuation length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -108,9 +110,9 @@ pub struct DiffConfig {
     pub one_at_a_time: Option<usize>,
 }
 
-/// The outcome of a run.
+/// What every run reports, diff or audit: the verdict and how it was reached.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DiffOutcome {
+pub struct Summary {
     /// Verdict.
     pub decision: Decision,
     /// Challenges used.
@@ -139,6 +141,47 @@ pub struct DiffOutcome {
     pub transcript: String,
     /// Key commitment.
     pub key_commitment: String,
+}
+
+impl Summary {
+    /// The summary of a test's state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        test: &SequentialTest,
+        mode: Mode,
+        k: usize,
+        score_kind: ScoreKind,
+        elapsed_s: f64,
+        run_id: &str,
+        transcript: &std::path::Path,
+        key: &ChallengeKey,
+    ) -> Self {
+        let st = test.status();
+        Self {
+            decision: test.decision().unwrap_or(Decision::Undecided),
+            queries: st.n,
+            mean: st.mean,
+            lower: st.lower,
+            upper: st.upper,
+            alpha: test.params().alpha,
+            params: *test.params(),
+            mode,
+            k,
+            score_kind,
+            elapsed_s,
+            run_id: run_id.to_string(),
+            transcript: transcript.display().to_string(),
+            key_commitment: key.commitment(),
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiffOutcome {
+    /// Verdict and how it was reached.
+    #[serde(flatten)]
+    pub summary: Summary,
     /// Reference identity.
     pub reference: Identity,
     /// Candidate identity.
@@ -161,25 +204,10 @@ pub enum DiffError {
     /// Parameters.
     #[error(transparent)]
     Params(#[from] crate::stats::ParamError),
-    /// A resumed run whose transcript does not match this invocation.
-    #[error("{path}: cannot resume: {what}; resume with the original models, mode and flags, or start a new run")]
-    ResumeMismatch {
-        /// Transcript.
-        path: String,
-        /// What differs.
-        what: String,
-    },
 }
 
 /// Progress callback: status after each challenge.
 pub type Progress<'a> = &'a mut dyn FnMut(&Status);
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Run (or resume) a diff to a decision.
 pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, DiffError> {
@@ -232,56 +260,16 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     tracing::debug!("setup done: {:.2} s", start.elapsed().as_secs_f64());
     let mut prior_elapsed = 0.0;
     let mut writer = if cfg.resume {
-        let loaded = transcript::read(&cfg.transcript)?;
-        let h = &loaded.header;
-        let mismatch = |what: String| DiffError::ResumeMismatch {
-            path: cfg.transcript.display().to_string(),
-            what,
-        };
-        if h.key_commitment != header.key_commitment {
-            return Err(mismatch(
-                "the key does not match the transcript's key commitment".into(),
-            ));
+        let same = |c: &Candidate| matches!(c, Candidate::Model(c) if c.weight_hash == candidate.weight_hash);
+        match transcript::resume(&cfg.transcript, &header, same, &mut test)? {
+            Resumed::Finished(elapsed) => {
+                return Ok(outcome(cfg, &test, kind, elapsed, reference, candidate))
+            }
+            Resumed::Continue(w, elapsed) => {
+                prior_elapsed = elapsed;
+                w
+            }
         }
-        if h.reference.weight_hash != reference.weight_hash
-            || !matches!(&h.candidate, Candidate::Model(c) if c.weight_hash == candidate.weight_hash)
-        {
-            return Err(mismatch(
-                "the models' weight hashes differ from the transcript's".into(),
-            ));
-        }
-        if h.params != header.params
-            || h.k != header.k
-            || h.kernels != header.kernels
-            || h.run_id != header.run_id
-        {
-            return Err(mismatch(format!(
-                "parameters differ (transcript: mode {}, K {}, {:?}; now: mode {}, K {}, {:?})",
-                h.mode, h.k, h.params, header.mode, header.k, header.params
-            )));
-        }
-        for q in &loaded.queries {
-            test.push(q.score.score);
-            prior_elapsed += q.seconds;
-        }
-        if let Some(v) = loaded.verdict {
-            return Ok(outcome(cfg, &test, kind, v.elapsed_s, reference, candidate));
-        }
-        if let Some(d) = test.decision() {
-            // Killed between the last query line and the verdict line.
-            let mut w = Writer::reopen(&cfg.transcript, loaded.complete_len)?;
-            let st = test.status();
-            w.append(&verdict(d, &st, prior_elapsed))?;
-            return Ok(outcome(
-                cfg,
-                &test,
-                kind,
-                prior_elapsed,
-                reference,
-                candidate,
-            ));
-        }
-        Writer::reopen(&cfg.transcript, loaded.complete_len)?
     } else {
         Writer::create(&cfg.transcript, &header)?
     };
@@ -347,7 +335,7 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     }
     let elapsed = prior_elapsed + start.elapsed().as_secs_f64();
     let st = test.status();
-    writer.append(&verdict(
+    writer.append(&Verdict::new(
         test.decision().unwrap_or(Decision::Undecided),
         &st,
         elapsed,
@@ -368,18 +356,6 @@ fn groups(first: usize, count: usize, n_max: usize) -> Vec<std::ops::Range<usize
         i = j;
     }
     out
-}
-
-fn verdict(d: Decision, st: &Status, elapsed: f64) -> Verdict {
-    Verdict {
-        record: "verdict".into(),
-        decision: d,
-        queries: st.n,
-        mean: st.mean,
-        lower: st.lower,
-        upper: st.upper,
-        elapsed_s: elapsed,
-    }
 }
 
 fn record(
@@ -420,22 +396,17 @@ fn outcome(
     reference: Identity,
     candidate: Identity,
 ) -> DiffOutcome {
-    let st = test.status();
     DiffOutcome {
-        decision: test.decision().unwrap_or(Decision::Undecided),
-        queries: st.n,
-        mean: st.mean,
-        lower: st.lower,
-        upper: st.upper,
-        alpha: cfg.params.alpha,
-        params: cfg.params,
-        mode: cfg.mode,
-        k: cfg.k,
-        score_kind: kind,
-        elapsed_s: elapsed,
-        run_id: cfg.run_id.clone(),
-        transcript: cfg.transcript.display().to_string(),
-        key_commitment: cfg.key.commitment(),
+        summary: Summary::new(
+            test,
+            cfg.mode,
+            cfg.k,
+            kind,
+            elapsed,
+            &cfg.run_id,
+            &cfg.transcript,
+            &cfg.key,
+        ),
         reference,
         candidate,
     }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::Identity;
 use crate::model::Kernels;
 use crate::score::{ChallengeScore, ScoreKind};
-use crate::stats::{Decision, TestParams};
+use crate::stats::{Decision, SequentialTest, Status, TestParams};
 
 /// Transcript format version.
 pub const VERSION: u32 = 1;
@@ -142,6 +142,14 @@ pub enum TranscriptError {
         path: String,
         /// Why, and what to do.
         reason: String,
+    },
+    /// A resumed run whose transcript does not match this invocation.
+    #[error("{path}: cannot resume: {what}; resume with the original models or endpoint, mode and flags, or start a new run")]
+    ResumeMismatch {
+        /// Transcript.
+        path: String,
+        /// What differs.
+        what: String,
     },
     /// A line that does not parse.
     #[error("{path}:{line}: not a pot transcript line ({reason}); the file is damaged or not a transcript")]
@@ -291,4 +299,88 @@ pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
         verdict,
         complete_len: complete_len as u64,
     })
+}
+
+impl Verdict {
+    /// The verdict line of a run at this status.
+    pub fn new(decision: Decision, st: &Status, elapsed_s: f64) -> Self {
+        Self {
+            record: "verdict".into(),
+            decision,
+            queries: st.n,
+            mean: st.mean,
+            lower: st.lower,
+            upper: st.upper,
+            elapsed_s,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where a resumed run stands.
+pub enum Resumed {
+    /// It has its verdict (written now if the run was killed just before): wall time so far.
+    Finished(f64),
+    /// It goes on: the transcript to append to, and the wall time of the earlier sessions.
+    Continue(Writer, f64),
+}
+
+/// Continue the run recorded at `path`: check that its header matches this invocation's
+/// (`header`: key commitment, reference weights, parameters, run id; `same_candidate`: the
+/// candidate), replay its scores into `test`, and say where it stands.
+pub fn resume(
+    path: &Path,
+    header: &Header,
+    same_candidate: impl Fn(&Candidate) -> bool,
+    test: &mut SequentialTest,
+) -> Result<Resumed, TranscriptError> {
+    let loaded = read(path)?;
+    let h = &loaded.header;
+    let mismatch = |what: &str| TranscriptError::ResumeMismatch {
+        path: path.display().to_string(),
+        what: what.to_string(),
+    };
+    if h.key_commitment != header.key_commitment {
+        return Err(mismatch(
+            "the key does not match the transcript's key commitment",
+        ));
+    }
+    if h.reference.weight_hash != header.reference.weight_hash || !same_candidate(&h.candidate) {
+        return Err(mismatch(
+            "the reference's or the candidate's identity differs from the transcript's",
+        ));
+    }
+    if h.params != header.params
+        || h.k != header.k
+        || h.kernels != header.kernels
+        || h.run_id != header.run_id
+        || h.score_kind != header.score_kind
+    {
+        return Err(mismatch(&format!(
+            "parameters differ (transcript: mode {}, K {}, {:?}; now: mode {}, K {}, {:?})",
+            h.mode, h.k, h.params, header.mode, header.k, header.params
+        )));
+    }
+    let mut prior_elapsed = 0.0;
+    for q in &loaded.queries {
+        test.push(q.score.score);
+        prior_elapsed += q.seconds;
+    }
+    if let Some(v) = loaded.verdict {
+        return Ok(Resumed::Finished(v.elapsed_s));
+    }
+    let mut w = Writer::reopen(path, loaded.complete_len)?;
+    if let Some(d) = test.decision() {
+        // Killed between the last query line and the verdict line.
+        w.append(&Verdict::new(d, &test.status(), prior_elapsed))?;
+        return Ok(Resumed::Finished(prior_elapsed));
+    }
+    Ok(Resumed::Continue(w, prior_elapsed))
 }

@@ -139,6 +139,30 @@ fn audits_through_completions_decide_same_for_the_served_model_and_different_for
     let q: Value = serde_json::from_str(t.lines().nth(1).unwrap()).unwrap();
     assert!(q["endpoint"]["response"]["choices"][0]["logprobs"].is_object());
     assert!(!t.to_lowercase().contains("authorization"));
+
+    // A token budget stops the run after the cycle that crosses it: UNDECIDED (exit 3), no
+    // verdict line, and --resume with a larger budget finishes it.
+    let args = [
+        "--method",
+        "logprobs",
+        "--run-id",
+        "budget",
+        "--max-total-tokens",
+        "100",
+    ];
+    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &args);
+    assert_eq!(code, 3, "{v}\n{err}");
+    assert!(
+        v["stopped"].as_str().unwrap().contains("token budget"),
+        "{v}"
+    );
+    assert_eq!(v["queries"], 5);
+    assert!(v["tokens_used"].as_u64().unwrap() >= 100);
+    let t = std::fs::read_to_string(dir.path().join("budget.ndjson")).unwrap();
+    assert!(!t.contains("\"verdict\""));
+    let args = ["--method", "logprobs", "--resume", "budget"];
+    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &args);
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
 }
 
 #[test]

@@ -28,14 +28,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::challenge::{Catalog, Challenge, ChallengeKey};
-use crate::diff::Mode;
+use crate::diff::{Mode, Summary};
 use crate::identity::{fingerprint, Identity};
 use crate::model::chat::Message;
 use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
 use crate::score::{self, ChallengeScore, EndpointPosition, ScoreKind};
 use crate::stats::{Decision, SequentialTest, TestParams, CYCLE};
 use crate::transcript::{
-    self, Candidate, EndpointInfo, Header, Query, TranscriptError, Verdict, Writer,
+    self, unix_now, Candidate, EndpointInfo, Header, Query, Resumed, TranscriptError, Verdict,
+    Writer,
 };
 use client::{ClientError, Endpoint, EndpointConfig};
 
@@ -102,36 +103,11 @@ pub struct AuditConfig {
 /// The outcome of an audit.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditOutcome {
-    /// Verdict (UNDECIDED when stopped by a budget).
-    pub decision: Decision,
-    /// Challenges used.
-    pub queries: usize,
-    /// Mean clipped score.
-    pub mean: f64,
-    /// Confidence sequence lower end.
-    pub lower: f64,
-    /// Upper end.
-    pub upper: f64,
-    /// Error bound of each decision.
-    pub alpha: f64,
-    /// Margins and budget.
-    pub params: TestParams,
-    /// Mode.
-    pub mode: Mode,
-    /// Tokens per challenge.
-    pub k: usize,
-    /// How challenges were scored.
-    pub score_kind: ScoreKind,
-    /// How they were put to the endpoint.
+    /// Verdict (UNDECIDED when stopped by a budget) and how it was reached.
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// How challenges were put to the endpoint.
     pub method: String,
-    /// Wall time (all sessions).
-    pub elapsed_s: f64,
-    /// Run id.
-    pub run_id: String,
-    /// Transcript.
-    pub transcript: String,
-    /// Key commitment.
-    pub key_commitment: String,
     /// Reference identity.
     pub reference: Identity,
     /// The endpoint.
@@ -170,14 +146,6 @@ pub enum AuditError {
         /// Endpoint.
         url: String,
         /// What is missing, and what to do.
-        what: String,
-    },
-    /// A resumed run that does not match.
-    #[error("{path}: cannot resume: {what}; resume with the original reference, endpoint, mode and flags, or start a new run")]
-    ResumeMismatch {
-        /// Transcript.
-        path: String,
-        /// What differs.
         what: String,
     },
 }
@@ -548,13 +516,6 @@ fn detect(
     })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Run (or resume) an audit to a decision.
 pub fn run(
     cfg: &AuditConfig,
@@ -626,80 +587,37 @@ pub fn run(
     let mut prior_elapsed = 0.0;
     let mut tokens_used = 0u64;
     let mut retries = 0u64;
-    let outcome = |test: &SequentialTest, elapsed: f64, tokens_used, retries, stopped| {
-        let st = test.status();
-        AuditOutcome {
-            decision: test.decision().unwrap_or(Decision::Undecided),
-            queries: st.n,
-            mean: st.mean,
-            lower: st.lower,
-            upper: st.upper,
-            alpha: cfg.params.alpha,
-            params: cfg.params,
-            mode: cfg.mode,
-            k: cfg.k,
-            score_kind: kind,
+    let outcome =
+        |test: &SequentialTest, elapsed: f64, tokens_used, retries, stopped| AuditOutcome {
+            summary: Summary::new(
+                test,
+                cfg.mode,
+                cfg.k,
+                kind,
+                elapsed,
+                &cfg.run_id,
+                &cfg.transcript,
+                &cfg.key,
+            ),
             method: method.name().into(),
-            elapsed_s: elapsed,
-            run_id: cfg.run_id.clone(),
-            transcript: cfg.transcript.display().to_string(),
-            key_commitment: cfg.key.commitment(),
             reference: identity.clone(),
             endpoint: info.clone(),
             tokens_used,
             retries,
             stopped,
-        }
-    };
-    let mut writer = if cfg.resume {
-        let loaded = transcript::read(&cfg.transcript)?;
-        let h = &loaded.header;
-        let mismatch = |what: String| AuditError::ResumeMismatch {
-            path: cfg.transcript.display().to_string(),
-            what,
         };
-        if h.key_commitment != header.key_commitment {
-            return Err(mismatch(
-                "the key does not match the transcript's key commitment".into(),
-            ));
-        }
-        if h.reference.weight_hash != identity.weight_hash {
-            return Err(mismatch("the reference's weight hash differs".into()));
-        }
-        match &h.candidate {
-            Candidate::Endpoint(e)
-                if e.url == info.url
-                    && e.model == info.model
-                    && e.api == info.api
-                    && e.method == info.method
-                    && e.top_logprobs == info.top_logprobs => {}
-            _ => {
-                return Err(mismatch(
-                    "the endpoint, API or method differs from the transcript's".into(),
-                ))
+    let mut writer = if cfg.resume {
+        let same = |c: &Candidate| {
+            matches!(c, Candidate::Endpoint(e) if e.url == info.url && e.model == info.model
+                && e.api == info.api && e.method == info.method && e.top_logprobs == info.top_logprobs)
+        };
+        match transcript::resume(&cfg.transcript, &header, same, &mut test)? {
+            Resumed::Finished(elapsed) => return Ok(outcome(&test, elapsed, 0, 0, None)),
+            Resumed::Continue(w, elapsed) => {
+                prior_elapsed = elapsed;
+                w
             }
         }
-        if h.params != header.params
-            || h.k != header.k
-            || h.kernels != header.kernels
-            || h.run_id != header.run_id
-        {
-            return Err(mismatch("mode or parameters differ".into()));
-        }
-        for q in &loaded.queries {
-            test.push(q.score.score);
-            prior_elapsed += q.seconds;
-        }
-        if let Some(v) = loaded.verdict {
-            return Ok(outcome(&test, v.elapsed_s, 0, 0, None));
-        }
-        let mut w = Writer::reopen(&cfg.transcript, loaded.complete_len)?;
-        if let Some(d) = test.decision() {
-            let st = test.status();
-            w.append(&verdict(d, &st, prior_elapsed))?;
-            return Ok(outcome(&test, prior_elapsed, 0, 0, None));
-        }
-        w
     } else {
         Writer::create(&cfg.transcript, &header)?
     };
@@ -748,25 +666,13 @@ pub fn run(
     let elapsed = prior_elapsed + start.elapsed().as_secs_f64();
     if stopped.is_none() {
         let st = test.status();
-        writer.append(&verdict(
+        writer.append(&Verdict::new(
             test.decision().unwrap_or(Decision::Undecided),
             &st,
             elapsed,
         ))?;
     }
     Ok(outcome(&test, elapsed, tokens_used, retries, stopped))
-}
-
-fn verdict(d: Decision, st: &crate::stats::Status, elapsed: f64) -> Verdict {
-    Verdict {
-        record: "verdict".into(),
-        decision: d,
-        queries: st.n,
-        mean: st.mean,
-        lower: st.lower,
-        upper: st.upper,
-        elapsed_s: elapsed,
-    }
 }
 
 /// One scored challenge and what the transcript keeps of it.

@@ -189,15 +189,6 @@ struct AuditArgs {
     /// written anywhere).
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
-    /// Preset of error bound, margins, K and budget.
-    #[arg(long, value_enum, default_value_t = Mode::Audit)]
-    mode: Mode,
-    /// Budget of challenges: UNDECIDED after this many (mode default).
-    #[arg(long)]
-    max_queries: Option<usize>,
-    /// Tokens per challenge (mode default K).
-    #[arg(long)]
-    max_tokens: Option<usize>,
     /// Stop (resumably) once the endpoint reports this many tokens used.
     #[arg(long)]
     max_total_tokens: Option<u64>,
@@ -210,30 +201,8 @@ struct AuditArgs {
     /// Longest wait between two attempts, seconds (Retry-After is honoured up to this).
     #[arg(long, default_value_t = 60.0)]
     max_backoff: f64,
-    /// Secret challenge key (default: a fresh one, saved beside the transcript).
-    #[arg(long)]
-    key_file: Option<PathBuf>,
-    /// Run id (default: time and random suffix).
-    #[arg(long)]
-    run_id: Option<String>,
-    /// Continue the stopped run with this id.
-    #[arg(long, value_name = "RUN")]
-    resume: Option<String>,
-    /// Folder of transcripts.
-    #[arg(long, default_value = "transcripts")]
-    transcripts: PathBuf,
-    /// Error bound of each decision (mode default).
-    #[arg(long)]
-    alpha: Option<f64>,
-    /// Fewest challenges before a decision.
-    #[arg(long)]
-    n_min: Option<usize>,
-    /// Matrix kernels of the reference.
-    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
-    kernels: KernelArg,
-    /// JSON output.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -281,6 +250,16 @@ struct DiffArgs {
     /// Candidate model (what is served).
     #[arg(long = "cand")]
     candidate: String,
+    /// Hold one model in memory at a time, working in batches of N challenges.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10")]
+    one_at_a_time: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Flags of a sequential run, shared by diff and audit.
+#[derive(Args)]
+struct RunArgs {
     /// Preset of error bound, margins, K and budget.
     #[arg(long, value_enum, default_value_t = Mode::Audit)]
     mode: Mode,
@@ -290,15 +269,12 @@ struct DiffArgs {
     /// Run id (default: time and random suffix).
     #[arg(long)]
     run_id: Option<String>,
-    /// Continue the killed run with this id.
+    /// Continue the stopped run with this id.
     #[arg(long, value_name = "RUN")]
     resume: Option<String>,
     /// Folder of transcripts.
     #[arg(long, default_value = "transcripts")]
     transcripts: PathBuf,
-    /// Hold one model in memory at a time, working in batches of N challenges.
-    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10")]
-    one_at_a_time: Option<usize>,
     /// Error bound of each decision (mode default).
     #[arg(long)]
     alpha: Option<f64>,
@@ -312,13 +288,13 @@ struct DiffArgs {
     #[arg(long)]
     clip: Option<f64>,
     /// Continuation tokens per challenge (mode default).
-    #[arg(long)]
+    #[arg(long, visible_alias = "max-tokens")]
     k: Option<usize>,
     /// Fewest challenges before a decision.
     #[arg(long)]
     n_min: Option<usize>,
-    /// Budget: UNDECIDED after this many challenges.
-    #[arg(long)]
+    /// Budget: UNDECIDED after this many challenges (mode default).
+    #[arg(long, visible_alias = "max-queries")]
     n_max: Option<usize>,
     /// Matrix kernels.
     #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
@@ -326,6 +302,44 @@ struct DiffArgs {
     /// JSON output.
     #[arg(long)]
     json: bool,
+}
+
+impl RunArgs {
+    /// The mode's test parameters with the overrides, and K.
+    fn params_and_k(&self) -> Result<(pot::stats::TestParams, usize)> {
+        let mut p = self.mode.params();
+        for (slot, v) in [
+            (&mut p.alpha, self.alpha),
+            (&mut p.gamma, self.gamma),
+            (&mut p.delta, self.delta),
+            (&mut p.clip, self.clip),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        if let Some(v) = self.n_min {
+            p.n_min = v;
+        }
+        if let Some(v) = self.n_max {
+            p.n_max = v;
+        }
+        p.validate()?;
+        let k = self.k.unwrap_or(self.mode.k());
+        if k == 0 {
+            bail!("--k must be at least 1");
+        }
+        Ok((p, k))
+    }
+
+    fn files(&self) -> Result<RunFiles> {
+        RunFiles::prepare(
+            &self.key_file,
+            &self.run_id,
+            &self.resume,
+            &self.transcripts,
+        )
+    }
 }
 
 /// Logging to stderr, off unless asked for.
@@ -670,80 +684,56 @@ fn new_run_id() -> String {
 }
 
 fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
-    let mut params = a.mode.params();
-    if let Some(v) = a.alpha {
-        params.alpha = v;
-    }
-    if let Some(v) = a.gamma {
-        params.gamma = v;
-    }
-    if let Some(v) = a.delta {
-        params.delta = v;
-    }
-    if let Some(v) = a.clip {
-        params.clip = v;
-    }
-    if let Some(v) = a.n_min {
-        params.n_min = v;
-    }
-    if let Some(v) = a.n_max {
-        params.n_max = v;
-    }
-    params.validate()?;
-    let k = a.k.unwrap_or(a.mode.k());
-    if k == 0 {
-        bail!("--k must be at least 1");
-    }
-    let run = RunFiles::prepare(&a.key_file, &a.run_id, &a.resume, &a.transcripts)?;
+    let (params, k) = a.run.params_and_k()?;
+    let run = a.run.files()?;
     let cfg = DiffConfig {
         reference: a.reference.clone(),
         candidate: a.candidate.clone(),
-        mode: a.mode,
+        mode: a.run.mode,
         params,
         k,
-        kernels: a.kernels.into(),
+        kernels: a.run.kernels.into(),
         key: run.key.clone(),
         run_id: run.run_id.clone(),
         transcript: run.transcript.clone(),
         resume: run.resume,
         one_at_a_time: a.one_at_a_time,
     };
-    let bar = Bar::new(params.n_max, a.json);
+    let bar = Bar::new(params.n_max, a.run.json);
     let out = diff::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;
-    if a.json {
+    if a.run.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        let p = out.params;
-        println!("{}", out.decision.as_str());
-        println!(
-            "  {} challenges, {:.1} s; mean score {:.4} ({}), {:.0}% confidence sequence [{:.4}, {:.4}]",
-            out.queries,
-            out.elapsed_s,
-            out.mean,
-            score_unit(out.score_kind),
-            100.0 * (1.0 - p.alpha),
-            out.lower,
-            out.upper
-        );
-        println!(
-            "  SAME means mean score below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
-            p.delta, p.gamma, p.alpha
-        );
-        println!(
-            "  reference {} (weights {})",
-            out.reference.path,
-            &out.reference.weight_hash[..16]
-        );
-        println!(
-            "  candidate {} (weights {})",
-            out.candidate.path,
-            &out.candidate.weight_hash[..16]
-        );
-        println!("  transcript {}", out.transcript);
+        print_summary(&out.summary, None);
+        for (role, id) in [("reference", &out.reference), ("candidate", &out.candidate)] {
+            println!("  {role} {} (weights {})", id.path, &id.weight_hash[..16]);
+        }
+        println!("  transcript {}", out.summary.transcript);
     }
-    Ok(exit_code(out.decision))
+    Ok(exit_code(out.summary.decision))
+}
+
+/// The verdict, the evidence and what it means, in words.
+fn print_summary(s: &pot::diff::Summary, how: Option<&str>) {
+    let p = s.params;
+    println!("{}", s.decision.as_str());
+    println!(
+        "  {} challenges{}, {:.1} s; mean score {:.4} ({}), {:.0}% confidence sequence [{:.4}, {:.4}]",
+        s.queries,
+        how.map(|h| format!(" {h}")).unwrap_or_default(),
+        s.elapsed_s,
+        s.mean,
+        score_unit(s.score_kind),
+        100.0 * (1.0 - p.alpha),
+        s.lower,
+        s.upper
+    );
+    println!(
+        "  SAME means mean score below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
+        p.delta, p.gamma, p.alpha
+    );
 }
 
 fn exit_code(d: Decision) -> ExitCode {
@@ -868,27 +858,13 @@ impl Bar {
 }
 
 fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
-    let mut params = a.mode.params();
-    if let Some(v) = a.alpha {
-        params.alpha = v;
-    }
-    if let Some(v) = a.n_min {
-        params.n_min = v;
-    }
-    if let Some(v) = a.max_queries {
-        params.n_max = v;
-    }
-    params.validate()?;
-    let k = a.max_tokens.unwrap_or(a.mode.k());
-    if k == 0 {
-        bail!("--max-tokens must be at least 1");
-    }
+    let (params, k) = a.run.params_and_k()?;
     for (name, v) in [("--timeout", a.timeout), ("--max-backoff", a.max_backoff)] {
         if !(v > 0.0 && v.is_finite()) {
             bail!("{name} must be a positive number of seconds");
         }
     }
-    let run = RunFiles::prepare(&a.key_file, &a.run_id, &a.resume, &a.transcripts)?;
+    let run = a.run.files()?;
     let cfg = pot::audit::AuditConfig {
         reference: a.reference.clone(),
         endpoint: pot::audit::client::EndpointConfig {
@@ -902,44 +878,28 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
         },
         method: a.method,
         top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
-        mode: a.mode,
+        mode: a.run.mode,
         params,
         k,
-        kernels: a.kernels.into(),
+        kernels: a.run.kernels.into(),
         key: run.key.clone(),
         run_id: run.run_id.clone(),
         transcript: run.transcript.clone(),
         resume: run.resume,
         max_total_tokens: a.max_total_tokens,
     };
-    let bar = Bar::new(params.n_max, a.json);
+    let bar = Bar::new(params.n_max, a.run.json);
     let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;
-    if a.json {
+    if a.run.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        let p = out.params;
-        println!("{}", out.decision.as_str());
+        let by = format!("by {} ({})", out.method, out.endpoint.api);
+        print_summary(&out.summary, Some(&by));
         if let Some(why) = &out.stopped {
             println!("  stopped before a verdict: {why}");
         }
-        println!(
-            "  {} challenges by {} ({}), {:.1} s; mean score {:.4} ({}), {:.0}% confidence sequence [{:.4}, {:.4}]",
-            out.queries,
-            out.method,
-            out.endpoint.api,
-            out.elapsed_s,
-            out.mean,
-            score_unit(out.score_kind),
-            100.0 * (1.0 - p.alpha),
-            out.lower,
-            out.upper
-        );
-        println!(
-            "  SAME means mean score below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
-            p.delta, p.gamma, p.alpha
-        );
         println!(
             "  reference {} (weights {})",
             out.reference.path,
@@ -949,7 +909,7 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
             "  endpoint  {} model {:?}; {} tokens used, {} retries",
             out.endpoint.url, out.endpoint.model, out.tokens_used, out.retries
         );
-        println!("  transcript {}", out.transcript);
+        println!("  transcript {}", out.summary.transcript);
     }
-    Ok(exit_code(out.decision))
+    Ok(exit_code(out.summary.decision))
 }
