@@ -202,6 +202,10 @@ enum Fault {
     Cycle,
     /// Answer every request with 503.
     Down,
+    /// Answer 200 with an empty text and no log-probabilities.
+    Empty,
+    /// Answer 200 with one token whose log-probability is positive.
+    Positive,
 }
 
 /// A proxy in front of a server that misbehaves as told.
@@ -261,10 +265,23 @@ impl Proxy {
                     };
                     let n = sn.fetch_add(1, Ordering::SeqCst);
                     let mode = *f.lock().unwrap();
+                    let canned = |body: Value| {
+                        let b = body.to_string();
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len()).into_bytes()
+                    };
                     let step = match mode {
                         Fault::None => 5,
                         Fault::Down => 0,
                         Fault::Cycle => n % 10,
+                        Fault::Empty => {
+                            let _ = conn.write_all(&canned(json!({"choices": [{"index": 0, "text": "", "finish_reason": "length", "logprobs": null}]})));
+                            return;
+                        }
+                        Fault::Positive => {
+                            let _ = conn.write_all(&canned(json!({"choices": [{"index": 0, "text": " Paris", "finish_reason": "length",
+                                "logprobs": {"tokens": [" Paris"], "token_logprobs": [0.5], "top_logprobs": [{" Paris": 0.5}], "text_offset": [0]}}]})));
+                            return;
+                        }
                     };
                     if step < 4 {
                         fs.fetch_add(1, Ordering::SeqCst);
@@ -428,6 +445,26 @@ fn a_misbehaving_endpoint_is_retried_and_never_scored_wrong() {
     assert!(err.contains("404") && err.contains("not-served"), "{err}");
     // GET /v1/models and one probe: no retry.
     assert_eq!(proxy.seen.load(Ordering::SeqCst) - before, 2);
+}
+
+#[test]
+fn a_hostile_endpoint_cannot_pass_with_empty_or_invalid_answers() {
+    let proxy = Proxy::start("127.0.0.1:9");
+    let dir = tempfile::tempdir().unwrap();
+    // Empty answers are no evidence of agreement: every challenge scores as unscorable.
+    proxy.set(Fault::Empty);
+    let (code, v, err) = audit(QWEN05, &proxy.url, dir.path(), &["--method", "text"]);
+    assert_verdict(code, &v, &err, "DIFFERENT", "text");
+    let t = std::fs::read_to_string(v["transcript"].as_str().unwrap()).unwrap();
+    assert!(t.contains("the endpoint returned no tokens"));
+    // Log-probabilities above 0 are refused: forced, a clear error and exit 2; probed, the
+    // audit falls back to the text, which the claimed model would not have written.
+    proxy.set(Fault::Positive);
+    let (code, _, err) = audit(QWEN05, &proxy.url, dir.path(), &["--method", "logprobs"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a number at most 0"), "{err}");
+    let (code, v, err) = audit(QWEN05, &proxy.url, dir.path(), &[]);
+    assert_verdict(code, &v, &err, "DIFFERENT", "text");
 }
 
 #[test]

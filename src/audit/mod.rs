@@ -343,6 +343,9 @@ impl Auditor<'_> {
                 }
             }
             None => {
+                if entries.iter().any(|e| e.logprob.is_nan()) {
+                    return Err("generated tokens lack logprobs".into());
+                }
                 if entries.iter().any(|e| e.token.is_none()) {
                     a.note = Some(
                         "the endpoint produced tokens that are not in the reference's vocabulary"
@@ -356,8 +359,21 @@ impl Auditor<'_> {
         Ok(a)
     }
 
-    /// The per-token log-probability entries of a choice, in either wire format.
+    /// The per-token log-probability entries of a choice, in either wire format, refused
+    /// when a log-probability is not a number at most 0.
     fn entries(&self, choice: &Value) -> Result<Vec<EndpointPosition>, String> {
+        let entries = self.entries_unchecked(choice)?;
+        // NaN stands for a JSON null (the first echoed token has no log-probability).
+        let valid = |l: f64| l.is_nan() || (l.is_finite() && l <= 1e-3);
+        for e in &entries {
+            if !valid(e.logprob) || e.top.iter().any(|(_, l)| !valid(*l)) {
+                return Err("a log-probability is not a number at most 0".into());
+            }
+        }
+        Ok(entries)
+    }
+
+    fn entries_unchecked(&self, choice: &Value) -> Result<Vec<EndpointPosition>, String> {
         let lp = choice
             .get("logprobs")
             .filter(|v| !v.is_null())
@@ -793,8 +809,24 @@ fn score_group(aud: &Auditor<'_>, chs: &[Challenge]) -> Result<Vec<Scored>, Audi
             }
             _ => unreachable!("rows exist for every method that needs them"),
         };
+        if !sc.score.is_finite() {
+            sc.score = score::UNSCORABLE;
+            sc.note = Some("the endpoint's numbers give no finite score".into());
+        }
         if sc.kl.is_empty() && sc.top1_agree.is_empty() && sc.note.is_none() {
-            sc.note = Some("the endpoint returned no tokens".into());
+            // No evidence must never pass for agreement: an answer with no tokens counts as
+            // agreeing only when it stopped at once and the reference would have too.
+            let ends_here = a.stopped
+                && rows
+                    .as_ref()
+                    .and_then(|r| r.first())
+                    .is_some_and(|r| stop_ids.contains(&crate::model::argmax(r)));
+            if ends_here {
+                sc.note = Some("the endpoint stopped at once, as the reference would".into());
+            } else {
+                sc.score = score::UNSCORABLE;
+                sc.note = Some("the endpoint returned no tokens".into());
+            }
         }
         let (continuation_ids, continuation_text) = match &sides {
             Some(s) => (
