@@ -497,6 +497,13 @@ fn detect(
             let body = aud.request(probe_text, Some(&ids));
             let ex = match aud.endpoint.post(aud.route(), &body) {
                 Ok(ex) => ex,
+                // A refused key, model or route has nothing to do with the method: stop here.
+                Err(
+                    e @ ClientError::Refused {
+                        status: 401 | 403 | 404,
+                        ..
+                    },
+                ) => return Err(e.into()),
                 Err(ClientError::Refused {
                     status, message, ..
                 }) => {
