@@ -34,6 +34,11 @@ s1 = client.completions.create(model=model, prompt="Once", max_tokens=8, tempera
 s2 = client.completions.create(model=model, prompt="Once", max_tokens=8, temperature=1.0, seed=42)
 check(s1.choices[0].text == s2.choices[0].text, "seeded sampling repeats")
 
+full = client.completions.create(model=model, prompt="def add(a, b):", max_tokens=24, temperature=0).choices[0].text
+cut = client.completions.create(model=model, prompt="def add(a, b):", max_tokens=24, temperature=0, stop=["return"]).choices[0]
+check("return" not in cut.text and full.startswith(cut.text) and cut.finish_reason == ("stop" if "return" in full else "length"),
+      "a stop string cuts the text before it")
+
 e = client.completions.create(model=model, prompt="Hello world", max_tokens=1, temperature=0, echo=True, logprobs=1)
 lp = e.choices[0].logprobs
 check(e.choices[0].text.startswith("Hello world") and lp.token_logprobs[0] is None, "echo returns the prompt and its logprobs")
