@@ -592,6 +592,42 @@ fn serve_answers_or_429s_64_concurrent_clients_and_refuses_bad_requests() {
 }
 
 #[test]
+fn shutdown_cancels_what_is_left_after_the_grace_period() {
+    let mut server = Server::start(QWEN05, &["--shutdown-grace", "0.5"]);
+    let url = server.url.clone();
+    let long = |stream: bool| {
+        let u = url.clone();
+        std::thread::spawn(move || {
+            let r = reqwest::blocking::Client::new()
+                .post(format!("{u}/v1/completions"))
+                .json(
+                    &json!({"model": "vendor", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 2000,
+                              "temperature": 0, "stream": stream}),
+                )
+                .send()
+                .unwrap();
+            (r.status().as_u16(), r.text().unwrap_or_default())
+        })
+    };
+    let (plain, streamed) = (long(false), long(true));
+    std::thread::sleep(Duration::from_millis(800));
+    let t = Instant::now();
+    let status = server.terminate(Duration::from_secs(30));
+    assert_eq!(status.map(|s| s.success()), Some(true), "exits 0");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // The plain request is answered 503; the stream ends with an error event, not [DONE].
+    let (code, body) = plain.join().unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("shutting_down"), "{body}");
+    let (code, body) = streamed.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("shutting_down") && !body.contains("[DONE]"),
+        "{body}"
+    );
+}
+
+#[test]
 fn the_official_openai_python_client_works_against_pot_serve() {
     let python = std::env::var("POT_OPENAI_PYTHON").unwrap_or_else(|_| "python3".into());
     let has = Command::new(&python)
