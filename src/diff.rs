@@ -84,12 +84,8 @@ impl Mode {
     }
 }
 
-/// Everything a diff run needs.
-pub struct DiffConfig {
-    /// Reference model spec.
-    pub reference: String,
-    /// Candidate model spec.
-    pub candidate: String,
+/// What every sequential run is, diff or audit: mode, test, K, kernels, key, id, transcript.
+pub struct RunSpec {
     /// Mode name (recorded).
     pub mode: Mode,
     /// Test parameters (the mode's, with overrides).
@@ -106,6 +102,63 @@ pub struct DiffConfig {
     pub transcript: PathBuf,
     /// Continue an existing transcript.
     pub resume: bool,
+}
+
+impl RunSpec {
+    /// The transcript header of this run.
+    pub fn header(
+        &self,
+        score_kind: ScoreKind,
+        reference: Identity,
+        candidate: Candidate,
+    ) -> Header {
+        Header {
+            record: "header".into(),
+            version: transcript::VERSION,
+            run_id: self.run_id.clone(),
+            mode: self.mode.name().into(),
+            params: self.params,
+            k: self.k,
+            kernels: self.kernels,
+            score_kind,
+            key_commitment: self.key.commitment(),
+            reference,
+            candidate,
+            pot_version: env!("CARGO_PKG_VERSION").into(),
+            started_unix: unix_now(),
+        }
+    }
+
+    /// The summary of a test's state in this run.
+    pub fn summary(&self, test: &SequentialTest, score_kind: ScoreKind, elapsed_s: f64) -> Summary {
+        let st = test.status();
+        Summary {
+            decision: test.decision().unwrap_or(Decision::Undecided),
+            queries: st.n,
+            mean: st.mean,
+            lower: st.lower,
+            upper: st.upper,
+            alpha: self.params.alpha,
+            params: self.params,
+            mode: self.mode,
+            k: self.k,
+            score_kind,
+            elapsed_s,
+            run_id: self.run_id.clone(),
+            transcript: self.transcript.display().to_string(),
+            key_commitment: self.key.commitment(),
+        }
+    }
+}
+
+/// Everything a diff run needs.
+pub struct DiffConfig {
+    /// Reference model spec.
+    pub reference: String,
+    /// Candidate model spec.
+    pub candidate: String,
+    /// The run.
+    pub run: RunSpec,
     /// Hold one model at a time, in batches of this many challenges.
     pub one_at_a_time: Option<usize>,
 }
@@ -141,39 +194,6 @@ pub struct Summary {
     pub transcript: String,
     /// Key commitment.
     pub key_commitment: String,
-}
-
-impl Summary {
-    /// The summary of a test's state.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        test: &SequentialTest,
-        mode: Mode,
-        k: usize,
-        score_kind: ScoreKind,
-        elapsed_s: f64,
-        run_id: &str,
-        transcript: &std::path::Path,
-        key: &ChallengeKey,
-    ) -> Self {
-        let st = test.status();
-        Self {
-            decision: test.decision().unwrap_or(Decision::Undecided),
-            queries: st.n,
-            mean: st.mean,
-            lower: st.lower,
-            upper: st.upper,
-            alpha: test.params().alpha,
-            params: *test.params(),
-            mode,
-            k,
-            score_kind,
-            elapsed_s,
-            run_id: run_id.to_string(),
-            transcript: transcript.display().to_string(),
-            key_commitment: key.commitment(),
-        }
-    }
 }
 
 /// The outcome of a run.
@@ -212,12 +232,12 @@ pub type Progress<'a> = &'a mut dyn FnMut(&Status);
 /// Run (or resume) a diff to a decision.
 pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, DiffError> {
     let start = Instant::now();
-    let mut test = SequentialTest::new(cfg.params)?;
+    let mut test = SequentialTest::new(cfg.run.params)?;
     let catalog = Catalog::load()?;
     let ref_path = resolve(&cfg.reference)?;
     let cand_path = resolve(&cfg.candidate)?;
     let opts = LoadOptions {
-        kernels: cfg.kernels,
+        kernels: cfg.run.kernels,
     };
     let ref_spec = ref_path.display().to_string();
     let cand_spec = cand_path.display().to_string();
@@ -242,26 +262,14 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     let (reference, candidate) = identities?;
     let both = both?;
     let kind = score::kind_for(&reference, &candidate);
-    let header = Header {
-        record: "header".into(),
-        version: transcript::VERSION,
-        run_id: cfg.run_id.clone(),
-        mode: cfg.mode.name().into(),
-        params: cfg.params,
-        k: cfg.k,
-        kernels: cfg.kernels,
-        score_kind: kind,
-        key_commitment: cfg.key.commitment(),
-        reference: reference.clone(),
-        candidate: Candidate::Model(candidate.clone()),
-        pot_version: env!("CARGO_PKG_VERSION").into(),
-        started_unix: unix_now(),
-    };
+    let header = cfg
+        .run
+        .header(kind, reference.clone(), Candidate::Model(candidate.clone()));
     tracing::debug!("setup done: {:.2} s", start.elapsed().as_secs_f64());
     let mut prior_elapsed = 0.0;
-    let mut writer = if cfg.resume {
+    let mut writer = if cfg.run.resume {
         let same = |c: &Candidate| matches!(c, Candidate::Model(c) if c.weight_hash == candidate.weight_hash);
-        match transcript::resume(&cfg.transcript, &header, same, &mut test)? {
+        match transcript::resume(&cfg.run.transcript, &header, same, &mut test)? {
             Resumed::Finished(elapsed) => {
                 return Ok(outcome(cfg, &test, kind, elapsed, reference, candidate))
             }
@@ -271,12 +279,12 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
             }
         }
     } else {
-        Writer::create(&cfg.transcript, &header)?
+        Writer::create(&cfg.run.transcript, &header)?
     };
-    let budget = cfg.params.n_max;
+    let budget = cfg.run.params.n_max;
     let challenges = |range: std::ops::Range<usize>| -> Vec<Challenge> {
         range
-            .map(|i| catalog.challenge(&cfg.key, &cfg.run_id, i as u64))
+            .map(|i| catalog.challenge(&cfg.run.key, &cfg.run.run_id, i as u64))
             .collect()
     };
     let prompts =
@@ -288,7 +296,7 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
                 let group = groups(first, CYCLE, budget).remove(0);
                 let t0 = Instant::now();
                 let chs = challenges(group.clone());
-                let sides = score::reference_pass(&rm, &prompts(&chs), cfg.k, kind)?;
+                let sides = score::reference_pass(&rm, &prompts(&chs), cfg.run.k, kind)?;
                 let t_ref = t0.elapsed().as_secs_f64();
                 let scores = score::candidate_pass(&cm, &sides)?;
                 tracing::debug!(
@@ -311,7 +319,8 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
                         .into_iter()
                         .map(|g| {
                             let chs = challenges(g);
-                            let sides = score::reference_pass(&rm, &prompts(&chs), cfg.k, kind)?;
+                            let sides =
+                                score::reference_pass(&rm, &prompts(&chs), cfg.run.k, kind)?;
                             Ok((chs, sides))
                         })
                         .collect::<Result<_, DiffError>>()?
@@ -397,16 +406,7 @@ fn outcome(
     candidate: Identity,
 ) -> DiffOutcome {
     DiffOutcome {
-        summary: Summary::new(
-            test,
-            cfg.mode,
-            cfg.k,
-            kind,
-            elapsed,
-            &cfg.run_id,
-            &cfg.transcript,
-            &cfg.key,
-        ),
+        summary: cfg.run.summary(test, kind, elapsed),
         reference,
         candidate,
     }

@@ -21,22 +21,20 @@
 
 pub mod client;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::challenge::{Catalog, Challenge, ChallengeKey};
-use crate::diff::{Mode, Summary};
+use crate::challenge::{Catalog, Challenge};
+use crate::diff::{RunSpec, Summary};
 use crate::identity::{fingerprint, Identity};
 use crate::model::chat::Message;
-use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
+use crate::model::{resolve, LoadOptions, Model, ModelError};
 use crate::score::{self, ChallengeScore, EndpointPosition, ScoreKind};
-use crate::stats::{Decision, SequentialTest, TestParams, CYCLE};
+use crate::stats::{Decision, SequentialTest, CYCLE};
 use crate::transcript::{
-    self, unix_now, Candidate, EndpointInfo, Header, Query, Resumed, TranscriptError, Verdict,
-    Writer,
+    self, Candidate, EndpointInfo, Query, Resumed, TranscriptError, Verdict, Writer,
 };
 use client::{ClientError, Endpoint, EndpointConfig};
 
@@ -80,22 +78,8 @@ pub struct AuditConfig {
     pub method: Option<Method>,
     /// Alternatives to ask per token (lowered when the endpoint refuses).
     pub top_logprobs: usize,
-    /// Mode.
-    pub mode: Mode,
-    /// Test parameters.
-    pub params: TestParams,
-    /// Tokens per challenge.
-    pub k: usize,
-    /// Kernels of the reference.
-    pub kernels: Kernels,
-    /// Challenge key.
-    pub key: ChallengeKey,
-    /// Run id.
-    pub run_id: String,
-    /// Transcript.
-    pub transcript: PathBuf,
-    /// Continue a run.
-    pub resume: bool,
+    /// The run.
+    pub run: RunSpec,
     /// Stop once the endpoint reports this many tokens used (prompt + completion).
     pub max_total_tokens: Option<u64>,
 }
@@ -545,14 +529,14 @@ pub fn run(
     progress: &mut dyn FnMut(&crate::stats::Status),
 ) -> Result<AuditOutcome, AuditError> {
     let start = Instant::now();
-    let mut test = SequentialTest::new(cfg.params)?;
+    let mut test = SequentialTest::new(cfg.run.params)?;
     let catalog = Catalog::load()?;
     let ref_path = resolve(&cfg.reference)?;
     let identity = fingerprint(&ref_path, false)?;
     let reference = Model::load(
         &ref_path.display().to_string(),
         LoadOptions {
-            kernels: cfg.kernels,
+            kernels: cfg.run.kernels,
         },
     )?;
     if cfg.endpoint.chat && reference.chat_template.is_none() {
@@ -571,7 +555,7 @@ pub fn run(
         endpoint: &endpoint,
         method: Method::Text,
         top: 0,
-        k: cfg.k,
+        k: cfg.run.k,
     };
     let models = endpoint.get("/models").ok().map(|e| e.body);
     let (method, top) = detect(&mut aud, cfg.method, cfg.top_logprobs)?;
@@ -592,36 +576,15 @@ pub fn run(
         models,
     };
     let kind = method.score_kind();
-    let header = Header {
-        record: "header".into(),
-        version: transcript::VERSION,
-        run_id: cfg.run_id.clone(),
-        mode: cfg.mode.name().into(),
-        params: cfg.params,
-        k: cfg.k,
-        kernels: cfg.kernels,
-        score_kind: kind,
-        key_commitment: cfg.key.commitment(),
-        reference: identity.clone(),
-        candidate: Candidate::Endpoint(info.clone()),
-        pot_version: env!("CARGO_PKG_VERSION").into(),
-        started_unix: unix_now(),
-    };
+    let header = cfg
+        .run
+        .header(kind, identity.clone(), Candidate::Endpoint(info.clone()));
     let mut prior_elapsed = 0.0;
     let mut tokens_used = 0u64;
     let mut retries = 0u64;
     let outcome =
         |test: &SequentialTest, elapsed: f64, tokens_used, retries, stopped| AuditOutcome {
-            summary: Summary::new(
-                test,
-                cfg.mode,
-                cfg.k,
-                kind,
-                elapsed,
-                &cfg.run_id,
-                &cfg.transcript,
-                &cfg.key,
-            ),
+            summary: cfg.run.summary(test, kind, elapsed),
             method: method.name().into(),
             reference: identity.clone(),
             endpoint: info.clone(),
@@ -629,12 +592,12 @@ pub fn run(
             retries,
             stopped,
         };
-    let mut writer = if cfg.resume {
+    let mut writer = if cfg.run.resume {
         let same = |c: &Candidate| {
             matches!(c, Candidate::Endpoint(e) if e.url == info.url && e.model == info.model
                 && e.api == info.api && e.method == info.method && e.top_logprobs == info.top_logprobs)
         };
-        match transcript::resume(&cfg.transcript, &header, same, &mut test)? {
+        match transcript::resume(&cfg.run.transcript, &header, same, &mut test)? {
             Resumed::Finished(elapsed) => return Ok(outcome(&test, elapsed, 0, 0, None)),
             Resumed::Continue(w, elapsed) => {
                 prior_elapsed = elapsed;
@@ -642,7 +605,7 @@ pub fn run(
             }
         }
     } else {
-        Writer::create(&cfg.transcript, &header)?
+        Writer::create(&cfg.run.transcript, &header)?
     };
     let mut stopped = None;
     while test.decision().is_none() {
@@ -650,16 +613,16 @@ pub fn run(
             if tokens_used >= max {
                 stopped = Some(format!(
                     "token budget reached: the endpoint reported {tokens_used} tokens (--max-total-tokens {max}); raise it and --resume {} to go on",
-                    cfg.run_id
+                    cfg.run.run_id
                 ));
                 break;
             }
         }
         let first = test.n();
-        let end = ((first / CYCLE + 1) * CYCLE).min(cfg.params.n_max.max(first + 1));
+        let end = ((first / CYCLE + 1) * CYCLE).min(cfg.run.params.n_max.max(first + 1));
         let t0 = Instant::now();
         let chs: Vec<Challenge> = (first..end)
-            .map(|i| catalog.challenge(&cfg.key, &cfg.run_id, i as u64))
+            .map(|i| catalog.challenge(&cfg.run.key, &cfg.run.run_id, i as u64))
             .collect();
         let results = score_group(&aud, &chs)?;
         let per = t0.elapsed().as_secs_f64() / chs.len() as f64;

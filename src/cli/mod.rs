@@ -332,6 +332,25 @@ impl RunArgs {
         Ok((p, k))
     }
 
+    /// The library's description of the run.
+    fn spec(
+        &self,
+        files: &RunFiles,
+        params: pot::stats::TestParams,
+        k: usize,
+    ) -> pot::diff::RunSpec {
+        pot::diff::RunSpec {
+            mode: self.mode,
+            params,
+            k,
+            kernels: self.kernels.into(),
+            key: files.key.clone(),
+            run_id: files.run_id.clone(),
+            transcript: files.transcript.clone(),
+            resume: files.resume,
+        }
+    }
+
     fn files(&self) -> Result<RunFiles> {
         RunFiles::prepare(
             &self.key_file,
@@ -689,14 +708,7 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let cfg = DiffConfig {
         reference: a.reference.clone(),
         candidate: a.candidate.clone(),
-        mode: a.run.mode,
-        params,
-        k,
-        kernels: a.run.kernels.into(),
-        key: run.key.clone(),
-        run_id: run.run_id.clone(),
-        transcript: run.transcript.clone(),
-        resume: run.resume,
+        run: a.run.spec(&run, params, k),
         one_at_a_time: a.one_at_a_time,
     };
     let bar = Bar::new(params.n_max, a.run.json);
@@ -878,14 +890,7 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
         },
         method: a.method,
         top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
-        mode: a.run.mode,
-        params,
-        k,
-        kernels: a.run.kernels.into(),
-        key: run.key.clone(),
-        run_id: run.run_id.clone(),
-        transcript: run.transcript.clone(),
-        resume: run.resume,
+        run: a.run.spec(&run, params, k),
         max_total_tokens: a.max_total_tokens,
     };
     let bar = Bar::new(params.n_max, a.run.json);
