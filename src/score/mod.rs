@@ -9,6 +9,8 @@
 //! * **Different tokenizers**: the models cannot be compared token by token, so each model's
 //!   bits per byte on the continuation *text* are measured and the score is
 //!   `|bpb_ref − bpb_cand|`.
+//! * **Endpoints** (`pot audit`): [`coarse_kl`] on what the endpoint reports, or
+//!   [`text_mismatch_score`] when it reports text only.
 //!
 //! The statistics clip scores to `[0, B]` (see `stats`); this room reports them unclipped.
 //! Scoring is split in two passes — [`reference_pass`] then [`candidate_pass`] — so that a run
@@ -81,8 +83,9 @@ pub struct ChallengeScore {
     pub note: Option<String>,
 }
 
-/// The score given a challenge the endpoint answered with tokens the reference does not have:
-/// it cannot be the claimed model there. Far above every clip bound.
+/// The score of a challenge the endpoint answered with nothing the reference can check (tokens
+/// the reference does not have, no tokens at all, numbers that give no finite score): it cannot
+/// be the claimed model there. Far above every clip bound.
 pub const UNSCORABLE: f64 = 1e6;
 
 /// What an endpoint reported at one output position: its token, that token's
