@@ -4,11 +4,13 @@
 //! `challenge` (keyed prompts) → `model` (engine) → `score` (per-challenge divergence) →
 //! `stats` (anytime-valid decision) → `transcript` (append-only record), joined by `diff`.
 //! `audit` runs the same test against an OpenAI-compatible endpoint; `serve` is an OpenAI-compatible server for a local model.
+//! `commit` holds the Merkle trees of the proof-of-inference protocol.
 //! `identity` names models by their weights; `variant` derives cheaper substitutes.
 #![deny(missing_docs)]
 
 pub mod audit;
 pub mod challenge;
+pub mod commit;
 pub mod diff;
 pub mod identity;
 pub mod model;
