@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::challenge::{Catalog, Challenge};
 use crate::diff::{RunSpec, Summary};
-use crate::identity::{fingerprint, Identity};
+use crate::identity::{load_identified, Identity};
 use crate::model::chat::Message;
 use crate::model::{resolve, LoadOptions, Model, ModelError};
 use crate::score::{self, ChallengeScore, EndpointPosition, ScoreKind};
@@ -532,9 +532,8 @@ pub fn run(
     let mut test = SequentialTest::new(cfg.run.params)?;
     let catalog = Catalog::load()?;
     let ref_path = resolve(&cfg.reference)?;
-    let identity = fingerprint(&ref_path, false)?;
-    let reference = Model::load(
-        &ref_path.display().to_string(),
+    let (reference, identity) = load_identified(
+        &ref_path,
         LoadOptions {
             kernels: cfg.run.kernels,
         },

@@ -82,6 +82,21 @@ fn sha256_file(path: &Path) -> Result<String, ModelError> {
 }
 
 /// Compute a model file's identity; `tlsh` adds the fuzzy hash (dequantizes every tensor).
+/// Load the model at `path` and fingerprint its file (without TLSH), the hashing on a second
+/// thread while this one loads: both are single-threaded work on the same file.
+pub fn load_identified(
+    path: &Path,
+    opts: crate::model::LoadOptions,
+) -> Result<(crate::model::Model, Identity), ModelError> {
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| fingerprint(path, false));
+        let model = crate::model::Model::load(&path.display().to_string(), opts);
+        let identity = hashing.join().expect("the hashing thread does not panic");
+        Ok((model?, identity?))
+    })
+}
+
+/// Fingerprint a model file (TLSH too when asked).
 pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     if crate::model::hf::is_hf_folder(path) {
         return folder_fingerprint(path, tlsh);

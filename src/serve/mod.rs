@@ -30,8 +30,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::identity::{fingerprint, Identity};
+use crate::identity::{load_identified, Identity};
 use crate::model::{Kernels, LoadOptions, Model, ModelError};
+use crate::transcript::unix_now;
 use api::{ApiError, Prompt, Settings};
 use engine::{Event, Finish, Job, Sampling, TokenInfo};
 
@@ -94,23 +95,16 @@ struct AppState {
 
 type St = Arc<AppState>;
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Load the model, listen, and serve until SIGINT or SIGTERM.
 pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let path = crate::model::resolve(&cfg.model)?;
-    let identity = fingerprint(&path, false)?;
-    let model = Arc::new(Model::load(
-        &cfg.model,
+    let (model, identity) = load_identified(
+        &path,
         LoadOptions {
             kernels: cfg.kernels,
         },
-    )?);
+    )?;
+    let model = Arc::new(model);
     let name = cfg.name.clone().unwrap_or_else(|| {
         path.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -438,17 +432,9 @@ async fn start_completion(
     // OpenAI's default for completions is 16 tokens.
     let max_new = settings.max_tokens.unwrap_or(16);
     let rx = submit(st, ids, max_new, &settings, logprobs, r.echo)?;
-    let reply = Reply {
-        chat: false,
-        id: request_id("cmpl"),
-        created: unix_now(),
-        model: st.name.clone(),
-        fingerprint: format!("pot-{}", &st.identity.weight_hash[..16]),
-        settings,
-        logprobs,
-        prompt_chars: text.chars().count(),
-        echo: r.echo.then_some(text),
-    };
+    let mut reply = Reply::new(st, false, settings, logprobs);
+    reply.prompt_chars = text.chars().count();
+    reply.echo = r.echo.then_some(text);
     Ok((reply, rx))
 }
 
@@ -474,18 +460,7 @@ async fn start_chat(st: &St, req: Request) -> Result<(Reply, UnboundedReceiver<E
         .max_tokens
         .unwrap_or(room.min(st.cfg.max_tokens_limit));
     let rx = submit(st, ids, max_new, &settings, logprobs, false)?;
-    let reply = Reply {
-        chat: true,
-        id: request_id("chatcmpl"),
-        created: unix_now(),
-        model: st.name.clone(),
-        fingerprint: format!("pot-{}", &st.identity.weight_hash[..16]),
-        settings,
-        logprobs,
-        echo: None,
-        prompt_chars: 0,
-    };
-    Ok((reply, rx))
+    Ok((Reply::new(st, true, settings, logprobs), rx))
 }
 
 /// Queue a job; 429 when the queue is full, 503 when shutting down.
@@ -564,6 +539,21 @@ fn usage(prompt: usize, completion: usize) -> Value {
 }
 
 impl Reply {
+    /// A reply of this server (completions: no echo, offsets from 0 until set).
+    fn new(st: &AppState, chat: bool, settings: Settings, logprobs: Option<usize>) -> Self {
+        Self {
+            chat,
+            id: request_id(if chat { "chatcmpl" } else { "cmpl" }),
+            created: unix_now(),
+            model: st.name.clone(),
+            fingerprint: format!("pot-{}", &st.identity.weight_hash[..16]),
+            settings,
+            logprobs,
+            echo: None,
+            prompt_chars: 0,
+        }
+    }
+
     fn object(&self, chunk: bool) -> &'static str {
         match (self.chat, chunk) {
             (true, false) => "chat.completion",
