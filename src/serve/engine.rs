@@ -20,6 +20,7 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::commit::step::{top_ids, StepData};
 use crate::model::{argmax, KvCache, Model};
 
 /// Prompt tokens a sequence reads per step: bounds the memory of one step (echoed prompts
@@ -51,6 +52,8 @@ pub struct Job {
     pub top_logprobs: Option<usize>,
     /// Report the prompt's tokens (with log-probabilities when asked) before the output.
     pub echo: bool,
+    /// Record each step's commitment data ([`StepData`]) for proof of inference.
+    pub commit: bool,
     /// Where the events go.
     pub events: UnboundedSender<Event>,
 }
@@ -104,9 +107,21 @@ pub enum Event {
         prompt_tokens: usize,
         /// Generated tokens (the end token included, as OpenAI counts).
         completion_tokens: usize,
+        /// With [`Job::commit`]: every generated token (the end token included) and its
+        /// step's data, in order.
+        steps: Option<Committed>,
     },
     /// The forward pass failed.
     Failed(String),
+}
+
+/// What a committing job generated: its tokens and each step's data.
+#[derive(Debug, Default, Clone)]
+pub struct Committed {
+    /// Every generated token, the end token included.
+    pub output: Vec<u32>,
+    /// The data of the step that chose each of them.
+    pub steps: Vec<StepData>,
 }
 
 /// A request being worked on.
@@ -121,6 +136,7 @@ struct Active {
     text: TextState,
     rng: rand::rngs::StdRng,
     echoed: Vec<TokenInfo>,
+    committed: Option<Committed>,
 }
 
 /// Spawn the worker. It runs until every sender of `queue` is gone and its work is done, or
@@ -142,11 +158,9 @@ fn run(model: &Model, queue: &Receiver<Job>, max_batch: usize, cancel: &AtomicBo
     let mut active: Vec<Active> = Vec::new();
     loop {
         if cancel.load(Ordering::SeqCst) {
-            for a in active.drain(..) {
-                let _ = a
-                    .job
-                    .events
-                    .send(done(&a, Finish::Cancelled, String::new()));
+            for mut a in active.drain(..) {
+                let ev = done(&mut a, Finish::Cancelled, String::new());
+                let _ = a.job.events.send(ev);
             }
             while let Ok(job) = queue.try_recv() {
                 let _ = job.events.send(Event::Done {
@@ -154,6 +168,7 @@ fn run(model: &Model, queue: &Receiver<Job>, max_batch: usize, cancel: &AtomicBo
                     text: String::new(),
                     prompt_tokens: job.prompt.len(),
                     completion_tokens: 0,
+                    steps: None,
                 });
             }
             // Wait for the senders to go (the server is closing), cancelling late arrivals.
@@ -164,6 +179,7 @@ fn run(model: &Model, queue: &Receiver<Job>, max_batch: usize, cancel: &AtomicBo
                         text: String::new(),
                         prompt_tokens: job.prompt.len(),
                         completion_tokens: 0,
+                        steps: None,
                     });
                     continue;
                 }
@@ -197,6 +213,7 @@ fn run(model: &Model, queue: &Receiver<Job>, max_batch: usize, cancel: &AtomicBo
 fn admit(job: Job) -> Active {
     let rng = rand::rngs::StdRng::seed_from_u64(job.sampling.seed);
     let text = TextState::new(job.stop.clone());
+    let commit = job.commit;
     Active {
         job,
         cache: KvCache::default(),
@@ -206,22 +223,25 @@ fn admit(job: Job) -> Active {
         text,
         rng,
         echoed: Vec::new(),
+        committed: commit.then(Committed::default),
     }
 }
 
-fn done(a: &Active, finish: Finish, text: String) -> Event {
+fn done(a: &mut Active, finish: Finish, text: String) -> Event {
     Event::Done {
         finish,
         text,
         prompt_tokens: a.job.prompt.len(),
         completion_tokens: a.generated,
+        steps: a.committed.take(),
     }
 }
 
 /// Send the rest of the text and the end.
 fn finish(a: &mut Active, why: Finish) {
     let rest = a.text.flush();
-    let _ = a.job.events.send(done(a, why, rest));
+    let ev = done(a, why, rest);
+    let _ = a.job.events.send(ev);
 }
 
 /// One forward pass over every active sequence, then each one's events.
@@ -313,6 +333,10 @@ fn advance(model: &Model, a: &mut Active, fed: usize, rows: Vec<Vec<f32>>, limit
     }
     let next = sample(&row, a.job.sampling, &mut a.rng);
     a.generated += 1;
+    if let Some(c) = a.committed.as_mut() {
+        c.steps.push(StepData::from_logits(&row, next));
+        c.output.push(next);
+    }
     if model.tokenizer.stop_ids.contains(&next) {
         finish(a, Finish::Stop);
         return false;
@@ -323,7 +347,8 @@ fn advance(model: &Model, a: &mut Active, fed: usize, rows: Vec<Vec<f32>>, limit
         return false;
     }
     if stopped {
-        let _ = a.job.events.send(done(a, Finish::Stop, String::new()));
+        let ev = done(a, Finish::Stop, String::new());
+        let _ = a.job.events.send(ev);
         return false;
     }
     let full = a.job.prompt.len() + a.generated >= limit;
@@ -348,7 +373,7 @@ fn info(model: &Model, id: u32, row: Option<&[f32]>, top_n: Option<usize>) -> To
     };
     let lse = logsumexp(row);
     let lp = |i: usize| (row[i] as f64 - lse) as f32;
-    let top = top_indices(row, n)
+    let top = top_ids(row, n)
         .into_iter()
         .map(|i| (i as u32, model.tokenizer.token_bytes(i as u32), lp(i)))
         .collect();
@@ -363,20 +388,6 @@ fn info(model: &Model, id: u32, row: Option<&[f32]>, top_n: Option<usize>) -> To
 fn logsumexp(row: &[f32]) -> f64 {
     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
-}
-
-/// Indices of the `n` largest values, largest first (ties: lower index first).
-pub fn top_indices(row: &[f32], n: usize) -> Vec<usize> {
-    let n = n.min(row.len());
-    if n == 0 {
-        return Vec::new();
-    }
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    let by = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
-    idx.select_nth_unstable_by(n - 1, by);
-    idx.truncate(n);
-    idx.sort_by(by);
-    idx
 }
 
 /// The next token: greedy at temperature 0, else a draw from the tempered softmax restricted
@@ -608,9 +619,9 @@ mod tests {
     }
 
     #[test]
-    fn top_indices_are_sorted_and_stable_on_ties() {
-        assert_eq!(top_indices(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
-        assert_eq!(top_indices(&[1.0], 5), vec![0]);
-        assert!(top_indices(&[1.0], 0).is_empty());
+    fn top_ids_are_sorted_and_stable_on_ties() {
+        assert_eq!(top_ids(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
+        assert_eq!(top_ids(&[1.0], 5), vec![0]);
+        assert!(top_ids(&[1.0], 0).is_empty());
     }
 }

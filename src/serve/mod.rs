@@ -506,6 +506,7 @@ fn submit(
         stop: s.stop.clone(),
         top_logprobs: logprobs,
         echo,
+        commit: false,
         events: tx,
     };
     match st.queue.try_send(job) {
@@ -637,6 +638,7 @@ async fn collect(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
                 text: t,
                 prompt_tokens: np,
                 completion_tokens: nc,
+                ..
             }) => {
                 text.push_str(&t);
                 let lp = if let Some(echo) = &reply.echo {
@@ -705,6 +707,7 @@ fn stream(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
                     text,
                     prompt_tokens,
                     completion_tokens,
+                    ..
                 } => {
                     let last = reply.chunk(&text, Value::Null, Some(api::finish_reason(finish)));
                     if tx.send(send(last)).await.is_err() {
