@@ -4,7 +4,9 @@
 //! `challenge` (keyed prompts) → `model` (engine) → `score` (per-challenge divergence) →
 //! `stats` (anytime-valid decision) → `transcript` (append-only record), joined by `diff`.
 //! `audit` runs the same test against an OpenAI-compatible endpoint; `serve` is an OpenAI-compatible server for a local model.
-//! `commit` holds the Merkle trees of the proof-of-inference protocol.
+//! `commit` holds the proof-of-inference protocol (step data, Merkle trees, signed receipts,
+//! VRF audit choice, the provider's step store); `verify` is the router that checks providers
+//! by re-execution.
 //! `identity` names models by their weights; `variant` derives cheaper substitutes.
 #![deny(missing_docs)]
 
@@ -19,3 +21,4 @@ pub mod serve;
 pub mod stats;
 pub mod transcript;
 pub mod variant;
+pub mod verify;

@@ -38,13 +38,26 @@ enum Command {
     Diff(Box<DiffArgs>),
     /// Decide whether an OpenAI-compatible endpoint serves the model it claims (black box).
     Audit(Box<AuditArgs>),
-    /// Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming).
+    /// Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming);
+    /// with --node-key, also sign receipts of its work and open steps for audits.
     Serve(Box<ServeArgs>),
-    /// Write a fresh secret challenge key (64 hex digits, file mode 0600).
+    /// Check a committing provider (pot serve --node-key): send jobs, verify each signed
+    /// receipt, and re-execute VRF-chosen steps with your own copy of the claimed model.
+    /// Exit codes: 0 every job accepted, 1 a job rejected, 2 error.
+    Verify(Box<VerifyArgs>),
+    /// Write a fresh secret key (file mode 0600): a challenge key by default, a node
+    /// (Ed25519) key with --node, a router (sr25519 VRF) key with --router. The public key of
+    /// a node or router key is printed.
     Keygen {
-        /// Output file.
+        /// Output file (must not exist).
         #[arg(short, long)]
         out: PathBuf,
+        /// A provider's signing key, for `pot serve --node-key`.
+        #[arg(long)]
+        node: bool,
+        /// A router's VRF key, for `pot verify --router-key`.
+        #[arg(long, conflicts_with = "node")]
+        router: bool,
     },
     /// Print the challenge prompts of a key and run id.
     Challenges {
@@ -240,6 +253,66 @@ struct ServeArgs {
     /// Matrix kernels.
     #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
     kernels: KernelArg,
+    /// Node key (`pot keygen --node`): sign a receipt for every request that carries
+    /// "pot": {"nonce": ...}, and open its steps at /v1/pot/open.
+    #[arg(long, requires = "store")]
+    node_key: Option<PathBuf>,
+    /// Step store file (created if missing), where committed steps are kept for audits.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Hours committed steps are kept.
+    #[arg(long, default_value_t = 24.0)]
+    retention_hours: f64,
+    /// Byte budget of the step store (oldest jobs are dropped past it).
+    #[arg(long, default_value_t = 1 << 30)]
+    store_max_bytes: u64,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The provider's base URL (e.g. http://127.0.0.1:8080).
+    #[arg(long)]
+    endpoint: String,
+    /// The claimed model, your own copy: GGUF file, folder, or cached Hugging Face id.
+    #[arg(long)]
+    model: String,
+    /// Router key (`pot keygen --router`): the VRF that picks audited steps.
+    #[arg(long)]
+    router_key: PathBuf,
+    /// The node's public key (64 hex digits). Without it, the key the node publishes at
+    /// /v1/pot/node is used (and printed: pin it next time).
+    #[arg(long)]
+    node_pubkey: Option<String>,
+    /// Jobs to send.
+    #[arg(long, default_value_t = 10)]
+    jobs: usize,
+    /// Tokens per job.
+    #[arg(long, default_value_t = 32)]
+    max_tokens: u32,
+    /// Steps audited per job.
+    #[arg(long, default_value_t = 4)]
+    audit_steps: u32,
+    /// Tolerance in nats (default: calibrated for the kernels, 1.0 quantized, 0.02 dense).
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// Kernels to re-execute with: the provider's (its /v1/pot/node says which).
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    kernels: KernelArg,
+    /// Largest distance in seconds between a receipt's time and now.
+    #[arg(long, default_value_t = 300)]
+    window_s: u64,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// Send this environment variable's value as a bearer token.
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
+    /// Append each job's record (receipt, VRF choice, verdict) to this NDJSON file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -414,10 +487,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 shutdown_grace: std::time::Duration::from_secs_f64(a.shutdown_grace),
                 kernels: a.kernels.into(),
                 api_key,
+                node_key: a.node_key,
+                store: a.store,
+                retention: std::time::Duration::from_secs_f64(a.retention_hours.max(0.0) * 3600.0),
+                store_max_bytes: a.store_max_bytes,
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen { out } => {
+        Command::Verify(a) => cmd_verify(*a),
+        Command::Keygen { out, node, router } if node || router => {
+            let (line, public) = if node {
+                let k = pot::commit::keys::NodeKey::generate();
+                (k.file_line(), k.public().to_bytes())
+            } else {
+                let (k, line) = pot::commit::keys::RouterKey::generate_with_line();
+                (line, k.public().to_bytes())
+            };
+            write_new_secret(&out, &line)?;
+            eprintln!(
+                "pot: wrote a new {} key to {} (keep it secret); its public key:",
+                if node { "node" } else { "router" },
+                out.display()
+            );
+            println!("{}", hex::encode(public));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out, .. } => {
             write_new_secret(&out, &ChallengeKey::generate().to_hex())?;
             eprintln!(
                 "pot: wrote a new challenge key to {} (keep it secret)",
@@ -917,4 +1012,141 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
         println!("  transcript {}", out.summary.transcript);
     }
     Ok(exit_code(out.summary.decision))
+}
+
+fn cmd_verify(a: VerifyArgs) -> Result<ExitCode> {
+    use pot::commit::keys::{NodePublic, RouterKey};
+    use pot::commit::receipt::JobRequest;
+    use pot::verify::{http::HttpProvider, Verifier};
+    if a.jobs == 0 || a.max_tokens == 0 || a.audit_steps == 0 {
+        bail!("--jobs, --max-tokens and --audit-steps must be at least 1");
+    }
+    let router = RouterKey::read(&a.router_key)?;
+    let api_key = match &a.api_key_env {
+        None => None,
+        Some(var) => Some(std::env::var(var).with_context(|| {
+            format!("--api-key-env {var}: the variable is not set; export it or drop the flag")
+        })?),
+    };
+    let mut provider = HttpProvider::new(
+        &a.endpoint,
+        api_key,
+        std::time::Duration::from_secs(a.timeout_s),
+    )?;
+    let info = provider.node_info()?;
+    let node = match &a.node_pubkey {
+        Some(h) => NodePublic::from_hex(h)?,
+        None => {
+            eprintln!(
+                "pot verify: node key {} as published by {} (pin it with --node-pubkey)",
+                info.node, a.endpoint
+            );
+            NodePublic::from_hex(&info.node)?
+        }
+    };
+    let kernels: Kernels = a.kernels.into();
+    let path = pot::model::resolve(&a.model)?;
+    let (model, identity) = pot::identity::load_identified(&path, LoadOptions { kernels })?;
+    let weight_hash = pot::commit::keys::parse_hex32(&identity.weight_hash, "weight hash")?;
+    if info.weight_hash != identity.weight_hash {
+        eprintln!(
+            "pot verify: the node says it serves weights {}, the claimed model's are {}",
+            &info.weight_hash[..16.min(info.weight_hash.len())],
+            &identity.weight_hash[..16]
+        );
+    }
+    let mut out = match &a.out {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open the record file", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut v = Verifier::new(model, weight_hash, kernels, node, router, a.audit_steps);
+    if let Some(t) = a.tolerance {
+        if !(t > 0.0 && t.is_finite()) {
+            bail!("--tolerance must be a positive number of nats");
+        }
+        v.tolerance = t;
+    }
+    v.window_ms = a.window_s * 1000;
+    // Fresh secret prompts: the provider cannot have prepared for them.
+    let key = ChallengeKey::generate();
+    let run_id = new_run_id();
+    let cat = Catalog::load()?;
+    let (mut accepted, mut gen_s, mut audit_s, mut tokens) = (0usize, 0.0, 0.0, 0u64);
+    let mut reports = Vec::new();
+    for i in 0..a.jobs {
+        let c = cat.challenge(&key, &run_id, i as u64);
+        let prompt = match v.model.chat_template {
+            Some(_) => v.model.chat_prompt(&[pot::model::chat::Message {
+                role: "user".into(),
+                content: c.prompt.clone(),
+            }])?,
+            None => v.model.tokenizer.encode(&c.prompt)?,
+        };
+        let request = JobRequest {
+            prompt,
+            max_tokens: a.max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        };
+        let r = v.job(&mut provider, &request)?;
+        gen_s += r.generate_s;
+        audit_s += r.audit_s;
+        tokens += r.steps as u64;
+        let line = match &r.rejection {
+            None => {
+                accepted += 1;
+                format!(
+                    "ACCEPTED ({} steps, audited {:?}, worst {:.3} nats, tolerance {})",
+                    r.steps, r.audited, r.worst, v.tolerance
+                )
+            }
+            Some(why) => format!("REJECTED: {why}"),
+        };
+        eprintln!("job {}/{}: {line}", i + 1, a.jobs);
+        if let Some(f) = out.as_mut() {
+            use std::io::Write;
+            writeln!(f, "{}", serde_json::to_string(&r)?)
+                .and_then(|_| f.flush())
+                .context("cannot write the record file")?;
+        }
+        reports.push(r);
+    }
+    let rejected = a.jobs - accepted;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "endpoint": a.endpoint,
+                "node": hex::encode(v.node.to_bytes()),
+                "claimed_weight_hash": identity.weight_hash,
+                "jobs": a.jobs,
+                "accepted": accepted,
+                "rejected": rejected,
+                "tokens": tokens,
+                "audit_steps": a.audit_steps,
+                "tolerance": v.tolerance,
+                "generate_s": gen_s,
+                "audit_s": audit_s,
+                "rejections": reports.iter().filter_map(|r| r.rejection.as_ref().map(|x| serde_json::json!({"job_id": r.job_id, "why": x.to_string()}))).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        println!(
+            "{accepted}/{} jobs accepted, {rejected} rejected ({tokens} tokens; provider {gen_s:.1} s, audits {audit_s:.1} s)",
+            a.jobs
+        );
+    }
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

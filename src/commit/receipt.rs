@@ -171,6 +171,31 @@ impl OpenedStep {
     }
 }
 
+/// Version of the open messages.
+pub const OPEN_VERSION: u32 = 1;
+
+/// A router's request to open steps of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenRequest {
+    /// [`OPEN_VERSION`].
+    pub version: u32,
+    /// The job.
+    pub job_id: Bytes<16>,
+    /// The router's VRF choice of steps.
+    pub selection: super::select::Selection,
+}
+
+/// The provider's answer: the chosen steps, with their Merkle paths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Opening {
+    /// [`OPEN_VERSION`].
+    pub version: u32,
+    /// The job.
+    pub job_id: Bytes<16>,
+    /// The steps, in the selection's order.
+    pub steps: Vec<OpenedStep>,
+}
+
 /// The provider side: sign receipts for a model and open their steps.
 pub struct Prover {
     /// The node key.

@@ -101,6 +101,15 @@ pub struct Common {
     pub frequency_penalty: Option<f64>,
     /// Refused unless empty.
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// Proof of inference: `{"nonce": "<64 hex digits>"}` asks for a signed receipt.
+    pub pot: Option<PotField>,
+}
+
+/// The `pot` field of a request.
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct PotField {
+    /// The client's nonce: 32 bytes in hex, fresh for every request.
+    pub nonce: Option<String>,
 }
 
 /// `POST /v1/completions`.
@@ -170,6 +179,8 @@ pub struct Settings {
     pub stream: bool,
     /// Usage chunk at the end of a stream.
     pub include_usage: bool,
+    /// The client's nonce, when it asks for a receipt.
+    pub nonce: Option<[u8; 32]>,
 }
 
 /// Parse a JSON body, saying what is wrong with it.
@@ -257,6 +268,20 @@ impl Common {
                 format!("at most {MAX_STOP} stop strings, got {}", stop.len()),
             ));
         }
+        let nonce = match &self.pot {
+            None => None,
+            Some(p) => {
+                let bad = || {
+                    ApiError::invalid(
+                        "pot.nonce",
+                        "pot.nonce must be 64 hex digits (32 fresh random bytes)",
+                    )
+                };
+                let h = p.nonce.as_deref().ok_or_else(bad)?;
+                let b = hex::decode(h).map_err(|_| bad())?;
+                Some(<[u8; 32]>::try_from(b).map_err(|_| bad())?)
+            }
+        };
         Ok(Settings {
             max_tokens: max,
             temperature,
@@ -268,6 +293,7 @@ impl Common {
                 .stream_options
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
+            nonce,
         })
     }
 }

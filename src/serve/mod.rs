@@ -13,9 +13,11 @@
 
 pub mod api;
 pub mod engine;
+pub mod proof;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
@@ -30,6 +32,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::commit::keys::NodeKey;
+use crate::commit::receipt::{JobRequest, Prover};
+use crate::commit::store::Store;
 use crate::identity::{load_identified, Identity};
 use crate::model::{Kernels, LoadOptions, Model, ModelError};
 use crate::transcript::unix_now;
@@ -61,6 +66,14 @@ pub struct ServeConfig {
     pub kernels: Kernels,
     /// Bearer token clients must send (none: open).
     pub api_key: Option<String>,
+    /// Node key file: commit to requests that carry a nonce (proof of inference).
+    pub node_key: Option<PathBuf>,
+    /// Step store file (needed with `node_key`).
+    pub store: Option<PathBuf>,
+    /// How long committed steps are kept for audits.
+    pub retention: Duration,
+    /// Byte budget of the step store.
+    pub store_max_bytes: u64,
 }
 
 /// What can stop the server from starting.
@@ -81,9 +94,12 @@ pub enum ServeError {
     /// The runtime.
     #[error("server: {0}")]
     Runtime(String),
+    /// The node key or the step store.
+    #[error(transparent)]
+    Commit(#[from] crate::commit::CommitError),
 }
 
-struct AppState {
+pub(crate) struct AppState {
     model: Arc<Model>,
     name: String,
     identity: Identity,
@@ -91,13 +107,30 @@ struct AppState {
     stopping: AtomicBool,
     cfg: ServeConfig,
     created: u64,
+    prover: Option<Arc<Prover>>,
+    store: Option<Arc<Store>>,
 }
 
-type St = Arc<AppState>;
+pub(crate) type St = Arc<AppState>;
 
 /// Load the model, listen, and serve until SIGINT or SIGTERM.
 pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let path = crate::model::resolve(&cfg.model)?;
+    // Keys and the store first: a bad file is reported before the model loads.
+    let node_key = cfg.node_key.as_deref().map(NodeKey::read).transpose()?;
+    let store = match (&node_key, &cfg.store) {
+        (Some(_), Some(p)) => Some(Arc::new(Store::open(
+            p,
+            cfg.retention.as_millis() as u64,
+            cfg.store_max_bytes,
+        )?)),
+        (Some(_), None) => {
+            return Err(ServeError::Runtime(
+                "--node-key needs --store FILE, where committed steps are kept for audits".into(),
+            ))
+        }
+        (None, _) => None,
+    };
     let (model, identity) = load_identified(
         &path,
         LoadOptions {
@@ -120,7 +153,21 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Runtime(e.to_string()))?;
     let grace = cfg.shutdown_grace;
     let addr = format!("{}:{}", cfg.host, cfg.port);
+    let prover = match node_key {
+        Some(key) => {
+            let weight_hash =
+                crate::commit::keys::parse_hex32(&identity.weight_hash, "weight hash")?;
+            Some(Arc::new(Prover {
+                key,
+                weight_hash,
+                kernels: cfg.kernels,
+            }))
+        }
+        None => None,
+    };
     let state = Arc::new(AppState {
+        prover,
+        store,
         model,
         name,
         identity,
@@ -210,6 +257,8 @@ fn router(state: St) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/health", get(health))
+        .route("/v1/pot/node", get(proof::node))
+        .route("/v1/pot/open", post(proof::open_steps))
         .fallback(|| async {
             error(ApiError {
                 status: 404,
@@ -233,7 +282,7 @@ fn router(state: St) -> Router {
         .with_state(state)
 }
 
-fn error(e: ApiError) -> Response {
+pub(crate) fn error(e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (status, Json(e.body())).into_response();
     if e.status == 429 || e.status == 503 {
@@ -284,7 +333,7 @@ async fn health(State(st): State<St>) -> Response {
     .into_response()
 }
 
-fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &st.cfg.api_key else {
         return Ok(());
     };
@@ -326,7 +375,7 @@ fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// The request body, refused with 413 past the limit.
-async fn body_bytes(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn body_bytes(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
     let limit = st.cfg.max_body_bytes;
     let too_large = || ApiError {
         status: 413,
@@ -372,18 +421,20 @@ struct Reply {
     echo: Option<String>,
     /// Completions: characters of the prompt (text offsets start there without echo).
     prompt_chars: usize,
+    /// A committed request's nonce and request.
+    pending: Option<proof::Pending>,
 }
 
 async fn completions(State(st): State<St>, req: Request) -> Response {
     match start_completion(&st, req).await {
-        Ok((reply, rx)) => respond(reply, rx).await,
+        Ok((reply, rx)) => respond(st, reply, rx).await,
         Err(e) => error(e),
     }
 }
 
 async fn chat(State(st): State<St>, req: Request) -> Response {
     match start_chat(&st, req).await {
-        Ok((reply, rx)) => respond(reply, rx).await,
+        Ok((reply, rx)) => respond(st, reply, rx).await,
         Err(e) => error(e),
     }
 }
@@ -431,8 +482,9 @@ async fn start_completion(
     };
     // OpenAI's default for completions is 16 tokens.
     let max_new = settings.max_tokens.unwrap_or(16);
-    let rx = submit(st, ids, max_new, &settings, logprobs, r.echo)?;
+    let (rx, pending) = submit(st, ids, max_new, &settings, logprobs, r.echo)?;
     let mut reply = Reply::new(st, false, settings, logprobs);
+    reply.pending = pending;
     reply.prompt_chars = text.chars().count();
     reply.echo = r.echo.then_some(text);
     Ok((reply, rx))
@@ -459,11 +511,14 @@ async fn start_chat(st: &St, req: Request) -> Result<(Reply, UnboundedReceiver<E
     let max_new = settings
         .max_tokens
         .unwrap_or(room.min(st.cfg.max_tokens_limit));
-    let rx = submit(st, ids, max_new, &settings, logprobs, false)?;
-    Ok((Reply::new(st, true, settings, logprobs), rx))
+    let (rx, pending) = submit(st, ids, max_new, &settings, logprobs, false)?;
+    let mut reply = Reply::new(st, true, settings, logprobs);
+    reply.pending = pending;
+    Ok((reply, rx))
 }
 
-/// Queue a job; 429 when the queue is full, 503 when shutting down.
+/// Queue a job; 429 when the queue is full, 503 when shutting down. A request with a nonce
+/// is committed: its run is returned to seal at the end.
 fn submit(
     st: &St,
     prompt: Vec<u32>,
@@ -471,7 +526,13 @@ fn submit(
     s: &Settings,
     logprobs: Option<usize>,
     echo: bool,
-) -> Result<UnboundedReceiver<Event>, ApiError> {
+) -> Result<(UnboundedReceiver<Event>, Option<proof::Pending>), ApiError> {
+    if s.nonce.is_some() && st.prover.is_none() {
+        return Err(ApiError::invalid(
+            "pot",
+            "this server does not commit to its work (it has no --node-key); leave out the pot field",
+        ));
+    }
     if prompt.is_empty() {
         return Err(ApiError::invalid(
             "prompt",
@@ -495,22 +556,34 @@ fn submit(
         return Err(unavailable());
     }
     let (tx, rx) = unbounded_channel();
+    let seed = s.seed.unwrap_or_else(rand::random);
+    let pending = s.nonce.map(|nonce| proof::Pending {
+        nonce,
+        request: JobRequest {
+            prompt: prompt.clone(),
+            max_tokens: max_new as u32,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            seed,
+            stop: s.stop.clone(),
+        },
+    });
     let job = Job {
         prompt,
         max_tokens: max_new,
         sampling: Sampling {
             temperature: s.temperature,
             top_p: s.top_p,
-            seed: s.seed.unwrap_or_else(rand::random),
+            seed,
         },
         stop: s.stop.clone(),
         top_logprobs: logprobs,
         echo,
-        commit: false,
+        commit: pending.is_some(),
         events: tx,
     };
     match st.queue.try_send(job) {
-        Ok(()) => Ok(rx),
+        Ok(()) => Ok((rx, pending)),
         Err(TrySendError::Full(_)) => Err(ApiError {
             status: 429,
             kind: "rate_limit_error",
@@ -552,6 +625,7 @@ impl Reply {
             logprobs,
             echo: None,
             prompt_chars: 0,
+            pending: None,
         }
     }
 
@@ -599,11 +673,11 @@ impl Reply {
     }
 }
 
-async fn respond(reply: Reply, rx: UnboundedReceiver<Event>) -> Response {
+async fn respond(st: St, reply: Reply, rx: UnboundedReceiver<Event>) -> Response {
     if reply.settings.stream {
-        stream(reply, rx)
+        stream(st, reply, rx)
     } else {
-        collect(reply, rx).await
+        collect(st, reply, rx).await
     }
 }
 
@@ -618,7 +692,7 @@ fn engine_failure(msg: String) -> ApiError {
 }
 
 /// Wait for the whole output and answer with one JSON object.
-async fn collect(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
+async fn collect(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
     let mut prompt_tokens: Vec<TokenInfo> = Vec::new();
     let mut tokens: Vec<TokenInfo> = Vec::new();
     let mut text = String::new();
@@ -638,7 +712,7 @@ async fn collect(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
                 text: t,
                 prompt_tokens: np,
                 completion_tokens: nc,
-                ..
+                steps,
             }) => {
                 text.push_str(&t);
                 let lp = if let Some(echo) = &reply.echo {
@@ -657,6 +731,12 @@ async fn collect(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
                 };
                 let mut body = reply.envelope(false, json!([choice]));
                 body["usage"] = usage(np, nc);
+                if let (Some(p), Some(c)) = (reply.pending.take(), steps) {
+                    match proof::seal(&st, p, c).await {
+                        Ok(receipt) => body["pot"] = receipt,
+                        Err(e) => return error(e),
+                    }
+                }
                 return Json(body).into_response();
             }
             Some(Event::Failed(msg)) => return error(engine_failure(msg)),
@@ -666,7 +746,7 @@ async fn collect(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
 }
 
 /// Relay the output as server-sent events, ending with `data: [DONE]`.
-fn stream(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
+fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
     let (tx, out) = tokio::sync::mpsc::channel::<Result<Sse, Infallible>>(64);
     tokio::spawn(async move {
         let send = |v: Value| Ok::<Sse, Infallible>(Sse::default().data(v.to_string()));
@@ -707,11 +787,24 @@ fn stream(reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
                     text,
                     prompt_tokens,
                     completion_tokens,
-                    ..
+                    steps,
                 } => {
                     let last = reply.chunk(&text, Value::Null, Some(api::finish_reason(finish)));
                     if tx.send(send(last)).await.is_err() {
                         return;
+                    }
+                    if let (Some(p), Some(c)) = (reply.pending.take(), steps) {
+                        let v = match proof::seal(&st, p, c).await {
+                            Ok(receipt) => {
+                                let mut v = reply.envelope(true, json!([]));
+                                v["pot"] = receipt;
+                                v
+                            }
+                            Err(e) => e.body(),
+                        };
+                        if tx.send(send(v)).await.is_err() {
+                            return;
+                        }
                     }
                     if reply.settings.include_usage {
                         let mut u = reply.envelope(true, json!([]));
