@@ -5,74 +5,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{model_path, QWEN05, QWEN15, SMOL};
+use common::{model_path, Server, QWEN05, QWEN15, SMOL};
 use serde_json::{json, Value};
-
-/// A `pot serve` child process, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(model: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pot"))
-            .args(["serve", "--model"])
-            .arg(model_path(model))
-            .args(["--port", "0", "--model-name", "vendor"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("pot serve starts");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("pot serve prints its address")
-                .expect("stderr is text");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .expect("an address")
-                    .to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
-    }
-
-    /// SIGTERM, then the exit status (within `wait`).
-    fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        let t = Instant::now();
-        while t.elapsed() < wait {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn pot(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pot"))

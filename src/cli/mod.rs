@@ -292,7 +292,7 @@ struct VerifyArgs {
     /// Steps audited per job.
     #[arg(long, default_value_t = 4)]
     audit_steps: u32,
-    /// Tolerance in nats (default: calibrated for the kernels, 1.0 quantized, 0.02 dense).
+    /// Tolerance in nats (default: calibrated for the kernels, 2.0 quantized, 0.02 dense).
     #[arg(long)]
     tolerance: Option<f64>,
     /// Kernels to re-execute with: the provider's (its /v1/pot/node says which).

@@ -15,8 +15,8 @@
 //!    token must be the committed first choice.
 //!
 //! The tolerance is calibrated on honest runs (BENCHMARKS.md): the default for each
-//! arithmetic is about twice the largest honest disagreement measured across batch shapes and
-//! thread counts, and far below what another model gives.
+//! arithmetic is over twice the largest honest disagreement measured across batch shapes and
+//! thread counts, and below what another model gives on almost every step.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -32,8 +32,9 @@ use crate::model::{Kernels, Model, ModelError};
 pub mod http;
 
 /// Default tolerance (nats) when the provider runs quantized kernels (llama.cpp's 8-bit
-/// activations): honest re-execution landed at most 0.55 nats away in calibration.
-pub const TOL_QUANTIZED: f64 = 1.0;
+/// activations, whose rounding amplifies tiny differences of shape and thread count): honest
+/// re-execution landed at most 0.96 nats away in calibration (BENCHMARKS.md).
+pub const TOL_QUANTIZED: f64 = 2.0;
 /// Default tolerance (nats) for dense f32 kernels: honest re-execution landed within the
 /// codes' rounding (0.002 nats).
 pub const TOL_DENSE: f64 = 0.02;
