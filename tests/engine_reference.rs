@@ -57,6 +57,17 @@ fn check_path(path: &std::path::Path, fixture: &str, kernels: Kernels) -> Agreem
         assert_eq!(got, want, "{model_file}: token ids of {text:?}");
         a.prompts += 1;
         let lp = model.logprobs(&got, 0).unwrap();
+        // The router's pass (the output projection on chosen rows only) gives the same rows,
+        // up to the kernels' batch-shape rounding.
+        let picked: Vec<usize> = (0..got.len()).rev().step_by(3).collect();
+        for (p, row) in picked.iter().zip(model.logprobs_at(&got, &picked).unwrap()) {
+            let off = row
+                .iter()
+                .zip(&lp[*p])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(off < 0.05, "{model_file}: logprobs_at row {p} is {off} off");
+        }
         for (i, pos) in case["positions"].as_array().unwrap().iter().enumerate() {
             let ids: Vec<usize> = pos["top_ids"]
                 .as_array()

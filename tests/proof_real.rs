@@ -16,6 +16,7 @@ use common::{model_path, Server, QWEN05, QWEN15, SMOL};
 use pot::challenge::{Catalog, ChallengeKey};
 use pot::commit::keys::{NodeKey, NodePublic, RouterKey};
 use pot::commit::receipt::{open, JobRequest, OpenRequest, Opening, Prover, Receipt};
+use pot::commit::select::Selection;
 use pot::commit::step::{check, StepData};
 use pot::commit::wire::Bytes;
 use pot::model::{argmax, Kernels, LoadOptions, Model};
@@ -70,6 +71,33 @@ struct Local<'a> {
     forge: Box<Forge<'a>>,
 }
 
+/// `model`'s greedy answer to `prompt` and its step data.
+fn greedy(model: &Model, prompt: &[u32], max: usize) -> (Vec<u32>, Vec<StepData>) {
+    let c = model
+        .continue_batch(&[prompt], max, true, true)
+        .unwrap()
+        .remove(0);
+    let steps = c
+        .tokens
+        .iter()
+        .zip(&c.logprobs)
+        .map(|(&t, row)| StepData::from_logits(row, t))
+        .collect();
+    (c.tokens, steps)
+}
+
+/// The job was rejected by re-execution.
+fn assert_caught_by_re_execution(rep: &pot::verify::JobReport) {
+    assert!(
+        matches!(
+            rep.rejection,
+            Some(Rejection::Diverges { .. } | Rejection::NotGreedy { .. })
+        ),
+        "{:?}",
+        rep.rejection
+    );
+}
+
 impl<'a> Local<'a> {
     fn honest(real: &'a Model, weight_hash: [u8; 32]) -> Self {
         Self {
@@ -89,18 +117,7 @@ impl<'a> Local<'a> {
     fn generate(&self, r: &JobRequest) -> (Vec<u32>, Vec<StepData>) {
         let max = r.max_tokens as usize;
         if self.cheap.is_none() {
-            let c = self
-                .real
-                .continue_batch(&[&r.prompt], max, true, true)
-                .unwrap()
-                .remove(0);
-            let steps = c
-                .tokens
-                .iter()
-                .zip(&c.logprobs)
-                .map(|(&t, row)| StepData::from_logits(row, t))
-                .collect();
-            return (c.tokens, steps);
+            return greedy(self.real, &r.prompt, max);
         }
         let (mut seq, mut out, mut steps) = (r.prompt.clone(), Vec::new(), Vec::new());
         for i in 0..max {
@@ -279,33 +296,13 @@ fn hash_forgery_and_forged_outputs_are_caught_by_re_execution() {
     let (big, big_hash) = load(QWEN15);
     let reqs = requests(&big, 6, 16, 3);
     // A cached answer: 1.5B's real output and step data for another prompt.
-    let cached = {
-        let c = big
-            .continue_batch(&[&reqs[5].prompt], 16, true, true)
-            .unwrap()
-            .remove(0);
-        let steps: Vec<StepData> = c
-            .tokens
-            .iter()
-            .zip(&c.logprobs)
-            .map(|(&t, row)| StepData::from_logits(row, t))
-            .collect();
-        (c.tokens, steps)
-    };
+    let cached = greedy(&big, &reqs[5].prompt, 16);
     // Hash forgery: 0.5B runs, the receipt names 1.5B.
     let mut forger = Local::honest(&small, big_hash);
     let node = forger.prover.key.public();
     let mut v = verifier(big, big_hash, node, 4);
     for r in &reqs[..3] {
-        let rep = v.job(&mut forger, r).unwrap();
-        assert!(
-            matches!(
-                rep.rejection,
-                Some(Rejection::Diverges { .. } | Rejection::NotGreedy { .. })
-            ),
-            "{:?}",
-            rep.rejection
-        );
+        assert_caught_by_re_execution(&v.job(&mut forger, r).unwrap());
     }
     // Output forgery: random tokens with fabricated step data (each token committed as the
     // certain first choice), signed by the pinned node with the right hash.
@@ -340,15 +337,7 @@ fn hash_forgery_and_forged_outputs_are_caught_by_re_execution() {
     let mut replay = Local::honest(&small, big_hash);
     replay.prover.key = same_key(&forger.prover.key);
     replay.forge = Box::new(move |_, _, _| cached.clone());
-    let rep = v.job(&mut replay, &reqs[4]).unwrap();
-    assert!(
-        matches!(
-            rep.rejection,
-            Some(Rejection::Diverges { .. } | Rejection::NotGreedy { .. })
-        ),
-        "{:?}",
-        rep.rejection
-    );
+    assert_caught_by_re_execution(&v.job(&mut replay, &reqs[4]).unwrap());
 }
 
 #[test]
@@ -514,12 +503,9 @@ fn tampered_receipts_other_keys_and_replays_are_rejected() {
     ));
 }
 
-#[test]
-fn selective_cheating_is_caught_on_the_steps_it_cheats() {
-    // The provider runs the claimed model (SmolLM2) on half the steps and a cheaper one (the
-    // same model with 10 of its 30 blocks pruned) on the rest, committing what it ran.
-    let dir = tempfile::tempdir().unwrap();
-    let pruned = dir.path().join("pruned.gguf");
+/// SmolLM2 with 10 of its 30 blocks pruned (same tokenizer, cheaper), written into `dir`.
+fn pruned_smol(dir: &std::path::Path) -> std::path::PathBuf {
+    let pruned = dir.join("pruned.gguf");
     pot::variant::derive(
         &model_path(SMOL),
         &pot::variant::VariantOptions {
@@ -531,6 +517,15 @@ fn selective_cheating_is_caught_on_the_steps_it_cheats() {
         &pruned,
     )
     .unwrap();
+    pruned
+}
+
+#[test]
+fn selective_cheating_is_caught_on_the_steps_it_cheats() {
+    // The provider runs the claimed model (SmolLM2) on half the steps and a cheaper one (the
+    // same model with 10 of its 30 blocks pruned) on the rest, committing what it ran.
+    let dir = tempfile::tempdir().unwrap();
+    let pruned = pruned_smol(dir.path());
     let (real, hash) = load(SMOL);
     let cheap = Model::load(&pruned.display().to_string(), LoadOptions::default()).unwrap();
     let reqs = requests(&real, 12, 24, 6);
@@ -563,4 +558,254 @@ fn selective_cheating_is_caught_on_the_steps_it_cheats() {
     );
     assert_eq!(honest_failed, 0);
     assert!(d >= 0.8, "per-step detection {d}");
+}
+
+/// The body `HttpProvider` sends for a job, streamed or not.
+fn job_body(r: &JobRequest, nonce: &[u8; 32], stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "vendor", "prompt": r.prompt, "max_tokens": r.max_tokens,
+        "temperature": r.temperature, "top_p": r.top_p, "seed": r.seed, "stop": r.stop,
+        "stream": stream, "pot": {"nonce": hex::encode(nonce)},
+    })
+}
+
+/// POST an open request as JSON; the status and the body.
+fn open_json(url: &str, req: &OpenRequest) -> (u16, serde_json::Value, String) {
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{url}/v1/pot/open"))
+        .json(req)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let media = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, resp.json().unwrap(), media)
+}
+
+#[test]
+fn streamed_receipts_json_openings_restarts_and_expiry() {
+    let (mut server, dir) = committing_server(SMOL, &[]);
+    let (model, hash) = load(SMOL);
+    let (_, node) = http(&server);
+    let req = requests(&model, 1, 12, 5).remove(0);
+    let nonce: [u8; 32] = rand::random();
+
+    // A streamed committed request ends with its receipt, before [DONE], signing what was
+    // streamed.
+    let sse = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/completions", server.url))
+        .json(&job_body(&req, &nonce, true))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let (mut text, mut receipt, mut after_receipt) = (String::new(), None, Vec::new());
+    for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if receipt.is_some() {
+            after_receipt.push(data.to_string());
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        match v.get("pot") {
+            Some(p) => receipt = Some(serde_json::from_value::<Receipt>(p.clone()).unwrap()),
+            None => text += v["choices"][0]["text"].as_str().unwrap_or(""),
+        }
+    }
+    let receipt = receipt.expect("the stream carries a receipt");
+    assert_eq!(after_receipt, ["[DONE]"], "{sse}");
+    let visible: Vec<u32> = receipt
+        .output
+        .iter()
+        .copied()
+        .filter(|t| !model.tokenizer.stop_ids.contains(t))
+        .collect();
+    assert_eq!(model.tokenizer.decode(&visible).unwrap(), text);
+    let mut v = verifier(model, hash, node, 4);
+    v.check_receipt(&receipt, nonce, &req, pot::transcript::unix_now_ms())
+        .unwrap();
+
+    // The opening in JSON proves against the receipt and re-executes within tolerance.
+    let (selection, indices) = Selection::make(&v.router, &receipt.digest(), receipt.steps, 4);
+    let ask = OpenRequest {
+        version: pot::commit::receipt::OPEN_VERSION,
+        job_id: receipt.job_id,
+        selection,
+    };
+    let (status, body, media) = open_json(&server.url, &ask);
+    assert_eq!(
+        (status, media.as_str()),
+        (200, "application/json"),
+        "{body}"
+    );
+    let opening: Opening = serde_json::from_value(body).unwrap();
+    let opened = v.check_opening(&receipt, &indices, &opening).unwrap();
+    let worst = v.reexecute(&receipt, &opened).unwrap();
+    assert!(worst < v.tolerance);
+
+    // Another receipt's selection, or an unknown job, opens nothing.
+    let (other, _) = Selection::make(&v.router, &[0; 32], receipt.steps, 4);
+    let (status, body, _) = open_json(
+        &server.url,
+        &OpenRequest {
+            selection: other,
+            ..ask.clone()
+        },
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "selection", "{body}");
+    let unknown = OpenRequest {
+        job_id: Bytes(rand::random()),
+        ..ask.clone()
+    };
+    let (status, body, _) = open_json(&server.url, &unknown);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &serde_json::json!("job_not_found"))
+    );
+
+    // The server restarts on the same key and store: the job still opens (CBOR this time).
+    let args = |retention: &str| {
+        vec![
+            "--node-key".to_string(),
+            dir.path().join("node.key").display().to_string(),
+            "--store".into(),
+            dir.path().join("steps.redb").display().to_string(),
+            "--retention-hours".into(),
+            retention.into(),
+        ]
+    };
+    let restart = |server: &mut Server, retention: &str| {
+        assert!(server
+            .terminate(std::time::Duration::from_secs(20))
+            .is_some_and(|s| s.success()));
+        let a = args(retention);
+        Server::start(SMOL, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    server = restart(&mut server, "1");
+    let (mut provider, again) = http(&server);
+    assert_eq!(again.to_bytes(), receipt.node.0, "the same node key");
+    let opening = provider.open(&ask).unwrap();
+    let opened = v.check_opening(&receipt, &indices, &opening).unwrap();
+    assert!(v.reexecute(&receipt, &opened).unwrap() < v.tolerance);
+
+    // With a retention of 0.36 s the job is past it: 404, with the retention named.
+    server = restart(&mut server, "0.0001");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let (status, body, _) = open_json(&server.url, &ask);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retention"),
+        "{body}"
+    );
+}
+
+/// Run `pot` with arguments; exit code, stdout, stderr.
+fn pot_cli(args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pot"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pot_verify_exits_0_when_all_pass_1_on_a_rejection_2_on_an_error() {
+    let (server, dir) = committing_server(SMOL, &[]);
+    let router = dir.path().join("router.key");
+    let records = dir.path().join("records.ndjson");
+    let (router_s, records_s) = (router.display().to_string(), records.display().to_string());
+    let (code, out, err) = pot_cli(&["keygen", "--router", "-o", &router_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (smol, pruned) = (
+        model_path(SMOL).display().to_string(),
+        pruned_smol(dir.path()).display().to_string(),
+    );
+    let verify = |model: &str, extra: &[&str]| {
+        let mut a = vec![
+            "verify",
+            "--endpoint",
+            &server.url,
+            "--model",
+            model,
+            "--router-key",
+            &router_s,
+            "--jobs",
+            "2",
+            "--max-tokens",
+            "8",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        pot_cli(&a)
+    };
+
+    // Honest: 0, a JSON summary, one record per job.
+    let (code, out, err) = verify(&smol, &["--out", &records_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (s["accepted"].as_u64(), s["rejected"].as_u64()),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&records)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines
+        .iter()
+        .all(|r| r["receipt"]["signature"].is_string() && r["selection"]["proof"].is_string()));
+
+    // Claiming another model (a pruned SmolLM2: same tokenizer): every job rejected, exit 1.
+    let (code, out, err) = verify(&pruned, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["rejected"].as_u64(), Some(2), "{s}");
+    assert!(
+        s["rejections"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("weight"),
+        "{s}"
+    );
+
+    // A pinned node key that is not the node's: rejected.
+    let other = hex::encode(NodeKey::generate().public().to_bytes());
+    let (code, out, err) = verify(&smol, &["--node-pubkey", &other]);
+    assert_eq!(code, 1, "{out}{err}");
+
+    // Errors: exit 2 with one line naming the input.
+    let missing = dir.path().join("nope.key").display().to_string();
+    let mut a = vec![
+        "verify",
+        "--endpoint",
+        &server.url,
+        "--model",
+        &smol,
+        "--router-key",
+        &missing,
+    ];
+    let (code, _, err) = pot_cli(&a);
+    assert_eq!(code, 2);
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("nope.key"),
+        "{err}"
+    );
+    a[2] = "http://127.0.0.1:9";
+    a[6] = &router_s;
+    let (code, _, err) = pot_cli(&a);
+    assert_eq!(code, 2);
+    assert!(err.contains("127.0.0.1:9"), "{err}");
 }

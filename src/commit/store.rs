@@ -119,16 +119,18 @@ impl Store {
         w.commit().map_err(|e| self.err(e))
     }
 
-    /// A job, if it is still kept.
-    pub fn get(&self, job_id: &[u8; 16]) -> Result<Option<StoredJob>, CommitError> {
+    /// A job, if it is still kept and, at `now_ms`, inside the retention window (a job past
+    /// it stays on disk until the next [`Store::put`] evicts it, but is never opened).
+    pub fn get(&self, job_id: &[u8; 16], now_ms: u64) -> Result<Option<StoredJob>, CommitError> {
         let r = self.db.begin_read().map_err(|e| self.err(e))?;
         let jobs = r.open_table(JOBS).map_err(|e| self.err(e))?;
         let Some(v) = jobs.get(job_id.as_slice()).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        ciborium::from_reader(v.value())
-            .map(Some)
-            .map_err(|e| self.err(format!("a damaged record ({e})")))
+        let job: StoredJob = ciborium::from_reader(v.value())
+            .map_err(|e| self.err(format!("a damaged record ({e})")))?;
+        let horizon = now_ms.saturating_sub(self.retention_ms);
+        Ok((job.receipt.timestamp_ms >= horizon).then_some(job))
     }
 
     /// Jobs kept and their bytes.
@@ -185,25 +187,35 @@ mod tests {
             s.put(&job(2, 2000, 10), 2000).unwrap();
         }
         let s = Store::open(&path, hour, 1 << 20).unwrap();
-        assert_eq!(s.get(&[1; 16]).unwrap().unwrap(), {
-            let mut j = s.get(&[1; 16]).unwrap().unwrap();
+        assert_eq!(s.get(&[1; 16], 2000).unwrap().unwrap(), {
+            let mut j = s.get(&[1; 16], 2000).unwrap().unwrap();
             j.steps.truncate(10);
             j
         });
-        assert!(s.get(&[1; 16]).unwrap().unwrap().receipt.signature_valid());
-        assert!(s.get(&[9; 16]).unwrap().is_none());
+        assert!(s
+            .get(&[1; 16], 2000)
+            .unwrap()
+            .unwrap()
+            .receipt
+            .signature_valid());
+        assert!(s.get(&[9; 16], 2000).unwrap().is_none());
         // An hour later job 1 is past the window; job 2 (1 s younger) too once time moves.
-        s.put(&job(3, 1000 + hour + 500, 10), 1000 + hour + 500)
-            .unwrap();
-        assert!(s.get(&[1; 16]).unwrap().is_none());
-        assert!(s.get(&[2; 16]).unwrap().is_some());
+        let later = 1000 + hour + 500;
+        s.put(&job(3, later, 10), later).unwrap();
+        assert!(s.get(&[1; 16], later).unwrap().is_none());
+        assert!(s.get(&[2; 16], later).unwrap().is_some());
+        // Past its window a job is not opened, evicted or not.
+        assert!(s.get(&[2; 16], 2001 + hour).unwrap().is_none());
         // A byte budget of about two jobs keeps the two newest.
         let one = s.usage().unwrap().1 / 2;
         drop(s);
         let s = Store::open(&path, u64::MAX, one * 2 + one / 2).unwrap();
         s.put(&job(4, 5_000_000, 10), 5_000_000).unwrap();
-        assert!(s.get(&[2; 16]).unwrap().is_none());
-        assert!(s.get(&[3; 16]).unwrap().is_some() && s.get(&[4; 16]).unwrap().is_some());
+        assert!(s.get(&[2; 16], 5_000_000).unwrap().is_none());
+        assert!(
+            s.get(&[3; 16], 5_000_000).unwrap().is_some()
+                && s.get(&[4; 16], 5_000_000).unwrap().is_some()
+        );
         let (n, bytes) = s.usage().unwrap();
         assert_eq!(n, 2);
         assert!(bytes <= one * 2 + one / 2);

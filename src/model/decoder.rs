@@ -424,6 +424,21 @@ impl Decoder {
         self.head(&x)
     }
 
+    /// One sequence through a fresh pass: the logits after each of `tokens[p]` for `p` in
+    /// `positions` (in that order), the output projection run on those rows only. A router
+    /// checking a few steps of a long answer pays the vocabulary-wide projection for those
+    /// steps alone.
+    pub fn forward_at(&self, tokens: &[u32], positions: &[usize]) -> Result<Tensor> {
+        if positions.is_empty() || positions.iter().any(|&p| p >= tokens.len()) {
+            candle_core::bail!("forward_at needs positions inside the sequence");
+        }
+        let mut cache = KvCache::default();
+        let x = self.run(&[tokens], &mut [&mut cache])?;
+        let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let idx = Tensor::new(idx.as_slice(), x.device())?;
+        self.head(&x.index_select(&idx, 1)?)
+    }
+
     /// Final norm and output projection of hidden states `(1, n, d)`: logits `(n, vocab)`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.norm.forward(x)?;

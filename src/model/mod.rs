@@ -280,6 +280,20 @@ impl Model {
         Ok(self.logprobs_batch(&[tokens], &[from])?.remove(0))
     }
 
+    /// Log-probabilities after `tokens[p]` for each `p` in `positions` only, by one
+    /// teacher-forced pass (the rows of [`Model::logprobs`] at those positions).
+    pub fn logprobs_at(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let logits = self
+            .decoder
+            .forward_at(tokens, positions)
+            .map_err(|e| self.inference_err(e))?;
+        decoder::log_softmax_rows(&logits).map_err(|e| self.inference_err(e))
+    }
+
     /// [`Model::logprobs`] of several sequences in one pass (one batch of matrix products).
     pub fn logprobs_batch(
         &self,

@@ -163,24 +163,12 @@ fn run(model: &Model, queue: &Receiver<Job>, max_batch: usize, cancel: &AtomicBo
                 let _ = a.job.events.send(ev);
             }
             while let Ok(job) = queue.try_recv() {
-                let _ = job.events.send(Event::Done {
-                    finish: Finish::Cancelled,
-                    text: String::new(),
-                    prompt_tokens: job.prompt.len(),
-                    completion_tokens: 0,
-                    steps: None,
-                });
+                cancel_waiting(&job);
             }
             // Wait for the senders to go (the server is closing), cancelling late arrivals.
             match queue.recv_timeout(std::time::Duration::from_millis(50)) {
                 Ok(job) => {
-                    let _ = job.events.send(Event::Done {
-                        finish: Finish::Cancelled,
-                        text: String::new(),
-                        prompt_tokens: job.prompt.len(),
-                        completion_tokens: 0,
-                        steps: None,
-                    });
+                    cancel_waiting(&job);
                     continue;
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
@@ -208,6 +196,17 @@ fn run(model: &Model, queue: &Receiver<Job>, max_batch: usize, cancel: &AtomicBo
         }
         step(model, &mut active);
     }
+}
+
+/// End a job that never started: nothing generated, nothing committed.
+fn cancel_waiting(job: &Job) {
+    let _ = job.events.send(Event::Done {
+        finish: Finish::Cancelled,
+        text: String::new(),
+        prompt_tokens: job.prompt.len(),
+        completion_tokens: 0,
+        steps: None,
+    });
 }
 
 fn admit(job: Job) -> Active {

@@ -142,7 +142,8 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
         ));
     }
     let id = r.job_id.0;
-    let job = tokio::task::spawn_blocking(move || store.get(&id))
+    let now = crate::transcript::unix_now_ms();
+    let job = tokio::task::spawn_blocking(move || store.get(&id, now))
         .await
         .map_err(|e| server_error(e.to_string()))?
         .map_err(|e| server_error(e.to_string()))?

@@ -434,19 +434,24 @@ impl Verifier {
         }
         let mut seq = prompt.clone();
         seq.extend_from_slice(&r.output[..last as usize]);
+        // Step i is predicted after seq[prompt.len() - 1 + i]; only those rows are projected.
+        let positions: Vec<usize> = opened
+            .iter()
+            .map(|(i, _)| prompt.len() - 1 + *i as usize)
+            .collect();
         let rows = self
             .model
-            .logprobs(&seq, prompt.len() - 1)
+            .logprobs_at(&seq, &positions)
             .map_err(|e| Checked::Error(e.into()))?;
         let mut worst = 0.0f64;
-        for (i, d) in opened {
+        for ((i, d), row) in opened.iter().zip(&rows) {
             if r.request.temperature <= 0.0 && !d.is_greedy(self.tolerance) {
                 return Err(Checked::Rejected(Rejection::NotGreedy {
                     step: *i,
                     token: d.token,
                 }));
             }
-            let (w, bad) = check(d, &rows[*i as usize], self.tolerance);
+            let (w, bad) = check(d, row, self.tolerance);
             worst = worst.max(w);
             if let Some(m) = bad {
                 return Err(Checked::Rejected(Rejection::Diverges {

@@ -1,0 +1,361 @@
+//! What proof of inference costs: the provider's commitment overhead as a share of generation
+//! time, the bytes of receipts and audit openings per token, and the router's audit cost as a
+//! share of generation cost.
+//!
+//! ```text
+//! cargo run --release --example commit_cost -- MODEL.gguf [JOBS] [TOKENS] [ROUNDS]
+//! ```
+//!
+//! 1. **End to end.** The same greedy jobs go through pot's engine (one at a time, as a lone
+//!    client sees `pot serve`) with commitments off and on, alternating for `ROUNDS` rounds;
+//!    printed: seconds and tokens/s each way, and the difference.
+//! 2. **Each part, timed alone** on the real logits rows of those jobs: the step data
+//!    (`StepData::from_logits`, on the engine thread at every token), the Merkle tree and
+//!    Ed25519 signature (`Prover::commit`, once per job), and the store's durable write
+//!    (`Store::put`, once per job, off the engine thread). Their sum per token against the
+//!    decode time per token is the overhead.
+//! 3. **Bytes**, JSON and CBOR: the receipt (whole, and less the prompt and output the client
+//!    has anyway), the router's open request, the opening of 1, 4 and 16 steps, and the store's
+//!    bytes per step.
+//! 4. **The router's audit**: receipt checks, the VRF choice, opening checks and the
+//!    teacher-forced re-execution, timed per job for 1, 4 and 16 audited steps and for every
+//!    step, against the job's generation time.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pot::challenge::{Catalog, ChallengeKey};
+use pot::commit::keys::{NodeKey, RouterKey};
+use pot::commit::receipt::{open, JobRequest, OpenRequest, Opening, Prover, Receipt, OPEN_VERSION};
+use pot::commit::select::Selection;
+use pot::commit::step::StepData;
+use pot::commit::store::{Store, StoredJob};
+use pot::commit::wire::{encode, Encoding};
+use pot::model::{Kernels, LoadOptions, Model};
+use pot::serve::engine::{self, Committed, Event, Job, Sampling};
+use pot::verify::Verifier;
+
+/// Per job: seconds, tokens generated, and (when committing) what was committed.
+type Served = (Vec<f64>, Vec<usize>, Vec<Option<Committed>>);
+
+/// Run every prompt through the engine, one job at a time; each job's seconds and, when
+/// committing, its tokens and steps.
+fn serve(
+    model: &Arc<Model>,
+    prompts: &[Vec<u32>],
+    tokens: usize,
+    commit: bool,
+) -> anyhow::Result<Served> {
+    let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+    let worker = engine::spawn(model.clone(), rx, 1, Arc::new(AtomicBool::new(false)));
+    let (mut secs, mut generated, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    for p in prompts {
+        let (tx, mut r) = tokio::sync::mpsc::unbounded_channel();
+        let t = Instant::now();
+        queue.send(Job {
+            prompt: p.clone(),
+            max_tokens: tokens,
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: 0,
+            },
+            stop: Vec::new(),
+            top_logprobs: None,
+            echo: false,
+            commit,
+            events: tx,
+        })?;
+        while let Some(ev) = r.blocking_recv() {
+            match ev {
+                Event::Done {
+                    steps,
+                    completion_tokens,
+                    ..
+                } => {
+                    secs.push(t.elapsed().as_secs_f64());
+                    generated.push(completion_tokens);
+                    out.push(steps);
+                    break;
+                }
+                Event::Failed(e) => anyhow::bail!("the engine failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+    drop(queue);
+    worker.join().expect("engine");
+    Ok((secs, generated, out))
+}
+
+/// The mean JSON and CBOR sizes of a message made from each receipt.
+fn mean_size<T: serde::Serialize>(
+    receipts: &[Receipt],
+    make: impl Fn(&Receipt) -> anyhow::Result<T>,
+) -> anyhow::Result<(usize, usize)> {
+    let (mut json, mut cbor) = (0, 0);
+    for r in receipts {
+        let m = make(r)?;
+        json += encode(&m, Encoding::Json)?.len();
+        cbor += encode(&m, Encoding::Cbor)?.len();
+    }
+    Ok((json / receipts.len(), cbor / receipts.len()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(spec) = args.first().cloned() else {
+        anyhow::bail!("usage: commit_cost MODEL.gguf [JOBS] [TOKENS] [ROUNDS]");
+    };
+    let jobs: usize = args.get(1).map_or(Ok(8), |s| s.parse())?;
+    let tokens: usize = args.get(2).map_or(Ok(64), |s| s.parse())?;
+    let rounds: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
+    let (model, identity) = pot::identity::load_identified(
+        std::path::Path::new(&spec),
+        LoadOptions {
+            kernels: Kernels::Quantized,
+        },
+    )?;
+    let model = Arc::new(model);
+    let weight_hash: [u8; 32] = hex::decode(&identity.weight_hash)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("weight hash length"))?;
+    let catalog = Catalog::load()?;
+    let key = ChallengeKey::from_bytes([11; 32]);
+    let prompts: Vec<Vec<u32>> = (0..jobs as u64)
+        .map(|i| {
+            model
+                .tokenizer
+                .encode(&catalog.challenge(&key, "cost", i).prompt)
+        })
+        .collect::<Result<_, _>>()?;
+    println!(
+        "model {spec}: {jobs} jobs of up to {tokens} tokens, prompts of {}..{} tokens, {} threads",
+        prompts.iter().map(Vec::len).min().unwrap_or(0),
+        prompts.iter().map(Vec::len).max().unwrap_or(0),
+        candle_core::utils::get_num_threads()
+    );
+
+    // 1. End to end, alternating off and on.
+    let _ = serve(&model, &prompts[..1], tokens, false)?; // warm up
+    let (mut off_s, mut on_s, mut n_tok) = (Vec::new(), Vec::new(), 0usize);
+    let mut committed = Vec::new();
+    let mut job_secs = Vec::new();
+    for round in 0..rounds {
+        let (s0, g0, _) = serve(&model, &prompts, tokens, false)?;
+        let (s1, g1, c1) = serve(&model, &prompts, tokens, true)?;
+        anyhow::ensure!(
+            g0 == g1,
+            "greedy jobs generated other lengths with commitments on"
+        );
+        off_s.push(s0.iter().sum::<f64>());
+        on_s.push(s1.iter().sum::<f64>());
+        n_tok = g1.iter().sum();
+        println!(
+            "round {round}: off {:.2} s, on {:.2} s ({n_tok} tokens)",
+            off_s[round], on_s[round]
+        );
+        if round == 0 {
+            committed = c1.into_iter().map(|c| c.expect("committed")).collect();
+            job_secs = s1;
+        }
+    }
+    let (off, on) = (median(off_s), median(on_s));
+    println!(
+        "end to end (median of {rounds}): off {off:.2} s ({:.1} tok/s), on {on:.2} s ({:.1} tok/s), difference {:+.2}%",
+        n_tok as f64 / off,
+        n_tok as f64 / on,
+        100.0 * (on - off) / off
+    );
+
+    // 2. Each part alone. Real rows: the teacher-forced logits of each job's output.
+    let mut rows: Vec<(Vec<f32>, u32)> = Vec::new();
+    for (p, c) in prompts.iter().zip(&committed) {
+        let mut seq = p.clone();
+        seq.extend_from_slice(&c.output[..c.output.len() - 1]);
+        for (row, &t) in model
+            .logprobs(&seq, p.len() - 1)?
+            .into_iter()
+            .zip(&c.output)
+        {
+            rows.push((row, t));
+        }
+    }
+    let reps = (2000 / rows.len()).max(1);
+    let t = Instant::now();
+    for _ in 0..reps {
+        for (row, tok) in &rows {
+            std::hint::black_box(StepData::from_logits(std::hint::black_box(row), *tok));
+        }
+    }
+    let step_us = t.elapsed().as_secs_f64() * 1e6 / (reps * rows.len()) as f64;
+    let prover = Prover {
+        key: NodeKey::generate(),
+        weight_hash,
+        kernels: Kernels::Quantized,
+    };
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("steps.redb"), 3_600_000, 1 << 30)?;
+    let (mut commit_us, mut put_us) = (Vec::new(), Vec::new());
+    let mut receipts = Vec::new();
+    for (i, (p, c)) in prompts.iter().zip(&committed).enumerate() {
+        let request = JobRequest {
+            prompt: p.clone(),
+            max_tokens: tokens as u32,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        };
+        let job_id = [i as u8; 16];
+        let t = Instant::now();
+        let r = prover.commit(
+            job_id,
+            rand::random(),
+            request,
+            c.output.clone(),
+            &c.steps,
+            pot::transcript::unix_now_ms(),
+        )?;
+        commit_us.push(t.elapsed().as_secs_f64() * 1e6);
+        let job = StoredJob {
+            receipt: r.clone(),
+            steps: c.steps.clone(),
+        };
+        let t = Instant::now();
+        store.put(&job, pot::transcript::unix_now_ms())?;
+        put_us.push(t.elapsed().as_secs_f64() * 1e6);
+        receipts.push(r);
+    }
+    let steps_per_job = n_tok as f64 / jobs as f64;
+    let decode_ms = off * 1e3 / n_tok as f64;
+    let (commit_us, put_us) = (median(commit_us), median(put_us));
+    let engine_share = step_us / (decode_ms * 1e3);
+    let total_share = (step_us + (commit_us + put_us) / steps_per_job) / (decode_ms * 1e3);
+    println!(
+        "per token: decode {decode_ms:.2} ms (prefill included), step data {step_us:.1} us; per job ({steps_per_job:.0} steps): Merkle tree + signature {commit_us:.0} us, store write {put_us:.0} us"
+    );
+    println!(
+        "overhead: engine thread {:.3}% of generation time; everything (tree, signature, store write spread over the job's tokens) {:.3}%",
+        100.0 * engine_share,
+        100.0 * total_share
+    );
+
+    // 3. Bytes.
+    let (_, stored) = store.usage()?;
+    let router = RouterKey::generate();
+    let show = |what: &str, (json, cbor): (usize, usize)| {
+        println!(
+            "  {what:<32} JSON {json:>7} B ({:>6.2} B/token)   CBOR {cbor:>7} B ({:>6.2} B/token)",
+            json as f64 / steps_per_job,
+            cbor as f64 / steps_per_job
+        )
+    };
+    println!("bytes per job (mean over {jobs} jobs of {steps_per_job:.0} tokens):");
+    show("receipt", mean_size(&receipts, |r| Ok(r.clone()))?);
+    show(
+        "receipt less prompt and output",
+        mean_size(&receipts, |r| {
+            let mut b = r.clone();
+            b.request.prompt.clear();
+            b.output.clear();
+            Ok(b)
+        })?,
+    );
+    for k in [1u32, 4, 16] {
+        show(
+            &format!("open request ({k} steps)"),
+            mean_size(&receipts, |r| {
+                Ok(OpenRequest {
+                    version: OPEN_VERSION,
+                    job_id: r.job_id,
+                    selection: Selection::make(&router, &r.digest(), r.steps, k).0,
+                })
+            })?,
+        );
+        show(
+            &format!("opening ({k} steps)"),
+            mean_size(&receipts, |r| {
+                let (_, idx) = Selection::make(&router, &r.digest(), r.steps, k);
+                let steps = &committed[r.job_id.0[0] as usize].steps;
+                Ok(Opening {
+                    version: OPEN_VERSION,
+                    job_id: r.job_id,
+                    steps: open(&r.job_id.0, steps, &idx)?,
+                })
+            })?,
+        );
+    }
+    println!(
+        "  store: {stored} B for {n_tok} steps ({:.1} B/step, receipts included)",
+        stored as f64 / n_tok as f64
+    );
+
+    // 4. The router's audit, against each job's generation time.
+    let verifier_model = Model::load(
+        &spec,
+        LoadOptions {
+            kernels: Kernels::Quantized,
+        },
+    )?;
+    let mut v = Verifier::new(
+        verifier_model,
+        weight_hash,
+        Kernels::Quantized,
+        prover.key.public(),
+        router,
+        4,
+    );
+    for k in [1u32, 4, 16, u32::MAX] {
+        let (mut share, mut audit_s, mut max_worst) = (Vec::new(), Vec::new(), 0.0f64);
+        for (i, r) in receipts.iter().enumerate() {
+            let t = Instant::now();
+            v.check_receipt(r, r.nonce.0, &r.request, r.timestamp_ms)
+                .map_err(|e| anyhow::anyhow!("honest receipt refused: {e:?}"))?;
+            let (selection, idx) = Selection::make(&v.router, &r.digest(), r.steps, k);
+            let o = Opening {
+                version: OPEN_VERSION,
+                job_id: r.job_id,
+                steps: open(&r.job_id.0, &committed[i].steps, &idx)?,
+            };
+            selection.verify(&r.digest(), r.steps)?; // what the provider checks
+            let opened = v
+                .check_opening(r, &idx, &o)
+                .map_err(|e| anyhow::anyhow!("honest opening refused: {e:?}"))?;
+            let worst = v
+                .reexecute(r, &opened)
+                .map_err(|e| anyhow::anyhow!("honest job refused: {e:?}"))?;
+            max_worst = max_worst.max(worst);
+            let s = t.elapsed().as_secs_f64();
+            audit_s.push(s);
+            share.push(s / job_secs[i]);
+        }
+        let label = if k == u32::MAX {
+            "every step".to_string()
+        } else {
+            format!("{k} steps")
+        };
+        println!(
+            "router audit of {label:<10}: median {:.3} s per job, {:.1}% of the job's generation time (median; max {:.1}%); worst honest disagreement {max_worst:.3} nats",
+            median(audit_s),
+            100.0 * median(share.clone()),
+            100.0 * share.iter().copied().fold(0.0, f64::max)
+        );
+        // Fresh nonces are not needed: check_receipt's replay memory is per verifier.
+        v = Verifier::new(
+            v.model,
+            weight_hash,
+            Kernels::Quantized,
+            v.node,
+            v.router,
+            4,
+        );
+    }
+    Ok(())
+}
