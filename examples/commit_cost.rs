@@ -33,7 +33,7 @@ use pot::commit::step::StepData;
 use pot::commit::store::{Store, StoredJob};
 use pot::commit::wire::{encode, Encoding};
 use pot::model::{Kernels, LoadOptions, Model};
-use pot::serve::engine::{self, Committed, Event, Job, Sampling};
+use pot::serve::engine::{self, Committed, Event, Job};
 use pot::verify::Verifier;
 
 /// Per job: seconds, tokens generated, and (when committing) what was committed.
@@ -51,22 +51,9 @@ fn serve(
     let worker = engine::spawn(model.clone(), rx, 1, Arc::new(AtomicBool::new(false)));
     let (mut secs, mut generated, mut out) = (Vec::new(), Vec::new(), Vec::new());
     for p in prompts {
-        let (tx, mut r) = tokio::sync::mpsc::unbounded_channel();
+        let (job, mut r) = Job::greedy(p.clone(), tokens, commit);
         let t = Instant::now();
-        queue.send(Job {
-            prompt: p.clone(),
-            max_tokens: tokens,
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                seed: 0,
-            },
-            stop: Vec::new(),
-            top_logprobs: None,
-            echo: false,
-            commit,
-            events: tx,
-        })?;
+        queue.send(job)?;
         while let Some(ev) = r.blocking_recv() {
             match ev {
                 Event::Done {
@@ -142,36 +129,48 @@ fn main() -> anyhow::Result<()> {
         candle_core::utils::get_num_threads()
     );
 
-    // 1. End to end, alternating off and on.
+    // 1. End to end: each job with commitments off and on back to back, which goes first
+    //    alternating by job and round, so drift in the machine's speed falls on both.
     let _ = serve(&model, &prompts[..1], tokens, false)?; // warm up
     let (mut off_s, mut on_s, mut n_tok) = (Vec::new(), Vec::new(), 0usize);
-    let mut committed = Vec::new();
+    let mut committed: Vec<Committed> = Vec::new();
     let mut job_secs = Vec::new();
     for round in 0..rounds {
-        let (s0, g0, _) = serve(&model, &prompts, tokens, false)?;
-        let (s1, g1, c1) = serve(&model, &prompts, tokens, true)?;
-        anyhow::ensure!(
-            g0 == g1,
-            "greedy jobs generated other lengths with commitments on"
-        );
-        off_s.push(s0.iter().sum::<f64>());
-        on_s.push(s1.iter().sum::<f64>());
-        n_tok = g1.iter().sum();
-        println!(
-            "round {round}: off {:.2} s, on {:.2} s ({n_tok} tokens)",
-            off_s[round], on_s[round]
-        );
-        if round == 0 {
-            committed = c1.into_iter().map(|c| c.expect("committed")).collect();
-            job_secs = s1;
+        let (mut off, mut on, mut n) = (0.0, 0.0, 0);
+        for (j, p) in prompts.iter().enumerate() {
+            let one = std::slice::from_ref(p);
+            let ((s0, g0, _), (s1, g1, mut c1)) = if (round + j) % 2 == 0 {
+                let a = serve(&model, one, tokens, false)?;
+                (a, serve(&model, one, tokens, true)?)
+            } else {
+                let b = serve(&model, one, tokens, true)?;
+                (serve(&model, one, tokens, false)?, b)
+            };
+            anyhow::ensure!(g0 == g1, "a greedy job changed length with commitments on");
+            off += s0[0];
+            on += s1[0];
+            n += g1[0];
+            if round == 0 {
+                committed.push(c1.remove(0).expect("committed"));
+                job_secs.push(s1[0]);
+            }
         }
+        println!("round {round}: off {off:.2} s, on {on:.2} s ({n} tokens)");
+        off_s.push(off);
+        on_s.push(on);
+        n_tok = n;
     }
+    let diffs: Vec<f64> = off_s
+        .iter()
+        .zip(&on_s)
+        .map(|(a, b)| 100.0 * (b - a) / a)
+        .collect();
     let (off, on) = (median(off_s), median(on_s));
     println!(
-        "end to end (median of {rounds}): off {off:.2} s ({:.1} tok/s), on {on:.2} s ({:.1} tok/s), difference {:+.2}%",
+        "end to end (median of {rounds} rounds): off {off:.2} s ({:.1} tok/s), on {on:.2} s ({:.1} tok/s); difference per round {:?} %",
         n_tok as f64 / off,
         n_tok as f64 / on,
-        100.0 * (on - off) / off
+        diffs.iter().map(|d| (d * 100.0).round() / 100.0).collect::<Vec<_>>()
     );
 
     // 2. Each part alone. Real rows: the teacher-forced logits of each job's output.
@@ -290,6 +289,37 @@ fn main() -> anyhow::Result<()> {
                     steps: open(&r.job_id.0, steps, &idx)?,
                 })
             })?,
+        );
+    }
+    // The receipt does not grow with the answer (less its tokens); an opening grows with
+    // log2 of it. Sizes at other lengths: this run's step data, repeated to that length.
+    let pool: Vec<StepData> = committed.iter().flat_map(|c| c.steps.clone()).collect();
+    let bare = {
+        let mut b = receipts[0].clone();
+        b.request.prompt.clear();
+        b.output.clear();
+        encode(&b, Encoding::Cbor)?.len()
+    };
+    for n in [32usize, 256, 1024, 4096] {
+        let steps: Vec<StepData> = pool.iter().cycle().take(n).cloned().collect();
+        let (selection, idx) = Selection::make(&router, &[n as u8; 32], n as u32, 4);
+        let ask = OpenRequest {
+            version: OPEN_VERSION,
+            job_id: receipts[0].job_id,
+            selection,
+        };
+        let o = Opening {
+            version: OPEN_VERSION,
+            job_id: receipts[0].job_id,
+            steps: open(&receipts[0].job_id.0, &steps, &idx)?,
+        };
+        let (req, opening) = (
+            encode(&ask, Encoding::Cbor)?.len(),
+            encode(&o, Encoding::Cbor)?.len(),
+        );
+        println!(
+            "  {n:>5} tokens (CBOR): receipt less tokens {bare} B + open request {req} B + opening of 4 steps {opening} B = {:.2} B/token",
+            (bare + req + opening) as f64 / n as f64
         );
     }
     println!(

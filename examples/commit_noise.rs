@@ -18,7 +18,7 @@ use std::sync::Arc;
 use pot::challenge::{Catalog, ChallengeKey};
 use pot::commit::step::check;
 use pot::model::{Kernels, LoadOptions, Model};
-use pot::serve::engine::{self, Event, Job, Sampling};
+use pot::serve::engine::{self, Event, Job};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,21 +50,8 @@ fn main() -> anyhow::Result<()> {
     let mut receivers = Vec::new();
     let t0 = std::time::Instant::now();
     for p in &prompts {
-        let (tx, r) = tokio::sync::mpsc::unbounded_channel();
-        queue.send(Job {
-            prompt: p.clone(),
-            max_tokens: tokens,
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                seed: 0,
-            },
-            stop: Vec::new(),
-            top_logprobs: None,
-            echo: false,
-            commit: true,
-            events: tx,
-        })?;
+        let (job, r) = Job::greedy(p.clone(), tokens, true);
+        queue.send(job)?;
         receivers.push(r);
     }
     drop(queue);

@@ -58,6 +58,33 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
 }
 
+impl Job {
+    /// A plain greedy job (no stop strings, no log-probabilities, no echo) and the receiver
+    /// of its events.
+    pub fn greedy(
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        commit: bool,
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = Self {
+            prompt,
+            max_tokens,
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: 0,
+            },
+            stop: Vec::new(),
+            top_logprobs: None,
+            echo: false,
+            commit,
+            events,
+        };
+        (job, rx)
+    }
+}
+
 /// A token as reported: id, bytes, and (when asked) its log-probability and the most likely
 /// alternatives at its position.
 #[derive(Clone, Debug, PartialEq)]
