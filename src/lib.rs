@@ -7,6 +7,7 @@
 //! `commit` holds the proof-of-inference protocol (step data, Merkle trees, signed receipts,
 //! VRF audit choice, the provider's step store); `verify` is the router that checks providers
 //! by re-execution.
+//! `evidence` signs a finished run into a bundle that anyone can re-check.
 //! `identity` names models by their weights; `variant` derives cheaper substitutes.
 #![deny(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod audit;
 pub mod challenge;
 pub mod commit;
 pub mod diff;
+pub mod evidence;
 pub mod identity;
 pub mod model;
 pub mod score;

@@ -12,8 +12,12 @@
 //! The templates and word lists are data, in `challenges/*.json` at the repository root,
 //! compiled into the binary so a run never depends on the working directory.
 //!
+//! A run never uses the auditor's key directly: it uses the run key
+//! [`ChallengeKey::for_run`] (an HMAC of the key and the run id), so that revealing one run's
+//! key in its evidence bundle reveals no other run's prompts.
+//!
 //! This room never does I/O besides reading a key file, and never prints or records the key:
-//! runs record only [`ChallengeKey::commitment`].
+//! runs record only [`ChallengeKey::commitment`] of their run key.
 
 use std::fmt;
 use std::path::Path;
@@ -28,6 +32,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// Domain separation tag of the challenge PRF. Changing the derivation changes this tag.
 pub const PRF_TAG: &[u8] = b"pot/challenge/v1";
 const COMMIT_TAG: &[u8] = b"pot/key-commitment/v1";
+const RUN_KEY_TAG: &[u8] = b"pot/run-key/v1";
 
 /// The five challenge families, in their canonical order.
 pub const FAMILIES: [&str; 5] = ["general", "arithmetic", "code", "safety-vocab", "ood-nouns"];
@@ -137,6 +142,17 @@ impl ChallengeKey {
         h.update(COMMIT_TAG);
         h.update(self.0);
         hex::encode(h.finalize())
+    }
+
+    /// The key of one run: HMAC-SHA256(key, tag ‖ run id). A run's challenges are drawn
+    /// with its run key, and an evidence bundle reveals only that key, so publishing one
+    /// run's bundle reveals nothing about the prompts of any other run under the same key.
+    pub fn for_run(&self, run_id: &str) -> ChallengeKey {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(RUN_KEY_TAG);
+        mac.update(&(run_id.len() as u64).to_be_bytes());
+        mac.update(run_id.as_bytes());
+        Self(mac.finalize().into_bytes().into())
     }
 
     /// The PRF: HMAC-SHA256 over a length-prefixed, domain-separated encoding of
@@ -500,6 +516,11 @@ mod tests {
         assert!(!shown.contains(&k.to_hex()));
         assert!(!k.commitment().contains(&k.to_hex()));
         assert_eq!(k.commitment().len(), 64);
+        // Run keys: a function of (key, run id), distinct per run and from the key.
+        assert_eq!(k.for_run("a"), k.for_run("a"));
+        assert_ne!(k.for_run("a"), k.for_run("b"));
+        assert_ne!(k.for_run("a"), k);
+        assert_ne!(k.for_run("a"), ChallengeKey::generate().for_run("a"));
     }
 
     #[test]

@@ -46,8 +46,8 @@ enum Command {
     /// Exit codes: 0 every job accepted, 1 a job rejected, 2 error.
     Verify(Box<VerifyArgs>),
     /// Write a fresh secret key (file mode 0600): a challenge key by default, a node
-    /// (Ed25519) key with --node, a router (sr25519 VRF) key with --router. The public key of
-    /// a node or router key is printed.
+    /// (Ed25519) key with --node, a router (sr25519 VRF) key with --router, an auditor
+    /// (Ed25519) key with --auditor. The public key of a node, router or auditor key is printed.
     Keygen {
         /// Output file (must not exist).
         #[arg(short, long)]
@@ -58,7 +58,13 @@ enum Command {
         /// A router's VRF key, for `pot verify --router-key`.
         #[arg(long, conflicts_with = "node")]
         router: bool,
+        /// An auditor's signing key (Ed25519), for `--bundle` on diff and audit.
+        #[arg(long, conflicts_with_all = ["node", "router"])]
+        auditor: bool,
     },
+    /// Evidence bundles: a finished run, signed, in one file that anyone can re-check.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Print the challenge prompts of a key and run id.
     Challenges {
         /// Secret key file (from `pot keygen`).
@@ -315,6 +321,43 @@ struct VerifyArgs {
     json: bool,
 }
 
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Re-check a bundle: the archive, the signature, every hash, the revealed key against its
+    /// commitment, every challenge re-derived from the key, and the scores, bounds and
+    /// decision recomputed from the transcript. Exit codes: 0 valid, 1 a check fails,
+    /// 2 the file cannot be read.
+    Verify {
+        /// The bundle (.tar.gz).
+        path: PathBuf,
+        /// The auditor's public key (64 hex digits, or a file holding them): the bundle must
+        /// be signed by it. Without it, any valid signature is accepted and the signer is shown.
+        #[arg(long)]
+        pubkey: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bundle a finished run after the fact (what --bundle does at the end of a run).
+    Create {
+        /// The run's transcript.
+        #[arg(long)]
+        transcript: PathBuf,
+        /// The run's challenge key file (the --key-file of the run, or transcripts/RUN.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The auditor's signing key (`pot keygen --auditor`).
+        #[arg(long)]
+        auditor_key: PathBuf,
+        /// The bundle to write (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 struct DiffArgs {
     /// Reference model (what was paid for): GGUF file, folder, or cached Hugging Face id.
@@ -372,12 +415,39 @@ struct RunArgs {
     /// Matrix kernels.
     #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
     kernels: KernelArg,
+    /// When the run is decided, write a signed evidence bundle here (.tar.gz; needs
+    /// --auditor-key). It reveals the run's challenge key: check it with `pot bundle verify`.
+    #[arg(long, requires = "auditor_key")]
+    bundle: Option<PathBuf>,
+    /// The auditor's signing key for --bundle (`pot keygen --auditor --out FILE`).
+    #[arg(long)]
+    auditor_key: Option<PathBuf>,
     /// JSON output.
     #[arg(long)]
     json: bool,
 }
 
 impl RunArgs {
+    /// The bundle's path and signing key, checked before any work is done.
+    fn bundle_plan(&self) -> Result<Option<(PathBuf, pot::commit::keys::AuditorKey)>> {
+        let (Some(path), Some(key)) = (&self.bundle, &self.auditor_key) else {
+            if self.auditor_key.is_some() {
+                bail!("--auditor-key is for --bundle PATH; add --bundle or drop it");
+            }
+            return Ok(None);
+        };
+        if path.exists() {
+            bail!(
+                "--bundle {}: exists already; pick another path or remove it",
+                path.display()
+            );
+        }
+        Ok(Some((
+            path.clone(),
+            pot::commit::keys::AuditorKey::read(key)?,
+        )))
+    }
+
     /// The mode's test parameters with the overrides, and K.
     fn params_and_k(&self) -> Result<(pot::stats::TestParams, usize)> {
         let mut p = self.mode.params();
@@ -495,18 +565,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(a) => cmd_verify(*a),
-        Command::Keygen { out, node, router } if node || router => {
-            let (line, public) = if node {
+        Command::Bundle(b) => cmd_bundle(b),
+        Command::Keygen {
+            out,
+            node,
+            router,
+            auditor,
+        } if node || router || auditor => {
+            let (line, public, kind) = if node {
                 let k = pot::commit::keys::NodeKey::generate();
-                (k.file_line(), k.public().to_bytes())
-            } else {
+                (k.file_line(), k.public().to_bytes(), "node")
+            } else if router {
                 let (k, line) = pot::commit::keys::RouterKey::generate_with_line();
-                (line, k.public().to_bytes())
+                (line, k.public().to_bytes(), "router")
+            } else {
+                let k = pot::commit::keys::AuditorKey::generate();
+                (k.file_line(), k.public().to_bytes(), "auditor")
             };
             write_new_secret(&out, &line)?;
             eprintln!(
-                "pot: wrote a new {} key to {} (keep it secret); its public key:",
-                if node { "node" } else { "router" },
+                "pot: wrote a new {kind} key to {} (keep it secret); its public key:",
                 out.display()
             );
             println!("{}", hex::encode(public));
@@ -526,7 +604,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             n,
             json,
         } => {
-            let key = ChallengeKey::read(&key_file)?;
+            let key = ChallengeKey::read(&key_file)?.for_run(&run_id);
             let cat = Catalog::load()?;
             for i in 0..n {
                 let c = cat.challenge(&key, &run_id, i);
@@ -799,6 +877,7 @@ fn new_run_id() -> String {
 
 fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let (params, k) = a.run.params_and_k()?;
+    let bundle = a.run.bundle_plan()?;
     let run = a.run.files()?;
     let cfg = DiffConfig {
         reference: a.reference.clone(),
@@ -810,16 +889,154 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let out = diff::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;
+    let made = make_bundle(bundle, &run, true)?;
     if a.run.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", with_bundle(&out, made.as_ref())?);
     } else {
         print_summary(&out.summary, None);
         for (role, id) in [("reference", &out.reference), ("candidate", &out.candidate)] {
             println!("  {role} {} (weights {})", id.path, &id.weight_hash[..16]);
         }
         println!("  transcript {}", out.summary.transcript);
+        print_bundle(made.as_ref());
     }
     Ok(exit_code(out.summary.decision))
+}
+
+/// Bundle a run that has its verdict (`decided`), as --bundle asked.
+fn make_bundle(
+    plan: Option<(PathBuf, pot::commit::keys::AuditorKey)>,
+    run: &RunFiles,
+    decided: bool,
+) -> Result<Option<pot::evidence::Created>> {
+    let Some((path, key)) = plan else {
+        return Ok(None);
+    };
+    if !decided {
+        eprintln!(
+            "pot: no bundle written: the run has no verdict yet; resume it with --resume {} --bundle {} --auditor-key KEY",
+            run.run_id,
+            path.display()
+        );
+        return Ok(None);
+    }
+    pot::evidence::create(&run.transcript, &run.key, &key, &path)
+        .map(Some)
+        .with_context(|| {
+            format!(
+                "the run is finished and its transcript kept, but the bundle was not written; make it with `pot bundle create --transcript {}`",
+                run.transcript.display()
+            )
+        })
+}
+
+/// The run's JSON with the bundle's, when one was made.
+fn with_bundle<T: serde::Serialize>(
+    out: &T,
+    made: Option<&pot::evidence::Created>,
+) -> Result<String> {
+    let mut v = serde_json::to_value(out)?;
+    if let (Some(m), Some(o)) = (made, v.as_object_mut()) {
+        o.insert("bundle".into(), serde_json::to_value(m)?);
+    }
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
+fn print_bundle(made: Option<&pot::evidence::Created>) {
+    if let Some(m) = made {
+        println!(
+            "  bundle {} ({} B, signed by {}; check it with `pot bundle verify {} --pubkey {}`)",
+            m.path,
+            m.bytes,
+            &m.signer[..16],
+            m.path,
+            m.signer
+        );
+    }
+}
+
+fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
+    match b {
+        BundleCommand::Create {
+            transcript,
+            key_file,
+            auditor_key,
+            out,
+            json,
+        } => {
+            let auditor = pot::commit::keys::AuditorKey::read(&auditor_key)?;
+            let loaded = pot::transcript::read(&transcript)?;
+            let key = ChallengeKey::read(&key_file)?.for_run(&loaded.header.run_id);
+            let made = pot::evidence::create(&transcript, &key, &auditor, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&made)?);
+            } else {
+                print_bundle(Some(&made));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Verify { path, pubkey, json } => {
+            let pinned = match &pubkey {
+                None => None,
+                Some(p) => Some(read_pubkey(p)?),
+            };
+            let r = pot::evidence::verify(&path, pinned.as_ref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for c in &r.checks {
+                    println!(
+                        "{} {:<18} {}",
+                        if c.ok { "ok  " } else { "FAIL" },
+                        c.name,
+                        c.detail
+                    );
+                }
+                match r.first_failure() {
+                    None => println!(
+                        "VALID: {} of run {}, signed by {}{}",
+                        r.decision.map(|d| d.as_str()).unwrap_or("?"),
+                        r.run_id.as_deref().unwrap_or("?"),
+                        r.signer.as_deref().unwrap_or("?"),
+                        if r.pinned {
+                            " (pinned)"
+                        } else {
+                            " (not pinned)"
+                        }
+                    ),
+                    Some(c) => println!("INVALID: {}: {}", c.name, c.detail),
+                }
+            }
+            if !r.valid && !json {
+                if let Some(c) = r.first_failure() {
+                    eprintln!(
+                        "pot: {}: bundle check {} fails: {}",
+                        path.display(),
+                        c.name,
+                        c.detail
+                    );
+                }
+            }
+            Ok(if r.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// An Ed25519 public key given as 64 hex digits or as a file holding them.
+fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
+    let text = if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        arg.to_string()
+    } else {
+        std::fs::read_to_string(arg).with_context(|| {
+            format!("--pubkey {arg}: neither 64 hex digits nor a readable file holding them")
+        })?
+    };
+    pot::commit::keys::NodePublic::from_hex(text.trim())
+        .with_context(|| format!("--pubkey {arg}: not an Ed25519 public key (64 hex digits, as `pot keygen --auditor` prints)"))
 }
 
 /// The verdict, the evidence and what it means, in words.
@@ -863,6 +1080,7 @@ fn score_unit(kind: pot::score::ScoreKind) -> &'static str {
 
 /// The files of a run: its id, transcript and challenge key (read, or made and saved).
 struct RunFiles {
+    /// The run key (see [`ChallengeKey::for_run`]).
     key: ChallengeKey,
     run_id: String,
     transcript: PathBuf,
@@ -912,7 +1130,7 @@ impl RunFiles {
             }
         };
         Ok(Self {
-            key,
+            key: key.for_run(&run_id),
             run_id,
             transcript,
             saved_key,
@@ -966,6 +1184,7 @@ impl Bar {
 
 fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let (params, k) = a.run.params_and_k()?;
+    let bundle = a.run.bundle_plan()?;
     for (name, v) in [("--timeout", a.timeout), ("--max-backoff", a.max_backoff)] {
         if !(v > 0.0 && v.is_finite()) {
             bail!("{name} must be a positive number of seconds");
@@ -992,8 +1211,9 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;
+    let made = make_bundle(bundle, &run, out.stopped.is_none())?;
     if a.run.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", with_bundle(&out, made.as_ref())?);
     } else {
         let by = format!("by {} ({})", out.method, out.endpoint.api);
         print_summary(&out.summary, Some(&by));
@@ -1010,6 +1230,7 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
             out.endpoint.url, out.endpoint.model, out.tokens_used, out.retries
         );
         println!("  transcript {}", out.summary.transcript);
+        print_bundle(made.as_ref());
     }
     Ok(exit_code(out.summary.decision))
 }

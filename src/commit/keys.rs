@@ -4,9 +4,11 @@
 //!   published at `GET /v1/pot/node`; routers pin it.
 //! * A **router key** (sr25519, `schnorrkel`) evaluates the VRF that picks which steps of a job
 //!   are audited ([`super::select`]). Its public half lets anyone re-check the choice.
+//! * An **auditor key** (Ed25519) signs evidence bundles (`crate::evidence`). Its public half
+//!   is what a third party pins with `pot bundle verify --pubkey`.
 //!
-//! A secret key file holds one line, `pot-node-key-v1 <64 hex digits>` or
-//! `pot-router-key-v1 <64 hex digits>` (the 32-byte seed), and is created with mode 0600. The
+//! A secret key file holds one line, `pot-node-key-v1 <64 hex digits>`,
+//! `pot-router-key-v1 …` or `pot-auditor-key-v1 …` (the 32-byte seed), and is created with mode 0600. The
 //! kind prefix keeps one key from being used in the other's place, or a challenge key in
 //! either's. Public keys travel as 64 hex digits.
 
@@ -19,6 +21,7 @@ use super::CommitError;
 
 const NODE_PREFIX: &str = "pot-node-key-v1";
 const ROUTER_PREFIX: &str = "pot-router-key-v1";
+const AUDITOR_PREFIX: &str = "pot-auditor-key-v1";
 
 /// A provider's signing key.
 pub struct NodeKey(ed25519_dalek::SigningKey);
@@ -52,7 +55,11 @@ fn read_seed(path: &Path, prefix: &str, what: &str) -> Result<[u8; 32], CommitEr
         let kind = text.split_whitespace().next().unwrap_or("");
         return Err(bad(format!(
             "not a {what} file (it starts with {kind:?}, a {what} file with {prefix:?}); make one with `pot keygen --{} --out FILE`",
-            if prefix == NODE_PREFIX { "node" } else { "router" }
+            match prefix {
+                NODE_PREFIX => "node",
+                ROUTER_PREFIX => "router",
+                _ => "auditor",
+            }
         )));
     };
     let bytes = hex::decode(hex_part).map_err(|_| bad("the key is not hex".into()))?;
@@ -98,6 +105,38 @@ impl NodeKey {
     /// Sign `msg`.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.0.sign(msg).to_bytes()
+    }
+}
+
+/// An auditor's signing key (Ed25519): it signs evidence bundles. A separate kind from the
+/// node key, so that neither signs in the other's place.
+pub struct AuditorKey(NodeKey);
+
+impl AuditorKey {
+    /// A fresh key.
+    pub fn generate() -> Self {
+        Self(NodeKey::generate())
+    }
+
+    /// The key of a file written by [`AuditorKey::file_line`].
+    pub fn read(path: &Path) -> Result<Self, CommitError> {
+        let seed = read_seed(path, AUDITOR_PREFIX, "auditor key")?;
+        Ok(Self(NodeKey(ed25519_dalek::SigningKey::from_bytes(&seed))))
+    }
+
+    /// The line a key file holds.
+    pub fn file_line(&self) -> String {
+        key_line(AUDITOR_PREFIX, &self.0 .0.to_bytes())
+    }
+
+    /// The public key (an Ed25519 public key, as a node's).
+    pub fn public(&self) -> NodePublic {
+        self.0.public()
+    }
+
+    /// Sign `msg`.
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        self.0.sign(msg)
     }
 }
 
@@ -197,6 +236,13 @@ mod tests {
             e.contains("not a router key file") && e.contains("pot keygen --router"),
             "{e}"
         );
+        let auditor = AuditorKey::generate();
+        let ap = dir.path().join("auditor.key");
+        std::fs::write(&ap, auditor.file_line()).unwrap();
+        assert_eq!(AuditorKey::read(&ap).unwrap().public(), auditor.public());
+        let e = AuditorKey::read(&np).err().unwrap().to_string();
+        assert!(e.contains("pot keygen --auditor"), "{e}");
+        assert!(NodeKey::read(&ap).is_err());
         let cp = dir.path().join("challenge.key");
         std::fs::write(&cp, "ab".repeat(32)).unwrap();
         assert!(NodeKey::read(&cp).is_err());

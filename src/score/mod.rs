@@ -83,6 +83,45 @@ pub struct ChallengeScore {
     pub note: Option<String>,
 }
 
+impl ChallengeScore {
+    /// The score this record's per-position detail implies, recomputed the way it was
+    /// computed: the mean KL for KL kinds, the bits-per-byte gap for text scoring, the share
+    /// of disagreements for text-mismatch scoring. A record with no detail can only hold
+    /// [`UNSCORABLE`] or, for an endpoint that stopped where the reference would have, 0.
+    /// `Err` says why the record is inconsistent with itself.
+    pub fn recompute(&self) -> Result<f64, String> {
+        let finite_or_unscorable = |v: f64| if v.is_finite() { v } else { UNSCORABLE };
+        match self.kind {
+            ScoreKind::Kl | ScoreKind::EndpointKl if !self.kl.is_empty() => {
+                if !self.top1_agree.is_empty() && self.top1_agree.len() != self.kl.len() {
+                    return Err(format!(
+                        "{} KL values but {} top-1 flags",
+                        self.kl.len(),
+                        self.top1_agree.len()
+                    ));
+                }
+                Ok(finite_or_unscorable(mean(&self.kl)))
+            }
+            ScoreKind::BitsPerByte => match self.bpb {
+                Some((r, c)) => Ok(finite_or_unscorable((r - c).abs())),
+                None => Err("a bits-per-byte score without its bits per byte".into()),
+            },
+            ScoreKind::TextMismatch if !self.top1_agree.is_empty() => {
+                let misses = self.top1_agree.iter().filter(|a| !**a).count();
+                Ok(misses as f64 / self.top1_agree.len() as f64)
+            }
+            ScoreKind::Kl => Err("a KL score without its per-position KL".into()),
+            ScoreKind::EndpointKl | ScoreKind::TextMismatch => match (&self.note, self.score) {
+                (None, _) => Err("a score with no detail and no note saying why".into()),
+                (Some(_), s) if s == UNSCORABLE || s == 0.0 => Ok(s),
+                (Some(_), s) => Err(format!(
+                    "a score of {s} with no detail (only {UNSCORABLE} or 0 can stand without)"
+                )),
+            },
+        }
+    }
+}
+
 /// The score of a challenge the endpoint answered with nothing the reference can check (tokens
 /// the reference does not have, no tokens at all, numbers that give no finite score): it cannot
 /// be the claimed model there. Far above every clip bound.

@@ -1,0 +1,1132 @@
+//! Evidence bundles: a finished run, signed, in one file that anyone can re-check.
+//!
+//! A bundle is a gzip-compressed tar archive (`.tar.gz`) of exactly three files:
+//!
+//! * `statement.dsse.json`: an [in-toto Statement v1] in a [DSSE] envelope, signed with the
+//!   auditor's Ed25519 key (`pot keygen --auditor`). Its subjects are the models (file SHA-256
+//!   and pot's canonical weight hash); its predicate ([`Predicate`], type [`PREDICATE_TYPE`])
+//!   holds the decision, mode, parameters, queries, mean and bounds, timings, environment, pot's
+//!   version and git commit, the challenge key's commitment, and the transcript's SHA-256 and
+//!   Merkle root (RFC 9162 over its lines, [`crate::commit::merkle`]).
+//! * `transcript.ndjson`: the run's transcript, byte for byte.
+//! * `challenge-key.txt`: the run's challenge key, revealed now that the run is final. It is
+//!   the run key ([`ChallengeKey::for_run`]), so it reveals no other run's prompts.
+//!
+//! [`verify`] checks everything a third party can check without the models: the archive is
+//! the canonical packing of its contents (so no byte of the file can change unnoticed), the
+//! signature, every hash, that the revealed key opens the commitment, that every challenge
+//! re-derives from the key and run id, and that the scores, the confidence bounds after each
+//! challenge and the decision all recompute from the transcript's per-position detail. It
+//! reports each check and, for a failure, where it fails.
+//!
+//! What it cannot check without the models: that the per-position numbers are what the models
+//! compute. A dishonest auditor could sign invented numbers; re-running the transcript's
+//! challenges on the models is the check for that.
+//!
+//! This room never reads a secret other than the auditor key it is handed, and never writes
+//! a bundle partly: it writes a temporary file and renames it.
+//!
+//! [in-toto Statement v1]: https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md
+//! [DSSE]: https://github.com/secure-systems-lab/dsse/blob/master/protocol.md
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::challenge::{Catalog, ChallengeKey};
+use crate::commit::keys::{AuditorKey, NodePublic};
+use crate::commit::merkle;
+use crate::identity::Identity;
+use crate::model::Kernels;
+use crate::score::ScoreKind;
+use crate::stats::{Decision, SequentialTest, TestParams};
+use crate::transcript::{Candidate, Header, Query, Verdict};
+
+/// The in-toto statement type.
+pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+/// pot's predicate type.
+pub const PREDICATE_TYPE: &str = "https://pot.dev/attestation/verdict/v1";
+/// The DSSE payload type of an in-toto statement.
+pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+/// The statement entry.
+pub const STATEMENT_ENTRY: &str = "statement.dsse.json";
+/// The transcript entry.
+pub const TRANSCRIPT_ENTRY: &str = "transcript.ndjson";
+/// The revealed key entry.
+pub const KEY_ENTRY: &str = "challenge-key.txt";
+/// The in-toto digest name of pot's canonical weight hash (the file's SHA-256 is `sha256`).
+pub const WEIGHTS_DIGEST: &str = "pot-weights-sha256";
+/// Largest bundle content read back (a bomb guard): 256 MiB decompressed.
+pub const MAX_BYTES: u64 = 256 << 20;
+
+/// What can go wrong making or reading a bundle (a bundle that reads but fails a check is a
+/// [`Report`], not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    /// A file that cannot be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// File.
+        path: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A transcript that cannot be bundled.
+    #[error("{path}: {reason}")]
+    Transcript {
+        /// File.
+        path: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
+/// A model named by the statement.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Subject {
+    /// `reference:FILE` or `candidate:FILE`.
+    pub name: String,
+    /// `sha256` (the file) and [`WEIGHTS_DIGEST`] (pot's canonical weight hash).
+    pub digest: std::collections::BTreeMap<String, String>,
+}
+
+/// The in-toto statement.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Statement {
+    /// [`STATEMENT_TYPE`].
+    #[serde(rename = "_type")]
+    pub type_: String,
+    /// The models.
+    pub subject: Vec<Subject>,
+    /// [`PREDICATE_TYPE`].
+    #[serde(rename = "predicateType")]
+    pub predicate_type: String,
+    /// The verdict and how it was reached.
+    pub predicate: Predicate,
+}
+
+/// pot's predicate: the verdict, how it was reached, and what it rests on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Predicate {
+    /// `diff` or `audit`.
+    pub command: String,
+    /// The verdict.
+    pub decision: Decision,
+    /// Mode name.
+    pub mode: String,
+    /// Run id (a PRF input).
+    pub run_id: String,
+    /// Test parameters.
+    pub params: TestParams,
+    /// Continuation length.
+    pub k: usize,
+    /// Kernels.
+    pub kernels: Kernels,
+    /// How challenges were scored.
+    pub score_kind: ScoreKind,
+    /// Challenges used.
+    pub queries: usize,
+    /// Mean clipped score.
+    pub mean: f64,
+    /// Confidence sequence lower end.
+    pub lower: f64,
+    /// Upper end.
+    pub upper: f64,
+    /// The reference model.
+    pub reference: Identity,
+    /// The candidate model or endpoint.
+    pub candidate: Candidate,
+    /// The challenge key: its commitment, and where the bundle reveals it.
+    pub challenge_key: KeyInfo,
+    /// The transcript: where, its digests and size.
+    pub transcript: TranscriptInfo,
+    /// When.
+    pub timings: Timings,
+    /// Where.
+    pub environment: Environment,
+    /// pot's version and the git commit it was built from.
+    pub pot: Tool,
+}
+
+/// The challenge key in a bundle.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    /// SHA-256 commitment to the run key, as the transcript header records it.
+    pub commitment: String,
+    /// The entry that reveals it.
+    pub revealed: String,
+}
+
+/// The transcript in a bundle.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TranscriptInfo {
+    /// Entry name.
+    pub entry: String,
+    /// SHA-256 of its bytes.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its lines.
+    pub lines: usize,
+    /// RFC 9162 Merkle root over its lines (without their newlines).
+    pub merkle_root: String,
+}
+
+/// When the run happened.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    /// Unix time the run started.
+    pub started_unix: u64,
+    /// Unix time the bundle was made.
+    pub bundled_unix: u64,
+    /// Wall time of the run (all sessions).
+    pub elapsed_s: f64,
+    /// Sum of the per-challenge times.
+    pub challenge_seconds: f64,
+}
+
+/// Where the run happened (as the auditor's machine reports it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Operating system.
+    pub os: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Engine threads (`RAYON_NUM_THREADS`, else the CPUs).
+    pub threads: usize,
+}
+
+/// The tool.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// Crate version.
+    pub version: String,
+    /// Git commit pot was built from ("unknown" outside a checkout).
+    pub git_commit: String,
+}
+
+/// A DSSE signature.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// The signer's Ed25519 public key, hex.
+    pub keyid: String,
+    /// The signature over the PAE, base64.
+    pub sig: String,
+}
+
+/// A DSSE envelope.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// The payload, base64.
+    pub payload: String,
+    /// [`PAYLOAD_TYPE`].
+    #[serde(rename = "payloadType")]
+    pub payload_type: String,
+    /// Signatures.
+    pub signatures: Vec<Signature>,
+}
+
+/// DSSE's pre-authentication encoding: what is signed.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut v = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(payload);
+    v
+}
+
+impl Envelope {
+    /// An envelope of `statement`, signed with `key`.
+    pub fn sign(statement: &Statement, key: &AuditorKey) -> Self {
+        let payload = serde_json::to_vec(statement).expect("a statement serializes");
+        let sig = key.sign(&pae(PAYLOAD_TYPE, &payload));
+        Self {
+            payload: B64.encode(&payload),
+            payload_type: PAYLOAD_TYPE.into(),
+            signatures: vec![Signature {
+                keyid: hex::encode(key.public().to_bytes()),
+                sig: B64.encode(sig),
+            }],
+        }
+    }
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The three entries of a bundle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bundle {
+    /// `statement.dsse.json`.
+    pub envelope: Vec<u8>,
+    /// `transcript.ndjson`.
+    pub transcript: Vec<u8>,
+    /// `challenge-key.txt`.
+    pub key: Vec<u8>,
+}
+
+impl Bundle {
+    fn entries(&self) -> [(&'static str, &[u8]); 3] {
+        [
+            (STATEMENT_ENTRY, &self.envelope),
+            (TRANSCRIPT_ENTRY, &self.transcript),
+            (KEY_ENTRY, &self.key),
+        ]
+    }
+
+    /// The canonical archive: ustar entries in a fixed order, mode 0644, owner 0, time 0;
+    /// gzip at level 9 with no name and time 0. The same contents always give the same bytes.
+    pub fn pack(&self) -> Vec<u8> {
+        let gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(Vec::new(), flate2::Compression::best());
+        let mut tar = tar::Builder::new(gz);
+        tar.mode(tar::HeaderMode::Deterministic);
+        for (name, data) in self.entries() {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name).expect("short ASCII names");
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            tar.append(&h, data).expect("writing to memory");
+        }
+        let gz = tar.into_inner().expect("writing to memory");
+        gz.finish().expect("writing to memory")
+    }
+
+    /// Read a bundle's entries; `Err` says why the bytes are not a bundle.
+    pub fn unpack(bytes: &[u8]) -> Result<Self, String> {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .take(MAX_BYTES + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("not a gzip file, or a damaged one ({e})"))?;
+        if raw.len() as u64 > MAX_BYTES {
+            return Err(format!("it unpacks to more than {MAX_BYTES} bytes"));
+        }
+        let mut ar = tar::Archive::new(raw.as_slice());
+        let (mut envelope, mut transcript, mut key) = (None, None, None);
+        let entries = ar
+            .entries()
+            .map_err(|e| format!("not a tar archive ({e})"))?;
+        for e in entries {
+            let mut e = e.map_err(|e| format!("a damaged tar entry ({e})"))?;
+            if e.header().entry_type() != tar::EntryType::Regular {
+                return Err("an entry that is not a plain file".into());
+            }
+            let name = e
+                .path()
+                .map_err(|e| format!("an entry with a bad name ({e})"))?
+                .to_string_lossy()
+                .into_owned();
+            let slot = match name.as_str() {
+                STATEMENT_ENTRY => &mut envelope,
+                TRANSCRIPT_ENTRY => &mut transcript,
+                KEY_ENTRY => &mut key,
+                other => return Err(format!("an unexpected entry {other:?}")),
+            };
+            if slot.is_some() {
+                return Err(format!("the entry {name} twice"));
+            }
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)
+                .map_err(|e| format!("entry {name} is damaged ({e})"))?;
+            *slot = Some(data);
+        }
+        let missing = |n: &str| format!("no {n} entry");
+        Ok(Self {
+            envelope: envelope.ok_or_else(|| missing(STATEMENT_ENTRY))?,
+            transcript: transcript.ok_or_else(|| missing(TRANSCRIPT_ENTRY))?,
+            key: key.ok_or_else(|| missing(KEY_ENTRY))?,
+        })
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// The lines of a transcript, without their newlines (the Merkle tree's leaves).
+fn lines(transcript: &[u8]) -> Vec<&[u8]> {
+    let body = transcript.strip_suffix(b"\n").unwrap_or(transcript);
+    if body.is_empty() {
+        return Vec::new();
+    }
+    body.split(|b| *b == b'\n').collect()
+}
+
+fn subject(role: &str, id: &Identity) -> Subject {
+    let file = Path::new(&id.path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| id.path.clone());
+    Subject {
+        name: format!("{role}:{file}"),
+        digest: [
+            ("sha256".to_string(), id.file_sha256.clone()),
+            (WEIGHTS_DIGEST.to_string(), id.weight_hash.clone()),
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
+
+fn subjects(header: &Header) -> Vec<Subject> {
+    let mut v = vec![subject("reference", &header.reference)];
+    if let Candidate::Model(c) = &header.candidate {
+        v.push(subject("candidate", c));
+    }
+    v
+}
+
+/// A parsed transcript, as a bundle holds it.
+struct Parsed {
+    header: Header,
+    queries: Vec<(usize, Query)>,
+    verdict: Option<(usize, Verdict)>,
+}
+
+/// Parse a transcript's bytes; `Err` names the line (1-based) that does not parse.
+fn parse(transcript: &[u8]) -> Result<Parsed, String> {
+    if !transcript.ends_with(b"\n") {
+        return Err("the transcript's last line is torn (no newline)".into());
+    }
+    let text = std::str::from_utf8(transcript)
+        .map_err(|e| format!("the transcript is not UTF-8 ({e})"))?;
+    let mut it = text.lines().enumerate();
+    let header: Header = match it.next() {
+        Some((_, l)) => serde_json::from_str(l).map_err(|e| format!("line 1 (header): {e}"))?,
+        None => return Err("the transcript is empty".into()),
+    };
+    if header.record != "header" {
+        return Err("line 1: not a header record".into());
+    }
+    let (mut queries, mut verdict) = (Vec::new(), None);
+    for (i, l) in it {
+        let n = i + 1;
+        if verdict.is_some() {
+            return Err(format!("line {n}: a line after the verdict"));
+        }
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| format!("line {n}: {e}"))?;
+        match v.get("record").and_then(|r| r.as_str()) {
+            Some("query") => queries.push((
+                n,
+                serde_json::from_value(v).map_err(|e| format!("line {n}: {e}"))?,
+            )),
+            Some("verdict") => {
+                verdict = Some((
+                    n,
+                    serde_json::from_value(v).map_err(|e| format!("line {n}: {e}"))?,
+                ))
+            }
+            _ => return Err(format!("line {n}: not a query or verdict record")),
+        }
+    }
+    Ok(Parsed {
+        header,
+        queries,
+        verdict,
+    })
+}
+
+/// What [`create`] made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Created {
+    /// The bundle file.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// The signer's public key, hex.
+    pub signer: String,
+    /// The decision it attests.
+    pub decision: Decision,
+    /// The transcript's Merkle root.
+    pub merkle_root: String,
+}
+
+/// Bundle the finished run of `transcript_path`, revealing `run_key` (its run key) and
+/// signing with `auditor`, into `out` (which must not exist). The run must have its verdict.
+pub fn create(
+    transcript_path: &Path,
+    run_key: &ChallengeKey,
+    auditor: &AuditorKey,
+    out: &Path,
+) -> Result<Created, EvidenceError> {
+    let tp = transcript_path.display().to_string();
+    let terr = |reason: String| EvidenceError::Transcript {
+        path: tp.clone(),
+        reason,
+    };
+    let transcript = std::fs::read(transcript_path)
+        .map_err(|e| terr(format!("cannot read the transcript ({e})")))?;
+    // A killed write leaves a torn last line: bundle the complete lines only.
+    let complete = transcript
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let transcript = transcript[..complete].to_vec();
+    let p =
+        parse(&transcript).map_err(|e| terr(format!("not a transcript pot can bundle: {e}")))?;
+    let Some((_, verdict)) = p.verdict else {
+        return Err(terr(
+            "the run has no verdict yet; finish it with --resume RUN, then bundle it".into(),
+        ));
+    };
+    let h = &p.header;
+    if run_key.commitment() != h.key_commitment {
+        return Err(terr(
+            "the challenge key does not open the transcript's key commitment; pass the run's own key (--key-file, or transcripts/RUN.key)".into(),
+        ));
+    }
+    let leaves = lines(&transcript);
+    let tree = merkle::Tree::new(&leaves);
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let statement = Statement {
+        type_: STATEMENT_TYPE.into(),
+        subject: subjects(h),
+        predicate_type: PREDICATE_TYPE.into(),
+        predicate: Predicate {
+            command: match h.candidate {
+                Candidate::Model(_) => "diff",
+                Candidate::Endpoint(_) => "audit",
+            }
+            .into(),
+            decision: verdict.decision,
+            mode: h.mode.clone(),
+            run_id: h.run_id.clone(),
+            params: h.params,
+            k: h.k,
+            kernels: h.kernels,
+            score_kind: h.score_kind,
+            queries: verdict.queries,
+            mean: verdict.mean,
+            lower: verdict.lower,
+            upper: verdict.upper,
+            reference: h.reference.clone(),
+            candidate: h.candidate.clone(),
+            challenge_key: KeyInfo {
+                commitment: h.key_commitment.clone(),
+                revealed: KEY_ENTRY.into(),
+            },
+            transcript: TranscriptInfo {
+                entry: TRANSCRIPT_ENTRY.into(),
+                sha256: sha256_hex(&transcript),
+                bytes: transcript.len() as u64,
+                lines: leaves.len(),
+                merkle_root: hex::encode(tree.root()),
+            },
+            timings: Timings {
+                started_unix: h.started_unix,
+                bundled_unix: crate::transcript::unix_now(),
+                elapsed_s: verdict.elapsed_s,
+                challenge_seconds: p.queries.iter().map(|(_, q)| q.seconds).sum(),
+            },
+            environment: Environment {
+                os: std::env::consts::OS.into(),
+                arch: std::env::consts::ARCH.into(),
+                cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                threads,
+            },
+            pot: Tool {
+                version: env!("CARGO_PKG_VERSION").into(),
+                git_commit: env!("POT_GIT_COMMIT").into(),
+            },
+        },
+    };
+    let envelope = Envelope::sign(&statement, auditor);
+    let bundle = Bundle {
+        envelope: serde_json::to_vec_pretty(&envelope).expect("an envelope serializes"),
+        transcript,
+        key: format!("{}\n", run_key.to_hex()).into_bytes(),
+    };
+    let bytes = bundle.pack();
+    write_new(out, &bytes)?;
+    Ok(Created {
+        path: out.display().to_string(),
+        bytes: bytes.len() as u64,
+        signer: hex::encode(auditor.public().to_bytes()),
+        decision: verdict.decision,
+        merkle_root: statement.predicate.transcript.merkle_root,
+    })
+}
+
+/// Write `bytes` to `path`, which must not exist, through a temporary file: a reader never
+/// sees a partial bundle, and a failed write leaves nothing.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+    let err = |reason: String| EvidenceError::Io {
+        path: path.display().to_string(),
+        reason,
+    };
+    if path.exists() {
+        return Err(err(
+            "exists already; pick another --bundle path or remove it".into(),
+        ));
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        // Never replaces a file that appeared meanwhile.
+        std::fs::hard_link(&tmp, path)?;
+        std::fs::remove_file(&tmp)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(format!(
+            "cannot write the bundle ({e}); check the folder exists and is writable"
+        )));
+    }
+    Ok(())
+}
+
+/// One check of [`verify`].
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Check {
+    /// What is checked.
+    pub name: &'static str,
+    /// Whether it holds.
+    pub ok: bool,
+    /// What was found, and where it fails.
+    pub detail: String,
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Every check holds.
+    pub valid: bool,
+    /// The key that signed it, hex (when the envelope reads).
+    pub signer: Option<String>,
+    /// Whether the signer was the pinned key (`--pubkey`); unpinned, a valid bundle proves
+    /// integrity, not who made it.
+    pub pinned: bool,
+    /// The attested decision (when the statement reads).
+    pub decision: Option<Decision>,
+    /// Run id (when the statement reads).
+    pub run_id: Option<String>,
+    /// The checks, in order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// The first failing check.
+    pub fn first_failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| !c.ok)
+    }
+}
+
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(&mut self, name: &'static str, r: Result<String, String>) -> bool {
+        let ok = r.is_ok();
+        self.0.push(Check {
+            name,
+            ok,
+            detail: r.unwrap_or_else(|e| e),
+        });
+        ok
+    }
+}
+
+/// Up to this many failures are listed per check.
+const SHOWN: usize = 3;
+
+/// "n of m …; first at …" for a list of failures.
+fn failures(what: &str, total: usize, bad: &[String]) -> Result<String, String> {
+    if bad.is_empty() {
+        return Ok(format!("{total} of {total} {what}"));
+    }
+    let shown: Vec<&str> = bad.iter().take(SHOWN).map(String::as_str).collect();
+    Err(format!(
+        "{} of {total} {what} fail: {}{}",
+        bad.len(),
+        shown.join("; "),
+        if bad.len() > SHOWN { "; …" } else { "" }
+    ))
+}
+
+/// Re-check a bundle's bytes. `pinned`: the auditor key the bundle must be signed by.
+pub fn verify_bytes(bytes: &[u8], pinned: Option<&NodePublic>) -> Report {
+    let mut c = Checks(Vec::new());
+    let mut report = Report {
+        valid: false,
+        signer: None,
+        pinned: false,
+        decision: None,
+        run_id: None,
+        checks: Vec::new(),
+    };
+    let finish = |mut report: Report, c: Checks| {
+        report.valid = c.0.iter().all(|x| x.ok);
+        report.checks = c.0;
+        report
+    };
+    let bundle = match Bundle::unpack(bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            c.add("archive", Err(e));
+            return finish(report, c);
+        }
+    };
+    c.add(
+        "archive",
+        Ok(format!(
+            "{STATEMENT_ENTRY} ({} B), {TRANSCRIPT_ENTRY} ({} B), {KEY_ENTRY}",
+            bundle.envelope.len(),
+            bundle.transcript.len()
+        )),
+    );
+    c.add(
+        "canonical",
+        if bundle.pack() == bytes {
+            Ok(format!("{} B, the canonical packing of its entries", bytes.len()))
+        } else {
+            Err("the file's bytes differ from the canonical packing of its entries: it was altered or re-packed".into())
+        },
+    );
+
+    // The envelope and its signature.
+    let envelope: Envelope = match serde_json::from_slice(&bundle.envelope) {
+        Ok(e) => e,
+        Err(e) => {
+            c.add(
+                "envelope",
+                Err(format!("{STATEMENT_ENTRY} is not a DSSE envelope ({e})")),
+            );
+            return finish(report, c);
+        }
+    };
+    let payload = B64.decode(&envelope.payload);
+    let env_ok = c.add(
+        "envelope",
+        match (
+            &payload,
+            envelope.payload_type == PAYLOAD_TYPE,
+            envelope.signatures.len(),
+        ) {
+            (Err(e), _, _) => Err(format!("the payload is not base64 ({e})")),
+            (_, false, _) => Err(format!(
+                "payloadType is {:?}, not {PAYLOAD_TYPE:?}",
+                envelope.payload_type
+            )),
+            (_, _, 1) => Ok(format!("DSSE, {PAYLOAD_TYPE}, one signature")),
+            (_, _, n) => Err(format!("{n} signatures; a pot bundle has exactly one")),
+        },
+    );
+    if !env_ok {
+        return finish(report, c);
+    }
+    let payload = payload.expect("checked");
+    let sig = &envelope.signatures[0];
+    report.signer = Some(sig.keyid.clone());
+    let signed_by = match (pinned, NodePublic::from_hex(&sig.keyid)) {
+        (Some(p), _) => {
+            report.pinned = true;
+            Ok(*p)
+        }
+        (None, Ok(k)) => Ok(k),
+        (None, Err(_)) => Err("the keyid is not an Ed25519 public key".to_string()),
+    };
+    let sig_bytes: Option<[u8; 64]> = B64.decode(&sig.sig).ok().and_then(|b| b.try_into().ok());
+    c.add(
+        "signature",
+        match (signed_by, sig_bytes) {
+            (Err(e), _) => Err(e),
+            (_, None) => Err("the signature is not 64 bytes of base64".into()),
+            (Ok(k), Some(s)) if k.verify(&pae(PAYLOAD_TYPE, &payload), &s) => Ok(format!(
+                "Ed25519 by {}{}",
+                hex::encode(k.to_bytes()),
+                if pinned.is_some() {
+                    " (the pinned key)"
+                } else {
+                    " (not pinned: pass --pubkey to require the auditor's key)"
+                }
+            )),
+            (Ok(k), Some(_)) => Err(format!(
+                "the signature does not verify under {}{}",
+                hex::encode(k.to_bytes()),
+                if pinned.is_some() && sig.keyid != hex::encode(k.to_bytes()) {
+                    format!(" (the pinned key; the envelope names {})", sig.keyid)
+                } else {
+                    String::new()
+                }
+            )),
+        },
+    );
+
+    // The statement.
+    let statement: Statement = match serde_json::from_slice(&payload) {
+        Ok(s) => s,
+        Err(e) => {
+            c.add(
+                "statement",
+                Err(format!("the payload is not a pot statement ({e})")),
+            );
+            return finish(report, c);
+        }
+    };
+    let pr = &statement.predicate;
+    report.decision = Some(pr.decision);
+    report.run_id = Some(pr.run_id.clone());
+    c.add(
+        "statement",
+        if statement.type_ != STATEMENT_TYPE {
+            Err(format!(
+                "_type is {:?}, not {STATEMENT_TYPE:?}",
+                statement.type_
+            ))
+        } else if statement.predicate_type != PREDICATE_TYPE {
+            Err(format!(
+                "predicateType is {:?}, not {PREDICATE_TYPE:?}",
+                statement.predicate_type
+            ))
+        } else if pr.challenge_key.revealed != KEY_ENTRY || pr.transcript.entry != TRANSCRIPT_ENTRY
+        {
+            Err("the predicate names entries this bundle does not have".into())
+        } else {
+            Ok(format!(
+                "in-toto Statement v1, {} {} of run {}",
+                pr.command,
+                pr.decision.as_str(),
+                pr.run_id
+            ))
+        },
+    );
+
+    // The transcript's digests.
+    let leaves = lines(&bundle.transcript);
+    let root = hex::encode(merkle::Tree::new(&leaves).root());
+    let sha = sha256_hex(&bundle.transcript);
+    let t = &pr.transcript;
+    c.add(
+        "transcript-digest",
+        if sha != t.sha256 {
+            Err(format!("SHA-256 {sha}, the statement says {}", t.sha256))
+        } else if root != t.merkle_root {
+            Err(format!(
+                "Merkle root {root}, the statement says {}",
+                t.merkle_root
+            ))
+        } else if leaves.len() != t.lines || bundle.transcript.len() as u64 != t.bytes {
+            Err(format!(
+                "{} lines and {} B, the statement says {} and {}",
+                leaves.len(),
+                bundle.transcript.len(),
+                t.lines,
+                t.bytes
+            ))
+        } else {
+            Ok(format!(
+                "SHA-256 and Merkle root {} over {} lines",
+                &root[..16],
+                t.lines
+            ))
+        },
+    );
+
+    let parsed = match parse(&bundle.transcript) {
+        Ok(p) => p,
+        Err(e) => {
+            c.add("transcript", Err(format!("{TRANSCRIPT_ENTRY}: {e}")));
+            return finish(report, c);
+        }
+    };
+    c.add(
+        "transcript",
+        Ok(format!(
+            "a header, {} challenges{}",
+            parsed.queries.len(),
+            if parsed.verdict.is_some() {
+                ", a verdict"
+            } else {
+                ""
+            }
+        )),
+    );
+    let h = &parsed.header;
+
+    // The statement against the header.
+    let mut bad = Vec::new();
+    let mut cmp = |what: &str, same: bool| {
+        if !same {
+            bad.push(format!("{what} differs"));
+        }
+    };
+    cmp("the run id", pr.run_id == h.run_id);
+    cmp("the mode", pr.mode == h.mode);
+    cmp("the parameters", pr.params == h.params);
+    cmp("K", pr.k == h.k);
+    cmp("the kernels", pr.kernels == h.kernels);
+    cmp("the score kind", pr.score_kind == h.score_kind);
+    cmp(
+        "the key commitment",
+        pr.challenge_key.commitment == h.key_commitment,
+    );
+    cmp("the reference", pr.reference == h.reference);
+    cmp("the candidate", pr.candidate == h.candidate);
+    cmp("the start time", pr.timings.started_unix == h.started_unix);
+    cmp(
+        "the command",
+        pr.command
+            == match h.candidate {
+                Candidate::Model(_) => "diff",
+                Candidate::Endpoint(_) => "audit",
+            },
+    );
+    cmp("the subjects", statement.subject == subjects(h));
+    c.add(
+        "header",
+        if bad.is_empty() {
+            Ok("the statement's run, parameters, models and commitment are the header's".into())
+        } else {
+            Err(format!(
+                "statement against transcript line 1: {}",
+                bad.join(", ")
+            ))
+        },
+    );
+
+    // The revealed key.
+    let key = std::str::from_utf8(&bundle.key)
+        .map_err(|_| "not text".to_string())
+        .and_then(|t| ChallengeKey::from_hex(t, KEY_ENTRY).map_err(|e| e.to_string()));
+    let key_ok = c.add(
+        "key",
+        match &key {
+            Err(e) => Err(format!("{KEY_ENTRY}: {e}")),
+            Ok(k) if k.commitment() != h.key_commitment => Err(format!(
+                "{KEY_ENTRY} does not open the header's key commitment {}",
+                h.key_commitment
+            )),
+            Ok(_) => Ok(format!("opens the commitment {}", &h.key_commitment[..16])),
+        },
+    );
+
+    // Every challenge re-derived from the key.
+    if key_ok {
+        let key = key.expect("checked");
+        match Catalog::load() {
+            Err(e) => {
+                c.add("challenges", Err(e.to_string()));
+            }
+            Ok(cat) => {
+                let mut bad = Vec::new();
+                for (i, (line, q)) in parsed.queries.iter().enumerate() {
+                    let want = cat.challenge(&key, &h.run_id, i as u64);
+                    let mut diffs = Vec::new();
+                    if q.index != i as u64 {
+                        diffs.push(format!("index {} where {i} belongs", q.index));
+                    }
+                    if q.family != want.family {
+                        diffs.push("family".to_string());
+                    }
+                    if q.template != want.template {
+                        diffs.push("template".to_string());
+                    }
+                    if q.prompt != want.prompt {
+                        diffs.push("prompt".to_string());
+                    }
+                    if !diffs.is_empty() {
+                        bad.push(format!(
+                            "transcript line {line} (challenge {i}): {} not what the key derives",
+                            diffs.join(", ")
+                        ));
+                    }
+                }
+                c.add(
+                    "challenges",
+                    failures("challenges match the key's", parsed.queries.len(), &bad),
+                );
+            }
+        }
+    }
+
+    // Scores from their detail, then the test replayed: bounds after each challenge, decision.
+    let mut bad = Vec::new();
+    for (line, q) in &parsed.queries {
+        match q.score.recompute() {
+            Ok(s) if s == q.score.score => {}
+            Ok(s) => bad.push(format!(
+                "transcript line {line} (challenge {}): score {} but its detail gives {s}",
+                q.index, q.score.score
+            )),
+            Err(e) => bad.push(format!(
+                "transcript line {line} (challenge {}): {e}",
+                q.index
+            )),
+        }
+        if q.score.kind != h.score_kind {
+            bad.push(format!(
+                "transcript line {line} (challenge {}): scored as {:?}, the run as {:?}",
+                q.index, q.score.kind, h.score_kind
+            ));
+        }
+    }
+    c.add(
+        "scores",
+        failures("scores match their detail", parsed.queries.len(), &bad),
+    );
+
+    match SequentialTest::new(h.params) {
+        Err(e) => {
+            c.add("bounds", Err(format!("transcript line 1: {e}")));
+        }
+        Ok(mut test) => {
+            let mut bad = Vec::new();
+            let n = parsed.queries.len();
+            for (line, q) in &parsed.queries {
+                if test.decision().is_some() {
+                    bad.push(format!(
+                        "transcript line {line}: a challenge after the test had decided"
+                    ));
+                    break;
+                }
+                test.push(q.score.score);
+                let st = test.status();
+                if (st.mean, st.lower, st.upper) != (q.mean, q.lower, q.upper) {
+                    bad.push(format!(
+                        "transcript line {line} (challenge {}): mean and bounds ({}, {}, {}) where the test gives ({}, {}, {})",
+                        q.index, q.mean, q.lower, q.upper, st.mean, st.lower, st.upper
+                    ));
+                }
+            }
+            c.add(
+                "bounds",
+                failures(
+                    "means and confidence bounds match the replayed test",
+                    n,
+                    &bad,
+                ),
+            );
+            let st = test.status();
+            let seconds: f64 = parsed.queries.iter().map(|(_, q)| q.seconds).sum();
+            c.add(
+                "decision",
+                match (&parsed.verdict, test.decision()) {
+                    (None, _) => Err("the transcript has no verdict line".into()),
+                    (Some((line, _)), None) => Err(format!(
+                        "transcript line {line}: a verdict after {n} challenges, where the test has not decided"
+                    )),
+                    (Some((line, v)), Some(d)) => {
+                        if v.decision != d
+                            || v.queries != st.n
+                            || (v.mean, v.lower, v.upper) != (st.mean, st.lower, st.upper)
+                        {
+                            Err(format!(
+                                "transcript line {line}: verdict {} after {} (mean {}, [{}, {}]) where the test gives {} after {} (mean {}, [{}, {}])",
+                                v.decision.as_str(), v.queries, v.mean, v.lower, v.upper,
+                                d.as_str(), st.n, st.mean, st.lower, st.upper
+                            ))
+                        } else if pr.decision != d
+                            || pr.queries != st.n
+                            || (pr.mean, pr.lower, pr.upper) != (st.mean, st.lower, st.upper)
+                            || pr.timings.elapsed_s != v.elapsed_s
+                            || pr.timings.challenge_seconds != seconds
+                        {
+                            Err(format!(
+                                "the statement says {} after {} (mean {}, [{}, {}], {} s, {} s in challenges), the transcript {} after {} (mean {}, [{}, {}], {} s, {} s in challenges)",
+                                pr.decision.as_str(), pr.queries, pr.mean, pr.lower, pr.upper, pr.timings.elapsed_s, pr.timings.challenge_seconds,
+                                v.decision.as_str(), v.queries, v.mean, v.lower, v.upper, v.elapsed_s, seconds
+                            ))
+                        } else {
+                            Ok(format!(
+                                "{} after {} challenges, mean {:.4} in [{:.4}, {:.4}], recomputed",
+                                d.as_str(),
+                                st.n,
+                                st.mean,
+                                st.lower,
+                                st.upper
+                            ))
+                        }
+                    }
+                },
+            );
+        }
+    }
+    finish(report, c)
+}
+
+/// Re-check the bundle at `path` (see [`verify_bytes`]); `Err` only when it cannot be read.
+pub fn verify(path: &Path, pinned: Option<&NodePublic>) -> Result<Report, EvidenceError> {
+    let meta = std::fs::metadata(path).map_err(|e| EvidenceError::Io {
+        path: path.display().to_string(),
+        reason: format!("cannot read the bundle ({e})"),
+    })?;
+    if meta.len() > MAX_BYTES {
+        return Err(EvidenceError::Io {
+            path: path.display().to_string(),
+            reason: format!("larger than {MAX_BYTES} bytes: not a pot bundle"),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|e| EvidenceError::Io {
+        path: path.display().to_string(),
+        reason: format!("cannot read the bundle ({e})"),
+    })?;
+    Ok(verify_bytes(&bytes, pinned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pae_matches_the_dsse_spec_example() {
+        // From the DSSE protocol document.
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+    }
+
+    #[test]
+    fn packing_is_canonical_and_unpacks_to_the_same_entries() {
+        let b = Bundle {
+            envelope: b"{}".to_vec(),
+            transcript: b"a\nb\n".to_vec(),
+            key: b"k\n".to_vec(),
+        };
+        let bytes = b.pack();
+        assert_eq!(bytes, b.pack());
+        assert_eq!(Bundle::unpack(&bytes).unwrap(), b);
+        assert!(Bundle::unpack(b"not gzip").is_err());
+        assert!(Bundle::unpack(&bytes[..bytes.len() - 9]).is_err());
+    }
+
+    #[test]
+    fn transcript_lines_are_the_merkle_leaves() {
+        assert_eq!(lines(b"a\nbc\n"), vec![&b"a"[..], &b"bc"[..]]);
+        assert_eq!(lines(b""), Vec::<&[u8]>::new());
+    }
+}

@@ -1,0 +1,699 @@
+//! Evidence bundles on real runs: `pot diff --bundle` and `pot audit --bundle` make them,
+//! `pot bundle verify` accepts them, and every change to one is caught: every flipped byte of
+//! the file; every field of the transcript and of the signed statement, whether the bundle is
+//! left unsigned after the change or re-signed by the auditor with consistent digests (a
+//! dishonest auditor), except the fields listed in `ATTESTED_ONLY`, which only re-running the
+//! models could check.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use common::{model_path, Server, SMOL};
+use pot::commit::keys::AuditorKey;
+use pot::evidence::{self, pae, Bundle, PAYLOAD_TYPE};
+use serde_json::Value;
+
+fn pot() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pot"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A finished run and its bundle, made once per test binary.
+struct Made {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    bundle: PathBuf,
+    auditor: AuditorKey,
+    pubkey: String,
+    bytes: Vec<u8>,
+}
+
+fn keygen_auditor(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let o = pot()
+        .args(["keygen", "--auditor", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    (
+        path,
+        String::from_utf8(o.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// SmolLM2 against itself, quick mode, with a bundle.
+fn made() -> &'static Made {
+    static MADE: OnceLock<Made> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let (key, pubkey) = keygen_auditor(&dir, "auditor.key");
+        let bundle = dir.join("run.tar.gz");
+        let smol = model_path(SMOL);
+        let o = pot()
+            .args(["diff", "--mode", "quick", "--json", "--ref"])
+            .arg(&smol)
+            .arg("--cand")
+            .arg(&smol)
+            .arg("--transcripts")
+            .arg(dir.join("tr"))
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--auditor-key")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["decision"], "SAME");
+        assert_eq!(v["bundle"]["signer"], pubkey.as_str());
+        assert_eq!(v["bundle"]["path"], bundle.display().to_string());
+        let bytes = std::fs::read(&bundle).unwrap();
+        assert_eq!(v["bundle"]["bytes"], bytes.len() as u64);
+        Made {
+            auditor: AuditorKey::read(&key).unwrap(),
+            _dir: d,
+            dir,
+            bundle,
+            pubkey,
+            bytes,
+        }
+    })
+}
+
+fn verify_cli(path: &Path, extra: &[&str]) -> (Output, Value) {
+    let o = pot()
+        .args(["bundle", "verify", "--json"])
+        .arg(path)
+        .args(extra)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o, v)
+}
+
+#[test]
+fn a_diff_bundle_verifies_pinned_and_unpinned_and_not_under_another_key() {
+    let m = made();
+    let (o, v) = verify_cli(&m.bundle, &["--pubkey", &m.pubkey]);
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["pinned"], true);
+    assert_eq!(v["decision"], "SAME");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "archive",
+        "canonical",
+        "signature",
+        "transcript-digest",
+        "key",
+        "challenges",
+        "scores",
+        "bounds",
+        "decision",
+    ] {
+        assert!(names.contains(&want), "{want} is checked: {names:?}");
+    }
+    // The public key from a file, as `pot keygen --auditor` prints it.
+    let pubfile = m.dir.join("auditor.pub");
+    std::fs::write(&pubfile, format!("{}\n", m.pubkey)).unwrap();
+    let (o, _) = verify_cli(&m.bundle, &["--pubkey", pubfile.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    // Unpinned: valid, and says so.
+    let (o, v) = verify_cli(&m.bundle, &[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(v["pinned"], false);
+    assert_eq!(v["signer"], m.pubkey.as_str());
+    // Pinned to another auditor: rejected at the signature.
+    let (_, other) = keygen_auditor(&m.dir, "other.key");
+    let (o, v) = verify_cli(&m.bundle, &["--pubkey", &other]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(failed(&v), vec!["signature"]);
+    // Text output: every check on a line, the verdict last; a failure also on stderr.
+    let o = pot()
+        .args(["bundle", "verify"])
+        .arg(&m.bundle)
+        .args(["--pubkey", &other])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("FAIL signature"), "{out}");
+    assert!(out
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("INVALID: signature"));
+    assert!(stderr(&o).contains("run.tar.gz"), "{}", stderr(&o));
+}
+
+fn failed(v: &Value) -> Vec<String> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_flipped_byte_truncation_and_appendix_of_the_file_is_caught() {
+    let m = made();
+    let b = &m.bytes;
+    let pinned = m.auditor.public();
+    assert!(evidence::verify_bytes(b, Some(&pinned)).valid);
+    let mut caught = 0;
+    for i in 0..b.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut t = b.clone();
+            t[i] ^= bit;
+            let r = evidence::verify_bytes(&t, Some(&pinned));
+            assert!(!r.valid, "flipping bit {bit:#x} of byte {i} went unnoticed");
+            caught += 1;
+        }
+    }
+    for cut in (0..b.len()).step_by(97).chain([b.len() - 1]) {
+        assert!(
+            !evidence::verify_bytes(&b[..cut], Some(&pinned)).valid,
+            "cut at {cut}"
+        );
+    }
+    let mut longer = b.clone();
+    longer.push(0);
+    let r = evidence::verify_bytes(&longer, Some(&pinned));
+    assert!(!r.valid);
+    assert_eq!(r.first_failure().unwrap().name, "canonical");
+    eprintln!(
+        "{caught} flipped bits of a {} B bundle, all caught",
+        b.len()
+    );
+}
+
+/// Every leaf of a JSON value, as a JSON pointer, arrays cut to their first three items.
+fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => o
+            .iter()
+            .for_each(|(k, x)| leaves(x, format!("{at}/{k}"), out)),
+        Value::Array(a) => a
+            .iter()
+            .take(3)
+            .enumerate()
+            .for_each(|(i, x)| leaves(x, format!("{at}/{i}"), out)),
+        _ => out.push(at),
+    }
+}
+
+/// Change a leaf to another value of its type.
+fn mutate(v: &mut Value, ptr: &str) {
+    let x = v.pointer_mut(ptr).unwrap();
+    *x = match x.take() {
+        Value::Bool(b) => Value::Bool(!b),
+        Value::Number(n) if n.is_u64() => Value::from(n.as_u64().unwrap() + 1),
+        Value::Number(n) if n.is_i64() => Value::from(n.as_i64().unwrap() + 1),
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap();
+            Value::from(if f == 0.0 { 0.015625 } else { f * 1.5 })
+        }
+        Value::String(s) if s.is_empty() => Value::from("x"),
+        // Same length and alphabet where it can: the last character moved by one.
+        Value::String(s) => {
+            let mut c: Vec<char> = s.chars().collect();
+            let last = c.pop().unwrap();
+            c.push(match last {
+                '0' => '1',
+                'f' => 'e',
+                'z' | 'Z' => 'a',
+                ch if ch.is_ascii_alphanumeric() => ((ch as u8) + 1) as char,
+                _ => 'x',
+            });
+            Value::from(c.into_iter().collect::<String>())
+        }
+        Value::Null => Value::from(0),
+        other => other,
+    };
+}
+
+/// The bundle's statement as JSON.
+fn statement_of(b: &Bundle) -> Value {
+    let env: Value = serde_json::from_slice(&b.envelope).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
+/// An envelope around `statement`: signed by `key`, or keeping `old`'s signature.
+fn envelope(statement: &Value, key: Option<&AuditorKey>, old: &Bundle) -> Vec<u8> {
+    let payload = serde_json::to_vec(statement).unwrap();
+    let mut env: Value = serde_json::from_slice(&old.envelope).unwrap();
+    env["payload"] = base64::engine::general_purpose::STANDARD
+        .encode(&payload)
+        .into();
+    if let Some(k) = key {
+        env["signatures"][0]["sig"] = base64::engine::general_purpose::STANDARD
+            .encode(k.sign(&pae(PAYLOAD_TYPE, &payload)))
+            .into();
+        env["signatures"][0]["keyid"] = hex::encode(k.public().to_bytes()).into();
+    }
+    serde_json::to_vec_pretty(&env).unwrap()
+}
+
+/// `b` with a new transcript; `resign`: the statement's digests updated and re-signed.
+fn with_transcript(b: &Bundle, transcript: Vec<u8>, resign: Option<&AuditorKey>) -> Bundle {
+    let Some(key) = resign else {
+        return Bundle {
+            transcript,
+            ..b.clone()
+        };
+    };
+    let mut st = statement_of(b);
+    {
+        let body = transcript.strip_suffix(b"\n").unwrap_or(&transcript);
+        let lines: Vec<&[u8]> = body.split(|c| *c == b'\n').collect();
+        let t = &mut st["predicate"]["transcript"];
+        t["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&transcript)).into();
+        t["merkle_root"] = hex::encode(pot::commit::merkle::Tree::new(&lines).root()).into();
+        t["lines"] = lines.len().into();
+        t["bytes"] = transcript.len().into();
+    }
+    Bundle {
+        envelope: envelope(&st, Some(key), b),
+        transcript,
+        key: b.key.clone(),
+    }
+}
+
+fn lines_of(b: &Bundle) -> Vec<Value> {
+    String::from_utf8(b.transcript.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn join(lines: &[Value]) -> Vec<u8> {
+    lines
+        .iter()
+        .map(|l| serde_json::to_string(l).unwrap() + "\n")
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Fields a re-signing auditor can change without a check failing: the models' outputs,
+/// which only re-running the models checks, and statements about the auditor's own machine
+/// and tool.
+const ATTESTED_ONLY: &[&str] = &[
+    "/continuation_ids/",
+    "/continuation_text",
+    "/top1_agree/",
+    "/version",
+    "/pot_version",
+    "/timings/bundled_unix",
+    "/environment/",
+    "/pot/",
+];
+
+fn attested_only(ptr: &str) -> bool {
+    ATTESTED_ONLY
+        .iter()
+        .any(|a| ptr == a.trim_end_matches('/') || ptr.starts_with(a))
+}
+
+#[test]
+fn every_field_of_the_transcript_and_statement_is_caught_signed_or_re_signed() {
+    let m = made();
+    let b = Bundle::unpack(&m.bytes).unwrap();
+    let pinned = m.auditor.public();
+    let check = |t: &Bundle| evidence::verify_bytes(&t.pack(), Some(&pinned));
+    assert!(check(&b).valid);
+    let lines = lines_of(&b);
+    let (mut unsigned, mut resigned, mut attested) = (0, 0, 0);
+    for (i, line) in lines.iter().enumerate() {
+        let mut ptrs = Vec::new();
+        leaves(line, String::new(), &mut ptrs);
+        for p in &ptrs {
+            let mut changed = lines.clone();
+            mutate(&mut changed[i], p);
+            let t = join(&changed);
+            // Left unsigned: the transcript's digests no longer match.
+            let r = check(&with_transcript(&b, t.clone(), None));
+            assert!(!r.valid, "line {} {p}: unsigned change not caught", i + 1);
+            assert_eq!(r.first_failure().unwrap().name, "transcript-digest");
+            unsigned += 1;
+            // Re-signed with consistent digests: a check on the content must fail.
+            let r = check(&with_transcript(&b, t, Some(&m.auditor)));
+            if attested_only(p) {
+                attested += 1;
+                continue;
+            }
+            assert!(!r.valid, "line {} {p}: re-signed change not caught", i + 1);
+            let f = r.first_failure().unwrap().name;
+            assert!(
+                !["signature", "transcript-digest", "canonical"].contains(&f),
+                "line {} {p}: caught only by {f}",
+                i + 1
+            );
+            resigned += 1;
+        }
+    }
+    // Every field of the statement, unsigned and re-signed.
+    let st = statement_of(&b);
+    let mut ptrs = Vec::new();
+    leaves(&st, String::new(), &mut ptrs);
+    for p in &ptrs {
+        let mut s = st.clone();
+        mutate(&mut s, p);
+        for key in [None, Some(&m.auditor)] {
+            let t = Bundle {
+                envelope: envelope(&s, key, &b),
+                ..b.clone()
+            };
+            let r = check(&t);
+            if key.is_some() && attested_only(p.trim_start_matches("/predicate")) {
+                attested += 1;
+                continue;
+            }
+            assert!(
+                !r.valid,
+                "statement {p} (re-signed: {}) not caught",
+                key.is_some()
+            );
+            if key.is_none() {
+                assert_eq!(r.first_failure().unwrap().name, "signature", "{p}");
+            }
+        }
+    }
+    eprintln!(
+        "{unsigned} unsigned and {resigned} re-signed transcript changes caught, {} statement fields; {attested} attested-only changes",
+        ptrs.len()
+    );
+}
+
+#[test]
+fn forged_keys_reordered_or_missing_lines_and_bad_archives_are_caught_where_they_are() {
+    let m = made();
+    let b = Bundle::unpack(&m.bytes).unwrap();
+    let pinned = m.auditor.public();
+    let first_failure = |t: &Bundle| {
+        let r = evidence::verify_bytes(&t.pack(), Some(&pinned));
+        assert!(!r.valid);
+        let f = r.first_failure().unwrap().clone();
+        (f.name.to_string(), f.detail)
+    };
+    // Another key revealed: it does not open the commitment.
+    let other = Bundle {
+        key: format!("{}\n", "ab".repeat(32)).into_bytes(),
+        ..b.clone()
+    };
+    assert_eq!(first_failure(&other).0, "key");
+    // Another key and a matching commitment (re-signed): the prompts do not re-derive.
+    let forged_key = pot::challenge::ChallengeKey::from_bytes([7; 32]);
+    let mut lines = lines_of(&b);
+    lines[0]["key_commitment"] = forged_key.commitment().into();
+    let mut st = statement_of(&b);
+    st["predicate"]["challenge_key"]["commitment"] = forged_key.commitment().into();
+    let t = with_transcript(
+        &Bundle {
+            envelope: envelope(&st, None, &b),
+            key: format!("{}\n", forged_key.to_hex()).into_bytes(),
+            ..b.clone()
+        },
+        join(&lines),
+        Some(&m.auditor),
+    );
+    let (name, detail) = first_failure(&t);
+    assert_eq!(name, "challenges");
+    assert!(
+        detail.contains("transcript line 2 (challenge 0)"),
+        "{detail}"
+    );
+    // Two challenges swapped.
+    let mut lines = lines_of(&b);
+    lines.swap(2, 3);
+    let (name, detail) = first_failure(&with_transcript(&b, join(&lines), Some(&m.auditor)));
+    assert_eq!(name, "challenges");
+    assert!(detail.contains("transcript line 3"), "{detail}");
+    // A score raised together with its detail and its running mean: the bounds do not replay.
+    let mut lines = lines_of(&b);
+    let kl0 = lines[4]["kl"][0].as_f64().unwrap();
+    lines[4]["kl"][0] = (kl0 + 0.5).into();
+    let n = lines[4]["kl"].as_array().unwrap().len() as f64;
+    let s = lines[4]["score"].as_f64().unwrap();
+    lines[4]["score"] = (s + 0.5 / n).into();
+    let (name, detail) = first_failure(&with_transcript(&b, join(&lines), Some(&m.auditor)));
+    assert!(name == "scores" || name == "bounds", "{name}: {detail}");
+    assert!(detail.contains("transcript line 5"), "{detail}");
+    // The last challenge dropped: the test has not decided where the verdict stands.
+    let mut lines = lines_of(&b);
+    let last = lines.len() - 2;
+    lines.remove(last);
+    let (name, _) = first_failure(&with_transcript(&b, join(&lines), Some(&m.auditor)));
+    assert!(name == "decision" || name == "header", "{name}");
+    // The verdict line gone.
+    let mut lines = lines_of(&b);
+    lines.pop();
+    let (name, detail) = first_failure(&with_transcript(&b, join(&lines), Some(&m.auditor)));
+    assert_eq!(name, "decision", "{detail}");
+    // A torn transcript.
+    let mut torn = b.transcript.clone();
+    torn.pop();
+    let (name, _) = first_failure(&with_transcript(&b, torn, Some(&m.auditor)));
+    assert_eq!(name, "transcript");
+    // Envelope: two signatures, another payload type (re-signed), a signature of the wrong size.
+    let mut env: Value = serde_json::from_slice(&b.envelope).unwrap();
+    let sig = env["signatures"][0].clone();
+    env["signatures"].as_array_mut().unwrap().push(sig);
+    let t = Bundle {
+        envelope: serde_json::to_vec(&env).unwrap(),
+        ..b.clone()
+    };
+    assert_eq!(first_failure(&t).0, "envelope");
+    let mut env: Value = serde_json::from_slice(&b.envelope).unwrap();
+    env["signatures"][0]["sig"] = "AAAA".into();
+    let t = Bundle {
+        envelope: serde_json::to_vec(&env).unwrap(),
+        ..b.clone()
+    };
+    assert_eq!(first_failure(&t).0, "signature");
+    let t = Bundle {
+        envelope: b"not json".to_vec(),
+        ..b.clone()
+    };
+    assert_eq!(first_failure(&t).0, "envelope");
+    // Archives: an extra entry, a missing one, a non-canonical packing.
+    let tar_gz = |entries: &[(&str, &[u8])], level: u32| {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        let mut ar = tar::Builder::new(gz);
+        for (name, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            ar.append(&h, *data).unwrap();
+        }
+        ar.into_inner().unwrap().finish().unwrap()
+    };
+    let all = [
+        (evidence::STATEMENT_ENTRY, b.envelope.as_slice()),
+        (evidence::TRANSCRIPT_ENTRY, b.transcript.as_slice()),
+        (evidence::KEY_ENTRY, b.key.as_slice()),
+    ];
+    let name_of = |bytes: Vec<u8>| {
+        let r = evidence::verify_bytes(&bytes, Some(&pinned));
+        assert!(!r.valid);
+        let f = r.first_failure().unwrap();
+        (f.name, f.detail.clone())
+    };
+    let (n, d) = name_of(tar_gz(&[all[0], all[1], all[2], ("extra.txt", b"x")], 9));
+    assert_eq!(n, "archive");
+    assert!(d.contains("extra.txt"), "{d}");
+    let (n, d) = name_of(tar_gz(&[all[0], all[1], all[1], all[2]], 9));
+    assert_eq!(n, "archive");
+    assert!(d.contains("twice"), "{d}");
+    let (n, d) = name_of(tar_gz(&[all[0], all[2]], 9));
+    assert_eq!(n, "archive");
+    assert!(d.contains(evidence::TRANSCRIPT_ENTRY), "{d}");
+    let (n, _) = name_of(tar_gz(&all, 1));
+    assert_eq!(n, "canonical");
+}
+
+#[test]
+fn bad_bundle_inputs_fail_cleanly_and_bundles_can_be_made_after_the_run() {
+    let m = made();
+    // Missing file: exit 2, one line naming it.
+    let missing = m.dir.join("nope.tar.gz");
+    let o = pot()
+        .args(["bundle", "verify"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("nope.tar.gz") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+    // Not a bundle: exit 1 at the archive check.
+    let junk = m.dir.join("junk.tar.gz");
+    std::fs::write(&junk, b"hello").unwrap();
+    let (o, v) = verify_cli(&junk, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(failed(&v), vec!["archive"]);
+    // A bad --pubkey: exit 2 naming it.
+    let o = pot()
+        .args(["bundle", "verify", "--pubkey", "xyz"])
+        .arg(&m.bundle)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--pubkey xyz"), "{}", stderr(&o));
+    // --bundle onto an existing file, or without a key: refused before any work.
+    let smol = model_path(SMOL);
+    let o = pot()
+        .args(["diff", "--mode", "quick", "--ref"])
+        .arg(&smol)
+        .arg("--cand")
+        .arg(&smol)
+        .arg("--transcripts")
+        .arg(m.dir.join("tr2"))
+        .arg("--bundle")
+        .arg(&m.bundle)
+        .arg("--auditor-key")
+        .arg(m.dir.join("auditor.key"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("exists already"), "{}", stderr(&o));
+    assert!(!m.dir.join("tr2").exists(), "nothing written");
+    let o = pot()
+        .args(["diff", "--ref"])
+        .arg(&smol)
+        .arg("--cand")
+        .arg(&smol)
+        .arg("--bundle")
+        .arg(m.dir.join("x.tar.gz"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--auditor-key"), "{}", stderr(&o));
+    // A node key is not an auditor key.
+    let node = m.dir.join("node.key");
+    assert!(pot()
+        .args(["keygen", "--node", "--out"])
+        .arg(&node)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    // `pot bundle create` after the fact, from the run's saved key.
+    let tr = m.dir.join("tr");
+    let transcript = std::fs::read_dir(&tr)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "ndjson"))
+        .unwrap();
+    let saved_key = transcript.with_extension("key");
+    let later = m.dir.join("later.tar.gz");
+    let create = |key: &Path, auditor: &Path, out: &Path| {
+        pot()
+            .args(["bundle", "create", "--transcript"])
+            .arg(&transcript)
+            .arg("--key-file")
+            .arg(key)
+            .arg("--auditor-key")
+            .arg(auditor)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = create(&saved_key, &node, &later);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("pot keygen --auditor"),
+        "{}",
+        stderr(&o)
+    );
+    let wrong = m.dir.join("wrong.key");
+    assert!(pot()
+        .args(["keygen", "-o"])
+        .arg(&wrong)
+        .status()
+        .unwrap()
+        .success());
+    let o = create(&wrong, &m.dir.join("auditor.key"), &later);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("key commitment"), "{}", stderr(&o));
+    assert!(!later.exists(), "nothing half-written");
+    let o = create(&saved_key, &m.dir.join("auditor.key"), &later);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, v) = verify_cli(&later, &["--pubkey", &m.pubkey]);
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    // The same run, bundled twice: the same transcript and key, the same Merkle root.
+    let a = Bundle::unpack(&m.bytes).unwrap();
+    let c = Bundle::unpack(&std::fs::read(&later).unwrap()).unwrap();
+    assert_eq!((a.transcript, a.key), (c.transcript, c.key));
+}
+
+#[test]
+fn an_audit_of_pot_serve_bundles_and_verifies() {
+    let d = tempfile::tempdir().unwrap();
+    let (key, pubkey) = keygen_auditor(d.path(), "auditor.key");
+    let server = Server::start(SMOL, &["--max-batch", "1"]);
+    let bundle = d.path().join("audit.tar.gz");
+    let o = pot()
+        .args([
+            "audit", "--mode", "quick", "--json", "--model", "vendor", "--ref",
+        ])
+        .arg(model_path(SMOL))
+        .args(["--endpoint", &server.url])
+        .arg("--transcripts")
+        .arg(d.path().join("tr"))
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--auditor-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (o, v) = verify_cli(&bundle, &["--pubkey", &pubkey]);
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    let b = Bundle::unpack(&std::fs::read(&bundle).unwrap()).unwrap();
+    let st = statement_of(&b);
+    assert_eq!(st["predicate"]["command"], "audit");
+    assert_eq!(st["predicate"]["score_kind"], "endpoint-kl");
+    // An endpoint has no weights to name: the reference is the only subject.
+    assert_eq!(st["subject"].as_array().unwrap().len(), 1);
+    // The endpoint's raw answers are in the transcript; the API key never is.
+    let t = String::from_utf8(b.transcript).unwrap();
+    assert!(t.contains("\"endpoint\""));
+    // A score changed in an endpoint audit (re-signed) is caught too.
+    let mut lines: Vec<Value> = t
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[1]["score"] = (lines[1]["score"].as_f64().unwrap() + 0.25).into();
+    let b = Bundle::unpack(&std::fs::read(&bundle).unwrap()).unwrap();
+    let auditor = AuditorKey::read(&key).unwrap();
+    let r = evidence::verify_bytes(
+        &with_transcript(&b, join(&lines), Some(&auditor)).pack(),
+        Some(&auditor.public()),
+    );
+    assert_eq!(r.first_failure().unwrap().name, "scores");
+    drop(server);
+}
