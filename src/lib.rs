@@ -8,10 +8,12 @@
 //! VRF audit choice, the provider's step store); `verify` is the router that checks providers
 //! by re-execution.
 //! `evidence` signs a finished run into a bundle that anyone can re-check.
-//! `identity` names models by their weights; `variant` derives cheaper substitutes.
+//! `identity` names models by their weights; `variant` derives cheaper substitutes, and
+//! `calibrate` measures which of them a run catches.
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod calibrate;
 pub mod challenge;
 pub mod commit;
 pub mod diff;

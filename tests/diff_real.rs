@@ -476,3 +476,46 @@ fn bad_hugging_face_folders_fail_cleanly() {
     let (o, _) = diff(&model_path(SMOL), &cut, &tr, &[]);
     assert_clean_error(&o, "cut", &tr);
 }
+
+/// `pot calibrate` builds substitutes and says which a mode catches: the f16 re-encoding is
+/// SAME, the 2-bit requantization DIFFERENT, each in the fewest queries the test allows.
+#[test]
+fn calibrate_reports_what_each_mode_catches() {
+    let d = tmp();
+    let o = pot()
+        .args([
+            "calibrate",
+            "--json",
+            "--modes",
+            "quick",
+            "--only",
+            "f16,q2_k",
+            "--ref",
+        ])
+        .arg(model_path(SMOL))
+        .arg("--keep")
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let row = |name: &str| runs.iter().find(|r| r["substitute"] == name).unwrap();
+    assert_eq!(row("f16")["decision"], "SAME");
+    assert_eq!(row("f16")["queries"], 10);
+    assert_eq!(row("q2_k")["decision"], "DIFFERENT");
+    assert_eq!(row("q2_k")["queries"], 5);
+    assert!(
+        d.path().join("q2_k.gguf").is_file(),
+        "--keep keeps the substitutes"
+    );
+    let o = pot()
+        .args(["calibrate", "--only", "q1", "--ref"])
+        .arg(model_path(SMOL))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("--only q1") && e.contains("q2_k"), "{e}");
+}

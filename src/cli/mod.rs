@@ -165,6 +165,33 @@ enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
+    /// What a run can and cannot see: build substitutes of a model (re-encoded, re-quantized,
+    /// pruned, noised) in a temporary folder and report, per mode, the verdict against each
+    /// and the queries it took.
+    Calibrate {
+        /// The reference model.
+        #[arg(long = "ref")]
+        reference: String,
+        /// Modes to run (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "quick,audit")]
+        modes: Vec<Mode>,
+        /// Only these substitutes (comma-separated; default all: f16, q8_0, q4_0, q3_k, q2_k,
+        /// prune1, noise0.02, noise0.1).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Runs per substitute and mode, each with a fresh key.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Keep the substitutes and transcripts in this folder (reused when run again).
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        /// Matrix kernels.
+        #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+        kernels: KernelArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -566,6 +593,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify(a) => cmd_verify(*a),
         Command::Bundle(b) => cmd_bundle(b),
+        Command::Calibrate {
+            reference,
+            modes,
+            only,
+            runs,
+            keep,
+            kernels,
+            json,
+        } => cmd_calibrate(reference, modes, only, runs, keep, kernels.into(), json),
         Command::Keygen {
             out,
             node,
@@ -1024,6 +1060,116 @@ fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
             })
         }
     }
+}
+
+fn cmd_calibrate(
+    reference: String,
+    modes: Vec<Mode>,
+    only: Vec<String>,
+    runs: usize,
+    keep: Option<PathBuf>,
+    kernels: Kernels,
+    json: bool,
+) -> Result<ExitCode> {
+    use pot::calibrate::{self, Event};
+    if runs == 0 || modes.is_empty() {
+        bail!("--runs must be at least 1 and --modes must name a mode");
+    }
+    let mut substitutes = calibrate::default_substitutes();
+    if !only.is_empty() {
+        let known: Vec<String> = substitutes.iter().map(|s| s.name.clone()).collect();
+        if let Some(bad) = only.iter().find(|o| !known.contains(o)) {
+            bail!(
+                "--only {bad}: not a substitute; choose from {}",
+                known.join(", ")
+            );
+        }
+        substitutes.retain(|s| only.contains(&s.name));
+    }
+    let workdir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pot-calibrate-{}", std::process::id()))
+    });
+    let cfg = calibrate::CalibrateConfig {
+        reference,
+        substitutes,
+        modes,
+        runs,
+        kernels,
+        workdir: workdir.clone(),
+    };
+    let result = calibrate::run(&cfg, &mut |e| match e {
+        Event::Building(name) => eprintln!("pot calibrate: substitute {name}"),
+        Event::Row(r) => eprintln!(
+            "  {:<10} {:<8} run {}: {} after {} queries, mean {:.4}, {:.1} s",
+            r.substitute,
+            r.mode.name(),
+            r.run,
+            r.decision.as_str(),
+            r.queries,
+            r.mean,
+            r.seconds
+        ),
+    });
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&workdir);
+    }
+    let (rows, skipped) = result?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"runs": rows, "skipped": skipped}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<10} {:>8} {:<8} {:<28} {:>9} {:>11} {:>8}",
+        "substitute", "MB", "mode", "verdicts", "queries", "mean score", "seconds"
+    );
+    let mut keys: Vec<(String, Mode)> = Vec::new();
+    for r in &rows {
+        if !keys.contains(&(r.substitute.clone(), r.mode)) {
+            keys.push((r.substitute.clone(), r.mode));
+        }
+    }
+    for (name, mode) in keys {
+        let rs: Vec<_> = rows
+            .iter()
+            .filter(|r| r.substitute == name && r.mode == mode)
+            .collect();
+        let count = |d: Decision| rs.iter().filter(|r| r.decision == d).count();
+        let mut verdicts = Vec::new();
+        for d in [Decision::Different, Decision::Same, Decision::Undecided] {
+            if count(d) > 0 {
+                verdicts.push(format!("{} {}", count(d), d.as_str()));
+            }
+        }
+        let mut q: Vec<usize> = rs.iter().map(|r| r.queries).collect();
+        q.sort_unstable();
+        let mut secs: Vec<f64> = rs.iter().map(|r| r.seconds).collect();
+        secs.sort_by(f64::total_cmp);
+        let mean = rs.iter().map(|r| r.mean).sum::<f64>() / rs.len() as f64;
+        println!(
+            "{:<10} {:>8.1} {:<8} {:<28} {:>9} {:>11.4} {:>8.1}",
+            name,
+            rs[0].file_bytes as f64 / 1e6,
+            mode.name(),
+            verdicts.join(", "),
+            if q[0] == q[q.len() - 1] {
+                q[0].to_string()
+            } else {
+                format!("{}-{}", q[0], q[q.len() - 1])
+            },
+            mean,
+            secs[secs.len() / 2]
+        );
+    }
+    for s in &skipped {
+        println!("{:<10} skipped: {}", s.substitute, s.reason);
+    }
+    println!(
+        "DIFFERENT: the mode catches that substitute, in that many queries. SAME: it cannot tell it from the reference at its margins (mean score below δ); a provider could serve it unnoticed. UNDECIDED: it sits between the margins; a wider budget or the extended mode decides."
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// An Ed25519 public key given as 64 hex digits or as a file holding them.
