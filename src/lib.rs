@@ -7,7 +7,7 @@
 //! `commit` holds the proof-of-inference protocol (step data, Merkle trees, signed receipts,
 //! VRF audit choice, the provider's step store); `verify` is the router that checks providers
 //! by re-execution.
-//! `evidence` signs a finished run into a bundle that anyone can re-check.
+//! `report` turns experiment results into tables and plots; `evidence` signs a finished run into a bundle that anyone can re-check.
 //! `identity` names models by their weights; `variant` derives cheaper substitutes, and
 //! `calibrate` measures which of them a run catches.
 #![deny(missing_docs)]
@@ -20,6 +20,7 @@ pub mod diff;
 pub mod evidence;
 pub mod identity;
 pub mod model;
+pub mod report;
 pub mod score;
 pub mod serve;
 pub mod stats;

@@ -165,6 +165,17 @@ enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
+    /// Tables and plots from the experiments (scripts/run-experiments.sh): decision rates,
+    /// false-accept and false-reject rates with Clopper–Pearson 95 % intervals, queries to a
+    /// verdict, wall time; writes REPORT.md and SVG plots into the results folder.
+    Report {
+        /// The results folder (runs.csv, queries.csv).
+        #[arg(long, default_value = "experimental_results")]
+        results: PathBuf,
+        /// JSON output (the tables) on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// What a run can and cannot see: build substitutes of a model (re-encoded, re-quantized,
     /// pruned, noised) in a temporary folder and report, per mode, the verdict against each
     /// and the queries it took.
@@ -593,6 +604,42 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify(a) => cmd_verify(*a),
         Command::Bundle(b) => cmd_bundle(b),
+        Command::Report { results, json } => {
+            let margins = |mode: &str| {
+                <Mode as clap::ValueEnum>::from_str(mode, true)
+                    .ok()
+                    .map(|m| {
+                        let p = m.params();
+                        pot::report::Margins {
+                            gamma: p.gamma,
+                            delta: p.delta,
+                            clip: p.clip,
+                        }
+                    })
+            };
+            let r = pot::report::run(&results, &margins)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for x in &r.rates {
+                    println!(
+                        "{} {}: false accepts {}/{}, false rejects {}/{}, undecided {}/{}",
+                        x.method,
+                        x.mode,
+                        x.false_accept.0,
+                        x.false_accept.1,
+                        x.false_reject.0,
+                        x.false_reject.1,
+                        x.undecided.0,
+                        x.undecided.1
+                    );
+                }
+                for w in &r.written {
+                    eprintln!("pot report: wrote {w}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Calibrate {
             reference,
             modes,

@@ -1,0 +1,612 @@
+//! `pot report`: the experiments' results as tables and plots (`REPORT.md`).
+//!
+//! Reads `runs.csv` and `queries.csv` (written by `scripts/run-experiments.sh`) with polars and
+//! writes `REPORT.md` and SVG plots beside them. Which verdict is right for a pair is never
+//! taken from a label: each pair's mean clipped score μ is estimated from all its challenges
+//! (with a Hoeffding 95 % interval, valid because clipped scores are bounded), and a verdict is
+//! wrong when the interval lies wholly on the other side of a margin: SAME is wrong when μ > δ,
+//! DIFFERENT when μ < γ. Pairs whose interval touches [γ, δ] accept either verdict. Error rates
+//! carry exact Clopper–Pearson 95 % intervals (statrs' Beta quantiles).
+//!
+//! This room reads only the results folder and writes only REPORT.md and its plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use serde::Serialize;
+use statrs::distribution::{Beta, ContinuousCDF};
+
+mod plots;
+
+/// Report errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// A results file that cannot be read.
+    #[error("{path}: {reason}")]
+    Input {
+        /// File.
+        path: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The report or a plot cannot be written.
+    #[error("{path}: {reason}")]
+    Output {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The margins and clip bound of a mode (γ, δ, B).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Margins {
+    /// γ.
+    pub gamma: f64,
+    /// δ.
+    pub delta: f64,
+    /// B.
+    pub clip: f64,
+}
+
+/// Which verdict is right for a pair, from its estimated mean score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Truth {
+    /// μ < γ: SAME is right, DIFFERENT is a false reject.
+    Same,
+    /// μ > δ: DIFFERENT is right, SAME is a false accept.
+    Different,
+    /// The interval touches [γ, δ]: either verdict is right.
+    Either,
+}
+
+impl Truth {
+    fn as_str(self) -> &'static str {
+        match self {
+            Truth::Same => "SAME",
+            Truth::Different => "DIFFERENT",
+            Truth::Either => "either",
+        }
+    }
+}
+
+/// A pair's estimated mean clipped score in one mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct Estimate {
+    /// Pair.
+    pub pair: String,
+    /// Mode.
+    pub mode: String,
+    /// Challenges pooled over all runs.
+    pub challenges: usize,
+    /// Mean clipped score.
+    pub mean: f64,
+    /// Hoeffding 95 % interval.
+    pub lower: f64,
+    /// Upper end.
+    pub upper: f64,
+    /// Which verdict is right.
+    pub truth: Truth,
+}
+
+/// The runs of one pair, method and mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    /// Pair.
+    pub pair: String,
+    /// `pot` or `baseline`.
+    pub method: String,
+    /// Mode.
+    pub mode: String,
+    /// Runs.
+    pub runs: usize,
+    /// SAME verdicts.
+    pub same: usize,
+    /// DIFFERENT verdicts.
+    pub different: usize,
+    /// UNDECIDED verdicts.
+    pub undecided: usize,
+    /// The right verdict (None when no estimate exists for the pair).
+    pub truth: Option<Truth>,
+    /// Wrong verdicts.
+    pub wrong: usize,
+    /// Clopper–Pearson 95 % interval of the wrong-verdict rate.
+    pub wrong_ci: (f64, f64),
+    /// Median queries to a verdict.
+    pub queries_median: f64,
+    /// 90th percentile.
+    pub queries_p90: f64,
+    /// Median wall seconds per run.
+    pub wall_median: f64,
+    /// 90th percentile.
+    pub wall_p90: f64,
+}
+
+/// Error rates of one method and mode over all pairs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rates {
+    /// Method.
+    pub method: String,
+    /// Mode.
+    pub mode: String,
+    /// SAME verdicts on pairs whose right verdict is DIFFERENT, of such runs.
+    pub false_accept: (usize, usize),
+    /// Its Clopper–Pearson 95 % interval.
+    pub false_accept_ci: (f64, f64),
+    /// DIFFERENT verdicts on pairs whose right verdict is SAME, of such runs.
+    pub false_reject: (usize, usize),
+    /// Its interval.
+    pub false_reject_ci: (f64, f64),
+    /// UNDECIDED verdicts, of all runs.
+    pub undecided: (usize, usize),
+}
+
+/// What [`run`] found and wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Per pair and mode.
+    pub estimates: Vec<Estimate>,
+    /// Per pair, method and mode.
+    pub groups: Vec<Group>,
+    /// Per method and mode.
+    pub rates: Vec<Rates>,
+    /// Files written.
+    pub written: Vec<String>,
+}
+
+/// The exact (Clopper–Pearson) two-sided 95 % interval of a binomial rate, k of n.
+pub fn clopper_pearson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let a = 0.05;
+    let (k, nf) = (k as f64, n as f64);
+    let lo = if k == 0.0 {
+        0.0
+    } else {
+        Beta::new(k, nf - k + 1.0)
+            .expect("positive shapes")
+            .inverse_cdf(a / 2.0)
+    };
+    let hi = if k == nf {
+        1.0
+    } else {
+        Beta::new(k + 1.0, nf - k)
+            .expect("positive shapes")
+            .inverse_cdf(1.0 - a / 2.0)
+    };
+    (lo, hi)
+}
+
+fn read_csv(path: &Path) -> Result<DataFrame, ReportError> {
+    let err = |reason: String| ReportError::Input {
+        path: path.display().to_string(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(err(
+            "missing; run scripts/run-experiments.sh first (or pass --results DIR)".into(),
+        ));
+    }
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(None)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .map_err(|e| err(format!("not a results CSV ({e})")))
+}
+
+fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>, PolarsError> {
+    Ok(df
+        .column(name)?
+        .cast(&DataType::String)?
+        .str()?
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect())
+}
+
+fn floats(df: &DataFrame, name: &str) -> Result<Vec<f64>, PolarsError> {
+    Ok(df
+        .column(name)?
+        .cast(&DataType::Float64)?
+        .f64()?
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
+}
+
+fn counts(df: &DataFrame, name: &str) -> Result<Vec<usize>, PolarsError> {
+    Ok(floats(df, name)?
+        .into_iter()
+        .map(|v| if v.is_finite() { v as usize } else { 0 })
+        .collect())
+}
+
+/// Read the results in `dir`, write `REPORT.md` and plots into `dir`.
+pub fn run(dir: &Path, margins: &dyn Fn(&str) -> Option<Margins>) -> Result<Report, ReportError> {
+    let runs_path = dir.join("runs.csv");
+    let queries_path = dir.join("queries.csv");
+    let runs = read_csv(&runs_path)?;
+    let queries = read_csv(&queries_path)?;
+    let perr = |path: &Path| {
+        let p = path.display().to_string();
+        move |e: PolarsError| ReportError::Input {
+            path: p.clone(),
+            reason: format!("{e}; the file lacks a column pot report needs, or is damaged"),
+        }
+    };
+
+    // Each mode's clip bound, as a column, to clip the scores the way the test does.
+    let modes: Vec<String> = {
+        let mut m = strs(&queries, "mode").map_err(perr(&queries_path))?;
+        m.sort();
+        m.dedup();
+        m
+    };
+    let mut clip_expr = lit(f64::NAN);
+    for m in &modes {
+        let b = margins(m).map(|x| x.clip).unwrap_or(f64::NAN);
+        clip_expr = when(col("mode").eq(lit(m.clone())))
+            .then(lit(b))
+            .otherwise(clip_expr);
+    }
+    let est = queries
+        .clone()
+        .lazy()
+        .filter(col("method").eq(lit("pot")))
+        .with_column(clip_expr.alias("clip"))
+        .with_column(
+            when(col("score").gt(col("clip")).or(col("score").is_nan()))
+                .then(col("clip"))
+                .when(col("score").lt(lit(0.0)))
+                .then(lit(0.0))
+                .otherwise(col("score"))
+                .alias("clipped"),
+        )
+        .group_by_stable([col("pair"), col("mode")])
+        .agg([
+            len().alias("challenges"),
+            col("clipped").mean().alias("mean"),
+            col("clip").first().alias("clip"),
+        ])
+        .collect()
+        .map_err(perr(&queries_path))?;
+    let mut estimates = Vec::new();
+    {
+        let e = |x| perr(&queries_path)(x);
+        let (pairs, ms) = (
+            strs(&est, "pair").map_err(e)?,
+            strs(&est, "mode").map_err(e)?,
+        );
+        let n = counts(&est, "challenges").map_err(e)?;
+        let mean = floats(&est, "mean").map_err(e)?;
+        let clip = floats(&est, "clip").map_err(e)?;
+        for i in 0..pairs.len() {
+            let Some(mg) = margins(&ms[i]) else { continue };
+            // Hoeffding: clipped scores lie in [0, B].
+            let half = clip[i] * ((2.0f64 / 0.05).ln() / (2.0 * n[i] as f64)).sqrt();
+            let (lo, hi) = ((mean[i] - half).max(0.0), (mean[i] + half).min(clip[i]));
+            let truth = if hi < mg.gamma {
+                Truth::Same
+            } else if lo > mg.delta {
+                Truth::Different
+            } else {
+                Truth::Either
+            };
+            estimates.push(Estimate {
+                pair: pairs[i].clone(),
+                mode: ms[i].clone(),
+                challenges: n[i],
+                mean: mean[i],
+                lower: lo,
+                upper: hi,
+                truth,
+            });
+        }
+    }
+    let truth_of = |pair: &str, mode: &str| {
+        estimates
+            .iter()
+            .find(|e| e.pair == pair && e.mode == mode)
+            .map(|e| e.truth)
+    };
+
+    let agg = runs
+        .clone()
+        .lazy()
+        .group_by_stable([col("pair"), col("method"), col("mode")])
+        .agg([
+            len().alias("runs"),
+            col("decision")
+                .eq(lit("SAME"))
+                .cast(DataType::UInt32)
+                .sum()
+                .alias("same"),
+            col("decision")
+                .eq(lit("DIFFERENT"))
+                .cast(DataType::UInt32)
+                .sum()
+                .alias("different"),
+            col("decision")
+                .eq(lit("UNDECIDED"))
+                .cast(DataType::UInt32)
+                .sum()
+                .alias("undecided"),
+            col("queries")
+                .cast(DataType::Float64)
+                .median()
+                .alias("q_median"),
+            col("queries")
+                .cast(DataType::Float64)
+                .quantile(lit(0.9), QuantileMethod::Nearest)
+                .alias("q_p90"),
+            col("wall_s").median().alias("wall_median"),
+            col("wall_s")
+                .quantile(lit(0.9), QuantileMethod::Nearest)
+                .alias("wall_p90"),
+        ])
+        .collect()
+        .map_err(perr(&runs_path))?;
+    let mut groups = Vec::new();
+    {
+        let e = |x| perr(&runs_path)(x);
+        let pairs = strs(&agg, "pair").map_err(e)?;
+        let methods = strs(&agg, "method").map_err(e)?;
+        let ms = strs(&agg, "mode").map_err(e)?;
+        let n = counts(&agg, "runs").map_err(e)?;
+        let same = counts(&agg, "same").map_err(e)?;
+        let diff = counts(&agg, "different").map_err(e)?;
+        let und = counts(&agg, "undecided").map_err(e)?;
+        let qm = floats(&agg, "q_median").map_err(e)?;
+        let q9 = floats(&agg, "q_p90").map_err(e)?;
+        let wm = floats(&agg, "wall_median").map_err(e)?;
+        let w9 = floats(&agg, "wall_p90").map_err(e)?;
+        for i in 0..pairs.len() {
+            // The baseline has no mode of its own: it is judged by the pair's quick-mode μ.
+            let truth = truth_of(&pairs[i], &ms[i]).or_else(|| truth_of(&pairs[i], "quick"));
+            let wrong = match truth {
+                Some(Truth::Same) => diff[i],
+                Some(Truth::Different) => same[i],
+                _ => 0,
+            };
+            groups.push(Group {
+                pair: pairs[i].clone(),
+                method: methods[i].clone(),
+                mode: ms[i].clone(),
+                runs: n[i],
+                same: same[i],
+                different: diff[i],
+                undecided: und[i],
+                truth,
+                wrong,
+                wrong_ci: clopper_pearson(wrong, n[i]),
+                queries_median: qm[i],
+                queries_p90: q9[i],
+                wall_median: wm[i],
+                wall_p90: w9[i],
+            });
+        }
+    }
+
+    let mut rates: Vec<Rates> = Vec::new();
+    let mut keys: Vec<(String, String)> = groups
+        .iter()
+        .map(|g| (g.method.clone(), g.mode.clone()))
+        .collect();
+    keys.dedup();
+    keys.sort();
+    keys.dedup();
+    for (method, mode) in keys {
+        let gs: Vec<&Group> = groups
+            .iter()
+            .filter(|g| g.method == method && g.mode == mode)
+            .collect();
+        let sum = |f: &dyn Fn(&Group) -> usize| gs.iter().map(|g| f(g)).sum::<usize>();
+        let fa = (
+            sum(&|g| {
+                if g.truth == Some(Truth::Different) {
+                    g.same
+                } else {
+                    0
+                }
+            }),
+            sum(&|g| {
+                if g.truth == Some(Truth::Different) {
+                    g.runs
+                } else {
+                    0
+                }
+            }),
+        );
+        let fr = (
+            sum(&|g| {
+                if g.truth == Some(Truth::Same) {
+                    g.different
+                } else {
+                    0
+                }
+            }),
+            sum(&|g| {
+                if g.truth == Some(Truth::Same) {
+                    g.runs
+                } else {
+                    0
+                }
+            }),
+        );
+        rates.push(Rates {
+            method,
+            mode,
+            false_accept: fa,
+            false_accept_ci: clopper_pearson(fa.0, fa.1),
+            false_reject: fr,
+            false_reject_ci: clopper_pearson(fr.0, fr.1),
+            undecided: (sum(&|g| g.undecided), sum(&|g| g.runs)),
+        });
+    }
+
+    let mut written = Vec::new();
+    let plot_err = |path: &Path, e: String| ReportError::Output {
+        path: path.display().to_string(),
+        reason: e,
+    };
+    let bounds_svg = dir.join("bounds.svg");
+    plots::bounds(&bounds_svg, &queries, margins).map_err(|e| plot_err(&bounds_svg, e))?;
+    let queries_svg = dir.join("queries.svg");
+    plots::queries(&queries_svg, &runs).map_err(|e| plot_err(&queries_svg, e))?;
+    let power_svg = dir.join("power.svg");
+    plots::power(&power_svg, &groups).map_err(|e| plot_err(&power_svg, e))?;
+    written.extend([&bounds_svg, &queries_svg, &power_svg].map(|p| p.display().to_string()));
+
+    let report = Report {
+        estimates,
+        groups,
+        rates,
+        written: Vec::new(),
+    };
+    let md = markdown(&report, &runs, margins);
+    let md_path = dir.join("REPORT.md");
+    write_atomic(&md_path, md.as_bytes())?;
+    written.push(md_path.display().to_string());
+    Ok(Report { written, ..report })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let tmp: PathBuf = path.with_extension("md.tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ReportError::Output {
+                path: path.display().to_string(),
+                reason: format!("cannot write ({e})"),
+            }
+        })
+}
+
+fn pct(k: usize, n: usize, ci: (f64, f64)) -> String {
+    if n == 0 {
+        return "—".into();
+    }
+    format!(
+        "{k}/{n} = {:.3} [{:.3}, {:.3}]",
+        k as f64 / n as f64,
+        ci.0,
+        ci.1
+    )
+}
+
+fn markdown(r: &Report, runs: &DataFrame, margins: &dyn Fn(&str) -> Option<Margins>) -> String {
+    let mut s = String::new();
+    let total: usize = r.groups.iter().map(|g| g.runs).sum();
+    let commits = strs(runs, "pot_commit").unwrap_or_default();
+    let mut commits: Vec<&String> = commits.iter().collect();
+    commits.sort();
+    commits.dedup();
+    let threads = floats(runs, "threads").unwrap_or_default();
+    let (tmin, tmax) = threads
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(*t), b.max(*t)));
+    let _ = writeln!(
+        s,
+        "# Experiments\n\nWritten by `pot report` from `runs.csv` and `queries.csv` ({total} runs, pot commits {}; engine threads {}). Rerun the experiments with `scripts/run-experiments.sh`, then `pot report`.\n",
+        commits.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+        if tmin == tmax { format!("{tmin}") } else { format!("{tmin}–{tmax}") }
+    );
+    let _ = writeln!(s, "## Which verdict is right\n\nFor each pair and mode, μ is the mean clipped score over all its challenges, with a Hoeffding 95 % interval (clipped scores lie in [0, B]). A verdict is judged against the mode's margins: SAME is right when the interval lies below γ, DIFFERENT when it lies above δ; otherwise either is. The pooled challenges come from runs that stopped early, which biases μ slightly; every pair here lies far from the margins. The fixed-N baseline has no mode of its own; it is judged by the pair's quick-mode μ (pot's scores at K = 16, where the baseline generates K = 32 tokens).\n");
+    let _ = writeln!(
+        s,
+        "| pair | mode | challenges | μ | 95 % interval | γ, δ | right verdict |\n|---|---|---|---|---|---|---|"
+    );
+    for e in &r.estimates {
+        let m = margins(&e.mode);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {} | {} |",
+            e.pair,
+            e.mode,
+            e.challenges,
+            e.mean,
+            e.lower,
+            e.upper,
+            m.map(|m| format!("{}, {}", m.gamma, m.delta))
+                .unwrap_or_default(),
+            e.truth.as_str()
+        );
+    }
+    let _ = writeln!(s, "\n## Error rates (Clopper–Pearson 95 % intervals)\n\nA false accept is SAME on a pair whose right verdict is DIFFERENT (a substitute let through); a false reject is DIFFERENT on a pair whose right verdict is SAME. pot's test bounds each by α per run (quick 0.05, audit 0.01); the fixed-N baseline bounds neither.\n");
+    let _ = writeln!(
+        s,
+        "| method | mode | false accepts | false rejects | undecided |\n|---|---|---|---|---|"
+    );
+    for x in &r.rates {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {}/{} |",
+            x.method,
+            x.mode,
+            pct(x.false_accept.0, x.false_accept.1, x.false_accept_ci),
+            pct(x.false_reject.0, x.false_reject.1, x.false_reject_ci),
+            x.undecided.0,
+            x.undecided.1
+        );
+    }
+    let _ = writeln!(s, "\n## Per pair\n\nQueries are challenges to a verdict (the baseline always uses its fixed N); wall time is per run, models loaded and hashed included.\n");
+    let _ = writeln!(s, "| pair | method | mode | runs | SAME | DIFFERENT | UNDECIDED | right | wrong (rate, 95 % CI) | queries median / p90 | wall s median / p90 |\n|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut by_pair: BTreeMap<(String, String, String), &Group> = BTreeMap::new();
+    for g in &r.groups {
+        by_pair.insert((g.pair.clone(), g.method.clone(), g.mode.clone()), g);
+    }
+    for g in &r.groups {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.1} / {:.1} |",
+            g.pair,
+            g.method,
+            g.mode,
+            g.runs,
+            g.same,
+            g.different,
+            g.undecided,
+            g.truth.map(Truth::as_str).unwrap_or("?"),
+            pct(g.wrong, g.runs, g.wrong_ci),
+            g.queries_median,
+            g.queries_p90,
+            g.wall_median,
+            g.wall_p90
+        );
+    }
+    let _ = writeln!(s, "\n## Plots\n\nThe confidence sequence of one run per pair (mean clipped score and its bounds against challenges, margins dashed):\n\n![bounds](bounds.svg)\n\nQueries to a verdict, every run (circle area grows with the number of runs):\n\n![queries](queries.svg)\n\nDetection power: the share of runs that say DIFFERENT, per pair, with Clopper–Pearson 95 % intervals:\n\n![power](power.svg)\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clopper_pearson;
+
+    #[test]
+    fn clopper_pearson_matches_known_values() {
+        // 0 of 30: the upper end is 1 - 0.025^(1/30).
+        let (lo, hi) = clopper_pearson(0, 30);
+        assert_eq!(lo, 0.0);
+        assert!(
+            (hi - (1.0 - 0.025f64.powf(1.0 / 30.0))).abs() < 1e-9,
+            "{hi}"
+        );
+        // 30 of 30 mirrors it.
+        let (lo, hi) = clopper_pearson(30, 30);
+        assert!((lo - 0.025f64.powf(1.0 / 30.0)).abs() < 1e-9);
+        assert_eq!(hi, 1.0);
+        // 5 of 10: the textbook interval [0.187, 0.813].
+        let (lo, hi) = clopper_pearson(5, 10);
+        assert!(
+            (lo - 0.18709).abs() < 1e-4 && (hi - 0.81291).abs() < 1e-4,
+            "{lo} {hi}"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! The report's plots, as SVG (plotters): text is left to the viewer's fonts, so nothing here
+//! needs a font file.
+
+use std::path::Path;
+
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use polars::prelude::*;
+
+use super::{floats, strs, Group, Margins};
+
+const PALETTE: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+fn e<E: std::fmt::Display>(x: E) -> String {
+    x.to_string()
+}
+
+/// The confidence sequence of the first run of up to six pairs (quick mode first).
+pub fn bounds(
+    path: &Path,
+    queries: &DataFrame,
+    margins: &dyn Fn(&str) -> Option<Margins>,
+) -> Result<(), String> {
+    let run = strs(queries, "run_id").map_err(e)?;
+    let pair = strs(queries, "pair").map_err(e)?;
+    let mode = strs(queries, "mode").map_err(e)?;
+    let mean = floats(queries, "mean").map_err(e)?;
+    let lower = floats(queries, "lower").map_err(e)?;
+    let upper = floats(queries, "upper").map_err(e)?;
+    // The first run of each pair, preferring quick mode.
+    // Pairs that show the range of cases first, then any others.
+    let preferred = [
+        "smol-self",
+        "smol-q8_0",
+        "smol-q4_0",
+        "qwen-1.5b-0.5b",
+        "smol-qwen-0.5b",
+        "serve-smol-self",
+    ];
+    let mut order: Vec<usize> = (0..run.len()).collect();
+    order.sort_by_key(|&i| {
+        preferred
+            .iter()
+            .position(|p| *p == pair[i])
+            .unwrap_or(preferred.len())
+    });
+    let mut chosen: Vec<(String, String, String)> = Vec::new();
+    for want in ["quick", "audit", "extended"] {
+        for &i in &order {
+            if mode[i] == want && !chosen.iter().any(|(p, _, _)| *p == pair[i]) && chosen.len() < 6
+            {
+                chosen.push((pair[i].clone(), run[i].clone(), mode[i].clone()));
+            }
+        }
+    }
+    let root = SVGBackend::new(path, (1200, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let panels = root.split_evenly((2, 3));
+    for ((p, r, m), panel) in chosen.iter().zip(panels.iter()) {
+        let rows: Vec<usize> = (0..run.len()).filter(|&i| run[i] == *r).collect();
+        let Some(mg) = margins(m) else { continue };
+        let n = rows.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{p} ({m})"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0.5f64..n + 0.5, 0f64..mg.clip * 1.02)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("challenges")
+            .y_desc("mean clipped score")
+            .x_labels(n as usize + 1)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(e)?;
+        // Steps: a value holds from its challenge until the next one.
+        let pts = |v: &Vec<f64>| -> Vec<(f64, f64)> {
+            let mut out = Vec::new();
+            for (j, &i) in rows.iter().enumerate() {
+                let x = (j + 1) as f64;
+                if let Some(&(_, prev)) = out.last() {
+                    out.push((x, prev));
+                }
+                out.push((x, v[i]));
+            }
+            out
+        };
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                pts(&upper)
+                    .into_iter()
+                    .chain(pts(&lower).into_iter().rev())
+                    .collect::<Vec<_>>(),
+                PALETTE[0].mix(0.15),
+            )))
+            .map_err(e)?;
+        for (v, label, width) in [
+            (&lower, "lower", 1),
+            (&upper, "upper", 1),
+            (&mean, "mean", 3),
+        ] {
+            chart
+                .draw_series(LineSeries::new(pts(v), PALETTE[0].stroke_width(width)))
+                .map_err(e)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], PALETTE[0].stroke_width(width))
+                });
+        }
+        for (v, c, label) in [(mg.gamma, RED, "γ"), (mg.delta, BLACK, "δ")] {
+            chart
+                .draw_series(std::iter::once(DashedPathElement::new(
+                    vec![(0.5, v), (n + 0.5, v)],
+                    6,
+                    4,
+                    c.stroke_width(2),
+                )))
+                .map_err(e)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)
+}
+
+/// Queries to a verdict of every run: one row per pair, a circle per (method, queries) whose
+/// area grows with its runs.
+pub fn queries(path: &Path, runs: &DataFrame) -> Result<(), String> {
+    let pair = strs(runs, "pair").map_err(e)?;
+    let method = strs(runs, "method").map_err(e)?;
+    let mode = strs(runs, "mode").map_err(e)?;
+    let q = floats(runs, "queries").map_err(e)?;
+    let mut pairs: Vec<String> = Vec::new();
+    for p in &pair {
+        if !pairs.contains(p) {
+            pairs.push(p.clone());
+        }
+    }
+    let mut series: Vec<String> = Vec::new();
+    for i in 0..pair.len() {
+        let s = format!("{} {}", method[i], mode[i]);
+        if !series.contains(&s) {
+            series.push(s);
+        }
+    }
+    let mut cells: std::collections::BTreeMap<(usize, usize, u64), usize> = Default::default();
+    for i in 0..pair.len() {
+        let pi = pairs.iter().position(|p| *p == pair[i]).expect("listed");
+        let si = series
+            .iter()
+            .position(|s| *s == format!("{} {}", method[i], mode[i]))
+            .expect("listed");
+        *cells.entry((pi, si, q[i] as u64)).or_default() += 1;
+    }
+    let qmax = q.iter().cloned().fold(1.0, f64::max);
+    let h = 120 + 36 * pairs.len() as u32;
+    let root = SVGBackend::new(path, (1000, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let np = pairs.len() as f64;
+    let names = pairs.clone();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("queries to a verdict", ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(150)
+        .build_cartesian_2d((1f64..qmax * 1.6).log_scale(), -0.5f64..np - 0.5)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("challenges (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(pairs.len())
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .draw()
+        .map_err(e)?;
+    let ns = series.len().max(1) as f64;
+    for (si, s) in series.iter().enumerate() {
+        let color = PALETTE[si % PALETTE.len()];
+        let offset = (si as f64 - (ns - 1.0) / 2.0) * 0.18;
+        let pts: Vec<(f64, f64, usize)> = cells
+            .iter()
+            .filter(|((_, s2, _), _)| *s2 == si)
+            .map(|((pi, _, qv), c)| (*qv as f64, *pi as f64 + offset, *c))
+            .collect();
+        chart
+            .draw_series(pts.iter().map(|(x, y, c)| {
+                Circle::new(
+                    (*x, *y),
+                    (3.0 + 2.0 * (*c as f64).sqrt()) as i32,
+                    color.mix(0.7).filled(),
+                )
+            }))
+            .map_err(e)?
+            .label(s.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)
+}
+
+/// The share of DIFFERENT verdicts per pair and method, with Clopper–Pearson intervals.
+pub fn power(path: &Path, groups: &[Group]) -> Result<(), String> {
+    let mut pairs: Vec<String> = Vec::new();
+    let mut series: Vec<String> = Vec::new();
+    for g in groups {
+        if !pairs.contains(&g.pair) {
+            pairs.push(g.pair.clone());
+        }
+        let s = format!("{} {}", g.method, g.mode);
+        if !series.contains(&s) {
+            series.push(s);
+        }
+    }
+    let h = 120 + 36 * pairs.len() as u32;
+    let root = SVGBackend::new(path, (1000, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let np = pairs.len() as f64;
+    let names = pairs.clone();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("share of runs that say DIFFERENT", ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(150)
+        .build_cartesian_2d(0f64..1.0, -0.5f64..np - 0.5)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("P(DIFFERENT), 95 % Clopper–Pearson")
+        .y_labels(pairs.len())
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .draw()
+        .map_err(e)?;
+    let ns = series.len().max(1) as f64;
+    for (si, s) in series.iter().enumerate() {
+        let color = PALETTE[si % PALETTE.len()];
+        let offset = (si as f64 - (ns - 1.0) / 2.0) * 0.2;
+        let gs: Vec<(f64, f64, f64, f64)> = groups
+            .iter()
+            .filter(|g| format!("{} {}", g.method, g.mode) == *s)
+            .map(|g| {
+                let y = pairs.iter().position(|p| *p == g.pair).expect("listed") as f64 + offset;
+                let (lo, hi) = super::clopper_pearson(g.different, g.runs);
+                (g.different as f64 / g.runs.max(1) as f64, y, lo, hi)
+            })
+            .collect();
+        chart
+            .draw_series(gs.iter().map(|(_, y, lo, hi)| {
+                PathElement::new(vec![(*lo, *y), (*hi, *y)], color.stroke_width(2))
+            }))
+            .map_err(e)?;
+        chart
+            .draw_series(
+                gs.iter()
+                    .map(|(x, y, _, _)| Circle::new((*x, *y), 5, color.filled())),
+            )
+            .map_err(e)?
+            .label(s.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)
+}
