@@ -249,6 +249,54 @@ pub struct Loaded {
     pub complete_len: u64,
 }
 
+/// A transcript's records, each with its 1-based line number.
+pub struct Records {
+    /// Line 1.
+    pub header: Header,
+    /// Finished challenges in order, with their lines.
+    pub queries: Vec<(usize, Query)>,
+    /// The verdict and its line, when the run had finished.
+    pub verdict: Option<(usize, Verdict)>,
+}
+
+/// Parse the complete lines of a transcript. `Err` gives the 1-based line that is not a
+/// transcript record (0 when there is no line at all) and why.
+pub fn parse(text: &str) -> Result<Records, (usize, String)> {
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let header: Header = match lines.next() {
+        Some((n, l)) => serde_json::from_str(l).map_err(|e| (n, e.to_string()))?,
+        None => return Err((0, "no header line".into())),
+    };
+    if header.record != "header" {
+        return Err((1, "not a header record".into()));
+    }
+    let (mut queries, mut verdict) = (Vec::new(), None);
+    for (n, l) in lines {
+        if verdict.is_some() {
+            return Err((n, "a line after the verdict".into()));
+        }
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| (n, e.to_string()))?;
+        match v.get("record").and_then(|r| r.as_str()) {
+            Some("query") => queries.push((
+                n,
+                serde_json::from_value(v).map_err(|e| (n, e.to_string()))?,
+            )),
+            Some("verdict") => {
+                verdict = Some((
+                    n,
+                    serde_json::from_value(v).map_err(|e| (n, e.to_string()))?,
+                ))
+            }
+            _ => return Err((n, "unknown record type".into())),
+        }
+    }
+    Ok(Records {
+        header,
+        queries,
+        verdict,
+    })
+}
+
 /// Read a transcript; a torn last line (a killed write) is ignored.
 pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -258,45 +306,21 @@ pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
         )
     })?;
     let complete_len = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let parse_err = |line: usize, e: serde_json::Error| TranscriptError::Parse {
-        path: path.display().to_string(),
-        line,
-        reason: e.to_string(),
-    };
-    let mut lines = text[..complete_len].lines().enumerate();
-    let header: Header = match lines.next() {
-        Some((i, l)) => serde_json::from_str(l).map_err(|e| parse_err(i + 1, e))?,
-        None => {
-            return Err(io(
-                path,
-                "the transcript has no complete header line; delete it and start again",
-            ))
-        }
-    };
-    let mut queries = Vec::new();
-    let mut verdict = None;
-    for (i, l) in lines {
-        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| parse_err(i + 1, e))?;
-        match v.get("record").and_then(|r| r.as_str()) {
-            Some("query") => {
-                queries.push(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?)
-            }
-            Some("verdict") => {
-                verdict = Some(serde_json::from_value(v).map_err(|e| parse_err(i + 1, e))?)
-            }
-            _ => {
-                return Err(TranscriptError::Parse {
-                    path: path.display().to_string(),
-                    line: i + 1,
-                    reason: "unknown record type".into(),
-                })
-            }
-        }
-    }
+    let r = parse(&text[..complete_len]).map_err(|(line, reason)| match line {
+        0 => io(
+            path,
+            "the transcript has no complete header line; delete it and start again",
+        ),
+        _ => TranscriptError::Parse {
+            path: path.display().to_string(),
+            line,
+            reason,
+        },
+    })?;
     Ok(Loaded {
-        header,
-        queries,
-        verdict,
+        header: r.header,
+        queries: r.queries.into_iter().map(|(_, q)| q).collect(),
+        verdict: r.verdict.map(|(_, v)| v),
         complete_len: complete_len as u64,
     })
 }

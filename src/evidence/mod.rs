@@ -43,7 +43,7 @@ use crate::identity::Identity;
 use crate::model::Kernels;
 use crate::score::ScoreKind;
 use crate::stats::{Decision, SequentialTest, TestParams};
-use crate::transcript::{Candidate, Header, Query, Verdict};
+use crate::transcript::{Candidate, Header, Records};
 
 /// The in-toto statement type.
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
@@ -400,53 +400,16 @@ fn subjects(header: &Header) -> Vec<Subject> {
     v
 }
 
-/// A parsed transcript, as a bundle holds it.
-struct Parsed {
-    header: Header,
-    queries: Vec<(usize, Query)>,
-    verdict: Option<(usize, Verdict)>,
-}
-
-/// Parse a transcript's bytes; `Err` names the line (1-based) that does not parse.
-fn parse(transcript: &[u8]) -> Result<Parsed, String> {
+/// Parse a bundled transcript: whole lines only; `Err` names the line that does not parse.
+fn parse(transcript: &[u8]) -> Result<Records, String> {
     if !transcript.ends_with(b"\n") {
         return Err("the transcript's last line is torn (no newline)".into());
     }
     let text = std::str::from_utf8(transcript)
         .map_err(|e| format!("the transcript is not UTF-8 ({e})"))?;
-    let mut it = text.lines().enumerate();
-    let header: Header = match it.next() {
-        Some((_, l)) => serde_json::from_str(l).map_err(|e| format!("line 1 (header): {e}"))?,
-        None => return Err("the transcript is empty".into()),
-    };
-    if header.record != "header" {
-        return Err("line 1: not a header record".into());
-    }
-    let (mut queries, mut verdict) = (Vec::new(), None);
-    for (i, l) in it {
-        let n = i + 1;
-        if verdict.is_some() {
-            return Err(format!("line {n}: a line after the verdict"));
-        }
-        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| format!("line {n}: {e}"))?;
-        match v.get("record").and_then(|r| r.as_str()) {
-            Some("query") => queries.push((
-                n,
-                serde_json::from_value(v).map_err(|e| format!("line {n}: {e}"))?,
-            )),
-            Some("verdict") => {
-                verdict = Some((
-                    n,
-                    serde_json::from_value(v).map_err(|e| format!("line {n}: {e}"))?,
-                ))
-            }
-            _ => return Err(format!("line {n}: not a query or verdict record")),
-        }
-    }
-    Ok(Parsed {
-        header,
-        queries,
-        verdict,
+    crate::transcript::parse(text).map_err(|(line, reason)| match line {
+        0 => "the transcript is empty".to_string(),
+        n => format!("line {n}: {reason}"),
     })
 }
 

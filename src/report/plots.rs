@@ -16,6 +16,16 @@ const PALETTE: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
+/// The name of the category at `y` on a categorical axis (rows 0, 1, …), blank between rows.
+fn category(names: &[String], y: f64) -> String {
+    let i = y.round();
+    if (y - i).abs() < 1e-6 && i >= 0.0 {
+        names.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
@@ -184,14 +194,7 @@ pub fn queries(path: &Path, runs: &DataFrame) -> Result<(), String> {
         .x_desc("challenges (log scale)")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_labels(pairs.len())
-        .y_label_formatter(&|y| {
-            let i = y.round();
-            if (y - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .y_label_formatter(&|y| category(&names, *y))
         .draw()
         .map_err(e)?;
     let ns = series.len().max(1) as f64;
@@ -254,14 +257,7 @@ pub fn power(path: &Path, groups: &[Group]) -> Result<(), String> {
         .configure_mesh()
         .x_desc("P(DIFFERENT), 95 % Clopper–Pearson")
         .y_labels(pairs.len())
-        .y_label_formatter(&|y| {
-            let i = y.round();
-            if (y - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .y_label_formatter(&|y| category(&names, *y))
         .draw()
         .map_err(e)?;
     let ns = series.len().max(1) as f64;
