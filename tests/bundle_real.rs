@@ -8,18 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
-use common::{model_path, Server, SMOL};
+use common::{diff_cmd, model_path, pot, Server, SMOL};
 use pot::commit::keys::AuditorKey;
 use pot::evidence::{self, pae, Bundle, PAYLOAD_TYPE};
 use serde_json::Value;
-
-fn pot() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pot"))
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -58,13 +54,8 @@ fn made() -> &'static Made {
         let (key, pubkey) = keygen_auditor(&dir, "auditor.key");
         let bundle = dir.join("run.tar.gz");
         let smol = model_path(SMOL);
-        let o = pot()
-            .args(["diff", "--mode", "quick", "--json", "--ref"])
-            .arg(&smol)
-            .arg("--cand")
-            .arg(&smol)
-            .arg("--transcripts")
-            .arg(dir.join("tr"))
+        let o = diff_cmd(&smol, &smol, &dir.join("tr"))
+            .args(["--mode", "quick", "--json"])
             .arg("--bundle")
             .arg(&bundle)
             .arg("--auditor-key")
@@ -564,13 +555,8 @@ fn bad_bundle_inputs_fail_cleanly_and_bundles_can_be_made_after_the_run() {
     assert!(stderr(&o).contains("--pubkey xyz"), "{}", stderr(&o));
     // --bundle onto an existing file, or without a key: refused before any work.
     let smol = model_path(SMOL);
-    let o = pot()
-        .args(["diff", "--mode", "quick", "--ref"])
-        .arg(&smol)
-        .arg("--cand")
-        .arg(&smol)
-        .arg("--transcripts")
-        .arg(m.dir.join("tr2"))
+    let o = diff_cmd(&smol, &smol, &m.dir.join("tr2"))
+        .args(["--mode", "quick"])
         .arg("--bundle")
         .arg(&m.bundle)
         .arg("--auditor-key")
@@ -647,7 +633,20 @@ fn bad_bundle_inputs_fail_cleanly_and_bundles_can_be_made_after_the_run() {
     // The same run, bundled twice: the same transcript and key, the same Merkle root.
     let a = Bundle::unpack(&m.bytes).unwrap();
     let c = Bundle::unpack(&std::fs::read(&later).unwrap()).unwrap();
-    assert_eq!((a.transcript, a.key), (c.transcript, c.key));
+    assert_eq!((a.transcript, &a.key), (c.transcript, &c.key));
+    // The revealed run key bundles the run too, and reveals only itself.
+    let revealed = m.dir.join("revealed.key");
+    std::fs::write(&revealed, &a.key).unwrap();
+    let again = m.dir.join("again.tar.gz");
+    let o = create(&revealed, &m.dir.join("auditor.key"), &again);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = Bundle::unpack(&std::fs::read(&again).unwrap()).unwrap();
+    assert_eq!(d.key, a.key);
+    assert_ne!(
+        String::from_utf8_lossy(&d.key).trim(),
+        std::fs::read_to_string(&saved_key).unwrap().trim(),
+        "the run key, not the key file's"
+    );
 }
 
 #[test]

@@ -7,30 +7,19 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
-use common::{model_path, QWEN05, QWEN15, SMOL};
+use common::{diff_cmd, model_path, pot, QWEN05, QWEN15, SMOL};
 use serde_json::Value;
-
-fn pot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pot"));
-    c.env("RUST_BACKTRACE", "0");
-    c
-}
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
 fn diff(reference: &Path, candidate: &Path, dir: &Path, extra: &[&str]) -> (Output, Value) {
-    let out = pot()
-        .args(["diff", "--json", "--mode", "audit", "--ref"])
-        .arg(reference)
-        .arg("--cand")
-        .arg(candidate)
-        .arg("--transcripts")
-        .arg(dir)
+    let out = diff_cmd(reference, candidate, dir)
+        .args(["--json", "--mode", "audit"])
         .args(extra)
         .output()
         .unwrap();
@@ -165,13 +154,8 @@ fn a_killed_run_resumes_to_the_same_decision() {
     let (_, uninterrupted) = diff(&model_path(SMOL), &smol_variant("q4_0"), &whole, &flags);
 
     let parts = d.path().join("parts");
-    let mut child = pot()
-        .args(["diff", "--json", "--ref"])
-        .arg(model_path(SMOL))
-        .arg("--cand")
-        .arg(smol_variant("q4_0"))
-        .arg("--transcripts")
-        .arg(&parts)
+    let mut child = diff_cmd(&model_path(SMOL), &smol_variant("q4_0"), &parts)
+        .arg("--json")
         .args(flags)
         .stdout(std::process::Stdio::null())
         .spawn()

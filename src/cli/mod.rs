@@ -381,7 +381,8 @@ enum BundleCommand {
         /// The run's transcript.
         #[arg(long)]
         transcript: PathBuf,
-        /// The run's challenge key file (the --key-file of the run, or transcripts/RUN.key).
+        /// The run's challenge key: the run's --key-file (or transcripts/RUN.key), or the run key
+        /// a bundle of the run revealed. Only the run key goes into the bundle.
         #[arg(long)]
         key_file: PathBuf,
         /// The auditor's signing key (`pot keygen --auditor`).
@@ -1048,8 +1049,7 @@ fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
             json,
         } => {
             let auditor = pot::commit::keys::AuditorKey::read(&auditor_key)?;
-            let loaded = pot::transcript::read(&transcript)?;
-            let key = ChallengeKey::read(&key_file)?.for_run(&loaded.header.run_id);
+            let key = ChallengeKey::read(&key_file)?;
             let made = pot::evidence::create(&transcript, &key, &auditor, &out)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&made)?);

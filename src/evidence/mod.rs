@@ -428,11 +428,13 @@ pub struct Created {
     pub merkle_root: String,
 }
 
-/// Bundle the finished run of `transcript_path`, revealing `run_key` (its run key) and
-/// signing with `auditor`, into `out` (which must not exist). The run must have its verdict.
+/// Bundle the finished run of `transcript_path`, revealing its run key and signing with
+/// `auditor`, into `out` (which must not exist). The run must have its verdict. `key` is
+/// either the run key itself or the key file's key it was derived from
+/// ([`ChallengeKey::for_run`]); only the run key goes into the bundle.
 pub fn create(
     transcript_path: &Path,
-    run_key: &ChallengeKey,
+    key: &ChallengeKey,
     auditor: &AuditorKey,
     out: &Path,
 ) -> Result<Created, EvidenceError> {
@@ -457,11 +459,16 @@ pub fn create(
         ));
     };
     let h = &p.header;
-    if run_key.commitment() != h.key_commitment {
+    let derived = key.for_run(&h.run_id);
+    let run_key = if key.commitment() == h.key_commitment {
+        key
+    } else if derived.commitment() == h.key_commitment {
+        &derived
+    } else {
         return Err(terr(
             "the challenge key does not open the transcript's key commitment; pass the run's own key (--key-file, or transcripts/RUN.key)".into(),
         ));
-    }
+    };
     let leaves = lines(&transcript);
     let tree = merkle::Tree::new(&leaves);
     let threads = std::env::var("RAYON_NUM_THREADS")

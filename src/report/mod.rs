@@ -398,7 +398,6 @@ pub fn run(dir: &Path, margins: &dyn Fn(&str) -> Option<Margins>) -> Result<Repo
         .iter()
         .map(|g| (g.method.clone(), g.mode.clone()))
         .collect();
-    keys.dedup();
     keys.sort();
     keys.dedup();
     for (method, mode) in keys {

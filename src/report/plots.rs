@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use polars::prelude::*;
@@ -28,6 +29,27 @@ fn category(names: &[String], y: f64) -> String {
 
 fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
+}
+
+/// Draws the chart's legend, boxed, at `position`.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(e)
+}
+
+/// A white canvas for a chart with one row per category.
+fn rows_canvas(path: &Path, rows: usize) -> Result<DrawingArea<SVGBackend<'_>, Shift>, String> {
+    let root = SVGBackend::new(path, (1000, 120 + 36 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    Ok(root)
 }
 
 /// The confidence sequence of the first run of up to six pairs (quick mode first).
@@ -136,13 +158,7 @@ pub fn bounds(
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
     root.present().map_err(e)
 }
@@ -177,9 +193,7 @@ pub fn queries(path: &Path, runs: &DataFrame) -> Result<(), String> {
         *cells.entry((pi, si, q[i] as u64)).or_default() += 1;
     }
     let qmax = q.iter().cloned().fold(1.0, f64::max);
-    let h = 120 + 36 * pairs.len() as u32;
-    let root = SVGBackend::new(path, (1000, h)).into_drawing_area();
-    root.fill(&WHITE).map_err(e)?;
+    let root = rows_canvas(path, pairs.len())?;
     let np = pairs.len() as f64;
     let names = pairs.clone();
     let mut chart = ChartBuilder::on(&root)
@@ -218,13 +232,7 @@ pub fn queries(path: &Path, runs: &DataFrame) -> Result<(), String> {
             .label(s.clone())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(e)
 }
 
@@ -241,9 +249,7 @@ pub fn power(path: &Path, groups: &[Group]) -> Result<(), String> {
             series.push(s);
         }
     }
-    let h = 120 + 36 * pairs.len() as u32;
-    let root = SVGBackend::new(path, (1000, h)).into_drawing_area();
-    root.fill(&WHITE).map_err(e)?;
+    let root = rows_canvas(path, pairs.len())?;
     let np = pairs.len() as f64;
     let names = pairs.clone();
     let mut chart = ChartBuilder::on(&root)
@@ -287,12 +293,6 @@ pub fn power(path: &Path, groups: &[Group]) -> Result<(), String> {
             .label(s.clone())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperMiddle)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperMiddle)?;
     root.present().map_err(e)
 }

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,26 @@ pub fn model_path(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The `pot` binary under test (no backtraces in its errors).
+pub fn pot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pot"));
+    c.env("RUST_BACKTRACE", "0");
+    c
+}
+
+/// `pot diff --ref REFERENCE --cand CANDIDATE --transcripts DIR`, for the caller to add flags.
+pub fn diff_cmd(reference: &Path, candidate: &Path, transcripts: &Path) -> Command {
+    let mut c = pot();
+    c.arg("diff")
+        .arg("--ref")
+        .arg(reference)
+        .arg("--cand")
+        .arg(candidate)
+        .arg("--transcripts")
+        .arg(transcripts);
+    c
 }
 
 pub const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
