@@ -2,8 +2,8 @@
 # Repeated runs with fresh keys over the real pairs, appended to experimental_results/.
 #
 #   scripts/run-experiments.sh                  # the small set: 10 runs per pair, quick mode (about 1 h)
-#   scripts/run-experiments.sh --full           # the full set: 30 runs per pair, quick and audit (about 6 h)
-#   scripts/run-experiments.sh --runs 5 --modes audit --pairs "smol-self qwen-0.5b-1.5b"
+#   scripts/run-experiments.sh --full           # the full set: 30 runs per pair in quick, audit and extended mode (estimated 6.5 h)
+#   scripts/run-experiments.sh --runs 5 --modes audit --pairs "smol-self qwen-1.5b-0.5b"
 #   scripts/run-experiments.sh --estimate       # print the plan and its time estimate, run nothing
 #   scripts/run-experiments.sh --list           # the pairs
 #
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 runs=10 modes="quick" pairs="" estimate=0 list=0 threads=2 methods="pot baseline"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --full) runs=30 modes="quick audit" ;;
+    --full) runs=30 modes="quick audit extended" ;;
     --runs) runs=$2; shift ;;
     --modes) modes=$2; shift ;;
     --pairs) pairs=$2; shift ;;
@@ -60,14 +60,15 @@ serve-smol-q2_k|audit|smol|smol-q2_k|6
 if [ "$list" = 1 ]; then echo "$all_pairs" | awk -F'|' 'NF>1{printf "%-18s %-6s ref %-8s cand %s\n",$1,$2,$3,$4}'; exit 0; fi
 
 # Plan and estimate. Audit mode costs about 1.5x quick (K = 32 instead of 16; SAME needs the
-# same 10 challenges); the baseline costs about 3x a quick pot run (it generates N = 20 greedy
-# continuations from both models); a pair near the margins can run to the budget (50 or 200).
+# same 10 challenges); extended about 3x (K = 48, SAME after 15); the baseline about 3x a quick
+# pot run (it generates N = 20 greedy continuations from both models). A pair whose mean score
+# lies between a mode's margins can run to its budget (50, 200 or 1000 challenges).
 total=0
 for p in $pairs; do
   line=$(echo "$all_pairs" | grep "^$p|") || { echo "run-experiments.sh: unknown pair $p (see --list)" >&2; exit 2; }
   s=$(echo "$line" | cut -d'|' -f5)
   for m in $modes; do
-    f=$([ "$m" = audit ] && echo 15 || echo 10)
+    case $m in audit) f=15 ;; extended) f=30 ;; *) f=10 ;; esac
     for meth in $methods; do
       [ "$meth" = baseline ] && { [ "$m" = quick ] || continue; [ "$(echo "$line" | cut -d'|' -f2)" = diff ] || continue; f=30; }
       total=$((total + runs * s * f / 10))
@@ -84,7 +85,9 @@ pot="${POT_BIN:-$CARGO_TARGET_DIR/release/pot}"
 baseline="${POT_BASELINE_BIN:-$CARGO_TARGET_DIR/release/examples/fixed-n}"
 work="${POT_EXPERIMENTS:-$HOME/.cache/pot/experiments}"
 mkdir -p "$work/transcripts" "$work/variants" experimental_results
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The commit the pot binary was built from (`pot --version` says it), not the checkout's.
+commit=$("$pot" --version | sed -n 's/.*(\([0-9a-f]\{7\}\)[0-9a-f]*\(-dirty\)\{0,1\}).*/\1\2/p')
+[ -n "$commit" ] || commit=unknown
 
 smol="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
 model_file() {
@@ -113,7 +116,7 @@ queries_csv=experimental_results/queries.csv
 server_pid=""
 stop_server() { [ -z "$server_pid" ] || { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=""; }; }
 trap stop_server EXIT
-port=18431
+port=${POT_PORT:-18431}  # POT_PORT: another port for a second run beside this one
 start_server() { # model file
   stop_server
   "$pot" serve --model "$1" --model-name vendor --port $port --max-batch 1 --threads "$threads" 2>"$work/serve.log" &

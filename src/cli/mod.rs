@@ -13,6 +13,9 @@ use pot::model::{Kernels, LoadOptions, Model};
 use pot::stats::Decision;
 use pot::variant::{self, Target, VariantOptions};
 
+/// The version and the git commit pot was built from (`pot --version`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("POT_GIT_COMMIT"), ")");
+
 /// pot: does an inference provider serve the model it claims?
 ///
 /// `pot diff --ref A --cand B` runs both models on secret keyed challenge prompts and decides,
@@ -20,7 +23,7 @@ use pot::variant::{self, Target, VariantOptions};
 /// or cannot tell within the budget (UNDECIDED). Exit codes: 0 SAME, 1 DIFFERENT, 2 error,
 /// 3 UNDECIDED.
 #[derive(Parser)]
-#[command(name = "pot", version, about, long_about)]
+#[command(name = "pot", version = VERSION, about, long_about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -612,6 +615,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|m| {
                         let p = m.params();
                         pot::report::Margins {
+                            alpha: p.alpha,
                             gamma: p.gamma,
                             delta: p.delta,
                             clip: p.clip,

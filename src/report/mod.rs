@@ -42,9 +42,11 @@ pub enum ReportError {
     },
 }
 
-/// The margins and clip bound of a mode (γ, δ, B).
+/// The error bound, margins and clip bound of a mode (α, γ, δ, B).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Margins {
+    /// α.
+    pub alpha: f64,
     /// γ.
     pub gamma: f64,
     /// δ.
@@ -309,6 +311,16 @@ pub fn run(dir: &Path, margins: &dyn Fn(&str) -> Option<Margins>) -> Result<Repo
             });
         }
     }
+    // Tables read by mode (quick, audit, extended), then pairs in the order they were run.
+    let pair_order = strs(&runs, "pair").map_err(perr(&runs_path))?;
+    let pair_rank = |p: &str| pair_order.iter().position(|x| x == p).unwrap_or(usize::MAX);
+    let mode_rank = |m: &str| {
+        ["quick", "audit", "extended"]
+            .iter()
+            .position(|x| *x == m)
+            .unwrap_or(3)
+    };
+    estimates.sort_by_key(|e| (mode_rank(&e.mode), pair_rank(&e.pair)));
     let truth_of = |pair: &str, mode: &str| {
         estimates
             .iter()
@@ -393,12 +405,14 @@ pub fn run(dir: &Path, margins: &dyn Fn(&str) -> Option<Margins>) -> Result<Repo
         }
     }
 
+    groups.sort_by_key(|g| (g.method != "pot", mode_rank(&g.mode), pair_rank(&g.pair)));
+
     let mut rates: Vec<Rates> = Vec::new();
     let mut keys: Vec<(String, String)> = groups
         .iter()
         .map(|g| (g.method.clone(), g.mode.clone()))
         .collect();
-    keys.sort();
+    keys.sort_by_key(|(method, mode)| (method != "pot", mode_rank(mode), mode.clone()));
     keys.dedup();
     for (method, mode) in keys {
         let gs: Vec<&Group> = groups
@@ -517,7 +531,25 @@ fn markdown(r: &Report, runs: &DataFrame, margins: &dyn Fn(&str) -> Option<Margi
         commits.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
         if tmin == tmax { format!("{tmin}") } else { format!("{tmin}–{tmax}") }
     );
-    let _ = writeln!(s, "## Which verdict is right\n\nFor each pair and mode, μ is the mean clipped score over all its challenges, with a Hoeffding 95 % interval (clipped scores lie in [0, B]). A verdict is judged against the mode's margins: SAME is right when the interval lies below γ, DIFFERENT when it lies above δ; otherwise either is. The pooled challenges come from runs that stopped early, which biases μ slightly; every pair here lies far from the margins. The fixed-N baseline has no mode of its own; it is judged by the pair's quick-mode μ (pot's scores at K = 16, where the baseline generates K = 32 tokens).\n");
+    let _ = writeln!(s, "## Which verdict is right\n\nFor each pair and mode, μ is the mean clipped score over all its challenges, with a Hoeffding 95 % interval (clipped scores lie in [0, B]). A verdict is judged against the mode's margins: SAME is right when the interval lies below γ, DIFFERENT when it lies above δ; otherwise either is. The pooled challenges come from runs that stopped early, which biases μ slightly. The fixed-N baseline has no mode of its own; it is judged by the pair's quick-mode μ (pot's scores at K = 16, where the baseline generates K = 32 tokens).");
+    let between: Vec<String> = r
+        .estimates
+        .iter()
+        .filter(|e| e.truth == Truth::Either)
+        .map(|e| format!("{} ({})", e.pair, e.mode))
+        .collect();
+    let _ = writeln!(
+        s,
+        "{}\n",
+        if between.is_empty() {
+            "Every pair here lies clear of its mode's margins.".to_string()
+        } else {
+            format!(
+                "Between the margins, where either verdict is right and no run can be wrong: {}.",
+                between.join(", ")
+            )
+        }
+    );
     let _ = writeln!(
         s,
         "| pair | mode | challenges | μ | 95 % interval | γ, δ | right verdict |\n|---|---|---|---|---|---|---|"
@@ -538,7 +570,14 @@ fn markdown(r: &Report, runs: &DataFrame, margins: &dyn Fn(&str) -> Option<Margi
             e.truth.as_str()
         );
     }
-    let _ = writeln!(s, "\n## Error rates (Clopper–Pearson 95 % intervals)\n\nA false accept is SAME on a pair whose right verdict is DIFFERENT (a substitute let through); a false reject is DIFFERENT on a pair whose right verdict is SAME. pot's test bounds each by α per run (quick 0.05, audit 0.01); the fixed-N baseline bounds neither.\n");
+    let alphas = r
+        .rates
+        .iter()
+        .filter(|x| x.method == "pot")
+        .filter_map(|x| margins(&x.mode).map(|m| format!("{} {}", x.mode, m.alpha)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(s, "\n## Error rates (Clopper–Pearson 95 % intervals)\n\nA false accept is SAME on a pair whose right verdict is DIFFERENT (a substitute let through); a false reject is DIFFERENT on a pair whose right verdict is SAME. pot's test bounds each by α per run ({}); the fixed-N baseline bounds neither.\n", alphas);
     let _ = writeln!(
         s,
         "| method | mode | false accepts | false rejects | undecided |\n|---|---|---|---|---|"
