@@ -1,221 +1,887 @@
-//! `pot calibrate`: what a run can and cannot see, for one reference model.
+//! `pot calibrate`: the noise floor and the quantization ladder of one reference model.
 //!
-//! Builds substitutes of the reference with [`crate::variant`] (a lossless re-encoding, lower
-//! quantizations, a pruned and two noised copies) in a temporary folder, runs `pot diff`
-//! against each in each mode with fresh keys, and reports the verdict, the queries it took and
-//! the mean score. A substitute that a mode calls SAME is one that mode cannot tell from the
-//! reference at its margins; one it calls DIFFERENT is caught, and the queries say at what
-//! cost. Substitutes are deleted afterwards unless kept.
+//! What pot can tell apart depends on two measured distributions of the per-challenge score
+//! (mean next-token KL(ref ‖ cand) over K continuation positions):
+//!
+//! * **the floor**: the *same weights* computed another way — the other matrix kernels (the
+//!   file's quantization with 8-bit activations, or the weights widened to f32), another batch
+//!   shape (one challenge per pass instead of a group), an f16 re-encoding of a quantized file,
+//!   and, when asked, the same weights behind a server. A verdict must call all of these SAME.
+//! * **the ladder**: the reference re-encoded at each rung (f16, bf16, q8_0, q6_k, q5_k, q5_0,
+//!   q4_k, q4_0, q3_k, q2_k; [`crate::variant`]). These are the substitutes buyers meet.
+//!
+//! The reference continues every keyed challenge once (the same groups a diff walks); each
+//! floor variant and rung is then teacher-forced on those continuations, and every challenge's
+//! score is kept, so margins, rung placement and simulations can use the whole distribution.
+//! Each score is also computed as an endpoint reporting `top_logprobs` alternatives would show
+//! it ([`crate::score::coarse_kl`] of [`crate::score::endpoint_view`]), which is what `pot
+//! audit`'s echo and logprobs methods see.
+//!
+//! The result ([`Calibration`]) is a JSON file: `--margins CAL.json` on diff and audit derives
+//! the margins from it, and a verdict whose reference has a calibration says which rungs its
+//! confidence sequence is consistent with ([`Calibration::place`]).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::challenge::ChallengeKey;
-use crate::diff::{self, DiffConfig, Mode, RunSpec};
-use crate::model::Kernels;
-use crate::stats::Decision;
+use crate::challenge::{Catalog, ChallengeKey};
+use crate::identity::{fingerprint, Identity};
+use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
+use crate::score::{self, ReferenceSide, ScoreKind};
+use crate::stats::CYCLE;
 use crate::variant::{self, Target, VariantOptions};
 
-/// A substitute to build: a name and how to derive it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Substitute {
-    /// Short name (also the file stem).
-    pub name: String,
-    /// How it is derived.
-    #[serde(skip)]
-    pub opts: VariantOptions,
+/// Format tag of calibration files.
+pub const FORMAT: &str = "pot-calibration/1";
+
+/// Alternatives per position an endpoint is assumed to report (the OpenAI API's maximum).
+pub const ENDPOINT_TOP: usize = 20;
+
+/// A way of computing the reference's own weights differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Floor {
+    /// The other matrix kernels: dense f32 if the run uses the quantized ones, and back.
+    OtherKernels,
+    /// One challenge per teacher-forced pass instead of a group of five (other matrix shapes).
+    OneAtATime,
+    /// The reference's matrices re-encoded as f16 (skipped when they are 16-bit already).
+    F16Reencoding,
 }
 
-impl Substitute {
-    fn new(name: &str, to: Target, prune_layers: usize, noise: f64) -> Self {
-        Self {
-            name: name.into(),
-            opts: VariantOptions {
-                to,
-                prune_layers,
-                noise,
-                seed: 1,
-            },
+impl Floor {
+    /// Every floor variant.
+    pub const ALL: [Floor; 3] = [Floor::OtherKernels, Floor::OneAtATime, Floor::F16Reencoding];
+
+    /// Entry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Floor::OtherKernels => "other-kernels",
+            Floor::OneAtATime => "one-at-a-time",
+            Floor::F16Reencoding => "f16-reencoding",
         }
     }
 }
 
-/// The substitutes `pot calibrate` builds by default: from what no run should catch to what
-/// every run should.
-pub fn default_substitutes() -> Vec<Substitute> {
-    vec![
-        Substitute::new("f16", Target::F16, 0, 0.0),
-        Substitute::new("q8_0", Target::Q8_0, 0, 0.0),
-        Substitute::new("q4_0", Target::Q4_0, 0, 0.0),
-        Substitute::new("q3_k", Target::Q3K, 0, 0.0),
-        Substitute::new("q2_k", Target::Q2K, 0, 0.0),
-        Substitute::new("prune1", Target::F16, 1, 0.0),
-        Substitute::new("noise0.02", Target::F16, 0, 0.02),
-        Substitute::new("noise0.1", Target::F16, 0, 0.1),
-    ]
-}
-
 /// What to calibrate.
 pub struct CalibrateConfig {
-    /// The reference model spec.
+    /// The reference model (its best-precision file).
     pub reference: String,
-    /// Substitutes to build.
-    pub substitutes: Vec<Substitute>,
-    /// Modes to run.
-    pub modes: Vec<Mode>,
-    /// Runs per substitute and mode (fresh keys each).
-    pub runs: usize,
-    /// Kernels.
+    /// Challenges (rounded up to whole cycles of five).
+    pub challenges: usize,
+    /// Continuation length K.
+    pub k: usize,
+    /// The kernels runs of this reference use.
     pub kernels: Kernels,
-    /// Where substitutes and transcripts go.
+    /// Floor variants to measure.
+    pub floors: Vec<Floor>,
+    /// Other files holding the reference's weights (the file an f16 reference was made from,
+    /// another converter's output): floor entries too, named by their file stem.
+    pub same_files: Vec<PathBuf>,
+    /// Ladder rungs to build and measure.
+    pub rungs: Vec<Target>,
+    /// Key of the challenges (a run key).
+    pub key: ChallengeKey,
+    /// Run id of the challenges.
+    pub run_id: String,
+    /// Where rung files are written (and found again when they exist).
     pub workdir: PathBuf,
+    /// Keep every position's KL in the entries (studies of K).
+    pub keep_positions: bool,
+    /// A server holding the reference's weights: its answers to the same challenges (by
+    /// `pot audit`'s echo or logprobs method) are a floor entry, `endpoint`.
+    pub endpoint: Option<crate::audit::client::EndpointConfig>,
 }
 
-/// One run against one substitute.
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    /// Substitute name.
-    pub substitute: String,
-    /// Its file size.
-    pub file_bytes: u64,
-    /// Mode.
-    pub mode: Mode,
-    /// Run number (from 1).
-    pub run: usize,
-    /// Verdict.
-    pub decision: Decision,
-    /// Challenges it took.
-    pub queries: usize,
-    /// Mean clipped score.
+/// Distribution of one entry's per-challenge scores.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Distribution {
+    /// Challenges.
+    pub n: usize,
+    /// Mean.
     pub mean: f64,
-    /// Confidence sequence.
-    pub lower: f64,
-    /// Upper end.
-    pub upper: f64,
-    /// Wall time of the run.
+    /// Standard deviation.
+    pub sd: f64,
+    /// Median.
+    pub median: f64,
+    /// 2.5 % quantile of the scores.
+    pub p2_5: f64,
+    /// 97.5 % quantile of the scores.
+    pub p97_5: f64,
+    /// 95 % confidence interval of the mean (Student t).
+    pub mean_ci95: [f64; 2],
+}
+
+impl Distribution {
+    /// Of a sample (at least one value).
+    pub fn of(xs: &[f64]) -> Self {
+        let n = xs.len();
+        let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
+        let var = if n > 1 {
+            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        let sd = var.sqrt();
+        let mut sorted = xs.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let half = student_t_975(n.saturating_sub(1)) * sd / (n.max(1) as f64).sqrt();
+        Self {
+            n,
+            mean,
+            sd,
+            median: quantile(&sorted, 0.5),
+            p2_5: quantile(&sorted, 0.025),
+            p97_5: quantile(&sorted, 0.975),
+            mean_ci95: [(mean - half).max(0.0), mean + half],
+        }
+    }
+}
+
+/// The 97.5 % quantile of Student's t with `df` degrees of freedom (∞ for `df = 0`).
+fn student_t_975(df: usize) -> f64 {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    if df == 0 {
+        return f64::INFINITY;
+    }
+    StudentsT::new(0.0, 1.0, df as f64)
+        .map(|t| t.inverse_cdf(0.975))
+        .unwrap_or(f64::INFINITY)
+}
+
+/// Linear-interpolated quantile of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        1 => sorted[0],
+        n => {
+            let h = q * (n - 1) as f64;
+            let (i, f) = (h.floor() as usize, h.fract());
+            sorted[i] + f * (sorted[(i + 1).min(n - 1)] - sorted[i])
+        }
+    }
+}
+
+/// Floor or rung.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The same weights, computed another way.
+    Floor,
+    /// A re-encoding of the reference: a substitute.
+    Rung,
+}
+
+/// One measured variant.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// Name: a floor's (`other-kernels`, ...) or a rung's (`q4_0`, ...).
+    pub name: String,
+    /// Floor or rung.
+    pub role: Role,
+    /// What it is, in words.
+    pub what: String,
+    /// Bits per weight of a rung's matrices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits_per_weight: Option<f64>,
+    /// Size of a rung's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_bytes: Option<u64>,
+    /// Per-challenge mean KL(ref ‖ variant), nats per token (none for an endpoint, which
+    /// reports its top alternatives only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<Distribution>,
+    /// The same as an endpoint reporting [`ENDPOINT_TOP`] alternatives shows it.
+    pub endpoint_kl: Distribution,
+    /// Share of positions where both models' most likely token agree.
+    pub top1_agreement: f64,
+    /// Every challenge's score (KL), in challenge order.
+    pub scores: Vec<f64>,
+    /// Every challenge's endpoint-view score.
+    pub endpoint_scores: Vec<f64>,
+    /// Per challenge, the KL at each position (only with `keep_positions`: for studies of
+    /// the continuation length, since a prefix of the positions is a shorter run's score).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<Vec<Vec<f64>>>,
+    /// Per challenge, the endpoint view's KL at each position (with `keep_positions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_positions: Option<Vec<Vec<f64>>>,
+    /// Seconds to build (rungs) and score.
     pub seconds: f64,
 }
 
-/// A substitute that could not be built (an option the model does not allow).
-#[derive(Clone, Debug, Serialize)]
-pub struct Skipped {
-    /// Substitute name.
-    pub substitute: String,
-    /// Why.
-    pub reason: String,
+impl Entry {
+    /// The per-challenge scores of a score kind: KL for diffs, the endpoint view for audits
+    /// by log-probabilities; `None` for kinds a calibration does not measure.
+    pub fn scores_for(&self, kind: ScoreKind) -> Option<&[f64]> {
+        let s = match kind {
+            ScoreKind::Kl => &self.scores,
+            ScoreKind::EndpointKl => &self.endpoint_scores,
+            ScoreKind::BitsPerByte | ScoreKind::TextMismatch => return None,
+        };
+        // An endpoint entry has no full-KL scores (a server reports top alternatives only).
+        (!s.is_empty()).then_some(s.as_slice())
+    }
+}
+
+/// A calibration of one reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The reference.
+    pub reference: Identity,
+    /// Its kernels.
+    pub kernels: Kernels,
+    /// Continuation length.
+    pub k: usize,
+    /// Challenges per entry.
+    pub challenges: usize,
+    /// Alternatives per position of the endpoint view.
+    pub top_logprobs: usize,
+    /// Run id of the challenges.
+    pub run_id: String,
+    /// Commitment to their key.
+    pub key_commitment: String,
+    /// Each challenge's family, in challenge order (the stratum of each score).
+    pub families: Vec<String>,
+    /// Floor entries, then rungs.
+    pub entries: Vec<Entry>,
+    /// pot's version.
+    pub pot_version: String,
+    /// When it was made.
+    pub created_unix: u64,
+    /// Wall time.
+    pub seconds: f64,
 }
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CalibrateError {
-    /// A diff.
-    #[error(transparent)]
-    Diff(#[from] diff::DiffError),
     /// A model.
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
-    /// The work folder.
+    Model(#[from] ModelError),
+    /// Challenge data.
+    #[error(transparent)]
+    Challenge(#[from] crate::challenge::ChallengeError),
+    /// Building a rung.
+    #[error("building rung {rung}: {source}")]
+    Variant {
+        /// The rung.
+        rung: String,
+        /// Why.
+        #[source]
+        source: variant::VariantError,
+    },
+    /// A file or folder.
     #[error("{path}: {reason}")]
     Io {
-        /// Folder.
+        /// The path.
         path: String,
-        /// Why.
+        /// Why, and what to do.
         reason: String,
     },
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// The endpoint floor.
+    #[error("endpoint floor: {0}")]
+    Endpoint(String),
 }
 
-/// Progress: a substitute being built, or a finished row.
+/// Progress of a calibration.
 pub enum Event<'a> {
-    /// Building this substitute.
+    /// The reference continued this many of the challenges.
+    Reference(usize, usize),
+    /// Building a rung's file.
     Building(&'a str),
-    /// A run finished.
-    Row(&'a Row),
+    /// Scoring an entry.
+    Scoring(&'a str),
+    /// An entry is done.
+    Done(&'a Entry),
 }
 
-/// Build each substitute and run each mode against it `runs` times.
+/// Whether every matrix of a GGUF file is stored in 16 or 32 bits.
+fn is_16_bit(path: &Path) -> Result<bool, ModelError> {
+    use candle_core::quantized::GgmlDType as T;
+    if crate::model::hf::is_hf_folder(path) {
+        return Ok(true);
+    }
+    let g = crate::model::gguf::GgufFile::open(path)?;
+    Ok(g.content
+        .tensor_infos
+        .values()
+        .all(|t| matches!(t.ggml_dtype, T::F16 | T::BF16 | T::F32)))
+}
+
+/// Measure the floor and the ladder of `cfg.reference`.
 pub fn run(
     cfg: &CalibrateConfig,
     progress: &mut dyn FnMut(Event<'_>),
-) -> Result<(Vec<Row>, Vec<Skipped>), CalibrateError> {
-    let source = crate::model::resolve(&cfg.reference)?;
+) -> Result<Calibration, CalibrateError> {
+    let start = Instant::now();
+    if cfg.challenges == 0 || cfg.k == 0 {
+        return Err(CalibrateError::Options(
+            "--challenges and --k must be at least 1".into(),
+        ));
+    }
+    let n = cfg.challenges.div_ceil(CYCLE) * CYCLE;
+    let source = resolve(&cfg.reference)?;
+    let identity = fingerprint(&source, false)?;
     std::fs::create_dir_all(&cfg.workdir).map_err(|e| CalibrateError::Io {
         path: cfg.workdir.display().to_string(),
-        reason: format!("cannot create the work folder ({e})"),
+        reason: format!("cannot create the folder for rung files ({e}); pick another with --keep"),
     })?;
-    let (mut rows, mut skipped) = (Vec::new(), Vec::new());
-    for s in &cfg.substitutes {
-        progress(Event::Building(&s.name));
-        let file = cfg.workdir.join(format!("{}.gguf", s.name));
-        if !file.exists() {
-            if let Err(e) = variant::derive(&source, &s.opts, &file) {
-                let _ = std::fs::remove_file(&file);
-                match e {
-                    variant::VariantError::Options(reason) => {
-                        skipped.push(Skipped {
-                            substitute: s.name.clone(),
-                            reason,
-                        });
-                        continue;
-                    }
-                    other => {
-                        return Err(CalibrateError::Io {
-                            path: file.display().to_string(),
-                            reason: other.to_string(),
-                        })
-                    }
-                }
-            }
-        }
-        let file_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        for &mode in &cfg.modes {
-            for r in 1..=cfg.runs {
-                let run_id = format!(
-                    "calibrate-{}-{}-{r}-{:08x}",
-                    s.name,
-                    mode.name(),
-                    rand::random::<u32>()
-                );
-                let key = ChallengeKey::generate().for_run(&run_id);
-                let out = diff::run(
-                    &DiffConfig {
-                        reference: source.display().to_string(),
-                        candidate: file.display().to_string(),
-                        run: RunSpec {
-                            mode,
-                            params: mode.params(),
-                            k: mode.k(),
-                            kernels: cfg.kernels,
-                            key,
-                            transcript: transcript_path(&cfg.workdir, &run_id),
-                            run_id,
-                            resume: false,
-                        },
-                        one_at_a_time: None,
-                    },
-                    &mut |_| {},
-                )?;
-                let row = Row {
-                    substitute: s.name.clone(),
-                    file_bytes,
-                    mode,
-                    run: r,
-                    decision: out.summary.decision,
-                    queries: out.summary.queries,
-                    mean: out.summary.mean,
-                    lower: out.summary.lower,
-                    upper: out.summary.upper,
-                    seconds: out.summary.elapsed_s,
+    let opts = LoadOptions {
+        kernels: cfg.kernels,
+    };
+    let spec = source.display().to_string();
+    let reference = Model::load(&spec, opts)?;
+    let catalog = Catalog::load()?;
+    let mut sides: Vec<ReferenceSide> = Vec::with_capacity(n);
+    let mut families = Vec::with_capacity(n);
+    for first in (0..n).step_by(CYCLE) {
+        let chs: Vec<_> = (first..first + CYCLE)
+            .map(|i| catalog.challenge(&cfg.key, &cfg.run_id, i as u64))
+            .collect();
+        families.extend(chs.iter().map(|c| c.family.clone()));
+        let prompts: Vec<String> = chs.into_iter().map(|c| c.prompt).collect();
+        sides.extend(score::reference_pass(
+            &reference,
+            &prompts,
+            cfg.k,
+            ScoreKind::Kl,
+        )?);
+        progress(Event::Reference(sides.len(), n));
+    }
+    let sixteen = is_16_bit(&source)?;
+    let mut entries = Vec::new();
+    let measure = |progress: &mut dyn FnMut(Event<'_>),
+                   label: Label,
+                   model: &Model,
+                   group: usize|
+     -> Result<Entry, CalibrateError> {
+        progress(Event::Scoring(&label.name));
+        let t0 = Instant::now();
+        let e = score_entry(label, model, &sides, group, cfg.keep_positions)?;
+        let e = Entry {
+            seconds: e.seconds + t0.elapsed().as_secs_f64(),
+            ..e
+        };
+        progress(Event::Done(&e));
+        Ok(e)
+    };
+    for &f in &cfg.floors {
+        match f {
+            Floor::OtherKernels => {
+                let other = match cfg.kernels {
+                    Kernels::Quantized => Kernels::Dense,
+                    Kernels::Dense => Kernels::Quantized,
                 };
-                progress(Event::Row(&row));
-                rows.push(row);
+                let m = Model::load(&spec, LoadOptions { kernels: other })?;
+                let what = format!("the reference on the {} kernels", kernels_name(other));
+                entries.push(measure(
+                    progress,
+                    Label::new(f.name(), Role::Floor, what, None),
+                    &m,
+                    CYCLE,
+                )?);
+            }
+            Floor::OneAtATime => {
+                let what = "the reference, one challenge per pass instead of five".to_string();
+                entries.push(measure(
+                    progress,
+                    Label::new(f.name(), Role::Floor, what, None),
+                    &reference,
+                    1,
+                )?);
+            }
+            Floor::F16Reencoding if sixteen => {}
+            Floor::F16Reencoding => {
+                let (file, built) = build_rung(cfg, &source, &identity, Target::F16, progress)?;
+                let m = Model::load(&file.display().to_string(), opts)?;
+                let what = "the reference's matrices re-encoded as f16".to_string();
+                entries.push(measure(
+                    progress,
+                    Label::new(f.name(), Role::Floor, what, Some(built)),
+                    &m,
+                    CYCLE,
+                )?);
             }
         }
     }
-    Ok((rows, skipped))
+    drop(reference);
+    if let Some(ep) = &cfg.endpoint {
+        progress(Event::Scoring("endpoint"));
+        let e = endpoint_entry(cfg, &source, ep, n)?;
+        progress(Event::Done(&e));
+        entries.push(e);
+    }
+    for f in &cfg.same_files {
+        let spec = resolve(&f.display().to_string())?;
+        let m = Model::load(&spec.display().to_string(), opts)?;
+        let stem = spec.file_stem().map_or_else(
+            || spec.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let what = format!("the same weights in {}", spec.display());
+        entries.push(measure(
+            progress,
+            Label::new(&format!("same:{stem}"), Role::Floor, what, None),
+            &m,
+            CYCLE,
+        )?);
+    }
+    for &r in &cfg.rungs {
+        let (file, built) = build_rung(cfg, &source, &identity, r, progress)?;
+        let m = Model::load(&file.display().to_string(), opts)?;
+        let what = format!("every matrix re-encoded as {r}");
+        entries.push(measure(
+            progress,
+            Label::new(r.name(), Role::Rung, what, Some(built)),
+            &m,
+            CYCLE,
+        )?);
+    }
+    Ok(Calibration {
+        format: FORMAT.into(),
+        reference: identity,
+        kernels: cfg.kernels,
+        k: cfg.k,
+        challenges: n,
+        top_logprobs: ENDPOINT_TOP,
+        run_id: cfg.run_id.clone(),
+        key_commitment: cfg.key.commitment(),
+        families,
+        entries,
+        pot_version: env!("CARGO_PKG_VERSION").into(),
+        created_unix: crate::transcript::unix_now(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
-fn transcript_path(dir: &Path, run_id: &str) -> PathBuf {
-    dir.join("transcripts").join(format!("{run_id}.ndjson"))
+/// The floor entry of a server holding the reference's weights: `pot audit` on the very
+/// challenges of the calibration (same key, run id and K, so the reference sends the same
+/// continuations), for exactly `n` challenges, its transcript kept in the work folder.
+fn endpoint_entry(
+    cfg: &CalibrateConfig,
+    source: &Path,
+    endpoint: &crate::audit::client::EndpointConfig,
+    n: usize,
+) -> Result<Entry, CalibrateError> {
+    use crate::audit::{self, AuditConfig};
+    use crate::diff::{Mode, Overrides, RunSpec};
+    let t0 = Instant::now();
+    let transcript = cfg.workdir.join(format!("endpoint-{}.ndjson", cfg.run_id));
+    let _ = std::fs::remove_file(&transcript);
+    let run = RunSpec {
+        mode: Mode::Audit,
+        overrides: Overrides {
+            n_min: Some(n),
+            n_max: Some(n),
+            ..Overrides::default()
+        },
+        k: cfg.k,
+        calibration: None,
+        margins_from_calibration: false,
+        calibration_store: None,
+        kernels: cfg.kernels,
+        key: cfg.key.clone(),
+        run_id: cfg.run_id.clone(),
+        transcript: transcript.clone(),
+        resume: false,
+    };
+    let out = audit::run(
+        &AuditConfig {
+            reference: source.display().to_string(),
+            endpoint: endpoint.clone(),
+            method: None,
+            top_logprobs: ENDPOINT_TOP,
+            run,
+            max_total_tokens: None,
+        },
+        &mut |_| {},
+    )
+    .map_err(|e| CalibrateError::Endpoint(e.to_string()))?;
+    if out.summary.score_kind != ScoreKind::EndpointKl {
+        return Err(CalibrateError::Endpoint(format!(
+            "{}: the endpoint gives text only (method {}), which measures no divergence; a floor needs log-probabilities (echo or logprobs)",
+            endpoint.url, out.method
+        )));
+    }
+    let t = crate::transcript::read(&transcript)
+        .map_err(|e| CalibrateError::Endpoint(e.to_string()))?;
+    let endpoint_scores: Vec<f64> = t.queries.iter().map(|q| q.score.score).collect();
+    let endpoint_positions = cfg
+        .keep_positions
+        .then(|| t.queries.iter().map(|q| q.score.kl.clone()).collect());
+    let agree: Vec<bool> = t
+        .queries
+        .iter()
+        .flat_map(|q| q.score.top1_agree.iter().copied())
+        .collect();
+    Ok(Entry {
+        name: "endpoint".into(),
+        role: Role::Floor,
+        what: format!(
+            "the reference's weights served at {} (model {}), by {} with {} alternatives",
+            endpoint.url, endpoint.model, out.method, out.endpoint.top_logprobs
+        ),
+        bits_per_weight: None,
+        file_bytes: None,
+        kl: None,
+        endpoint_kl: Distribution::of(&endpoint_scores),
+        top1_agreement: agree.iter().filter(|a| **a).count() as f64 / agree.len().max(1) as f64,
+        scores: Vec::new(),
+        endpoint_scores,
+        positions: None,
+        endpoint_positions,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn kernels_name(k: Kernels) -> &'static str {
+    match k {
+        Kernels::Quantized => "quantized",
+        Kernels::Dense => "dense",
+    }
+}
+
+/// The file of a rung in the work folder, built when missing: (path, (rung, bytes, seconds)).
+fn build_rung(
+    cfg: &CalibrateConfig,
+    source: &Path,
+    identity: &Identity,
+    rung: Target,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<(PathBuf, (Target, u64, f64)), CalibrateError> {
+    let t0 = Instant::now();
+    // Named by the reference's weights, so a folder shared by several references (or a
+    // reference that changed) never hands out another model's rung.
+    let file = cfg.workdir.join(format!(
+        "{}-{}.gguf",
+        &identity.weight_hash[..16],
+        rung.name()
+    ));
+    if !file.is_file() {
+        progress(Event::Building(rung.name()));
+        variant::derive(
+            source,
+            &VariantOptions {
+                to: rung,
+                prune_layers: 0,
+                noise: 0.0,
+                seed: 0,
+            },
+            &file,
+        )
+        .map_err(|source| CalibrateError::Variant {
+            rung: rung.name().into(),
+            source,
+        })?;
+    }
+    let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    Ok((file, (rung, bytes, t0.elapsed().as_secs_f64())))
+}
+
+/// What an entry is, before it is measured.
+struct Label {
+    name: String,
+    role: Role,
+    what: String,
+    /// A rung's encoding, file size and seconds to build.
+    built: Option<(Target, u64, f64)>,
+}
+
+impl Label {
+    fn new(name: &str, role: Role, what: String, built: Option<(Target, u64, f64)>) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            what,
+            built,
+        }
+    }
+}
+
+/// Teacher-force `model` on every side, `group` challenges per pass, and summarize.
+fn score_entry(
+    label: Label,
+    model: &Model,
+    sides: &[ReferenceSide],
+    group: usize,
+    keep_positions: bool,
+) -> Result<Entry, CalibrateError> {
+    let mut scores = Vec::with_capacity(sides.len());
+    let mut endpoint_scores = Vec::with_capacity(sides.len());
+    let (mut positions, mut endpoint_positions) = (Vec::new(), Vec::new());
+    let (mut agree, mut seen_positions) = (0usize, 0usize);
+    for chunk in sides.chunks(group.max(1)) {
+        let refs: Vec<&ReferenceSide> = chunk.iter().collect();
+        let rows = score::candidate_rows(model, &refs)?;
+        for (side, lq) in chunk.iter().zip(&rows) {
+            let lp = side.reference_rows();
+            let s = score::kl_score(lp, lq);
+            agree += s.top1_agree.iter().filter(|a| **a).count();
+            seen_positions += s.top1_agree.len();
+            scores.push(s.score);
+            let seen: Vec<_> = lq
+                .iter()
+                .zip(&side.continuation_ids)
+                .map(|(row, &t)| score::endpoint_view(row, t, ENDPOINT_TOP))
+                .collect();
+            let es = score::endpoint_kl_score(lp, &seen);
+            endpoint_scores.push(es.score);
+            if keep_positions {
+                positions.push(s.kl);
+                endpoint_positions.push(es.kl);
+            }
+        }
+    }
+    let (bits_per_weight, file_bytes, seconds) = match label.built {
+        Some((t, bytes, s)) => (Some(t.bits_per_weight()), Some(bytes), s),
+        None => (None, None, 0.0),
+    };
+    Ok(Entry {
+        name: label.name,
+        role: label.role,
+        what: label.what,
+        bits_per_weight,
+        file_bytes,
+        kl: Some(Distribution::of(&scores)),
+        endpoint_kl: Distribution::of(&endpoint_scores),
+        top1_agreement: agree as f64 / seen_positions.max(1) as f64,
+        scores,
+        endpoint_scores,
+        positions: keep_positions.then_some(positions),
+        endpoint_positions: keep_positions.then_some(endpoint_positions),
+        seconds,
+    })
+}
+
+impl Calibration {
+    /// Read a calibration file, refusing other formats.
+    pub fn read(path: &Path) -> Result<Self, CalibrateError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| CalibrateError::Io {
+            path: p.clone(),
+            reason: format!("cannot read the calibration ({e}); make one with pot calibrate --ref MODEL -o FILE"),
+        })?;
+        let c: Calibration = serde_json::from_str(&text).map_err(|e| CalibrateError::Io {
+            path: p.clone(),
+            reason: format!(
+                "not a pot calibration ({e}); make one with pot calibrate --ref MODEL -o FILE"
+            ),
+        })?;
+        if c.format != FORMAT {
+            return Err(CalibrateError::Io {
+                path: p,
+                reason: format!(
+                    "calibration format {:?}, this pot reads {FORMAT:?}; calibrate again",
+                    c.format
+                ),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Write it to `path` (through a temporary file: never half-written).
+    pub fn write(&self, path: &Path) -> Result<(), CalibrateError> {
+        use std::io::Write;
+        let err = |e: std::io::Error| CalibrateError::Io {
+            path: path.display().to_string(),
+            reason: format!("cannot write the calibration ({e}); check the folder"),
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = variant::tempfile_in(dir).map_err(err)?;
+        let text = serde_json::to_string_pretty(self).expect("a calibration serializes");
+        let mut f = tmp.as_file();
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        tmp.persist(path).map_err(err)
+    }
+
+    /// Floor entries.
+    pub fn floor(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.role == Role::Floor)
+    }
+
+    /// Rung entries.
+    pub fn rungs(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.role == Role::Rung)
+    }
+}
+
+/// Where an entry sits against a test's margins, by its clipped mean's 95 % interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    /// Clipped mean below γ: runs say SAME (wrongly DIFFERENT with probability ≤ α).
+    Same,
+    /// Clipped mean above δ: runs say DIFFERENT (wrongly SAME with probability ≤ α).
+    Different,
+    /// Between the margins (or its interval straddles one): either verdict may come.
+    Between,
+}
+
+/// Mean of scores clipped to `[0, clip]`, with its 95 % Student-t interval.
+pub fn clipped_mean(scores: &[f64], clip: f64) -> Distribution {
+    let xs: Vec<f64> = scores.iter().map(|s| s.clamp(0.0, clip)).collect();
+    Distribution::of(&xs)
+}
+
+impl Calibration {
+    /// The floor's reach for a score kind: the highest upper end of a floor entry's 95 %
+    /// interval of the mean (0 without floor entries).
+    pub fn floor_high(&self, kind: ScoreKind) -> f64 {
+        self.floor()
+            .filter_map(|e| e.scores_for(kind))
+            .map(|s| Distribution::of(s).mean_ci95[1])
+            .fold(0.0, f64::max)
+    }
+
+    /// Where `entry` sits against margins γ, δ and clip B, for a score kind.
+    pub fn expect(entry: &Entry, kind: ScoreKind, p: &crate::stats::TestParams) -> Option<Expect> {
+        let d = clipped_mean(entry.scores_for(kind)?, p.clip);
+        Some(if d.mean_ci95[1] < p.gamma {
+            Expect::Same
+        } else if d.mean_ci95[0] > p.delta {
+            Expect::Different
+        } else {
+            Expect::Between
+        })
+    }
+}
+
+/// The calibration as a text table, with each entry's place against the margins `p`.
+pub fn table(cal: &Calibration, p: &crate::stats::TestParams) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} ({} challenges, K = {}, {} kernels)",
+        cal.reference.path,
+        cal.challenges,
+        cal.k,
+        kernels_name(cal.kernels)
+    );
+    let _ = writeln!(
+        s,
+        "{:<15} {:>5} {:>8}  {:>9} {:>9} {:>21} {:>19}  {:>6}  {:>9}  {:<10}",
+        "",
+        "bits",
+        "MB",
+        "mean KL",
+        "sd",
+        "mean 95% CI",
+        "scores 95% range",
+        "top-1",
+        "endpoint",
+        "at margins"
+    );
+    let high = cal.floor_high(ScoreKind::Kl);
+    for e in &cal.entries {
+        let expect = match Calibration::expect(e, ScoreKind::Kl, p) {
+            Some(Expect::Same) => "SAME",
+            Some(Expect::Different) => "DIFFERENT",
+            Some(Expect::Between) => "between",
+            None => "-",
+        };
+        let kl = match &e.kl {
+            Some(d) => format!(
+                "{:>9.5} {:>9.5} [{:>8.5}, {:>8.5}] [{:>7.5}, {:>7.5}]",
+                d.mean, d.sd, d.mean_ci95[0], d.mean_ci95[1], d.p2_5, d.p97_5
+            ),
+            None => format!("{:>9} {:>9} {:>21} {:>19}", "-", "-", "-", "-"),
+        };
+        let _ = writeln!(
+            s,
+            "{:<15} {:>5} {:>8}  {kl}  {:>6.3}  {:>9.5}  {:<10}",
+            e.name,
+            e.bits_per_weight.map_or("-".into(), |b| format!("{b:.2}")),
+            e.file_bytes
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
+            e.top1_agreement,
+            e.endpoint_kl.mean,
+            expect,
+        );
+    }
+    let low = |e: &Entry| e.kl.as_ref().map_or(f64::NAN, |d| d.mean_ci95[0]);
+    let apart: Vec<&str> = cal
+        .rungs()
+        .filter(|e| low(e) > high)
+        .map(|e| e.name.as_str())
+        .collect();
+    let within: Vec<&str> = cal
+        .rungs()
+        .filter(|e| low(e) <= high)
+        .map(|e| e.name.as_str())
+        .collect();
+    let _ = writeln!(
+        s,
+        "floor: the same weights computed otherwise reach a mean KL of {high:.5} (highest upper 95% bound)"
+    );
+    let list = |v: &[&str]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(s, "told apart from the floor: {}", list(&apart));
+    let _ = writeln!(s, "within the floor's reach:  {}", list(&within));
+    let _ = writeln!(
+        s,
+        "at margins: where the audit mode (γ = {}, δ = {}, clip {}) places each entry's clipped mean: SAME below γ, DIFFERENT above δ. endpoint: the mean as an endpoint reporting {} alternatives shows it (pot audit).",
+        p.gamma, p.delta, p.clip, cal.top_logprobs
+    );
+    s
+}
+
+/// Where a calibration of the weights `weight_hash` lives in a calibration store.
+pub fn stored_path(store: &Path, weight_hash: &str) -> PathBuf {
+    store.join(format!("{weight_hash}.json"))
+}
+
+/// Margins derived from a calibration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Margins {
+    /// SAME margin: twice the floor's reach.
+    pub gamma: f64,
+    /// DIFFERENT margin: twice γ.
+    pub delta: f64,
+    /// Clip: the mode's ratio of B to δ.
+    pub clip: f64,
+}
+
+impl Calibration {
+    /// Margins from the measured floor for a score kind: γ is twice the floor's reach
+    /// ([`Calibration::floor_high`]: the same weights on kernels, batch shapes or servers this
+    /// calibration did not measure may sit a little higher), δ = 2γ as in the modes, and
+    /// B = `clip_ratio` · δ. `Err` says why the calibration cannot give margins.
+    pub fn margins(&self, kind: ScoreKind, clip_ratio: f64) -> Result<Margins, String> {
+        if self.floor().next().is_none() {
+            return Err("the calibration measured no floor; calibrate again with --floors".into());
+        }
+        if self.entries.iter().all(|e| e.scores_for(kind).is_none()) {
+            return Err(format!(
+                "a calibration measures KL scores, and this run scores {kind:?}; drop --margins"
+            ));
+        }
+        // Never below a hundredth of the audit mode's γ: a floor of exactly 0 (bit-identical
+        // variants only) would otherwise give no margin at all.
+        let gamma = (2.0 * self.floor_high(kind)).max(5e-5);
+        let delta = 2.0 * gamma;
+        Ok(Margins {
+            gamma,
+            delta,
+            clip: clip_ratio * delta,
+        })
+    }
 }

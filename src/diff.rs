@@ -13,52 +13,78 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::calibrate::Calibration;
 use crate::challenge::{Catalog, Challenge, ChallengeKey};
 use crate::identity::{fingerprint, Identity};
 use crate::model::{resolve, Kernels, LoadOptions, Model, ModelError};
 use crate::score::{self, ScoreKind};
+use crate::served::{Ladder, Served};
 use crate::stats::{Decision, SequentialTest, Status, TestParams, CYCLE};
 use crate::transcript::{
     self, unix_now, Candidate, Header, Query, Resumed, TranscriptError, Verdict, Writer,
 };
 
 /// A preset of test parameters and continuation length.
+///
+/// The margins depend on how challenges are scored. Divergences on a shared tokenizer (KL
+/// from a local model, or from an endpoint's reported log-probabilities) have a measured floor
+/// of about 0.001–0.003 nats per token for the same weights on other kernels, and 4- and 3-bit
+/// copies sit at 0.01–0.1 (`pot calibrate`, BENCHMARKS.md): the audit and extended modes set
+/// their margins between the two. Scores that only see other models (bits per byte across
+/// tokenizers, the share of mismatched greedy tokens) keep coarse margins in every mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Fast screening: α = 0.05, K = 16, at most 50 challenges.
+    /// Fast screening for another model or a 2-bit copy: α = 0.05, γ = 0.05, δ = 0.1
+    /// nats/token, K = 16, at most 50 challenges. Calls 4- and 8-bit copies SAME.
     Quick,
-    /// The default: α = 0.01, K = 32, at most 200 challenges.
+    /// The default: sees quantization. α = 0.01, γ = 0.005, δ = 0.01 nats/token, K = 32, at
+    /// most 200 challenges.
     Audit,
-    /// Tight margins for disputes: α = 0.001, K = 48, at most 1000 challenges.
+    /// Disputes: α = 0.001, γ = 0.004, δ = 0.008 nats/token, K = 64, at most 1000 challenges.
     Extended,
 }
 
+/// Coarse margins: scores that tell other models apart, not precisions.
+fn coarse(alpha: f64, n_min: usize, n_max: usize) -> TestParams {
+    TestParams {
+        alpha,
+        gamma: 0.05,
+        delta: 0.1,
+        clip: 0.2,
+        n_min,
+        n_max,
+    }
+}
+
 impl Mode {
-    /// The mode's test parameters.
-    pub fn params(self) -> TestParams {
-        match self {
-            Mode::Quick => TestParams {
-                alpha: 0.05,
-                gamma: 0.05,
-                delta: 0.1,
-                clip: 0.2,
-                n_min: CYCLE,
-                n_max: 50,
-            },
-            Mode::Audit => TestParams {
+    /// The mode's test parameters for challenges scored as `kind`.
+    pub fn params(self, kind: ScoreKind) -> TestParams {
+        let fine = matches!(kind, ScoreKind::Kl | ScoreKind::EndpointKl);
+        match (self, fine) {
+            (Mode::Quick, _) => coarse(0.05, CYCLE, 50),
+            (Mode::Audit, false) => coarse(0.01, CYCLE, 200),
+            (Mode::Audit, true) => TestParams {
                 alpha: 0.01,
-                gamma: 0.05,
-                delta: 0.1,
-                clip: 0.2,
+                gamma: 0.005,
+                delta: 0.01,
+                clip: 0.02,
                 n_min: CYCLE,
                 n_max: 200,
             },
-            Mode::Extended => TestParams {
+            (Mode::Extended, false) => TestParams {
                 alpha: 0.001,
                 gamma: 0.02,
                 delta: 0.05,
                 clip: 0.1,
+                n_min: 2 * CYCLE,
+                n_max: 1000,
+            },
+            (Mode::Extended, true) => TestParams {
+                alpha: 0.001,
+                gamma: 0.004,
+                delta: 0.008,
+                clip: 0.016,
                 n_min: 2 * CYCLE,
                 n_max: 1000,
             },
@@ -70,7 +96,7 @@ impl Mode {
         match self {
             Mode::Quick => 16,
             Mode::Audit => 32,
-            Mode::Extended => 48,
+            Mode::Extended => 64,
         }
     }
 
@@ -84,14 +110,40 @@ impl Mode {
     }
 }
 
-/// What every sequential run is, diff or audit: mode, test, K, kernels, key, id, transcript.
+/// Test parameters set by hand, over the mode's (and a calibration's margins).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Overrides {
+    /// Error bound.
+    pub alpha: Option<f64>,
+    /// SAME margin γ.
+    pub gamma: Option<f64>,
+    /// DIFFERENT margin δ.
+    pub delta: Option<f64>,
+    /// Clip bound B.
+    pub clip: Option<f64>,
+    /// Fewest challenges before a decision.
+    pub n_min: Option<usize>,
+    /// Budget.
+    pub n_max: Option<usize>,
+}
+
+/// What every sequential run is, diff or audit: mode, margins, K, kernels, key, id,
+/// transcript, and where the reference's calibration comes from.
 pub struct RunSpec {
     /// Mode name (recorded).
     pub mode: Mode,
-    /// Test parameters (the mode's, with overrides).
-    pub params: TestParams,
+    /// Parameters set by hand.
+    pub overrides: Overrides,
     /// Continuation length.
     pub k: usize,
+    /// A calibration of the reference given by hand (`--calibration` or `--margins`): it must
+    /// be of the reference's weights.
+    pub calibration: Option<Calibration>,
+    /// Take γ, δ and B from the calibration (`--margins CAL.json`).
+    pub margins_from_calibration: bool,
+    /// A folder of calibrations named by weight hash (`pot calibrate` stores there): used
+    /// when none is given by hand and the reference has one.
+    pub calibration_store: Option<PathBuf>,
     /// Kernels.
     pub kernels: Kernels,
     /// Challenge key.
@@ -105,10 +157,74 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
+    /// The test parameters of this run for challenges scored as `kind`: the mode's, then the
+    /// calibration's margins (when asked for), then the overrides.
+    pub fn params(
+        &self,
+        kind: ScoreKind,
+        calibration: Option<&Calibration>,
+    ) -> Result<TestParams, DiffError> {
+        let mut p = self.mode.params(kind);
+        if self.margins_from_calibration {
+            let cal = calibration.ok_or_else(|| {
+                DiffError::Calibration("--margins needs a calibration of the reference".into())
+            })?;
+            let m = cal
+                .margins(kind, p.clip / p.delta)
+                .map_err(DiffError::Calibration)?;
+            (p.gamma, p.delta, p.clip) = (m.gamma, m.delta, m.clip);
+        }
+        let o = self.overrides;
+        for (slot, v) in [
+            (&mut p.alpha, o.alpha),
+            (&mut p.gamma, o.gamma),
+            (&mut p.delta, o.delta),
+            (&mut p.clip, o.clip),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        p.n_min = o.n_min.unwrap_or(p.n_min);
+        p.n_max = o.n_max.unwrap_or(p.n_max);
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The reference's calibration: the one given by hand, which must be of the reference's
+    /// weights, or the store's for those weights, if any.
+    pub fn calibration_for(&self, reference: &Identity) -> Result<Option<Calibration>, DiffError> {
+        if let Some(c) = &self.calibration {
+            if c.reference.weight_hash != reference.weight_hash {
+                return Err(DiffError::Calibration(format!(
+                    "the calibration is of {} (weights {}), not of the reference {} (weights {}); calibrate this reference with pot calibrate --ref {}",
+                    c.reference.path,
+                    &c.reference.weight_hash[..16],
+                    reference.path,
+                    &reference.weight_hash[..16],
+                    reference.path
+                )));
+            }
+            return Ok(Some(c.clone()));
+        }
+        let Some(dir) = &self.calibration_store else {
+            return Ok(None);
+        };
+        let path = crate::calibrate::stored_path(dir, &reference.weight_hash);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        Calibration::read(&path)
+            .map(Some)
+            .map_err(|e| DiffError::Calibration(format!("{e} (or remove it from the store)")))
+    }
+
     /// The transcript header of this run.
     pub fn header(
         &self,
         score_kind: ScoreKind,
+        params: TestParams,
+        calibration: Option<&Calibration>,
         reference: Identity,
         candidate: Candidate,
     ) -> Header {
@@ -117,20 +233,21 @@ impl RunSpec {
             version: transcript::VERSION,
             run_id: self.run_id.clone(),
             mode: self.mode.name().into(),
-            params: self.params,
+            params,
             k: self.k,
             kernels: self.kernels,
             score_kind,
             key_commitment: self.key.commitment(),
             reference,
             candidate,
+            ladder: calibration.and_then(|c| Ladder::of(c, score_kind)),
             pot_version: env!("CARGO_PKG_VERSION").into(),
             started_unix: unix_now(),
         }
     }
 
     /// The summary of a test's state in this run.
-    pub fn summary(&self, test: &SequentialTest, score_kind: ScoreKind, elapsed_s: f64) -> Summary {
+    pub fn summary(&self, test: &SequentialTest, header: &Header, elapsed_s: f64) -> Summary {
         let st = test.status();
         Summary {
             decision: test.decision().unwrap_or(Decision::Undecided),
@@ -138,11 +255,12 @@ impl RunSpec {
             mean: st.mean,
             lower: st.lower,
             upper: st.upper,
-            alpha: self.params.alpha,
-            params: self.params,
+            alpha: header.params.alpha,
+            params: header.params,
             mode: self.mode,
             k: self.k,
-            score_kind,
+            score_kind: header.score_kind,
+            served: Served::of(test, header.ladder.as_ref()),
             elapsed_s,
             run_id: self.run_id.clone(),
             transcript: self.transcript.display().to_string(),
@@ -186,6 +304,9 @@ pub struct Summary {
     pub k: usize,
     /// How challenges were scored.
     pub score_kind: ScoreKind,
+    /// What the candidate's divergence says it serves: the estimate, and the reference's
+    /// ladder rungs it is consistent with or excludes.
+    pub served: Served,
     /// Wall time of the run (all sessions, when resumed).
     pub elapsed_s: f64,
     /// Run id.
@@ -224,6 +345,9 @@ pub enum DiffError {
     /// Parameters.
     #[error(transparent)]
     Params(#[from] crate::stats::ParamError),
+    /// A calibration that cannot serve this run.
+    #[error("calibration: {0}")]
+    Calibration(String),
 }
 
 /// Progress callback: status after each challenge.
@@ -232,7 +356,6 @@ pub type Progress<'a> = &'a mut dyn FnMut(&Status);
 /// Run (or resume) a diff to a decision.
 pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, DiffError> {
     let start = Instant::now();
-    let mut test = SequentialTest::new(cfg.run.params)?;
     let catalog = Catalog::load()?;
     let ref_path = resolve(&cfg.reference)?;
     let cand_path = resolve(&cfg.candidate)?;
@@ -262,16 +385,23 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     let (reference, candidate) = identities?;
     let both = both?;
     let kind = score::kind_for(&reference, &candidate);
-    let header = cfg
-        .run
-        .header(kind, reference.clone(), Candidate::Model(candidate.clone()));
+    let calibration = cfg.run.calibration_for(&reference)?;
+    let params = cfg.run.params(kind, calibration.as_ref())?;
+    let mut test = SequentialTest::new(params)?;
+    let mut header = cfg.run.header(
+        kind,
+        params,
+        calibration.as_ref(),
+        reference.clone(),
+        Candidate::Model(candidate.clone()),
+    );
     tracing::debug!("setup done: {:.2} s", start.elapsed().as_secs_f64());
     let mut prior_elapsed = 0.0;
     let mut writer = if cfg.run.resume {
         let same = |c: &Candidate| matches!(c, Candidate::Model(c) if c.weight_hash == candidate.weight_hash);
-        match transcript::resume(&cfg.run.transcript, &header, same, &mut test)? {
+        match transcript::resume(&cfg.run.transcript, &mut header, same, &mut test)? {
             Resumed::Finished(elapsed) => {
-                return Ok(outcome(cfg, &test, kind, elapsed, reference, candidate))
+                return Ok(outcome(cfg, &test, &header, elapsed, reference, candidate))
             }
             Resumed::Continue(w, elapsed) => {
                 prior_elapsed = elapsed;
@@ -281,7 +411,7 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     } else {
         Writer::create(&cfg.run.transcript, &header)?
     };
-    let budget = cfg.run.params.n_max;
+    let budget = params.n_max;
     let challenges = |range: std::ops::Range<usize>| -> Vec<Challenge> {
         range
             .map(|i| catalog.challenge(&cfg.run.key, &cfg.run.run_id, i as u64))
@@ -347,9 +477,10 @@ pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, Diff
     writer.append(&Verdict::new(
         test.decision().unwrap_or(Decision::Undecided),
         &st,
+        Served::of(&test, header.ladder.as_ref()),
         elapsed,
     ))?;
-    Ok(outcome(cfg, &test, kind, elapsed, reference, candidate))
+    Ok(outcome(cfg, &test, &header, elapsed, reference, candidate))
 }
 
 /// The groups of challenge indices scored together, covering `count` indices from `first`
@@ -400,13 +531,13 @@ fn record(
 fn outcome(
     cfg: &DiffConfig,
     test: &SequentialTest,
-    kind: ScoreKind,
+    header: &Header,
     elapsed: f64,
     reference: Identity,
     candidate: Identity,
 ) -> DiffOutcome {
     DiffOutcome {
-        summary: cfg.run.summary(test, kind, elapsed),
+        summary: cfg.run.summary(test, header, elapsed),
         reference,
         candidate,
     }

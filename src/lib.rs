@@ -8,8 +8,9 @@
 //! VRF audit choice, the provider's step store); `verify` is the router that checks providers
 //! by re-execution.
 //! `report` turns experiment results into tables and plots; `evidence` signs a finished run into a bundle that anyone can re-check.
-//! `identity` names models by their weights; `variant` derives cheaper substitutes, and
-//! `calibrate` measures which of them a run catches.
+//! `identity` names models by their weights; `variant` derives cheaper substitutes (the rungs
+//! of a quantization ladder), `calibrate` measures the noise floor and the ladder of a
+//! reference, and `served` places a run's divergence on that ladder.
 #![deny(missing_docs)]
 
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod report;
 pub mod score;
 pub mod serve;
+pub mod served;
 pub mod stats;
 pub mod transcript;
 pub mod variant;

@@ -16,10 +16,13 @@ use serde::{Deserialize, Serialize};
 use crate::identity::Identity;
 use crate::model::Kernels;
 use crate::score::{ChallengeScore, ScoreKind};
+use crate::served::{Ladder, Served};
 use crate::stats::{Decision, SequentialTest, Status, TestParams};
 
-/// Transcript format version.
-pub const VERSION: u32 = 1;
+/// Transcript format version. Version 2: margins by score kind, the betting of
+/// [`crate::stats::Betting::POT`], the reference's ladder in the header and what is served in
+/// the verdict. Transcripts of other versions are refused (their test differs).
+pub const VERSION: u32 = 2;
 
 /// The first line.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -46,6 +49,10 @@ pub struct Header {
     pub reference: Identity,
     /// The candidate: a model file (diff) or an endpoint (audit).
     pub candidate: Candidate,
+    /// The reference's quantization ladder, from its calibration, when it has one: the
+    /// verdict places the candidate on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ladder: Option<Ladder>,
     /// pot's version.
     pub pot_version: String,
     /// Unix time the run started.
@@ -127,6 +134,8 @@ pub struct Verdict {
     pub lower: f64,
     /// Upper end.
     pub upper: f64,
+    /// What is served: the divergence estimate, placed on the ladder of the header.
+    pub served: Served,
     /// Wall time over all sessions of the run.
     pub elapsed_s: f64,
 }
@@ -270,6 +279,15 @@ pub fn parse(text: &str) -> Result<Records, (usize, String)> {
     if header.record != "header" {
         return Err((1, "not a header record".into()));
     }
+    if header.version != VERSION {
+        return Err((
+            1,
+            format!(
+                "transcript format {} (this pot reads {VERSION}: its test and records differ); use the pot that wrote it (pot_version {})",
+                header.version, header.pot_version
+            ),
+        ));
+    }
     let (mut queries, mut verdict) = (Vec::new(), None);
     for (n, l) in lines {
         if verdict.is_some() {
@@ -327,7 +345,7 @@ pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
 
 impl Verdict {
     /// The verdict line of a run at this status.
-    pub fn new(decision: Decision, st: &Status, elapsed_s: f64) -> Self {
+    pub fn new(decision: Decision, st: &Status, served: Served, elapsed_s: f64) -> Self {
         Self {
             record: "verdict".into(),
             decision,
@@ -335,6 +353,7 @@ impl Verdict {
             mean: st.mean,
             lower: st.lower,
             upper: st.upper,
+            served,
             elapsed_s,
         }
     }
@@ -366,10 +385,11 @@ pub enum Resumed {
 
 /// Continue the run recorded at `path`: check that its header matches this invocation's
 /// (`header`: key commitment, reference weights, parameters, run id; `same_candidate`: the
-/// candidate), replay its scores into `test`, and say where it stands.
+/// candidate), replay its scores into `test`, and say where it stands. The run keeps the
+/// ladder its header recorded (`header.ladder` is set to it), whatever calibration exists now.
 pub fn resume(
     path: &Path,
-    header: &Header,
+    header: &mut Header,
     same_candidate: impl Fn(&Candidate) -> bool,
     test: &mut SequentialTest,
 ) -> Result<Resumed, TranscriptError> {
@@ -400,6 +420,7 @@ pub fn resume(
             h.mode, h.k, h.params, header.mode, header.k, header.params
         )));
     }
+    header.ladder = h.ladder.clone();
     let mut prior_elapsed = 0.0;
     for q in &loaded.queries {
         test.push(q.score.score);
@@ -411,7 +432,8 @@ pub fn resume(
     let mut w = Writer::reopen(path, loaded.complete_len)?;
     if let Some(d) = test.decision() {
         // Killed between the last query line and the verdict line.
-        w.append(&Verdict::new(d, &test.status(), prior_elapsed))?;
+        let served = Served::of(test, h.ladder.as_ref());
+        w.append(&Verdict::new(d, &test.status(), served, prior_elapsed))?;
         return Ok(Resumed::Finished(prior_elapsed));
     }
     Ok(Resumed::Continue(w, prior_elapsed))

@@ -1,14 +1,18 @@
 //! Derived models: what a cheaper substitute of a model would look like.
 //!
 //! `derive(source, options, out)` writes a GGUF holding the source's metadata and tokenizer
-//! with every matrix re-encoded: lossless (`f16`), re-quantized (`q8_0`, `q4_0`, `q3_k`,
-//! `q2_k`), optionally with layers pruned or Gaussian noise added first. Auditors use it to
-//! see what a run can catch; the tests use it to make substitutes of real models.
+//! with every matrix re-encoded at one rung of the quantization ladder ([`Target::LADDER`]:
+//! `f16`, `bf16`, `q8_0`, `q6_k`, `q5_k`, `q5_0`, `q4_k`, `q4_0`, `q3_k`, `q2_k`), optionally
+//! with layers pruned or Gaussian noise added first. Every output is a GGUF llama.cpp loads.
+//! Auditors use it to see what a run can catch (`pot calibrate`); the tests use it to make
+//! substitutes of real models.
 //!
 //! Quantization works on blocks of 32 (legacy types) or 256 (k-quants) values along a row.
-//! A matrix whose rows are not a multiple of the block (SmolLM2's 576 columns under a k-quant)
-//! is quantized over its flattened values and stored dequantized as f16: the numbers are
-//! those of the quantization, only the container differs. 1-D tensors (norms, biases) stay f32.
+//! A matrix whose rows are not a multiple of a k-quant's 256 (SmolLM2's 576 columns, Qwen
+//! 0.5B's 896) gets llama.cpp's fallback type for it, as `llama-quantize` does (q4_k → q5_0,
+//! q6_k → q8_0, ...; [`row_fallback`]); one whose rows split into no block at all is
+//! quantized over its flattened values and stored dequantized as f16 (the numbers are those of
+//! the quantization, only the container differs). 1-D tensors (norms, biases) stay f32.
 //!
 //! The output is written to a temporary file beside `out` and renamed into place, so a failed
 //! or killed run leaves no half-written model.
@@ -24,36 +28,112 @@ use rand::{Rng, SeedableRng};
 use crate::model::gguf::GgufFile;
 use crate::model::ModelError;
 
-/// Target encodings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+/// Target encodings: the rungs of a quantization ladder, from lossless to 2-bit. Every one is
+/// a GGUF type llama.cpp reads; the names are llama.cpp's (`llama-quantize` type names, lower
+/// case). Each matrix gets the one type ("pure" in llama-quantize's words: no per-tensor mix).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Half precision: lossless for 4- and 8-bit sources up to f16 rounding.
     #[value(name = "f16")]
     F16,
+    /// bfloat16: 8 bits of mantissa, the exponent range of f32.
+    #[value(name = "bf16")]
+    #[serde(rename = "bf16")]
+    Bf16,
     /// 8-bit blocks of 32.
     #[value(name = "q8_0")]
+    #[serde(rename = "q8_0")]
     Q8_0,
+    /// 6-bit k-quant (blocks of 256).
+    #[value(name = "q6_k")]
+    #[serde(rename = "q6_k")]
+    Q6K,
+    /// 5-bit k-quant (blocks of 256).
+    #[value(name = "q5_k")]
+    #[serde(rename = "q5_k")]
+    Q5K,
+    /// 5-bit blocks of 32.
+    #[value(name = "q5_0")]
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    /// 4-bit k-quant (blocks of 256).
+    #[value(name = "q4_k")]
+    #[serde(rename = "q4_k")]
+    Q4K,
     /// 4-bit blocks of 32.
     #[value(name = "q4_0")]
+    #[serde(rename = "q4_0")]
     Q4_0,
     /// 3-bit k-quant (blocks of 256).
     #[value(name = "q3_k")]
+    #[serde(rename = "q3_k")]
     Q3K,
     /// 2-bit k-quant (blocks of 256).
     #[value(name = "q2_k")]
+    #[serde(rename = "q2_k")]
     Q2K,
 }
 
 impl Target {
-    fn dtype(self) -> GgmlDType {
+    /// The whole ladder, from the most precise rung to the least.
+    pub const LADDER: [Target; 10] = [
+        Target::F16,
+        Target::Bf16,
+        Target::Q8_0,
+        Target::Q6K,
+        Target::Q5K,
+        Target::Q5_0,
+        Target::Q4K,
+        Target::Q4_0,
+        Target::Q3K,
+        Target::Q2K,
+    ];
+
+    /// The GGUF type every matrix is written as.
+    pub fn dtype(self) -> GgmlDType {
         match self {
             Target::F16 => GgmlDType::F16,
+            Target::Bf16 => GgmlDType::BF16,
             Target::Q8_0 => GgmlDType::Q8_0,
+            Target::Q6K => GgmlDType::Q6K,
+            Target::Q5K => GgmlDType::Q5K,
+            Target::Q5_0 => GgmlDType::Q5_0,
+            Target::Q4K => GgmlDType::Q4K,
             Target::Q4_0 => GgmlDType::Q4_0,
             Target::Q3K => GgmlDType::Q3K,
             Target::Q2K => GgmlDType::Q2K,
         }
+    }
+
+    /// llama.cpp's name of the type (`q4_k`, `bf16`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::F16 => "f16",
+            Target::Bf16 => "bf16",
+            Target::Q8_0 => "q8_0",
+            Target::Q6K => "q6_k",
+            Target::Q5K => "q5_k",
+            Target::Q5_0 => "q5_0",
+            Target::Q4K => "q4_k",
+            Target::Q4_0 => "q4_0",
+            Target::Q3K => "q3_k",
+            Target::Q2K => "q2_k",
+        }
+    }
+
+    /// Bits per weight of the encoding (block scales included).
+    pub fn bits_per_weight(self) -> f64 {
+        let d = self.dtype();
+        d.type_size() as f64 * 8.0 / d.block_size() as f64
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -118,11 +198,32 @@ fn add_noise(
     Tensor::from_vec(noisy, t.shape(), &Device::Cpu)
 }
 
-/// Encode one dense matrix as `dtype` (see the module doc for rows off the block size).
+/// The type llama.cpp's quantizer writes for a matrix whose rows do not split into blocks of
+/// 256 when asked for a k-quant (`llama-quant.cpp`, "incompatible tensor" fallbacks): q6_k →
+/// q8_0, q5_k → q5_1, q4_k → q5_0, and q3_k / q2_k → iq4_nl, which candle cannot write, so
+/// q4_0 (the same 4.5 bits per weight, a little less accurate) stands in for it.
+fn row_fallback(dtype: GgmlDType) -> GgmlDType {
+    match dtype {
+        GgmlDType::Q6K => GgmlDType::Q8_0,
+        GgmlDType::Q5K => GgmlDType::Q5_1,
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        GgmlDType::Q3K | GgmlDType::Q2K => GgmlDType::Q4_0,
+        other => other,
+    }
+}
+
+/// Encode one dense matrix as `dtype`: as llama.cpp would, with its fallback type for rows
+/// that do not split into a k-quant's blocks (see the module doc for rows that split into no
+/// block at all).
 fn encode(t: &Tensor, dtype: GgmlDType) -> candle_core::Result<QTensor> {
-    let block = dtype.block_size();
     let cols = *t.dims().last().unwrap_or(&0);
-    if dtype == GgmlDType::F16 || cols % block == 0 {
+    let dtype = if cols % dtype.block_size() == 0 {
+        dtype
+    } else {
+        row_fallback(dtype)
+    };
+    let block = dtype.block_size();
+    if cols % block == 0 {
         return QTensor::quantize(t, dtype);
     }
     let n = t.elem_count();
@@ -213,7 +314,9 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
         .filter(|(k, _)| k.as_str() != "general.file_type")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    metadata.retain(|(k, _)| k != &format!("{arch}.block_count"));
+    // Keys this writes anew (a source made by pot variant has them already: GGUF readers such
+    // as llama.cpp refuse a file with a key twice).
+    metadata.retain(|(k, _)| k != &format!("{arch}.block_count") && k != "pot.variant");
     metadata.push((
         format!("{arch}.block_count"),
         Value::U32((cfg.n_layer - opts.prune_layers) as u32),
@@ -221,7 +324,7 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
     metadata.push((
         "pot.variant".into(),
         Value::String(format!(
-            "to={:?} prune_layers={} noise={} seed={}",
+            "to={} prune_layers={} noise={} seed={}",
             opts.to, opts.prune_layers, opts.noise, opts.seed
         )),
     ));
@@ -300,4 +403,64 @@ pub fn tempfile_in(dir: &Path) -> std::io::Result<TempFile> {
         }
     }
     Err(std::io::Error::other("could not create a temporary file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3.gguf")
+    }
+
+    /// The metadata key count a GGUF header declares, and the distinct keys it holds.
+    fn keys(path: &Path) -> (u64, usize) {
+        let bytes = std::fs::read(path).unwrap();
+        let declared = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+        let g = GgufFile::open(path).unwrap();
+        (declared, g.content.metadata.len())
+    }
+
+    #[test]
+    fn a_variant_of_a_variant_writes_each_metadata_key_once() {
+        // llama.cpp refuses a GGUF that holds a key twice; a rung made from a reference that
+        // pot variant wrote (an f16 of a quantized file) must not repeat pot.variant.
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.gguf"), d.path().join("b.gguf"));
+        let opts = |to| VariantOptions {
+            to,
+            prune_layers: 0,
+            noise: 0.0,
+            seed: 0,
+        };
+        derive(&fixture(), &opts(Target::F16), &a).unwrap();
+        derive(&a, &opts(Target::Q4_0), &b).unwrap();
+        for f in [&a, &b] {
+            let (declared, distinct) = keys(f);
+            assert_eq!(declared as usize, distinct, "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn every_rung_writes_a_model_pot_loads() {
+        let d = tempfile::tempdir().unwrap();
+        for rung in Target::LADDER {
+            let out = d.path().join(format!("{rung}.gguf"));
+            derive(
+                &fixture(),
+                &VariantOptions {
+                    to: rung,
+                    prune_layers: 0,
+                    noise: 0.0,
+                    seed: 0,
+                },
+                &out,
+            )
+            .unwrap();
+            let m = crate::model::Model::load(&out.display().to_string(), Default::default())
+                .unwrap_or_else(|e| panic!("{rung}: {e}"));
+            let lp = m.logprobs(&[1, 5, 9, 14], 0).unwrap();
+            assert!(lp.iter().flatten().all(|v| v.is_finite()), "{rung}");
+        }
+    }
 }

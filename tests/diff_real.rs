@@ -461,45 +461,140 @@ fn bad_hugging_face_folders_fail_cleanly() {
     assert_clean_error(&o, "cut", &tr);
 }
 
-/// `pot calibrate` builds substitutes and says which a mode catches: the f16 re-encoding is
-/// SAME, the 2-bit requantization DIFFERENT, each in the fewest queries the test allows.
+/// `pot calibrate` measures the floor (the same weights on other kernels, another batch shape,
+/// an f16 re-encoding) and the ladder rungs asked for, every challenge's score kept; the
+/// floor stays far below a 2-bit copy, the rung files are kept with --keep, the calibration
+/// file feeds `pot diff`, and a bad rung name or an existing -o is refused before any work.
 #[test]
-fn calibrate_reports_what_each_mode_catches() {
+fn calibrate_measures_the_floor_and_the_ladder() {
     let d = tmp();
+    let cal = d.path().join("cal.json");
+    let store = d.path().join("store");
     let o = pot()
+        .env("POT_CALIBRATIONS", &store)
         .args([
             "calibrate",
             "--json",
-            "--modes",
-            "quick",
-            "--only",
-            "f16,q2_k",
+            "--challenges",
+            "10",
+            "--rungs",
+            "q8_0,q2_k",
             "--ref",
         ])
         .arg(model_path(SMOL))
         .arg("--keep")
         .arg(d.path())
+        .arg("-o")
+        .arg(&cal)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let runs = v["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2);
-    let row = |name: &str| runs.iter().find(|r| r["substitute"] == name).unwrap();
-    assert_eq!(row("f16")["decision"], "SAME");
-    assert_eq!(row("f16")["queries"], 10);
-    assert_eq!(row("q2_k")["decision"], "DIFFERENT");
-    assert_eq!(row("q2_k")["queries"], 5);
-    assert!(
-        d.path().join("q2_k.gguf").is_file(),
-        "--keep keeps the substitutes"
+    assert_eq!(v["format"], "pot-calibration/1");
+    assert_eq!(v["challenges"], 10);
+    let entries = v["entries"].as_array().unwrap();
+    let names: Vec<&str> = entries
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "other-kernels",
+            "one-at-a-time",
+            "f16-reencoding",
+            "q8_0",
+            "q2_k"
+        ]
     );
+    for e in entries {
+        assert_eq!(e["scores"].as_array().unwrap().len(), 10, "{}", e["name"]);
+        assert_eq!(e["endpoint_scores"].as_array().unwrap().len(), 10);
+        let (mean, ep) = (
+            e["kl"]["mean"].as_f64().unwrap(),
+            e["endpoint_kl"]["mean"].as_f64().unwrap(),
+        );
+        assert!(
+            ep <= mean + 1e-9,
+            "the endpoint view sees at most the full KL: {e}"
+        );
+    }
+    let mean = |name: &str| {
+        entries.iter().find(|e| e["name"] == name).unwrap()["kl"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
+    for floor in ["other-kernels", "one-at-a-time", "f16-reencoding"] {
+        assert!(mean(floor) < 0.005, "{floor}: {}", mean(floor));
+    }
+    assert!(
+        mean("q2_k") > 100.0 * mean("f16-reencoding"),
+        "{}",
+        mean("q2_k")
+    );
+    assert!(std::fs::read_dir(d.path()).unwrap().any(|f| f
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with("-q2_k.gguf")));
+    // The file is the JSON printed; the store holds it under the reference's weight hash.
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert_eq!(file, v);
+    let stored = store.join(format!(
+        "{}.json",
+        v["reference"]["weight_hash"].as_str().unwrap()
+    ));
+    assert!(stored.is_file(), "{}", stored.display());
+
+    // A diff of the reference against its q2_k copy places the candidate on that ladder.
+    let q2 = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-q2_k.gguf"))
+        .unwrap();
+    let (o, r) = diff(
+        &model_path(SMOL),
+        &q2,
+        d.path(),
+        &["--calibration", cal.to_str().unwrap()],
+    );
+    assert_decision(&o, &r, "DIFFERENT");
+    let served = &r["served"];
+    assert_eq!(served["calibrated"], true, "{r}");
+    let excludes: Vec<&str> = served["excludes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(
+        excludes.contains(&"other-kernels") && excludes.contains(&"q8_0"),
+        "{served}"
+    );
+    let consistent: Vec<&str> = served["consistent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(consistent.contains(&"q2_k"), "{served}");
+
+    // Refused before any work: an unknown rung, and an -o that exists.
     let o = pot()
-        .args(["calibrate", "--only", "q1", "--ref"])
+        .args(["calibrate", "--rungs", "q1", "--ref"])
         .arg(model_path(SMOL))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("--only q1") && e.contains("q2_k"), "{e}");
+    assert!(e.contains("q1") && e.contains("q4_k"), "{e}");
+    let o = pot()
+        .args(["calibrate", "--ref"])
+        .arg(model_path(SMOL))
+        .arg("-o")
+        .arg(&cal)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exists already"));
 }

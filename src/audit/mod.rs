@@ -121,6 +121,9 @@ pub enum AuditError {
     /// Parameters.
     #[error(transparent)]
     Params(#[from] crate::stats::ParamError),
+    /// The run's parameters or calibration.
+    #[error(transparent)]
+    Run(crate::diff::DiffError),
     /// HTTP.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -529,7 +532,6 @@ pub fn run(
     progress: &mut dyn FnMut(&crate::stats::Status),
 ) -> Result<AuditOutcome, AuditError> {
     let start = Instant::now();
-    let mut test = SequentialTest::new(cfg.run.params)?;
     let catalog = Catalog::load()?;
     let ref_path = resolve(&cfg.reference)?;
     let (reference, identity) = load_identified(
@@ -575,29 +577,46 @@ pub fn run(
         models,
     };
     let kind = method.score_kind();
-    let header = cfg
+    let calibration = cfg
         .run
-        .header(kind, identity.clone(), Candidate::Endpoint(info.clone()));
+        .calibration_for(&identity)
+        .map_err(AuditError::Run)?;
+    let params = cfg
+        .run
+        .params(kind, calibration.as_ref())
+        .map_err(AuditError::Run)?;
+    let mut test = SequentialTest::new(params)?;
+    let mut header = cfg.run.header(
+        kind,
+        params,
+        calibration.as_ref(),
+        identity.clone(),
+        Candidate::Endpoint(info.clone()),
+    );
     let mut prior_elapsed = 0.0;
     let mut tokens_used = 0u64;
     let mut retries = 0u64;
-    let outcome =
-        |test: &SequentialTest, elapsed: f64, tokens_used, retries, stopped| AuditOutcome {
-            summary: cfg.run.summary(test, kind, elapsed),
-            method: method.name().into(),
-            reference: identity.clone(),
-            endpoint: info.clone(),
-            tokens_used,
-            retries,
-            stopped,
-        };
+    let outcome = |test: &SequentialTest,
+                   header: &crate::transcript::Header,
+                   elapsed: f64,
+                   tokens_used,
+                   retries,
+                   stopped| AuditOutcome {
+        summary: cfg.run.summary(test, header, elapsed),
+        method: method.name().into(),
+        reference: identity.clone(),
+        endpoint: info.clone(),
+        tokens_used,
+        retries,
+        stopped,
+    };
     let mut writer = if cfg.run.resume {
         let same = |c: &Candidate| {
             matches!(c, Candidate::Endpoint(e) if e.url == info.url && e.model == info.model
                 && e.api == info.api && e.method == info.method && e.top_logprobs == info.top_logprobs)
         };
-        match transcript::resume(&cfg.run.transcript, &header, same, &mut test)? {
-            Resumed::Finished(elapsed) => return Ok(outcome(&test, elapsed, 0, 0, None)),
+        match transcript::resume(&cfg.run.transcript, &mut header, same, &mut test)? {
+            Resumed::Finished(elapsed) => return Ok(outcome(&test, &header, elapsed, 0, 0, None)),
             Resumed::Continue(w, elapsed) => {
                 prior_elapsed = elapsed;
                 w
@@ -618,7 +637,7 @@ pub fn run(
             }
         }
         let first = test.n();
-        let end = ((first / CYCLE + 1) * CYCLE).min(cfg.run.params.n_max.max(first + 1));
+        let end = ((first / CYCLE + 1) * CYCLE).min(params.n_max.max(first + 1));
         let t0 = Instant::now();
         let chs: Vec<Challenge> = (first..end)
             .map(|i| catalog.challenge(&cfg.run.key, &cfg.run.run_id, i as u64))
@@ -654,10 +673,18 @@ pub fn run(
         writer.append(&Verdict::new(
             test.decision().unwrap_or(Decision::Undecided),
             &st,
+            crate::served::Served::of(&test, header.ladder.as_ref()),
             elapsed,
         ))?;
     }
-    Ok(outcome(&test, elapsed, tokens_used, retries, stopped))
+    Ok(outcome(
+        &test,
+        &header,
+        elapsed,
+        tokens_used,
+        retries,
+        stopped,
+    ))
 }
 
 /// One scored challenge and what the transcript keeps of it.

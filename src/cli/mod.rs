@@ -179,33 +179,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What a run can and cannot see: build substitutes of a model (re-encoded, re-quantized,
-    /// pruned, noised) in a temporary folder and report, per mode, the verdict against each
-    /// and the queries it took.
-    Calibrate {
-        /// The reference model.
-        #[arg(long = "ref")]
-        reference: String,
-        /// Modes to run (comma-separated).
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "quick,audit")]
-        modes: Vec<Mode>,
-        /// Only these substitutes (comma-separated; default all: f16, q8_0, q4_0, q3_k, q2_k,
-        /// prune1, noise0.02, noise0.1).
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// Runs per substitute and mode, each with a fresh key.
-        #[arg(long, default_value_t = 1)]
-        runs: usize,
-        /// Keep the substitutes and transcripts in this folder (reused when run again).
-        #[arg(long)]
-        keep: Option<PathBuf>,
-        /// Matrix kernels.
-        #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
-        kernels: KernelArg,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Measure what pot can tell apart for one reference: the noise floor (the same weights on
+    /// other kernels, another batch shape, an f16 re-encoding) and the quantization ladder (the
+    /// reference re-encoded as f16, bf16, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q3_k, q2_k), each
+    /// as the distribution of the per-challenge score over the same keyed challenges. Prints
+    /// the table and which rungs stand clear of the floor; -o writes it as JSON for
+    /// `--margins` and for the served-precision line of every verdict.
+    Calibrate(Box<CalibrateArgs>),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -223,6 +203,61 @@ impl From<KernelArg> for Kernels {
             KernelArg::Quantized => Kernels::Quantized,
         }
     }
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    /// The reference model: its best-precision file (GGUF or Hugging Face folder).
+    #[arg(long = "ref")]
+    reference: String,
+    /// Keyed challenges per entry (rounded up to whole cycles of five).
+    #[arg(long, default_value_t = 50)]
+    challenges: usize,
+    /// Continuation tokens per challenge (default: the audit mode's K).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Ladder rungs to build and measure (comma-separated; default all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    rungs: Option<Vec<Target>>,
+    /// Floor variants to measure (comma-separated; default all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    floors: Option<Vec<pot::calibrate::Floor>>,
+    /// A server holding the reference's weights (OpenAI-compatible base URL): its answers to
+    /// the same challenges, by `pot audit`'s echo or logprobs method, join the floor.
+    #[arg(long, requires = "model")]
+    endpoint: Option<String>,
+    /// Model name to request from --endpoint.
+    #[arg(long)]
+    model: Option<String>,
+    /// Environment variable holding --endpoint's API key.
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
+    /// Another file holding the reference's weights (repeatable): the file an f16 reference
+    /// was made from, another converter's output. Measured as part of the floor.
+    #[arg(long, value_name = "MODEL")]
+    same: Vec<PathBuf>,
+    /// The kernels runs of this reference use.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    kernels: KernelArg,
+    /// Keep the rung files in this folder (reused when they exist); default: a temporary
+    /// folder, removed afterwards.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Challenge key (default: a fresh one; the calibration records only its commitment).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Run id of the challenges (default: time and random suffix).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Write the calibration here (JSON; read by --margins on diff and audit).
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+    /// The calibration as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also keep every position's KL (for studies of the continuation length K).
+    #[arg(long, hide = true)]
+    keep_positions: bool,
 }
 
 #[derive(Args)]
@@ -454,6 +489,15 @@ struct RunArgs {
     /// Budget: UNDECIDED after this many challenges (mode default).
     #[arg(long, visible_alias = "max-queries")]
     n_max: Option<usize>,
+    /// Place the candidate on this calibration's quantization ladder (`pot calibrate -o
+    /// FILE`). Default: the calibration `pot calibrate` stored for the reference's weights, if
+    /// any (in $POT_CALIBRATIONS, else ~/.cache/pot/calibrations).
+    #[arg(long, value_name = "CAL.json")]
+    calibration: Option<PathBuf>,
+    /// Margins from this calibration of the reference: γ twice the highest floor it measured,
+    /// δ = 2γ, B as the mode's ratio to δ (the candidate is placed on its ladder too).
+    #[arg(long, value_name = "CAL.json", conflicts_with = "calibration")]
+    margins: Option<PathBuf>,
     /// Matrix kernels.
     #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
     kernels: KernelArg,
@@ -490,50 +534,47 @@ impl RunArgs {
         )))
     }
 
-    /// The mode's test parameters with the overrides, and K.
-    fn params_and_k(&self) -> Result<(pot::stats::TestParams, usize)> {
-        let mut p = self.mode.params();
-        for (slot, v) in [
-            (&mut p.alpha, self.alpha),
-            (&mut p.gamma, self.gamma),
-            (&mut p.delta, self.delta),
-            (&mut p.clip, self.clip),
-        ] {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        }
-        if let Some(v) = self.n_min {
-            p.n_min = v;
-        }
-        if let Some(v) = self.n_max {
-            p.n_max = v;
-        }
-        p.validate()?;
+    /// The library's description of the run, its parameters checked before any work: the
+    /// overrides must make a valid test for every way challenges may be scored.
+    fn spec(&self, files: &RunFiles) -> Result<pot::diff::RunSpec> {
+        use pot::score::ScoreKind;
         let k = self.k.unwrap_or(self.mode.k());
         if k == 0 {
             bail!("--k must be at least 1");
         }
-        Ok((p, k))
-    }
-
-    /// The library's description of the run.
-    fn spec(
-        &self,
-        files: &RunFiles,
-        params: pot::stats::TestParams,
-        k: usize,
-    ) -> pot::diff::RunSpec {
-        pot::diff::RunSpec {
+        let given = self.margins.as_ref().or(self.calibration.as_ref());
+        let spec = pot::diff::RunSpec {
             mode: self.mode,
-            params,
+            overrides: pot::diff::Overrides {
+                alpha: self.alpha,
+                gamma: self.gamma,
+                delta: self.delta,
+                clip: self.clip,
+                n_min: self.n_min,
+                n_max: self.n_max,
+            },
             k,
+            calibration: given
+                .map(|p| pot::calibrate::Calibration::read(p))
+                .transpose()?,
+            margins_from_calibration: self.margins.is_some(),
+            calibration_store: Some(calibration_store()),
             kernels: self.kernels.into(),
             key: files.key.clone(),
             run_id: files.run_id.clone(),
             transcript: files.transcript.clone(),
             resume: files.resume,
+        };
+        for kind in [ScoreKind::Kl, ScoreKind::BitsPerByte] {
+            spec.params(kind, spec.calibration.as_ref())?;
         }
+        Ok(spec)
+    }
+
+    /// The budget, for the progress bar.
+    fn n_max(&self) -> usize {
+        self.n_max
+            .unwrap_or(self.mode.params(pot::score::ScoreKind::Kl).n_max)
     }
 
     fn files(&self) -> Result<RunFiles> {
@@ -543,6 +584,17 @@ impl RunArgs {
             &self.resume,
             &self.transcripts,
         )
+    }
+}
+
+/// The folder of stored calibrations: $POT_CALIBRATIONS, else ~/.cache/pot/calibrations.
+fn calibration_store() -> PathBuf {
+    match std::env::var_os("POT_CALIBRATIONS") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".cache/pot/calibrations"),
     }
 }
 
@@ -609,20 +661,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => cmd_verify(*a),
         Command::Bundle(b) => cmd_bundle(b),
         Command::Report { results, json } => {
-            let margins = |mode: &str| {
-                <Mode as clap::ValueEnum>::from_str(mode, true)
-                    .ok()
-                    .map(|m| {
-                        let p = m.params();
-                        pot::report::Margins {
-                            alpha: p.alpha,
-                            gamma: p.gamma,
-                            delta: p.delta,
-                            clip: p.clip,
-                        }
-                    })
-            };
-            let r = pot::report::run(&results, &margins)?;
+            let r = pot::report::run(&results)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -645,15 +684,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Calibrate {
-            reference,
-            modes,
-            only,
-            runs,
-            keep,
-            kernels,
-            json,
-        } => cmd_calibrate(reference, modes, only, runs, keep, kernels.into(), json),
+        Command::Calibrate(a) => cmd_calibrate(*a),
         Command::Keygen {
             out,
             node,
@@ -964,16 +995,15 @@ fn new_run_id() -> String {
 }
 
 fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
-    let (params, k) = a.run.params_and_k()?;
     let bundle = a.run.bundle_plan()?;
     let run = a.run.files()?;
     let cfg = DiffConfig {
         reference: a.reference.clone(),
         candidate: a.candidate.clone(),
-        run: a.run.spec(&run, params, k),
+        run: run.cleanup_on_error(a.run.spec(&run))?,
         one_at_a_time: a.one_at_a_time,
     };
-    let bar = Bar::new(params.n_max, a.run.json);
+    let bar = Bar::new(a.run.n_max(), a.run.json);
     let out = diff::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;
@@ -1113,112 +1143,99 @@ fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
     }
 }
 
-fn cmd_calibrate(
-    reference: String,
-    modes: Vec<Mode>,
-    only: Vec<String>,
-    runs: usize,
-    keep: Option<PathBuf>,
-    kernels: Kernels,
-    json: bool,
-) -> Result<ExitCode> {
-    use pot::calibrate::{self, Event};
-    if runs == 0 || modes.is_empty() {
-        bail!("--runs must be at least 1 and --modes must name a mode");
-    }
-    let mut substitutes = calibrate::default_substitutes();
-    if !only.is_empty() {
-        let known: Vec<String> = substitutes.iter().map(|s| s.name.clone()).collect();
-        if let Some(bad) = only.iter().find(|o| !known.contains(o)) {
+fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {
+    use pot::calibrate::{self, Event, Floor};
+    if let Some(out) = &a.out {
+        if out.exists() {
             bail!(
-                "--only {bad}: not a substitute; choose from {}",
-                known.join(", ")
+                "-o {}: exists already; pick another path or remove it",
+                out.display()
             );
         }
-        substitutes.retain(|s| only.contains(&s.name));
     }
-    let workdir = keep.clone().unwrap_or_else(|| {
+    let run_id = a.run_id.clone().unwrap_or_else(new_run_id);
+    let key = match &a.key_file {
+        Some(f) => ChallengeKey::read(f)?,
+        None => ChallengeKey::generate(),
+    }
+    .for_run(&run_id);
+    let workdir = a.keep.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("pot-calibrate-{}", std::process::id()))
     });
     let cfg = calibrate::CalibrateConfig {
-        reference,
-        substitutes,
-        modes,
-        runs,
-        kernels,
+        reference: a.reference.clone(),
+        challenges: a.challenges,
+        k: a.k.unwrap_or(Mode::Audit.k()),
+        kernels: a.kernels.into(),
+        floors: a.floors.clone().unwrap_or_else(|| Floor::ALL.to_vec()),
+        same_files: a.same.clone(),
+        rungs: a.rungs.clone().unwrap_or_else(|| Target::LADDER.to_vec()),
+        key,
+        run_id,
         workdir: workdir.clone(),
+        keep_positions: a.keep_positions,
+        endpoint: a
+            .endpoint
+            .as_ref()
+            .map(|url| pot::audit::client::EndpointConfig {
+                url: url.clone(),
+                model: a.model.clone().unwrap_or_default(),
+                chat: false,
+                api_key_env: a.api_key_env.clone(),
+                timeout: std::time::Duration::from_secs(120),
+                retries: 6,
+                max_backoff: std::time::Duration::from_secs(60),
+            }),
     };
+    let bar = Bar::new(cfg.challenges.div_ceil(5) * 5, a.json);
     let result = calibrate::run(&cfg, &mut |e| match e {
-        Event::Building(name) => eprintln!("pot calibrate: substitute {name}"),
-        Event::Row(r) => eprintln!(
-            "  {:<10} {:<8} run {}: {} after {} queries, mean {:.4}, {:.1} s",
-            r.substitute,
-            r.mode.name(),
-            r.run,
-            r.decision.as_str(),
-            r.queries,
-            r.mean,
-            r.seconds
-        ),
-    });
-    if keep.is_none() {
-        let _ = std::fs::remove_dir_all(&workdir);
-    }
-    let (rows, skipped) = result?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"runs": rows, "skipped": skipped}))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<10} {:>8} {:<8} {:<28} {:>9} {:>11} {:>8}",
-        "substitute", "MB", "mode", "verdicts", "queries", "mean score", "seconds"
-    );
-    let mut keys: Vec<(String, Mode)> = Vec::new();
-    for r in &rows {
-        if !keys.contains(&(r.substitute.clone(), r.mode)) {
-            keys.push((r.substitute.clone(), r.mode));
-        }
-    }
-    for (name, mode) in keys {
-        let rs: Vec<_> = rows
-            .iter()
-            .filter(|r| r.substitute == name && r.mode == mode)
-            .collect();
-        let count = |d: Decision| rs.iter().filter(|r| r.decision == d).count();
-        let mut verdicts = Vec::new();
-        for d in [Decision::Different, Decision::Same, Decision::Undecided] {
-            if count(d) > 0 {
-                verdicts.push(format!("{} {}", count(d), d.as_str()));
+        Event::Reference(done, total) => {
+            bar.set(done, "reference continues the challenges");
+            if !bar.live() && !a.json {
+                eprintln!("reference: {done}/{total} challenges continued");
             }
         }
-        let mut q: Vec<usize> = rs.iter().map(|r| r.queries).collect();
-        q.sort_unstable();
-        let mut secs: Vec<f64> = rs.iter().map(|r| r.seconds).collect();
-        secs.sort_by(f64::total_cmp);
-        let mean = rs.iter().map(|r| r.mean).sum::<f64>() / rs.len() as f64;
-        println!(
-            "{:<10} {:>8.1} {:<8} {:<28} {:>9} {:>11.4} {:>8.1}",
-            name,
-            rs[0].file_bytes as f64 / 1e6,
-            mode.name(),
-            verdicts.join(", "),
-            if q[0] == q[q.len() - 1] {
-                q[0].to_string()
-            } else {
-                format!("{}-{}", q[0], q[q.len() - 1])
-            },
-            mean,
-            secs[secs.len() / 2]
+        Event::Building(name) => bar.message(&format!("building rung {name}")),
+        Event::Scoring(name) => bar.message(&format!("scoring {name}")),
+        Event::Done(e) => {
+            let (what, d) = match &e.kl {
+                Some(d) => ("mean KL", d),
+                None => ("endpoint KL", &e.endpoint_kl),
+            };
+            bar.println(&format!(
+                "{:<15} {what} {:.5} [{:.5}, {:.5}]  top-1 {:.3}  {:.1} s",
+                e.name, d.mean, d.mean_ci95[0], d.mean_ci95[1], e.top1_agreement, e.seconds
+            ))
+        }
+    });
+    bar.finish();
+    if a.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&workdir);
+    }
+    let cal = result?;
+    if let Some(out) = &a.out {
+        cal.write(out)?;
+    }
+    // The store: diff and audit of this reference find it there (the latest calibration wins).
+    let store = calibration_store();
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("{}: cannot create the calibration store", store.display()))?;
+    let stored = calibrate::stored_path(&store, &cal.reference.weight_hash);
+    cal.write(&stored)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&cal)?);
+    } else {
+        print!(
+            "{}",
+            calibrate::table(&cal, &Mode::Audit.params(pot::score::ScoreKind::Kl))
         );
     }
-    for s in &skipped {
-        println!("{:<10} skipped: {}", s.substitute, s.reason);
+    if let Some(out) = &a.out {
+        eprintln!("pot calibrate: wrote {}", out.display());
     }
-    println!(
-        "DIFFERENT: the mode catches that substitute, in that many queries. SAME: it cannot tell it from the reference at its margins (mean score below δ); a provider could serve it unnoticed. UNDECIDED: it sits between the margins; a wider budget or the extended mode decides."
+    eprintln!(
+        "pot calibrate: stored as {} (diff and audit of this reference use it)",
+        stored.display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1239,20 +1256,44 @@ fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
 /// The verdict, the evidence and what it means, in words.
 fn print_summary(s: &pot::diff::Summary, how: Option<&str>) {
     let p = s.params;
+    let (near, far) = (&s.served.near, &s.served.far);
     println!("{}", s.decision.as_str());
     println!(
-        "  {} challenges{}, {:.1} s; mean score {:.4} ({}), {:.0}% confidence sequence [{:.4}, {:.4}]",
+        "  {} challenges{}, {:.1} s; mean score {:.4} ({})",
         s.queries,
         how.map(|h| format!(" {h}")).unwrap_or_default(),
         s.elapsed_s,
-        s.mean,
+        far.mean,
         score_unit(s.score_kind),
-        100.0 * (1.0 - p.alpha),
-        s.lower,
-        s.upper
     );
     println!(
-        "  SAME means mean score below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
+        "  {:.0}% confidence sequences on the mean: [{:.4}, {:.4}] with scores clipped at B = {}, [{:.4}, {:.4}] clipped at {}",
+        100.0 * (1.0 - p.alpha),
+        near.lower,
+        near.upper,
+        near.clip,
+        far.lower,
+        far.upper,
+        far.clip
+    );
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    if s.served.calibrated {
+        println!(
+            "  served: consistent with {}; excludes {}",
+            list(&s.served.consistent),
+            list(&s.served.excludes)
+        );
+    } else {
+        println!("  served: not placed on a quantization ladder (no calibration of the reference: pot calibrate --ref REF)");
+    }
+    println!(
+        "  SAME means mean score (clipped at B) below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
         p.delta, p.gamma, p.alpha
     );
 }
@@ -1372,6 +1413,32 @@ impl Bar {
         }
     }
 
+    /// Whether a bar is drawn (stderr is a terminal and the output is not JSON).
+    fn live(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn set(&self, pos: usize, msg: &str) {
+        if let Some(b) = &self.0 {
+            b.set_position(pos as u64);
+            b.set_message(msg.to_string());
+        }
+    }
+
+    fn message(&self, msg: &str) {
+        if let Some(b) = &self.0 {
+            b.set_message(msg.to_string());
+        }
+    }
+
+    /// A line of progress on stderr, above the bar when there is one.
+    fn println(&self, line: &str) {
+        match &self.0 {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn finish(&self) {
         if let Some(b) = &self.0 {
             b.finish_and_clear();
@@ -1380,7 +1447,6 @@ impl Bar {
 }
 
 fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
-    let (params, k) = a.run.params_and_k()?;
     let bundle = a.run.bundle_plan()?;
     for (name, v) in [("--timeout", a.timeout), ("--max-backoff", a.max_backoff)] {
         if !(v > 0.0 && v.is_finite()) {
@@ -1401,10 +1467,10 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
         },
         method: a.method,
         top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
-        run: a.run.spec(&run, params, k),
+        run: run.cleanup_on_error(a.run.spec(&run))?,
         max_total_tokens: a.max_total_tokens,
     };
-    let bar = Bar::new(params.n_max, a.run.json);
+    let bar = Bar::new(a.run.n_max(), a.run.json);
     let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;

@@ -5,8 +5,9 @@
 //! * `statement.dsse.json`: an [in-toto Statement v1] in a [DSSE] envelope, signed with the
 //!   auditor's Ed25519 key (`pot keygen --auditor`). Its subjects are the models (file SHA-256
 //!   and pot's canonical weight hash); its predicate ([`Predicate`], type [`PREDICATE_TYPE`])
-//!   holds the decision, mode, parameters, queries, mean and bounds, timings, environment, pot's
-//!   version and git commit, the challenge key's commitment, and the transcript's SHA-256 and
+//!   holds the decision, mode, parameters, queries, mean and bounds, what is served (the
+//!   divergence estimate and its place on the reference's quantization ladder), timings,
+//!   environment, pot's version and git commit, the challenge key's commitment, and the transcript's SHA-256 and
 //!   Merkle root (RFC 9162 over its lines, [`crate::commit::merkle`]).
 //! * `transcript.ndjson`: the run's transcript, byte for byte.
 //! * `challenge-key.txt`: the run's challenge key, revealed now that the run is final. It is
@@ -16,7 +17,8 @@
 //! the canonical packing of its contents (so no byte of the file can change unnoticed), the
 //! signature, every hash, that the revealed key opens the commitment, that every challenge
 //! re-derives from the key and run id, and that the scores, the confidence bounds after each
-//! challenge and the decision all recompute from the transcript's per-position detail. It
+//! challenge, the decision and what is served (against the ladder the transcript header
+//! records) all recompute from the transcript's per-position detail. It
 //! reports each check and, for a failure, where it fails.
 //!
 //! What it cannot check without the models: that the per-position numbers are what the models
@@ -42,6 +44,7 @@ use crate::commit::merkle;
 use crate::identity::Identity;
 use crate::model::Kernels;
 use crate::score::ScoreKind;
+use crate::served::Served;
 use crate::stats::{Decision, SequentialTest, TestParams};
 use crate::transcript::{Candidate, Header, Records};
 
@@ -137,6 +140,10 @@ pub struct Predicate {
     pub lower: f64,
     /// Upper end.
     pub upper: f64,
+    /// What is served: the divergence estimate and, when the reference had a calibration, the
+    /// ladder rungs it is consistent with and those it excludes (recomputed by verification
+    /// from the transcript header's ladder and the scores).
+    pub served: Served,
     /// The reference model.
     pub reference: Identity,
     /// The candidate model or endpoint.
@@ -496,6 +503,7 @@ pub fn create(
             mean: verdict.mean,
             lower: verdict.lower,
             upper: verdict.upper,
+            served: verdict.served.clone(),
             reference: h.reference.clone(),
             candidate: h.candidate.clone(),
             challenge_key: KeyInfo {
@@ -1001,6 +1009,7 @@ pub fn verify_bytes(bytes: &[u8], pinned: Option<&NodePublic>) -> Report {
                 ),
             );
             let st = test.status();
+            let served = Served::of(&test, h.ladder.as_ref());
             let seconds: f64 = parsed.queries.iter().map(|(_, q)| q.seconds).sum();
             c.add(
                 "decision",
@@ -1029,6 +1038,12 @@ pub fn verify_bytes(bytes: &[u8], pinned: Option<&NodePublic>) -> Report {
                                 "the statement says {} after {} (mean {}, [{}, {}], {} s, {} s in challenges), the transcript {} after {} (mean {}, [{}, {}], {} s, {} s in challenges)",
                                 pr.decision.as_str(), pr.queries, pr.mean, pr.lower, pr.upper, pr.timings.elapsed_s, pr.timings.challenge_seconds,
                                 v.decision.as_str(), v.queries, v.mean, v.lower, v.upper, v.elapsed_s, seconds
+                            ))
+                        } else if v.served != served || pr.served != served {
+                            Err(format!(
+                                "transcript line {line}: what is served (estimate and ladder placement) is not what the replayed test and the header's ladder give: consistent with [{}], excludes [{}]",
+                                served.consistent.join(", "),
+                                served.excludes.join(", ")
                             ))
                         } else {
                             Ok(format!(

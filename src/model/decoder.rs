@@ -94,9 +94,10 @@ impl Config {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// The stored quantization, multiplied as llama.cpp does (activations rounded to 8 bits
-    /// before each product). Weights stay as small as the file: quick to load, and the
-    /// fastest here (BENCHMARKS.md).
+    /// The stored encoding, multiplied as llama.cpp does (activations rounded to 8 bits
+    /// before each product with quantized weights, to the weight's type with f16 and bf16
+    /// weights). Weights stay as small as the file: quick to load, and the fastest here
+    /// (BENCHMARKS.md).
     #[default]
     Quantized,
     /// Weights dequantized to f32 and multiplied by dense GEMM: exact arithmetic on the
@@ -105,11 +106,12 @@ pub enum Kernels {
 }
 
 impl Kernels {
-    /// Whether a matrix stored as `dtype` stays quantized under these kernels.
+    /// Whether a matrix stored as `dtype` stays as stored under these kernels (quantized, or
+    /// 16-bit halves) instead of being widened to f32.
     pub fn keeps_quantized(self, dtype: GgmlDType) -> bool {
         use GgmlDType as T;
         match (self, dtype) {
-            (_, T::F32 | T::F16 | T::BF16) | (Kernels::Dense, _) => false,
+            (_, T::F32) | (Kernels::Dense, _) => false,
             (Kernels::Quantized, _) => true,
         }
     }
@@ -127,10 +129,10 @@ enum Weight {
     Dense(Tensor),
     /// The file's quantization, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
-    /// Q8_0 (or Q5_0 re-encoded), Q4_1, Q4_K and Q6_K on CPU, multiplied by pot's own
-    /// kernels (`q8`, `kq`) with llama.cpp's arithmetic: faster here than candle's for
-    /// these encodings (for Q4_K and Q6_K below 8 activation rows, above which `kq` hands
-    /// the product to candle's repacked tiles).
+    /// Q8_0 (or Q5_0 re-encoded), Q4_1, Q4_K, Q6_K, F16 and BF16 on CPU, multiplied by
+    /// pot's own kernels (`q8`, `kq`, `half`) with llama.cpp's arithmetic: faster here than
+    /// candle's for these encodings (for Q4_K and Q6_K below 8 activation rows, above which
+    /// `kq` hands the product to candle's repacked tiles), and 16-bit weights stay 16-bit.
     Pot(Box<dyn crate::model::q8::Product>),
 }
 
@@ -147,8 +149,14 @@ fn quantized_weight(w: Arc<QTensor>) -> Result<Weight> {
             GgmlDType::Q4_1 => {
                 Q8Matrix::from_q4_1_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
             }
+            GgmlDType::Q5_1 => {
+                Q8Matrix::from_q5_1_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
+            }
             GgmlDType::Q4K | GgmlDType::Q6K if kq::available() => {
                 KMatrix::new(w.clone()).map(|m| Box::new(m) as _)
+            }
+            GgmlDType::F16 | GgmlDType::BF16 => {
+                crate::model::half::HalfMatrix::new(w.clone()).map(|m| Box::new(m) as _)
             }
             _ => None,
         };

@@ -334,7 +334,7 @@ impl GgufFile {
             false => {
                 // Untied: look rows up in the stored encoding (exact, and no dense copy of
                 // the table is needed).
-                let embed = if embed_quantized {
+                let embed = if embed_quantized || kernels.keeps_quantized(embed_q.dtype()) {
                     Embedding::Quantized(Arc::new(embed_q))
                 } else {
                     Embedding::Dense(dense(embed_q)?)

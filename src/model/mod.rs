@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod decoder;
 pub mod gguf;
+pub mod half;
 pub mod hf;
 pub mod kq;
 pub mod q8;

@@ -1,5 +1,5 @@
-//! 8-bit matrix products for Q8_0 and Q4_1 weights (blocks of 32), the arithmetic of
-//! llama.cpp's `ggml_vec_dot_q8_0_q8_0` and `ggml_vec_dot_q4_1_q8_1`: activations are rounded
+//! 8-bit matrix products for Q8_0, Q4_1 and Q5_1 weights (blocks of 32), the arithmetic of
+//! llama.cpp's `ggml_vec_dot_q8_0_q8_0` and `ggml_vec_dot_q4_1_q8_1` (and `q5_1`): activations are rounded
 //! to 8 bits per row and block, integer dot products per block are scaled by both blocks'
 //! scales, and Q4_1 adds its block minimum times the activation block's sum.
 //!
@@ -102,6 +102,35 @@ impl Q8Matrix {
             mins.push(half::f16::from_le_bytes([b[2], b[3]]).to_f32());
             quants.extend(b[4..].iter().map(|q| q & 0x0f));
             quants.extend(b[4..].iter().map(|q| q >> 4));
+        }
+        Some(Self {
+            n,
+            k,
+            scales,
+            mins: Some(mins),
+            quants,
+        })
+    }
+
+    /// From GGUF Q5_1 bytes (per block: f16 scale, f16 minimum, 32 high bits, 16 bytes of
+    /// nibbles: value `j` is the low nibble of byte `j` with high bit `j`, value `j + 16` the
+    /// high nibble with high bit `j + 16`). Its 5-bit quants multiply on the Q4_1 kernel (the
+    /// arithmetic of llama.cpp's `ggml_vec_dot_q5_1_q8_1` is the same with 0..=31 quants).
+    pub fn from_q5_1_bytes(bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        if k % QK != 0 || bytes.len() != n * k / QK * 24 {
+            return None;
+        }
+        let blocks = n * k / QK;
+        let mut scales = Vec::with_capacity(blocks);
+        let mut mins = Vec::with_capacity(blocks);
+        let mut quants = Vec::with_capacity(blocks * QK);
+        for b in bytes.chunks_exact(24) {
+            scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            mins.push(half::f16::from_le_bytes([b[2], b[3]]).to_f32());
+            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            let qs = &b[8..24];
+            quants.extend((0..16).map(|j| (qs[j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4)));
+            quants.extend((0..16).map(|j| (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4)));
         }
         Some(Self {
             n,
@@ -321,7 +350,7 @@ pub(super) mod tests {
     /// 1, 3 and 7 activation rows.
     #[test]
     fn matches_candles_products() {
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::Q5_1] {
             check(dtype);
         }
     }
@@ -351,6 +380,7 @@ pub(super) mod tests {
         let bytes = q.data().unwrap();
         let mine = match dtype {
             GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&bytes, n, k),
+            GgmlDType::Q5_1 => Q8Matrix::from_q5_1_bytes(&bytes, n, k),
             _ => Q8Matrix::from_q4_1_bytes(&bytes, n, k),
         }
         .unwrap();
@@ -363,7 +393,7 @@ pub(super) mod tests {
             let got = mine.matmul(&x, m);
             // Q4_1: candle rounds the activation block sum s = d·Σq as f16(Σq)·f16(d), twice;
             // llama.cpp (and pot) as f16(d·Σq), once. That moves results by ~1e-3 relative.
-            let tol = if dtype == GgmlDType::Q4_1 { 2e-3 } else { 1e-4 };
+            let tol = if dtype == GgmlDType::Q8_0 { 1e-4 } else { 2e-3 };
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() <= tol * w.abs().max(1.0),

@@ -42,7 +42,8 @@ pub enum ReportError {
     },
 }
 
-/// The error bound, margins and clip bound of a mode (α, γ, δ, B).
+/// The error bound, margins and clip bound of a pair's runs in a mode (α, γ, δ, B), as the
+/// runs recorded them (margins depend on how the pair is scored, so they are per pair).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Margins {
     /// α.
@@ -222,6 +223,46 @@ fn floats(df: &DataFrame, name: &str) -> Result<Vec<f64>, PolarsError> {
         .collect())
 }
 
+/// The margins each pair's pot runs recorded, per mode: α, γ and δ from their columns, and B
+/// from the clip column when the results have one (runs before it had B = 2δ in every mode).
+fn recorded_margins(runs: &DataFrame) -> Result<Vec<(String, String, Margins)>, PolarsError> {
+    let (pair, mode, method) = (
+        strs(runs, "pair")?,
+        strs(runs, "mode")?,
+        strs(runs, "method")?,
+    );
+    let (alpha, gamma, delta) = (
+        floats(runs, "alpha")?,
+        floats(runs, "gamma")?,
+        floats(runs, "delta")?,
+    );
+    let clip = match runs.column("clip") {
+        Ok(_) => floats(runs, "clip")?,
+        Err(_) => delta.iter().map(|d| 2.0 * d).collect(),
+    };
+    let mut out: Vec<(String, String, Margins)> = Vec::new();
+    for i in 0..pair.len() {
+        if method[i] != "pot" || out.iter().any(|(p, m, _)| *p == pair[i] && *m == mode[i]) {
+            continue;
+        }
+        out.push((
+            pair[i].clone(),
+            mode[i].clone(),
+            Margins {
+                alpha: alpha[i],
+                gamma: gamma[i],
+                delta: delta[i],
+                clip: if clip[i].is_finite() {
+                    clip[i]
+                } else {
+                    2.0 * delta[i]
+                },
+            },
+        ));
+    }
+    Ok(out)
+}
+
 fn counts(df: &DataFrame, name: &str) -> Result<Vec<usize>, PolarsError> {
     Ok(floats(df, name)?
         .into_iter()
@@ -230,7 +271,7 @@ fn counts(df: &DataFrame, name: &str) -> Result<Vec<usize>, PolarsError> {
 }
 
 /// Read the results in `dir`, write `REPORT.md` and plots into `dir`.
-pub fn run(dir: &Path, margins: &dyn Fn(&str) -> Option<Margins>) -> Result<Report, ReportError> {
+pub fn run(dir: &Path) -> Result<Report, ReportError> {
     let runs_path = dir.join("runs.csv");
     let queries_path = dir.join("queries.csv");
     let runs = read_csv(&runs_path)?;
@@ -242,20 +283,25 @@ pub fn run(dir: &Path, margins: &dyn Fn(&str) -> Option<Margins>) -> Result<Repo
             reason: format!("{e}; the file lacks a column pot report needs, or is damaged"),
         }
     };
-
-    // Each mode's clip bound, as a column, to clip the scores the way the test does.
-    let modes: Vec<String> = {
-        let mut m = strs(&queries, "mode").map_err(perr(&queries_path))?;
-        m.sort();
-        m.dedup();
-        m
+    let recorded = recorded_margins(&runs).map_err(perr(&runs_path))?;
+    let margins = |pair: &str, mode: &str| {
+        recorded
+            .iter()
+            .find(|(p, m, _)| p == pair && m == mode)
+            .map(|(_, _, x)| *x)
     };
+    let margins = &margins;
+
+    // Each pair's clip bound in each mode, as a column, to clip the scores as the test does.
     let mut clip_expr = lit(f64::NAN);
-    for m in &modes {
-        let b = margins(m).map(|x| x.clip).unwrap_or(f64::NAN);
-        clip_expr = when(col("mode").eq(lit(m.clone())))
-            .then(lit(b))
-            .otherwise(clip_expr);
+    for (p, m, x) in &recorded {
+        clip_expr = when(
+            col("mode")
+                .eq(lit(m.clone()))
+                .and(col("pair").eq(lit(p.clone()))),
+        )
+        .then(lit(x.clip))
+        .otherwise(clip_expr);
     }
     let est = queries
         .clone()
@@ -289,7 +335,9 @@ pub fn run(dir: &Path, margins: &dyn Fn(&str) -> Option<Margins>) -> Result<Repo
         let mean = floats(&est, "mean").map_err(e)?;
         let clip = floats(&est, "clip").map_err(e)?;
         for i in 0..pairs.len() {
-            let Some(mg) = margins(&ms[i]) else { continue };
+            let Some(mg) = margins(&pairs[i], &ms[i]) else {
+                continue;
+            };
             // Hoeffding: clipped scores lie in [0, B].
             let half = clip[i] * ((2.0f64 / 0.05).ln() / (2.0 * n[i] as f64)).sqrt();
             let (lo, hi) = ((mean[i] - half).max(0.0), (mean[i] + half).min(clip[i]));
@@ -514,7 +562,11 @@ fn pct(k: usize, n: usize, ci: (f64, f64)) -> String {
     )
 }
 
-fn markdown(r: &Report, runs: &DataFrame, margins: &dyn Fn(&str) -> Option<Margins>) -> String {
+fn markdown(
+    r: &Report,
+    runs: &DataFrame,
+    margins: &dyn Fn(&str, &str) -> Option<Margins>,
+) -> String {
     let mut s = String::new();
     let total: usize = r.groups.iter().map(|g| g.runs).sum();
     let commits = strs(runs, "pot_commit").unwrap_or_default();
@@ -555,7 +607,7 @@ fn markdown(r: &Report, runs: &DataFrame, margins: &dyn Fn(&str) -> Option<Margi
         "| pair | mode | challenges | μ | 95 % interval | γ, δ | right verdict |\n|---|---|---|---|---|---|---|"
     );
     for e in &r.estimates {
-        let m = margins(&e.mode);
+        let m = margins(&e.pair, &e.mode);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {} | {} |",
@@ -574,7 +626,10 @@ fn markdown(r: &Report, runs: &DataFrame, margins: &dyn Fn(&str) -> Option<Margi
         .rates
         .iter()
         .filter(|x| x.method == "pot")
-        .filter_map(|x| margins(&x.mode).map(|m| format!("{} {}", x.mode, m.alpha)))
+        .filter_map(|x| {
+            let m = r.estimates.iter().find(|e| e.mode == x.mode)?;
+            margins(&m.pair, &x.mode).map(|m| format!("{} {}", x.mode, m.alpha))
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let _ = writeln!(s, "\n## Error rates (Clopper–Pearson 95 % intervals)\n\nA false accept is SAME on a pair whose right verdict is DIFFERENT (a substitute let through); a false reject is DIFFERENT on a pair whose right verdict is SAME. pot's test bounds each by α per run ({}); the fixed-N baseline bounds neither.\n", alphas);

@@ -56,7 +56,7 @@ fn rows_canvas(path: &Path, rows: usize) -> Result<DrawingArea<SVGBackend<'_>, S
 pub fn bounds(
     path: &Path,
     queries: &DataFrame,
-    margins: &dyn Fn(&str) -> Option<Margins>,
+    margins: &dyn Fn(&str, &str) -> Option<Margins>,
 ) -> Result<(), String> {
     let run = strs(queries, "run_id").map_err(e)?;
     let pair = strs(queries, "pair").map_err(e)?;
@@ -102,7 +102,7 @@ pub fn bounds(
     let panels = root.split_evenly((2, 3));
     for ((p, r, m), panel) in chosen.iter().zip(panels.iter()) {
         let rows: Vec<usize> = (0..run.len()).filter(|&i| run[i] == *r).collect();
-        let Some(mg) = margins(m) else { continue };
+        let Some(mg) = margins(p, m) else { continue };
         let n = rows.len().max(1) as f64;
         let mut chart = ChartBuilder::on(panel)
             .caption(format!("{p} ({m})"), ("sans-serif", 18))

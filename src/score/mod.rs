@@ -337,16 +337,18 @@ pub fn reference_pass(
         .collect()
 }
 
-/// The candidate's half: teacher-force the candidate on the reference's continuations (the
-/// whole group in one pass) and score each challenge against the reference side.
-pub fn candidate_pass(
+/// The candidate's rows of log-probabilities at each KL side's continuation positions, by
+/// teacher forcing: each prompt + continuation (less its last token, which predicts nothing
+/// scored), all sequences in one pass. Row `j` of side `i` is the candidate's distribution of
+/// `sides[i].continuation_ids[j]`.
+pub fn candidate_rows(
     candidate: &Model,
-    sides: &[ReferenceSide],
-) -> Result<Vec<ChallengeScore>, ModelError> {
-    // Teacher forcing: each prompt + continuation (less its last token, which predicts
-    // nothing scored), all sequences of the group in one pass.
-    let kl_sides: Vec<&ReferenceSide> = sides.iter().filter(|r| r.bpb.is_none()).collect();
-    let seqs: Vec<Vec<u32>> = kl_sides
+    sides: &[&ReferenceSide],
+) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+    if sides.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seqs: Vec<Vec<u32>> = sides
         .iter()
         .map(|r| {
             let keep = r.continuation_ids.len().saturating_sub(1);
@@ -358,13 +360,18 @@ pub fn candidate_pass(
         })
         .collect();
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-    let from: Vec<usize> = kl_sides.iter().map(|r| r.prompt_ids.len() - 1).collect();
-    let mut replayed = if kl_sides.is_empty() {
-        Vec::new()
-    } else {
-        candidate.logprobs_batch(&refs, &from)?
-    }
-    .into_iter();
+    let from: Vec<usize> = sides.iter().map(|r| r.prompt_ids.len() - 1).collect();
+    candidate.logprobs_batch(&refs, &from)
+}
+
+/// The candidate's half: teacher-force the candidate on the reference's continuations (the
+/// whole group in one pass) and score each challenge against the reference side.
+pub fn candidate_pass(
+    candidate: &Model,
+    sides: &[ReferenceSide],
+) -> Result<Vec<ChallengeScore>, ModelError> {
+    let kl_sides: Vec<&ReferenceSide> = sides.iter().filter(|r| r.bpb.is_none()).collect();
+    let mut replayed = candidate_rows(candidate, &kl_sides)?.into_iter();
     sides
         .iter()
         .map(|r| match r.bpb {
@@ -387,8 +394,34 @@ pub fn candidate_pass(
         .collect()
 }
 
+/// What an endpoint running the candidate would report at one position of an echo request:
+/// the sent token's log-probability and the `top` most likely alternatives (ties to the lower
+/// id). Scoring this with [`coarse_kl`] gives the endpoint methods' view of a candidate
+/// without serving it (`pot calibrate`).
+pub fn endpoint_view(row: &[f32], token: u32, top: usize) -> EndpointPosition {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let top = top.min(idx.len());
+    let by_logprob =
+        |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    if top > 0 && top < idx.len() {
+        idx.select_nth_unstable_by(top - 1, by_logprob);
+    }
+    idx.truncate(top);
+    idx.sort_by(by_logprob);
+    EndpointPosition {
+        token: Some(token),
+        logprob: row
+            .get(token as usize)
+            .map_or(f64::NEG_INFINITY, |l| *l as f64),
+        top: idx
+            .iter()
+            .map(|&i| (Some(i), row[i as usize] as f64))
+            .collect(),
+    }
+}
+
 /// KL scoring of one challenge from both models' rows of log-probabilities.
-fn kl_score(lp: &[Vec<f32>], lq: &[Vec<f32>]) -> ChallengeScore {
+pub fn kl_score(lp: &[Vec<f32>], lq: &[Vec<f32>]) -> ChallengeScore {
     let kl: Vec<f64> = lp.iter().zip(lq).map(|(p, q)| kl(p, q)).collect();
     let top1_agree = lp
         .iter()

@@ -45,22 +45,165 @@ use serde::{Deserialize, Serialize};
 /// Challenges per stratification cycle (the number of families).
 pub const CYCLE: usize = crate::challenge::FAMILIES.len();
 
-/// Betting fractions, as shares of the largest safe bet; a mixture over them.
+/// How the gambler bets: a mixture of fixed bets on a grid and one variance-adaptive bet.
+///
+/// Every component is a test supermartingale at cycle ends on its own, so any fixed-weight
+/// mixture of them is one too, and Ville's inequality bounds the error of the mixture. The
+/// grid serves clear evidence (every score at 0, or above the clip) in the fewest cycles the
+/// bold bet allows; the adaptive bet serves scores that are spread out but on one side of the
+/// null, where the best fraction depends on their variance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Betting {
+    /// Prior weight of the adaptive component (0: grid only).
+    pub adaptive_weight: f64,
+    /// Prior weight of the grid's boldest bet, as a share of the grid's weight; the other
+    /// grid bets share the rest equally.
+    pub bold_weight: f64,
+    /// The adaptive bet's largest fraction, as a share of the largest safe bet.
+    pub max_share: f64,
+}
+
+impl Betting {
+    /// pot's betting (chosen by simulation: `examples/test_design.rs`, BENCHMARKS.md).
+    pub const POT: Betting = Betting {
+        adaptive_weight: 0.0,
+        bold_weight: 0.5,
+        max_share: 0.9,
+    };
+
+    fn grid_weight(&self, g: usize) -> f64 {
+        let grid = 1.0 - self.adaptive_weight;
+        if g == 0 {
+            grid * self.bold_weight
+        } else {
+            grid * (1.0 - self.bold_weight) / (LAMBDA_SHARES.len() - 1) as f64
+        }
+    }
+}
+
+/// Betting fractions of the grid, as shares of the largest safe bet.
 const LAMBDA_SHARES: [f64; 12] = [
     0.95, 0.7, 0.5, 0.35, 0.25, 0.17, 0.12, 0.08, 0.05, 0.03, 0.02, 0.01,
 ];
-/// Prior weight of the boldest bet; the others share the rest equally. Clear evidence (all
-/// scores at 0, or all above the clip) is the common case in audits, and this weight lets it
-/// decide within two cycles at α = 0.01; weaker evidence is served by the smaller bets.
-const BOLD_WEIGHT: f64 = 0.5;
 
-fn mixture_weight(g: usize) -> f64 {
-    if g == 0 {
-        BOLD_WEIGHT
-    } else {
-        (1.0 - BOLD_WEIGHT) / (LAMBDA_SHARES.len() - 1) as f64
+/// One side of the test: the wealth of a gambler refuting `μ ≤ m` (`up`) or `μ ≥ m` on
+/// scaled scores `x ∈ [0, 1]`. With `y = ±(x − m)` (the gain per unit bet), every bet `λ` lies
+/// in `[0, cap]`, `cap = 1 / max(−y)`, so that no factor `1 + λ y` is negative.
+#[derive(Clone, Debug)]
+struct Side {
+    m: f64,
+    up: bool,
+    betting: Betting,
+    /// log-wealth of each grid bet.
+    grid: Vec<f64>,
+    /// log-wealth of the adaptive bet.
+    adaptive: f64,
+    /// The adaptive bet of the current cycle (chosen at the last cycle end).
+    lambda: f64,
+    /// Σ y and Σ y² over completed cycles.
+    sum: f64,
+    sum_sq: f64,
+    /// Gains of the current cycle, folded into the sums at its end.
+    pending: Vec<f64>,
+}
+
+impl Side {
+    fn new(m: f64, up: bool, betting: Betting) -> Self {
+        let mut s = Self {
+            m,
+            up,
+            betting,
+            grid: vec![0.0; LAMBDA_SHARES.len()],
+            adaptive: 0.0,
+            lambda: 0.0,
+            sum: 0.0,
+            sum_sq: 0.0,
+            pending: Vec::with_capacity(CYCLE),
+        };
+        s.lambda = s.next_lambda();
+        s
+    }
+
+    fn cap(&self) -> f64 {
+        if self.up {
+            1.0 / self.m
+        } else {
+            1.0 / (1.0 - self.m)
+        }
+    }
+
+    /// The adaptive bet for the next cycle, from completed cycles only (predictable):
+    /// aGRAPA's `Σy / Σy²` (Waudby-Smith & Ramdas 2023, §B.2), the first-order Kelly bet,
+    /// clipped to `[0, max_share · cap]`. Before any data it bets half the largest bet.
+    fn next_lambda(&self) -> f64 {
+        let top = self.betting.max_share * self.cap();
+        if self.sum_sq <= 0.0 {
+            return 0.5 * top;
+        }
+        (self.sum / self.sum_sq).clamp(0.0, top)
+    }
+
+    fn push(&mut self, x: f64, cycle_end: bool) {
+        let y = if self.up { x - self.m } else { self.m - x };
+        let cap = self.cap();
+        for (w, s) in self.grid.iter_mut().zip(LAMBDA_SHARES) {
+            *w += (1.0 + s * cap * y).ln();
+        }
+        self.adaptive += (1.0 + self.lambda * y).ln();
+        self.pending.push(y);
+        if cycle_end {
+            for y in self.pending.drain(..) {
+                self.sum += y;
+                self.sum_sq += y * y;
+            }
+            self.lambda = self.next_lambda();
+        }
+    }
+
+    /// log of the mixture wealth.
+    fn log_wealth(&self) -> f64 {
+        let b = self.betting;
+        let terms = self
+            .grid
+            .iter()
+            .enumerate()
+            .map(|(g, w)| (b.grid_weight(g), *w))
+            .chain(std::iter::once((b.adaptive_weight, self.adaptive)));
+        log_sum_weighted_exp(terms)
     }
 }
+
+/// `ln Σ w_i e^{v_i}` over the terms with positive weight.
+fn log_sum_weighted_exp(terms: impl Iterator<Item = (f64, f64)> + Clone) -> f64 {
+    let m = terms
+        .clone()
+        .filter(|(w, _)| *w > 0.0)
+        .map(|(_, v)| v)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + terms
+        .filter(|(w, _)| *w > 0.0)
+        .map(|(w, v)| w * (v - m).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// log-wealth after the whole scaled stream `xs` (cycle ends at multiples of [`CYCLE`]) of a
+/// gambler refuting `μ ≤ m` (`up`) or `μ ≥ m`.
+fn log_wealth(xs: &[f64], m: f64, up: bool, betting: Betting) -> f64 {
+    let mut side = Side::new(m, up, betting);
+    for (i, x) in xs.iter().enumerate() {
+        side.push(*x, (i + 1) % CYCLE == 0);
+    }
+    side.log_wealth()
+}
+
+/// Scores above this many nats count as this many in the served-precision estimate
+/// ([`Status::estimate`]): wide enough to place every quantization rung, from the floor to
+/// 2-bit copies and other models.
+pub const ESTIMATE_CLIP: f64 = 1.0;
 
 /// Parameters of a sequential test.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,12 +271,26 @@ impl Decision {
 #[derive(Clone, Debug)]
 pub struct SequentialTest {
     params: TestParams,
+    betting: Betting,
     scores: Vec<f64>,
-    /// log-wealth of each λ in the DIFFERENT test (refuting μ ≤ γ).
-    log_w_diff: Vec<f64>,
-    /// log-wealth of each λ in the SAME test (refuting μ ≥ δ).
-    log_w_same: Vec<f64>,
+    /// The DIFFERENT test: refuting μ ≤ γ.
+    different: Side,
+    /// The SAME test: refuting μ ≥ δ.
+    same: Side,
     decision: Option<Decision>,
+}
+
+/// A (1-α) confidence sequence on a mean clipped score.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Interval {
+    /// Scores count as at most this.
+    pub clip: f64,
+    /// Mean clipped score.
+    pub mean: f64,
+    /// Lower end.
+    pub lower: f64,
+    /// Upper end.
+    pub upper: f64,
 }
 
 /// What the test says after one more challenge.
@@ -156,48 +313,21 @@ pub struct Status {
     pub decision: Option<Decision>,
 }
 
-/// log of the prior-weighted mean of `exp(v)`: the mixture's log-wealth.
-fn log_mean_exp(v: &[f64]) -> f64 {
-    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + v
-        .iter()
-        .enumerate()
-        .map(|(g, x)| mixture_weight(g) * (x - m).exp())
-        .sum::<f64>()
-        .ln()
-}
-
-/// log of the mixture wealth against `μ ≤ m` (`up = true`) or `μ ≥ m` (`up = false`) over the
-/// scaled scores `xs`.
-fn log_wealth(xs: &[f64], m: f64, up: bool) -> f64 {
-    let cap = if up { 1.0 / m } else { 1.0 / (1.0 - m) };
-    let per: Vec<f64> = LAMBDA_SHARES
-        .iter()
-        .map(|s| {
-            let l = s * cap;
-            xs.iter()
-                .map(|x| {
-                    let d = if up { x - m } else { m - x };
-                    (1.0 + l * d).ln()
-                })
-                .sum()
-        })
-        .collect();
-    log_mean_exp(&per)
-}
-
 impl SequentialTest {
-    /// A test with no challenges yet.
+    /// A test with no challenges yet, betting as pot does ([`Betting::POT`]).
     pub fn new(params: TestParams) -> Result<Self, ParamError> {
+        Self::with_betting(params, Betting::POT)
+    }
+
+    /// A test with another betting strategy (for simulations that compare strategies).
+    pub fn with_betting(params: TestParams, betting: Betting) -> Result<Self, ParamError> {
         params.validate()?;
         Ok(Self {
             params,
+            betting,
             scores: Vec::new(),
-            log_w_diff: vec![0.0; LAMBDA_SHARES.len()],
-            log_w_same: vec![0.0; LAMBDA_SHARES.len()],
+            different: Side::new(params.gamma / params.clip, true, betting),
+            same: Side::new(params.delta / params.clip, false, betting),
             decision: None,
         })
     }
@@ -217,9 +347,19 @@ impl SequentialTest {
         self.scores.len()
     }
 
+    /// The scores seen, unclipped.
+    pub fn scores(&self) -> &[f64] {
+        &self.scores
+    }
+
+    /// A score as the test counts it (NaN is maximal divergence), clipped to `[0, clip]`.
+    fn clipped(s: f64, clip: f64) -> f64 {
+        let s = if s.is_nan() { clip } else { s };
+        s.clamp(0.0, clip)
+    }
+
     fn scaled(&self, s: f64) -> f64 {
-        let s = if s.is_nan() { self.params.clip } else { s };
-        s.clamp(0.0, self.params.clip) / self.params.clip
+        Self::clipped(s, self.params.clip) / self.params.clip
     }
 
     /// Add one challenge's score (NaN counts as the clip bound: maximal divergence) and
@@ -228,18 +368,14 @@ impl SequentialTest {
         let p = self.params;
         let x = self.scaled(score);
         self.scores.push(score);
-        let (mg, md) = (p.gamma / p.clip, p.delta / p.clip);
-        for (w, s) in self.log_w_diff.iter_mut().zip(LAMBDA_SHARES) {
-            *w += (1.0 + s / mg * (x - mg)).ln();
-        }
-        for (w, s) in self.log_w_same.iter_mut().zip(LAMBDA_SHARES) {
-            *w += (1.0 + s / (1.0 - md) * (md - x)).ln();
-        }
         let n = self.scores.len();
-        if self.decision.is_none() && n % CYCLE == 0 && n >= p.n_min {
+        let cycle_end = n % CYCLE == 0;
+        self.different.push(x, cycle_end);
+        self.same.push(x, cycle_end);
+        if self.decision.is_none() && cycle_end && n >= p.n_min {
             let threshold = (1.0 / p.alpha).ln();
-            let wd = log_mean_exp(&self.log_w_diff);
-            let ws = log_mean_exp(&self.log_w_same);
+            let wd = self.different.log_wealth();
+            let ws = self.same.log_wealth();
             // Both can cross only when μ lies between γ and δ, where either verdict is right;
             // the larger wealth (stronger evidence) wins.
             if wd >= threshold && wd >= ws {
@@ -256,22 +392,15 @@ impl SequentialTest {
 
     /// The current state.
     pub fn status(&self) -> Status {
-        let p = self.params;
-        let n = self.scores.len();
-        let mean = if n == 0 {
-            0.0
-        } else {
-            self.scores.iter().map(|s| self.scaled(*s)).sum::<f64>() / n as f64 * p.clip
-        };
-        let (lower, upper) = self.confidence_sequence();
+        let ci = self.interval(self.params.clip);
         let ln10 = std::f64::consts::LN_10;
         Status {
-            n,
-            mean,
-            lower,
-            upper,
-            log10_wealth_different: log_mean_exp(&self.log_w_diff) / ln10,
-            log10_wealth_same: log_mean_exp(&self.log_w_same) / ln10,
+            n: self.scores.len(),
+            mean: ci.mean,
+            lower: ci.lower,
+            upper: ci.upper,
+            log10_wealth_different: self.different.log_wealth() / ln10,
+            log10_wealth_same: self.same.log_wealth() / ln10,
             decision: self.decision,
         }
     }
@@ -279,35 +408,72 @@ impl SequentialTest {
     /// The (1-α) betting confidence sequence on the mean clipped score, over complete cycles:
     /// the smallest and largest `m` on a grid that neither test rejects.
     pub fn confidence_sequence(&self) -> (f64, f64) {
-        let p = self.params;
-        let full = self.scores.len() / CYCLE * CYCLE;
+        let ci = self.interval(self.params.clip);
+        (ci.lower, ci.upper)
+    }
+
+    /// The (1-α) confidence sequence on the mean of the scores clipped at `clip` (any clip:
+    /// the decision's B, or [`ESTIMATE_CLIP`] to place the candidate on a ladder), by the
+    /// same betting as the decision, over complete cycles. The grid of candidate means is
+    /// geometric from `clip`·10⁻⁵ (a relative step of 1.2 %), so small means are resolved
+    /// as finely as large ones.
+    pub fn interval(&self, clip: f64) -> Interval {
+        let n = self.scores.len();
+        let mean = if n == 0 {
+            0.0
+        } else {
+            self.scores
+                .iter()
+                .map(|s| Self::clipped(*s, clip))
+                .sum::<f64>()
+                / n as f64
+        };
+        let full = n / CYCLE * CYCLE;
         if full == 0 {
-            return (0.0, p.clip);
+            return Interval {
+                clip,
+                mean,
+                lower: 0.0,
+                upper: clip,
+            };
         }
         let xs: Vec<f64> = self.scores[..full]
             .iter()
-            .map(|s| self.scaled(*s))
+            .map(|s| Self::clipped(*s, clip) / clip)
             .collect();
-        let threshold = (1.0 / p.alpha).ln();
-        const GRID: usize = 400;
-        let ms = (1..GRID).map(|i| i as f64 / GRID as f64);
-        let kept: Vec<f64> = ms
-            .filter(|&m| {
-                log_wealth(&xs, m, true) < threshold && log_wealth(&xs, m, false) < threshold
-            })
-            .collect();
-        // A point below the grid's first step: the bound is 0 (or B) itself.
-        let lower = if log_wealth(&xs, 1.0 / GRID as f64, true) < threshold {
-            0.0
-        } else {
-            kept.first().copied().unwrap_or(0.0)
+        let threshold = (1.0 / self.params.alpha).ln();
+        // Candidate means on a geometric grid, m_i = LOW^(1 - i/GRID) for i in 1..GRID, from
+        // just above 0 to just below 1 (and mirrored, 1 - m_i, for the upper end).
+        const GRID: usize = 1000;
+        const LOW: f64 = 1e-5;
+        let m_at = |i: usize| LOW.powf(1.0 - i as f64 / GRID as f64);
+        // The largest i in 1..GRID with refuted(m_at(j)) for every j ≤ i (0 when m_at(1) is
+        // not refuted), by bisection: refutation of "μ ≤ m" only weakens as m grows (each
+        // grid bet's factor (1 − s) + s·x/m falls with m), and likewise for "μ ≥ 1 − m".
+        let last_refuted = |refuted: &dyn Fn(f64) -> bool| -> usize {
+            let (mut lo, mut hi) = (0usize, GRID); // refuted at lo (or lo = 0), not at hi
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if refuted(m_at(mid)) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
         };
-        let upper = if log_wealth(&xs, 1.0 - 1.0 / GRID as f64, false) < threshold {
-            1.0
-        } else {
-            kept.last().copied().unwrap_or(1.0)
-        };
-        (lower * p.clip, upper * p.clip)
+        let i = last_refuted(&|m| log_wealth(&xs, m, true, self.betting) >= threshold);
+        let j = last_refuted(&|g| log_wealth(&xs, 1.0 - g, false, self.betting) >= threshold);
+        // "μ ≤ m_i" and "μ ≥ 1 − m_j" are refuted: the mean lies between (a valid statement at
+        // the grid point itself, so the grid costs width, never coverage).
+        let lower = if i == 0 { 0.0 } else { m_at(i) };
+        let upper = if j == 0 { 1.0 } else { 1.0 - m_at(j) };
+        Interval {
+            clip,
+            mean,
+            lower: (lower * clip).min(mean),
+            upper: (upper * clip).max(mean),
+        }
     }
 }
 
