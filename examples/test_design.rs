@@ -142,12 +142,32 @@ fn main() {
     let mut streams = 10_000usize;
     let mut endpoint = false;
     let mut only_power = false;
+    let mut ratios = vec![1.5, 2.0, 3.0, 4.0];
+    let mut ks = vec![32usize, 64];
+    let mut bettings = vec!["grid".to_string(), "grid+adaptive".to_string()];
+    let list = |v: Option<&String>| -> Vec<String> {
+        v.map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--streams" => streams = it.next().and_then(|v| v.parse().ok()).expect("--streams N"),
             "--kind" => endpoint = it.next().map(String::as_str) == Some("endpoint"),
             "--power-only" => only_power = true,
+            "--ratios" => {
+                ratios = list(it.next())
+                    .iter()
+                    .map(|v| v.parse().expect("B/δ"))
+                    .collect()
+            }
+            "--ks" => {
+                ks = list(it.next())
+                    .iter()
+                    .map(|v| v.parse().expect("K"))
+                    .collect()
+            }
+            "--bettings" => bettings = list(it.next()),
             f => files.push(f.to_string()),
         }
     }
@@ -161,14 +181,21 @@ fn main() {
         .iter()
         .map(|f| Calibration::read(std::path::Path::new(f)).expect("a calibration"))
         .collect();
-    let (gamma, delta, alpha) = (0.005, 0.01, 0.01);
+    // The audit mode's margins for the score kind studied.
+    let kind = if endpoint {
+        pot::score::ScoreKind::EndpointKl
+    } else {
+        pot::score::ScoreKind::Kl
+    };
+    let audit = pot::diff::Mode::Audit.params(kind);
+    let (gamma, delta, alpha) = (audit.gamma, audit.delta, audit.alpha);
     let grid = Betting {
         adaptive_weight: 0.0,
         bold_weight: 0.5,
         max_share: 0.9,
     };
     let mut designs = Vec::new();
-    for &ratio in &[1.5, 2.0, 3.0, 4.0] {
+    for &ratio in &ratios {
         for (bname, betting) in [
             ("grid", grid),
             (
@@ -179,7 +206,10 @@ fn main() {
                 },
             ),
         ] {
-            for &k in &[32usize, 64] {
+            if !bettings.iter().any(|b| b == bname) {
+                continue;
+            }
+            for &k in &ks {
                 designs.push(Design {
                     name: format!("B={ratio}δ {bname} K={k}"),
                     params: TestParams {
@@ -266,8 +296,10 @@ fn main() {
             for (name, ps) in [
                 ("two-point {0,B}", [target / clip; 5]),
                 ("two-point, unequal families", {
+                    // Family probabilities spread around m, inside [0, 1], averaging m.
                     let m = target / clip;
-                    [0.0, 0.0, m, 2.0 * m, 2.0 * m].map(|p: f64| p.min(1.0))
+                    let w = m.min(1.0 - m);
+                    [-1.0, -0.5, 0.0, 0.5, 1.0].map(|o: f64| m + o * w)
                 }),
             ] {
                 let fams: Vec<Vec<f64>> = ps
