@@ -55,20 +55,35 @@ qwen-1.5b-0.5b|diff|qwen15|qwen05|18
 smol-qwen-0.5b|diff|smol|qwen05|6
 serve-smol-self|audit|smol|smol|8
 serve-smol-q2_k|audit|smol|smol-q2_k|6
+qwenf16-self|diff|qwenf16|qwenf16|30
+qwenf16-q4km|diff|qwenf16|qwen05|30
+qwenf16-bf16|diff|qwenf16|qwenf16-bf16|30
+qwenf16-q8_0|diff|qwenf16|qwenf16-q8_0|30
+qwenf16-q6_k|diff|qwenf16|qwenf16-q6_k|30
+qwenf16-q5_k|diff|qwenf16|qwenf16-q5_k|25
+qwenf16-q5_0|diff|qwenf16|qwenf16-q5_0|40
+qwenf16-q4_k|diff|qwenf16|qwenf16-q4_k|35
+qwenf16-q4_0|diff|qwenf16|qwenf16-q4_0|20
+qwenf16-q3_k|diff|qwenf16|qwenf16-q3_k|20
+qwenf16-q2_k|diff|qwenf16|qwenf16-q2_k|20
+serve-qwenf16-self|audit|qwenf16|qwenf16|40
+serve-qwenf16-q4_0|audit|qwenf16|qwenf16-q4_0|30
 "
 [ -n "$pairs" ] || pairs=$(echo "$all_pairs" | awk -F'|' 'NF>1{print $1}' | tr '\n' ' ')
 if [ "$list" = 1 ]; then echo "$all_pairs" | awk -F'|' 'NF>1{printf "%-18s %-6s ref %-8s cand %s\n",$1,$2,$3,$4}'; exit 0; fi
 
-# Plan and estimate. Audit mode costs about 1.5x quick (K = 32 instead of 16; SAME needs the
-# same 10 challenges); extended about 3x (K = 48, SAME after 15); the baseline about 3x a quick
-# pot run (it generates N = 20 greedy continuations from both models). A pair whose mean score
-# lies between a mode's margins can run to its budget (50, 200 or 1000 challenges).
+# Plan and estimate. Audit mode costs about 1.5x quick (K = 32 instead of 16); extended about
+# 3x (K = 64); the baseline about 3x a quick pot run (it generates N = 20 greedy continuations
+# from both models). A pair whose mean score lies between a mode's margins can run to its
+# budget (50, 200 or 1000 challenges). The qwenf16 pairs are the quantization ladder of Qwen
+# 0.5B as an f16 claimed model (issue 15): their estimates are audit-mode seconds already.
 total=0
 for p in $pairs; do
   line=$(echo "$all_pairs" | grep "^$p|") || { echo "run-experiments.sh: unknown pair $p (see --list)" >&2; exit 2; }
   s=$(echo "$line" | cut -d'|' -f5)
   for m in $modes; do
     case $m in audit) f=15 ;; extended) f=30 ;; *) f=10 ;; esac
+    case $p in *qwenf16*) f=$((f * 10 / 15)) ;; esac
     for meth in $methods; do
       [ "$meth" = baseline ] && { [ "$m" = quick ] || continue; [ "$(echo "$line" | cut -d'|' -f2)" = diff ] || continue; f=30; }
       total=$((total + runs * s * f / 10))
@@ -95,22 +110,26 @@ model_file() {
     smol) echo "$smol" ;;
     qwen05) echo "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" ;;
     qwen15) echo "$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf" ;;
-    smol-*)
-      local out="$work/variants/$1.gguf" args
+    smol-*|qwenf16*)
+      local out="$work/variants/$1.gguf" args src="$smol"
       case "$1" in
         smol-prune1) args="--to f16 --prune-layers 1" ;;
         smol-noise*) args="--to f16 --noise ${1#smol-noise}" ;;
-        *) args="--to ${1#smol-}" ;;
+        smol-*) args="--to ${1#smol-}" ;;
+        # The claimed full-precision model: Qwen 0.5B's Q4_K_M file re-encoded as f16; its
+        # ladder rungs are made from that f16.
+        qwenf16) args="--to f16"; src="$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" ;;
+        qwenf16-*) args="--to ${1#qwenf16-}"; src=$(model_file qwenf16) ;;
       esac
       # Made once; written to a temporary name first so a killed run leaves no half file.
-      [ -s "$out" ] || { "$pot" variant $args -o "$out.part" "$smol" >&2 && mv "$out.part" "$out"; }
+      [ -s "$out" ] || { "$pot" variant $args -o "$out.part" "$src" >&2 && mv "$out.part" "$out"; }
       echo "$out" ;;
   esac
 }
 
 runs_csv=experimental_results/runs.csv
 queries_csv=experimental_results/queries.csv
-[ -s "$runs_csv" ] || echo "finished_utc,pair,kind,method,mode,run_id,decision,queries,mean,lower,upper,alpha,gamma,delta,elapsed_s,wall_s,exit_code,threads,pot_commit" > "$runs_csv"
+[ -s "$runs_csv" ] || echo "finished_utc,pair,kind,method,mode,run_id,decision,queries,mean,lower,upper,alpha,gamma,delta,clip,elapsed_s,wall_s,exit_code,threads,pot_commit" > "$runs_csv"
 [ -s "$queries_csv" ] || echo "run_id,pair,method,mode,index,family,score,mean,lower,upper" > "$queries_csv"
 
 server_pid=""
@@ -133,7 +152,7 @@ record() { # pair kind method mode json exit wall
   echo "$json" | jq -r --arg pair "$pair" --arg kind "$kind" --arg method "$method" --arg mode "$mode" \
       --arg code "$code" --arg wall "$wall" --arg threads "$threads" --arg commit "$commit" \
       '[(now|todate), $pair, $kind, $method, $mode, .run_id, .decision, .queries, .mean, .lower, .upper,
-        .params.alpha, .params.gamma, .params.delta, .elapsed_s, ($wall|tonumber), ($code|tonumber), ($threads|tonumber), $commit] | @csv' >> "$runs_csv"
+        .params.alpha, .params.gamma, .params.delta, .params.clip, .elapsed_s, ($wall|tonumber), ($code|tonumber), ($threads|tonumber), $commit] | @csv' >> "$runs_csv"
 }
 
 done_runs=0

@@ -45,7 +45,8 @@ fn keygen_auditor(dir: &Path, name: &str) -> (PathBuf, String) {
     )
 }
 
-/// SmolLM2 against itself, quick mode, with a bundle.
+/// SmolLM2 against itself, quick mode, with a bundle, placed on a small calibration of
+/// SmolLM2 (one floor entry, one rung, five challenges) so the bundle holds a ladder.
 fn made() -> &'static Made {
     static MADE: OnceLock<Made> = OnceLock::new();
     MADE.get_or_init(|| {
@@ -54,8 +55,27 @@ fn made() -> &'static Made {
         let (key, pubkey) = keygen_auditor(&dir, "auditor.key");
         let bundle = dir.join("run.tar.gz");
         let smol = model_path(SMOL);
+        let cal = dir.join("cal.json");
+        let o = pot()
+            .args([
+                "calibrate",
+                "--challenges",
+                "5",
+                "--floors",
+                "one-at-a-time",
+            ])
+            .args(["--rungs", "q2_k", "--ref"])
+            .arg(&smol)
+            .arg("--keep")
+            .arg(dir.join("rungs"))
+            .arg("-o")
+            .arg(&cal)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
         let o = diff_cmd(&smol, &smol, &dir.join("tr"))
-            .args(["--mode", "quick", "--json"])
+            .args(["--mode", "quick", "--json", "--calibration"])
+            .arg(&cal)
             .arg("--bundle")
             .arg(&bundle)
             .arg("--auditor-key")
@@ -65,6 +85,8 @@ fn made() -> &'static Made {
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["decision"], "SAME");
+        assert_eq!(v["served"]["consistent"][0], "one-at-a-time", "{v}");
+        assert_eq!(v["served"]["excludes"][0], "q2_k", "{v}");
         assert_eq!(v["bundle"]["signer"], pubkey.as_str());
         assert_eq!(v["bundle"]["path"], bundle.display().to_string());
         let bytes = std::fs::read(&bundle).unwrap();
@@ -305,9 +327,12 @@ fn join(lines: &[Value]) -> Vec<u8> {
 }
 
 /// Fields a re-signing auditor can change without a check failing: the models' outputs,
-/// which only re-running the models checks, and statements about the auditor's own machine
-/// and tool.
+/// which only re-running the models checks, statements about the auditor's own machine and
+/// tool, and the calibration the auditor placed the candidate with (the header's ladder: the
+/// placement that follows from it is recomputed, see
+/// `a_placement_that_does_not_follow_from_the_ladder_is_caught`).
 const ATTESTED_ONLY: &[&str] = &[
+    "/ladder/",
     "/continuation_ids/",
     "/continuation_text",
     "/top1_agree/",
@@ -392,6 +417,23 @@ fn every_field_of_the_transcript_and_statement_is_caught_signed_or_re_signed() {
         "{unsigned} unsigned and {resigned} re-signed transcript changes caught, {} statement fields; {attested} attested-only changes",
         ptrs.len()
     );
+}
+
+#[test]
+fn a_placement_that_does_not_follow_from_the_ladder_is_caught() {
+    // A re-signed bundle whose ladder says the 2-bit rung diverges as little as the floor:
+    // the verdict's "excludes q2_k" no longer follows from it, and verification says so.
+    let m = made();
+    let b = Bundle::unpack(&m.bytes).unwrap();
+    let mut lines = lines_of(&b);
+    let floor = lines[0]["ladder"]["points"][0]["scores"].clone();
+    lines[0]["ladder"]["points"][1]["scores"] = floor;
+    let t = with_transcript(&b, join(&lines), Some(&m.auditor));
+    let r = evidence::verify_bytes(&t.pack(), Some(&m.auditor.public()));
+    assert!(!r.valid);
+    let f = r.first_failure().unwrap();
+    assert_eq!(f.name, "decision");
+    assert!(f.detail.contains("served"), "{}", f.detail);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
 
-use common::{diff_cmd, model_path, pot, QWEN05, QWEN15, SMOL};
+use common::{diff_cmd, model_path, pot, qwen05_f16, qwen05_rung, QWEN05, QWEN15, SMOL};
 use serde_json::Value;
 
 fn tmp() -> tempfile::TempDir {
@@ -96,6 +96,37 @@ fn smollm2_against_itself_is_same() {
     // far below the margin γ = 0.05.
     let mean = v["mean"].as_f64().unwrap();
     assert!(mean < 0.005, "self-diff mean score {mean}");
+}
+
+/// The substitution buyers meet most: a lower-precision copy of the claimed model. With Qwen
+/// 0.5B f16 as the claimed model, the same weights (itself, and the Q4_K_M file it was made
+/// from, run on 8-bit-activation kernels) are SAME, and its own 4-, 3- and 2-bit copies are
+/// DIFFERENT, each within 20 challenges in audit mode; the verdict says what is served.
+#[test]
+fn qwen_f16_sees_its_4_3_and_2_bit_copies_and_not_its_own_weights() {
+    let f16 = qwen05_f16();
+    let cases = [
+        (f16.clone(), "SAME"),
+        (model_path(QWEN05), "SAME"),
+        (qwen05_rung("q4_0"), "DIFFERENT"),
+        (qwen05_rung("q3_k"), "DIFFERENT"),
+        (qwen05_rung("q2_k"), "DIFFERENT"),
+    ];
+    for (cand, want) in cases {
+        let d = tmp();
+        let (o, v) = diff(&f16, &cand, d.path(), &[]);
+        assert_decision(&o, &v, want);
+        assert!(v["queries"].as_u64().unwrap() <= 20, "{v}");
+        assert_eq!(v["score_kind"], "kl");
+        assert_eq!(v["params"]["delta"], 0.01, "the audit mode's margins");
+        // The estimate: below γ for the same weights, above δ for the copies.
+        let est = v["served"]["far"]["mean"].as_f64().unwrap();
+        if want == "SAME" {
+            assert!(est < 0.005, "{}: {est}", cand.display());
+        } else {
+            assert!(est > 0.01, "{}: {est}", cand.display());
+        }
+    }
 }
 
 #[test]

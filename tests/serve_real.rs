@@ -12,14 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{model_path, Server, QWEN05, QWEN15, SMOL};
+use common::{model_path, qwen05_f16, qwen05_rung, Server, QWEN05, QWEN15, SMOL};
 use serde_json::{json, Value};
 
 fn pot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pot"))
-        .args(args)
-        .output()
-        .expect("pot runs")
+    common::pot().args(args).output().expect("pot runs")
 }
 
 /// Run an audit of `url` with `--json`; the exit code and the parsed outcome (if any).
@@ -29,7 +26,17 @@ fn audit(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> (i32, Value, String) {
-    let r = model_path(reference).display().to_string();
+    audit_file(&model_path(reference), url, dir, extra)
+}
+
+/// [`audit`] with any reference file.
+fn audit_file(
+    reference: &std::path::Path,
+    url: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (i32, Value, String) {
+    let r = reference.display().to_string();
     let d = dir.display().to_string();
     let mut args = vec![
         "audit",
@@ -104,6 +111,78 @@ fn audits_through_completions_decide_same_for_the_served_model_and_different_for
     let args = ["--method", "logprobs", "--resume", "budget"];
     let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &args);
     assert_verdict(code, &v, &err, "SAME", "logprobs");
+}
+
+/// The endpoint methods see quantization too (issue 15): with Qwen 0.5B f16 as the claimed
+/// model, `pot serve` of those very weights is SAME, and `pot serve` of their q4_0 copy is
+/// DIFFERENT by echo and by logprobs, from what the API reports (20 alternatives per token).
+#[test]
+fn audits_see_a_4_bit_copy_served_in_place_of_the_f16_model() {
+    let f16 = qwen05_f16();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_file(&f16, &[]);
+    let (code, v, err) = audit_file(&f16, &server.url, dir.path(), &[]);
+    assert_verdict(code, &v, &err, "SAME", "echo");
+    assert_eq!(v["score_kind"], "endpoint-kl");
+    assert_eq!(
+        v["params"]["delta"], 0.008,
+        "the audit mode's endpoint margins"
+    );
+    assert!(v["queries"].as_u64().unwrap() <= 20, "{v}");
+    drop(server);
+    let server = Server::start_file(&qwen05_rung("q4_0"), &[]);
+    for method in ["echo", "logprobs"] {
+        let (code, v, err) = audit_file(&f16, &server.url, dir.path(), &["--method", method]);
+        assert_verdict(code, &v, &err, "DIFFERENT", method);
+        assert!(v["queries"].as_u64().unwrap() <= 20, "{v}");
+    }
+}
+
+/// `pot calibrate --endpoint`: a server holding the reference's weights joins the floor, its
+/// answers to the calibration's own challenges scored as `pot audit` scores them.
+#[test]
+fn calibrate_measures_a_served_copy_as_part_of_the_floor() {
+    let server = Server::start(SMOL, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let smol = model_path(SMOL).display().to_string();
+    let keep = dir.path().display().to_string();
+    let o = pot(&[
+        "calibrate",
+        "--json",
+        "--ref",
+        &smol,
+        "--challenges",
+        "5",
+        "--floors",
+        "one-at-a-time",
+        "--rungs",
+        "q2_k",
+        "--keep",
+        &keep,
+        "--endpoint",
+        &server.url,
+        "--model",
+        "vendor",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    let ep = entries
+        .iter()
+        .find(|e| e["name"] == "endpoint")
+        .expect("an endpoint entry");
+    assert_eq!(ep["role"], "floor");
+    assert!(ep["kl"].is_null(), "a server reports no full KL: {ep}");
+    assert_eq!(ep["endpoint_scores"].as_array().unwrap().len(), 5);
+    assert!(ep["what"].as_str().unwrap().contains("echo"), "{ep}");
+    let mean = |e: &Value| e["endpoint_kl"]["mean"].as_f64().unwrap();
+    let q2 = entries.iter().find(|e| e["name"] == "q2_k").unwrap();
+    assert!(
+        mean(ep) < 0.005 && mean(q2) > 100.0 * mean(ep).max(1e-4),
+        "{} {}",
+        mean(ep),
+        mean(q2)
+    );
 }
 
 #[test]

@@ -522,7 +522,11 @@ pub fn run(dir: &Path) -> Result<Report, ReportError> {
     plots::queries(&queries_svg, &runs).map_err(|e| plot_err(&queries_svg, e))?;
     let power_svg = dir.join("power.svg");
     plots::power(&power_svg, &groups).map_err(|e| plot_err(&power_svg, e))?;
-    written.extend([&bounds_svg, &queries_svg, &power_svg].map(|p| p.display().to_string()));
+    let ladder_svg = dir.join("ladder.svg");
+    plots::ladder(&ladder_svg, &queries, margins).map_err(|e| plot_err(&ladder_svg, e))?;
+    written.extend(
+        [&bounds_svg, &queries_svg, &power_svg, &ladder_svg].map(|p| p.display().to_string()),
+    );
 
     let report = Report {
         estimates,
@@ -674,7 +678,7 @@ fn markdown(
             g.wall_p90
         );
     }
-    let _ = writeln!(s, "\n## Plots\n\nThe confidence sequence of one run per pair (mean clipped score and its bounds against challenges, margins dashed):\n\n![bounds](bounds.svg)\n\nQueries to a verdict, every run (circle area grows with the number of runs):\n\n![queries](queries.svg)\n\nDetection power: the share of runs that say DIFFERENT, per pair, with Clopper–Pearson 95 % intervals:\n\n![power](power.svg)\n");
+    let _ = writeln!(s, "\n## Plots\n\nThe confidence sequence of one run per pair (mean clipped score and its bounds against challenges, margins dashed):\n\n![bounds](bounds.svg)\n\nQueries to a verdict, every run (circle area grows with the number of runs):\n\n![queries](queries.svg)\n\nDetection power: the share of runs that say DIFFERENT, per pair, with Clopper–Pearson 95 % intervals:\n\n![power](power.svg)\n\nDivergence by quantization rung (pairs named FAMILY-RUNG; FAMILY-self and FAMILY-q4km are the same weights): the mean score of each rung over all its audit-mode challenges, clipped at 1, with 95 % intervals, and the audit mode's margins:\n\n![ladder](ladder.svg)\n");
     s
 }
 

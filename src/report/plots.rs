@@ -303,3 +303,141 @@ pub fn power(path: &Path, groups: &[Group]) -> Result<(), String> {
     legend(&mut chart, SeriesLabelPosition::UpperMiddle)?;
     root.present().map_err(e)
 }
+
+/// Points of a quantization ladder, in order: the same weights first (the pair `FAMILY-self`,
+/// and `FAMILY-q4km`: the file an f16 reference was made from), then the rungs.
+fn ladder_points() -> Vec<&'static str> {
+    let mut v = vec!["self", "q4km"];
+    v.extend(crate::variant::Target::LADDER.iter().map(|t| t.name()));
+    v
+}
+
+/// Which ladder a pair belongs to and where: `FAMILY-POINT` with a point of [`ladder_points`].
+pub(super) fn ladder_place(pair: &str) -> Option<(String, usize)> {
+    let (family, point) = pair.rsplit_once('-')?;
+    let i = ladder_points().iter().position(|p| *p == point)?;
+    Some((family.to_string(), i))
+}
+
+/// Divergence by ladder rung: each ladder pair's mean score (clipped at 1, as the served
+/// estimate is) over all its audit-mode challenges, with its 95 % Student-t interval, on a log
+/// axis, and the audit margins γ and δ dashed. Diffs only (pairs not named `serve-…`).
+pub fn ladder(
+    path: &Path,
+    queries: &DataFrame,
+    margins: &dyn Fn(&str, &str) -> Option<Margins>,
+) -> Result<(), String> {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let pair = strs(queries, "pair").map_err(e)?;
+    let method = strs(queries, "method").map_err(e)?;
+    let mode = strs(queries, "mode").map_err(e)?;
+    let score = floats(queries, "score").map_err(e)?;
+    // (family, point) → scores
+    let mut cells: std::collections::BTreeMap<(String, usize), Vec<f64>> = Default::default();
+    let mut margin: Option<Margins> = None;
+    for i in 0..pair.len() {
+        if method[i] != "pot" || mode[i] != "audit" {
+            continue;
+        }
+        // Audits of a server score what it reports (other margins): diffs only.
+        if pair[i].starts_with("serve-") {
+            continue;
+        }
+        if let Some((fam, pt)) = ladder_place(&pair[i]) {
+            let s = if score[i].is_nan() {
+                1.0
+            } else {
+                score[i].clamp(0.0, 1.0)
+            };
+            cells.entry((fam, pt)).or_default().push(s);
+            margin = margin.or_else(|| margins(&pair[i], "audit"));
+        }
+    }
+    let points = ladder_points();
+    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "divergence by ladder rung (audit mode, mean KL per token, 95 % intervals)",
+            ("sans-serif", 20),
+        )
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            -0.5f64..points.len() as f64 - 0.5,
+            (1e-7f64..3.0).log_scale(),
+        )
+        .map_err(e)?;
+    let names: Vec<String> = points.iter().map(|p| p.to_string()).collect();
+    chart
+        .configure_mesh()
+        .x_labels(points.len())
+        .x_label_formatter(&|x| category(&names, *x))
+        .y_desc("mean score (log scale)")
+        .y_label_formatter(&|y| format!("{y:.0e}"))
+        .draw()
+        .map_err(e)?;
+    if let Some(m) = margin {
+        for (v, name) in [(m.gamma, "γ"), (m.delta, "δ")] {
+            chart
+                .draw_series(std::iter::once(DashedPathElement::new(
+                    vec![(-0.5, v), (points.len() as f64 - 0.5, v)],
+                    6,
+                    4,
+                    BLACK.stroke_width(1),
+                )))
+                .map_err(e)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{name} = {v}"),
+                    (points.len() as f64 - 1.6, v * 1.25),
+                    ("sans-serif", 14),
+                )))
+                .map_err(e)?;
+        }
+    }
+    let mut families: Vec<String> = cells.keys().map(|(f, _)| f.clone()).collect();
+    families.dedup();
+    let nf = families.len().max(1) as f64;
+    for (fi, fam) in families.iter().enumerate() {
+        let color = PALETTE[fi % PALETTE.len()];
+        let offset = (fi as f64 - (nf - 1.0) / 2.0) * 0.15;
+        let pts: Vec<(f64, f64, f64, f64)> = cells
+            .iter()
+            .filter(|((f, _), _)| f == fam)
+            .map(|((_, pt), s)| {
+                let n = s.len() as f64;
+                let mean = s.iter().sum::<f64>() / n;
+                let sd =
+                    (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+                let t = StudentsT::new(0.0, 1.0, (n - 1.0).max(1.0))
+                    .map(|t| t.inverse_cdf(0.975))
+                    .unwrap_or(2.0);
+                let half = t * sd / n.sqrt();
+                let floor = 1e-7;
+                (
+                    *pt as f64 + offset,
+                    mean.max(floor),
+                    (mean - half).max(floor),
+                    (mean + half).max(floor),
+                )
+            })
+            .collect();
+        chart
+            .draw_series(pts.iter().map(|(x, _, lo, hi)| {
+                PathElement::new(vec![(*x, *lo), (*x, *hi)], color.stroke_width(2))
+            }))
+            .map_err(e)?;
+        chart
+            .draw_series(
+                pts.iter()
+                    .map(|(x, y, _, _)| Circle::new((*x, *y), 5, color.filled())),
+            )
+            .map_err(e)?
+            .label(fam.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present().map_err(e)
+}

@@ -25,11 +25,19 @@ pub fn model_path(name: &str) -> PathBuf {
     p
 }
 
-/// The `pot` binary under test (no backtraces in its errors).
+/// The `pot` binary under test (no backtraces in its errors), with an empty calibration store
+/// of its own: a calibration left on the machine must not change what a test sees (tests
+/// that want one pass `--calibration` or set `POT_CALIBRATIONS`).
 pub fn pot() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pot"));
     c.env("RUST_BACKTRACE", "0");
+    c.env("POT_CALIBRATIONS", empty_calibration_store());
     c
+}
+
+/// A calibration store that stays empty, one per test process.
+pub fn empty_calibration_store() -> PathBuf {
+    std::env::temp_dir().join(format!("pot-test-calibrations-{}", std::process::id()))
 }
 
 /// `pot diff --ref REFERENCE --cand CANDIDATE --transcripts DIR`, for the caller to add flags.
@@ -45,6 +53,48 @@ pub fn diff_cmd(reference: &Path, candidate: &Path, transcripts: &Path) -> Comma
     c
 }
 
+/// A model derived from a fetched one by `pot ARGS -o OUT SOURCE` (e.g. `variant --to f16`),
+/// made once and kept beside the models (`derived/`, written to a temporary name first, so a
+/// killed test leaves no half file). Derivation is deterministic; the folder's tag changes when
+/// what `pot variant` writes does.
+pub fn derived_model(source: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let dir = models_dir().join("derived-ladder-v1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    if !out.is_file() {
+        let part = dir.join(format!("{name}.{}.part", std::process::id()));
+        let o = pot()
+            .args(args)
+            .arg("-o")
+            .arg(&part)
+            .arg(source)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::rename(&part, &out).unwrap();
+    }
+    out
+}
+
+/// Qwen2.5-Coder 0.5B as a full-precision claimed model: the f16 re-encoding of the fetched
+/// Q4_K_M file (the same information, in the encoding vendors publish).
+pub fn qwen05_f16() -> PathBuf {
+    derived_model(
+        &model_path(QWEN05),
+        "qwen05-f16.gguf",
+        &["variant", "--to", "f16"],
+    )
+}
+
+/// A rung of the f16 Qwen 0.5B's quantization ladder (`pot variant --to RUNG`).
+pub fn qwen05_rung(rung: &str) -> PathBuf {
+    derived_model(
+        &qwen05_f16(),
+        &format!("qwen05-f16-{rung}.gguf"),
+        &["variant", "--to", rung],
+    )
+}
+
 pub const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const QWEN05: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 pub const QWEN15: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
@@ -57,9 +107,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(model: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pot"))
+        Self::start_file(&model_path(model), extra)
+    }
+
+    /// `pot serve` of a model file that is not one of the fetched models (a derived one).
+    pub fn start_file(model: &Path, extra: &[&str]) -> Server {
+        let mut child = pot()
             .args(["serve", "--model"])
-            .arg(model_path(model))
+            .arg(model)
             .args(["--port", "0", "--model-name", "vendor"])
             .args(extra)
             .stderr(Stdio::piped())
