@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
+# The Python that has llama-cpp-python (the yardstick), e.g. a venv's: POT_LLAMA_PYTHON.
+py="${POT_LLAMA_PYTHON:-python3}"
 smol="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
 q05="$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 q15="$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -15,6 +17,21 @@ for m in "$smol" "$q05" "$q15"; do
   for k in quantized dense; do
     "$pot" --threads 2 bench "$m" --kernels "$k" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| {d['model'].split('/')[-1]} | $k | {d['load_s']:.1f} | {d['prompt_eval_tok_s']:.0f} | {d['generation_tok_s']:.0f} |\")"
   done
+done
+# The 16-bit reference (issue 15): Qwen 0.5B re-encoded as f16, pot (half-precision kernels,
+# and f32 dense) and llama.cpp on the same file, alternating twice; peak RSS beside the file.
+f16="${POT_MODELS:-$HOME/.cache/pot/models}/derived-ladder-v1/qwen05-f16.gguf"
+[ -s "$f16" ] || { mkdir -p "$(dirname "$f16")"; "$pot" variant --to f16 "$q05" -o "$f16.part" 2>/dev/null && mv "$f16.part" "$f16"; }
+echo
+echo "| engine on $(basename "$f16") ($(du -m "$f16" | cut -f1) MB) | prompt-eval tok/s (256) | generation tok/s (64) | peak RSS GB |"
+echo "|---|---|---|---|"
+for round in 1 2; do
+  for k in quantized dense; do
+    /usr/bin/time -f "%M" -o /tmp/pot-bench-rss "$pot" --threads 2 bench "$f16" --kernels "$k" --json | python3 -c "import json,sys; d=json.load(sys.stdin); rss=int(open('/tmp/pot-bench-rss').read().split()[-1])/2**20; print(f\"| pot --kernels $k (round $round) | {d['prompt_eval_tok_s']:.0f} | {d['generation_tok_s']:.1f} | {rss:.2f} |\")"
+  done
+  if "$py" -c "import llama_cpp" 2>/dev/null; then
+    "$py" scripts/llamacpp-yardstick.py --speed "$f16" | sed -n 's/^llama.cpp [^:]*: prompt-eval \([0-9.]*\) tok\/s, generation \([0-9.]*\) tok\/s, peak RSS \([0-9.]*\) GB/| llama.cpp (round '"$round"') | \1 | \2 | \3 |/p'
+  fi
 done
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # One fixed key and run id: every run below sees the same challenges (each run keeps its
@@ -39,9 +56,9 @@ run "SmolLM2 vs Qwen 0.5B" "$smol" "$q05"
 run "Qwen 0.5B vs 1.5B, --kernels dense" "$q05" "$q15" --kernels dense
 # llama.cpp on the same machine and files, measured just now (speed varies between runs and
 # days on a shared VM, so compare side by side): only where llama-cpp-python is installed.
-if python3 -c "import llama_cpp" 2>/dev/null; then
+if "$py" -c "import llama_cpp" 2>/dev/null; then
   echo
-  scripts/llamacpp-yardstick.py "$models"
+  "$py" scripts/llamacpp-yardstick.py "$models"
 else
   echo
   echo "(llama-cpp-python not installed: no llama.cpp figures side by side)"

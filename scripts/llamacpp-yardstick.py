@@ -10,6 +10,7 @@ Needs the llama-cpp-python package (`pip install llama-cpp-python`, a C++ build 
 25 minutes); scripts/bench.sh runs this only where it is installed.
 
 Usage: scripts/llamacpp-yardstick.py [MODELS_DIR]
+       scripts/llamacpp-yardstick.py --speed FILE...   (speed only, with peak RSS, for any GGUF)
 """
 import json
 import math
@@ -23,7 +24,7 @@ except ImportError:
     sys.exit("llamacpp-yardstick: the llama_cpp module is missing; install llama-cpp-python")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+MODELS = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] != "--speed" else os.environ.get(
     "POT_MODELS", os.path.expanduser("~/.cache/pot/models"))
 PAIRS = [
     ("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct-q4_1.llamacpp.json"),
@@ -58,6 +59,8 @@ def speed(path):
     llm = Llama(model_path=path, n_ctx=512, n_threads=2, n_batch=512, verbose=False)
     toks = list(range(1000, 1256))
     llm.reset()
+    llm.eval(toks)  # warm-up, as pot bench does one
+    llm.reset()
     t = time.time()
     llm.eval(toks)
     prompt = len(toks) / (time.time() - t)
@@ -68,6 +71,15 @@ def speed(path):
         llm.eval([tok])
     return prompt, 64 / (time.time() - t)
 
+
+if len(sys.argv) > 1 and sys.argv[1] == "--speed":
+    import resource
+    for path in sys.argv[2:]:
+        pe, gen = speed(path)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"llama.cpp {os.path.basename(path)}: prompt-eval {pe:.1f} tok/s, "
+              f"generation {gen:.1f} tok/s, peak RSS {rss:.2f} GB")
+    sys.exit(0)
 
 for model, fixture in PAIRS:
     path = os.path.join(MODELS, model)

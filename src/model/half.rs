@@ -22,8 +22,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
-/// From this many activation rows on, each tile of weight rows is widened to f32 once.
-const MANY_ROWS: usize = 6;
+/// From this many activation rows on, activations are kept as f16 too (half the bytes to
+/// stream from L2 for every group of weight rows); below, as f32 (one widening fewer per load,
+/// while the weights stream from memory).
+const MANY_ROWS: usize = 8;
 /// Output columns (weight rows) per unit of work.
 const TILE: usize = 32;
 /// Register tile: weight rows × activation rows.
@@ -94,11 +96,26 @@ impl HalfMatrix {
             "16-bit weights are stored 2-byte aligned"
         );
         let (n, k, kind) = (self.n, self.k, self.kind);
-        let a: Vec<f32> = x.iter().map(|&v| kind.round(v)).collect();
         let mut out = vec![0f32; m * n];
         let dst = out.as_mut_ptr() as usize;
         let simd = simd_available();
-        let widen_first = m >= MANY_ROWS || !simd || kind == Kind::Bf16;
+        // f16 on x86 with F16C: both operands stay f16 and widen in the registers, as
+        // tinyBLAS does; the activations, at half the bytes, stay in L2 while each group of
+        // four weight rows (in L1) meets all of them. Otherwise (bf16, or no F16C): f32
+        // activations (rounded to the weight's type) and each tile of weights widened once.
+        let halves = simd && kind == Kind::F16;
+        let a16: Vec<u16>;
+        let a32: Vec<f32>;
+        let a = if halves && m >= MANY_ROWS {
+            a16 = x
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
+            Rows::F16(&a16)
+        } else {
+            a32 = x.iter().map(|&v| kind.round(v)).collect();
+            Rows::F32(&a32)
+        };
         candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(TILE), |tiles| {
             let mut buf = Vec::new();
             for tile in tiles {
@@ -107,12 +124,13 @@ impl HalfMatrix {
                 let ws = &w[c0 * k..(c0 + cols) * k];
                 // SAFETY: tiles are disjoint, so each output column is written by one worker.
                 let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut f32, m * n) };
-                if widen_first {
+                let at = Place { m, k, n, c0, cols };
+                if halves {
+                    block(Rows::F16(ws), a, at, out, simd);
+                } else {
                     buf.resize(cols * k, 0.0);
                     widen(kind, ws, &mut buf);
-                    block(Weights::F32(&buf), cols, &a, m, k, out, n, c0, simd);
-                } else {
-                    block(Weights::F16(ws), cols, &a, m, k, out, n, c0, simd);
+                    block(Rows::F32(&buf), a, at, out, simd);
                 }
             }
         });
@@ -126,98 +144,85 @@ impl Product for HalfMatrix {
     }
 }
 
-/// A tile of weight rows, widened or as stored (f16).
+/// Rows of `k` values, as f32 or as f16 bits.
 #[derive(Clone, Copy)]
-enum Weights<'a> {
+enum Rows<'a> {
     F32(&'a [f32]),
     F16(&'a [u16]),
 }
 
-/// `out[r][c0 + j] = a[r] · w[j]` for the tile's `cols` weight rows and all `m` activation rows,
-/// register tile by register tile, over blocks of [`KC`] inputs so that the weight rows and
-/// the activation rows of a register tile are read from L1 (partial sums add up in `out`).
-#[allow(clippy::too_many_arguments)]
-fn block(
-    w: Weights<'_>,
-    cols: usize,
-    a: &[f32],
-    m: usize,
-    k: usize,
-    out: &mut [f32],
-    n: usize,
-    c0: usize,
-    simd: bool,
-) {
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let mut r = 0;
-        while r < m {
-            let rn = RN.min(m - r);
-            let mut j = 0;
-            while j < cols {
-                let rm = RM.min(cols - j);
-                let mut acc = [[0f32; RN]; RM];
-                let at = Span { k, k0, kc };
-                #[cfg(target_arch = "x86_64")]
-                if simd {
-                    // SAFETY: AVX2, FMA and F16C were detected; the rows read are inside `w`
-                    // and `a` (rows j..j + rm and r..r + rn, inputs k0..k0 + kc of k).
-                    unsafe { avx2::tile(w, j, rm, a, r, rn, at, &mut acc) };
-                } else {
-                    scalar_tile(w, j, rm, a, r, rn, at, &mut acc);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = simd;
-                    scalar_tile(w, j, rm, a, r, rn, at, &mut acc);
-                }
-                for (jj, row) in acc.iter().enumerate().take(rm) {
-                    for (rr, v) in row.iter().enumerate().take(rn) {
-                        let o = &mut out[(r + rr) * n + c0 + j + jj];
-                        *o = if k0 == 0 { *v } else { *o + *v };
-                    }
-                }
-                j += rm;
-            }
-            r += rn;
+impl Rows<'_> {
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Rows::F32(v) => v[i],
+            Rows::F16(v) => half::f16::from_bits(v[i]).to_f32(),
         }
     }
 }
 
-/// Inputs per block of [`block`]: 32 weight rows and 3 activation rows of 256 f32 fit in L1.
-const KC: usize = 256;
-
-/// Which inputs a register tile sums over: `k0..k0 + kc` of rows `k` long.
+/// Where a tile of weight rows writes: `m` activation rows of `k` inputs, an output of `n`
+/// columns, the tile's `cols` columns from `c0`.
 #[derive(Clone, Copy)]
-struct Span {
+struct Place {
+    m: usize,
     k: usize,
-    k0: usize,
-    kc: usize,
+    n: usize,
+    c0: usize,
+    cols: usize,
+}
+
+/// `out[r][c0 + j] = a[r] · w[j]` for the tile's weight rows and all activation rows, one
+/// register tile of [`RM`] weight rows × [`RN`] activation rows at a time, weight rows outer:
+/// four weight rows stay in L1 while every activation row passes.
+fn block(w: Rows<'_>, a: Rows<'_>, p: Place, out: &mut [f32], simd: bool) {
+    let Place { m, k, n, c0, cols } = p;
+    let mut j = 0;
+    while j < cols {
+        let rm = RM.min(cols - j);
+        let mut r = 0;
+        while r < m {
+            let rn = RN.min(m - r);
+            let mut acc = [[0f32; RN]; RM];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: AVX2, FMA and F16C were detected; the rows read are inside `w` and
+                // `a` (weight rows j..j + rm, activation rows r..r + rn, k values each).
+                unsafe { avx2::tile(w, j, rm, a, r, rn, k, &mut acc) };
+            } else {
+                scalar_tile(w, j, rm, a, r, rn, k, &mut acc);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = simd;
+                scalar_tile(w, j, rm, a, r, rn, k, &mut acc);
+            }
+            for (jj, row) in acc.iter().enumerate().take(rm) {
+                for (rr, v) in row.iter().enumerate().take(rn) {
+                    out[(r + rr) * n + c0 + j + jj] = *v;
+                }
+            }
+            r += rn;
+        }
+        j += rm;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn scalar_tile(
-    w: Weights<'_>,
+    w: Rows<'_>,
     j: usize,
     rm: usize,
-    a: &[f32],
+    a: Rows<'_>,
     r: usize,
     rn: usize,
-    Span { k, k0, kc }: Span,
+    k: usize,
     acc: &mut [[f32; RN]; RM],
 ) {
     for (jj, accs) in acc.iter_mut().enumerate().take(rm) {
-        let at = (j + jj) * k + k0;
         for (rr, o) in accs.iter_mut().enumerate().take(rn) {
-            let x = &a[(r + rr) * k + k0..(r + rr) * k + k0 + kc];
-            *o = match w {
-                Weights::F32(w) => w[at..at + kc].iter().zip(x).map(|(p, q)| p * q).sum(),
-                Weights::F16(w) => w[at..at + kc]
-                    .iter()
-                    .zip(x)
-                    .map(|(p, q)| half::f16::from_bits(*p).to_f32() * q)
-                    .sum(),
-            };
+            *o = (0..k)
+                .map(|i| w.get((j + jj) * k + i) * a.get((r + rr) * k + i))
+                .sum();
         }
     }
 }
@@ -251,97 +256,104 @@ pub fn simd_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Span, Weights, RM, RN};
+    use super::{Rows, RM, RN};
     use crate::model::q8::avx2::hsum;
     use std::arch::x86_64::*;
 
     /// Dot products of weight rows `j..j + rm` with activation rows `r..r + rn` (at most 4
-    /// and 3) over the inputs of `at`, twelve 8-wide accumulators at most.
+    /// and 3), twelve 8-wide accumulators at most.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile(
-        w: Weights<'_>,
+        w: Rows<'_>,
         j: usize,
         rm: usize,
-        a: &[f32],
+        a: Rows<'_>,
         r: usize,
         rn: usize,
-        at: Span,
+        k: usize,
         acc: &mut [[f32; RN]; RM],
     ) {
-        match w {
-            Weights::F32(w) => tile_w::<false>(w.as_ptr() as *const u8, j, rm, a, r, rn, at, acc),
-            Weights::F16(w) => tile_w::<true>(w.as_ptr() as *const u8, j, rm, a, r, rn, at, acc),
+        match (w, a) {
+            (Rows::F16(w), Rows::F16(a)) => {
+                tile_w::<true, true>(w.as_ptr().cast(), j, rm, a.as_ptr().cast(), r, rn, k, acc)
+            }
+            (Rows::F16(w), Rows::F32(a)) => {
+                tile_w::<true, false>(w.as_ptr().cast(), j, rm, a.as_ptr().cast(), r, rn, k, acc)
+            }
+            (Rows::F32(w), Rows::F32(a)) => {
+                tile_w::<false, false>(w.as_ptr().cast(), j, rm, a.as_ptr().cast(), r, rn, k, acc)
+            }
+            (Rows::F32(_), Rows::F16(_)) => unreachable!("widened weights meet f32 activations"),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_w<const H: bool>(
+    unsafe fn tile_w<const WH: bool, const AH: bool>(
         w: *const u8,
         j: usize,
         rm: usize,
-        a: &[f32],
+        a: *const u8,
         r: usize,
         rn: usize,
-        at: Span,
+        k: usize,
         acc: &mut [[f32; RN]; RM],
     ) {
         match (rm, rn) {
-            (4, 3) => tile_n::<H, 4, 3>(w, j, a, r, at, acc),
-            (4, 2) => tile_n::<H, 4, 2>(w, j, a, r, at, acc),
-            (4, 1) => tile_n::<H, 4, 1>(w, j, a, r, at, acc),
-            (3, 3) => tile_n::<H, 3, 3>(w, j, a, r, at, acc),
-            (3, 2) => tile_n::<H, 3, 2>(w, j, a, r, at, acc),
-            (3, 1) => tile_n::<H, 3, 1>(w, j, a, r, at, acc),
-            (2, 3) => tile_n::<H, 2, 3>(w, j, a, r, at, acc),
-            (2, 2) => tile_n::<H, 2, 2>(w, j, a, r, at, acc),
-            (2, 1) => tile_n::<H, 2, 1>(w, j, a, r, at, acc),
-            (1, 3) => tile_n::<H, 1, 3>(w, j, a, r, at, acc),
-            (1, 2) => tile_n::<H, 1, 2>(w, j, a, r, at, acc),
-            _ => tile_n::<H, 1, 1>(w, j, a, r, at, acc),
+            (4, 3) => tile_n::<WH, AH, 4, 3>(w, j, a, r, k, acc),
+            (4, 2) => tile_n::<WH, AH, 4, 2>(w, j, a, r, k, acc),
+            (4, 1) => tile_n::<WH, AH, 4, 1>(w, j, a, r, k, acc),
+            (3, 3) => tile_n::<WH, AH, 3, 3>(w, j, a, r, k, acc),
+            (3, 2) => tile_n::<WH, AH, 3, 2>(w, j, a, r, k, acc),
+            (3, 1) => tile_n::<WH, AH, 3, 1>(w, j, a, r, k, acc),
+            (2, 3) => tile_n::<WH, AH, 2, 3>(w, j, a, r, k, acc),
+            (2, 2) => tile_n::<WH, AH, 2, 2>(w, j, a, r, k, acc),
+            (2, 1) => tile_n::<WH, AH, 2, 1>(w, j, a, r, k, acc),
+            (1, 3) => tile_n::<WH, AH, 1, 3>(w, j, a, r, k, acc),
+            (1, 2) => tile_n::<WH, AH, 1, 2>(w, j, a, r, k, acc),
+            _ => tile_n::<WH, AH, 1, 1>(w, j, a, r, k, acc),
         }
     }
 
-    /// Eight weights from element `at` of `w` (f16 when `H`, else f32), widened.
+    /// Eight values from element `at` (f16 when `H`, else f32), widened.
     #[inline(always)]
-    unsafe fn load<const H: bool>(w: *const u8, at: usize) -> __m256 {
+    unsafe fn load<const H: bool>(p: *const u8, at: usize) -> __m256 {
         if H {
-            _mm256_cvtph_ps(_mm_loadu_si128((w as *const u16).add(at) as *const __m128i))
+            _mm256_cvtph_ps(_mm_loadu_si128((p as *const u16).add(at) as *const __m128i))
         } else {
-            _mm256_loadu_ps((w as *const f32).add(at))
+            _mm256_loadu_ps((p as *const f32).add(at))
         }
     }
 
     #[inline(always)]
-    unsafe fn scalar<const H: bool>(w: *const u8, at: usize) -> f32 {
+    unsafe fn scalar<const H: bool>(p: *const u8, at: usize) -> f32 {
         if H {
-            half::f16::from_bits(*(w as *const u16).add(at)).to_f32()
+            half::f16::from_bits(*(p as *const u16).add(at)).to_f32()
         } else {
-            *(w as *const f32).add(at)
+            *(p as *const f32).add(at)
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_n<const H: bool, const M: usize, const N: usize>(
+    unsafe fn tile_n<const WH: bool, const AH: bool, const M: usize, const N: usize>(
         w: *const u8,
         j: usize,
-        a: &[f32],
+        a: *const u8,
         r: usize,
-        Span { k, k0, kc }: Span,
+        k: usize,
         acc: &mut [[f32; RN]; RM],
     ) {
         let mut v = [[_mm256_setzero_ps(); N]; M];
-        let full = kc / 8 * 8;
-        let ap = a.as_ptr();
-        let mut i = k0;
-        while i < k0 + full {
+        let full = k / 8 * 8;
+        let mut i = 0;
+        while i < full {
             let mut x = [_mm256_setzero_ps(); N];
             for (q, xq) in x.iter_mut().enumerate() {
-                *xq = _mm256_loadu_ps(ap.add((r + q) * k + i));
+                *xq = load::<AH>(a, (r + q) * k + i);
             }
             for (p, vp) in v.iter_mut().enumerate() {
-                let wv = load::<H>(w, (j + p) * k + i);
+                let wv = load::<WH>(w, (j + p) * k + i);
                 for (q, vpq) in vp.iter_mut().enumerate() {
                     *vpq = _mm256_fmadd_ps(wv, x[q], *vpq);
                 }
@@ -351,8 +363,8 @@ mod avx2 {
         for p in 0..M {
             for q in 0..N {
                 let mut s = hsum(v[p][q]);
-                for t in k0 + full..k0 + kc {
-                    s += scalar::<H>(w, (j + p) * k + t) * *ap.add((r + q) * k + t);
+                for t in full..k {
+                    s += scalar::<WH>(w, (j + p) * k + t) * scalar::<AH>(a, (r + q) * k + t);
                 }
                 acc[p][q] = s;
             }
