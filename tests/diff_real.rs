@@ -610,6 +610,36 @@ fn calibrate_measures_the_floor_and_the_ladder() {
         .collect();
     assert!(consistent.contains(&"q2_k"), "{served}");
 
+    // --margins takes γ, δ and B from the calibration: γ twice the floor's reach.
+    let floor_high = entries
+        .iter()
+        .filter(|e| e["role"] == "floor")
+        .map(|e| e["kl"]["mean_ci95"][1].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let (o, r) = diff(
+        &model_path(SMOL),
+        &model_path(SMOL),
+        d.path(),
+        &["--margins", cal.to_str().unwrap()],
+    );
+    assert_decision(&o, &r, "SAME");
+    let g = r["params"]["gamma"].as_f64().unwrap();
+    assert!((g - 2.0 * floor_high).abs() < 1e-12, "{g} vs {floor_high}");
+    assert!((r["params"]["delta"].as_f64().unwrap() - 2.0 * g).abs() < 1e-12);
+    // A calibration of other weights is refused, naming both.
+    let (o, _) = diff(
+        &model_path(QWEN05),
+        &model_path(QWEN05),
+        d.path(),
+        &["--calibration", cal.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("not of the reference") && e.contains("pot calibrate --ref"),
+        "{e}"
+    );
+
     // Refused before any work: an unknown rung, and an -o that exists.
     let o = pot()
         .args(["calibrate", "--rungs", "q1", "--ref"])

@@ -45,6 +45,35 @@ fn legend<'a, CT: CoordTranslate>(
         .map_err(e)
 }
 
+/// A dot and the ends of its interval bar.
+type Mark = ((f64, f64), [(f64, f64); 2]);
+
+/// One series of dots with interval bars, labelled for the legend.
+fn dots_with_bars<'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    marks: &[Mark],
+    color: RGBColor,
+    label: &str,
+) -> Result<(), String> {
+    chart
+        .draw_series(
+            marks
+                .iter()
+                .map(|(_, bar)| PathElement::new(bar.to_vec(), color.stroke_width(2))),
+        )
+        .map_err(e)?;
+    chart
+        .draw_series(
+            marks
+                .iter()
+                .map(|(dot, _)| Circle::new(*dot, 5, color.filled())),
+        )
+        .map_err(e)?
+        .label(label)
+        .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+    Ok(())
+}
+
 /// A white canvas for a chart with one row per category.
 fn rows_canvas(path: &Path, rows: usize) -> Result<DrawingArea<SVGBackend<'_>, Shift>, String> {
     let root = SVGBackend::new(path, (1000, 120 + 36 * rows as u32)).into_drawing_area();
@@ -286,19 +315,11 @@ pub fn power(path: &Path, groups: &[Group]) -> Result<(), String> {
                 (g.different as f64 / g.runs.max(1) as f64, y, lo, hi)
             })
             .collect();
-        chart
-            .draw_series(gs.iter().map(|(_, y, lo, hi)| {
-                PathElement::new(vec![(*lo, *y), (*hi, *y)], color.stroke_width(2))
-            }))
-            .map_err(e)?;
-        chart
-            .draw_series(
-                gs.iter()
-                    .map(|(x, y, _, _)| Circle::new((*x, *y), 5, color.filled())),
-            )
-            .map_err(e)?
-            .label(s.clone())
-            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+        let marks: Vec<Mark> = gs
+            .iter()
+            .map(|(x, y, lo, hi)| ((*x, *y), [(*lo, *y), (*hi, *y)]))
+            .collect();
+        dots_with_bars(&mut chart, &marks, color, s)?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperMiddle)?;
     root.present().map_err(e)
@@ -424,19 +445,11 @@ pub fn ladder(
                 )
             })
             .collect();
-        chart
-            .draw_series(pts.iter().map(|(x, _, lo, hi)| {
-                PathElement::new(vec![(*x, *lo), (*x, *hi)], color.stroke_width(2))
-            }))
-            .map_err(e)?;
-        chart
-            .draw_series(
-                pts.iter()
-                    .map(|(x, y, _, _)| Circle::new((*x, *y), 5, color.filled())),
-            )
-            .map_err(e)?
-            .label(fam.clone())
-            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+        let marks: Vec<Mark> = pts
+            .iter()
+            .map(|(x, y, lo, hi)| ((*x, *y), [(*x, *lo), (*x, *hi)]))
+            .collect();
+        dots_with_bars(&mut chart, &marks, color, fam)?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(e)
