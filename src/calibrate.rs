@@ -737,6 +737,19 @@ pub fn clipped_mean(scores: &[f64], clip: f64) -> Distribution {
 }
 
 impl Calibration {
+    /// The entries (floors and rungs) `older` measured that this calibration did not: a
+    /// calibration that lacks some does not replace `older` in the store, so that measuring
+    /// one more floor never loses a ladder (entries of two runs are not merged: each
+    /// calibration's entries are scored on the same challenges).
+    pub fn lacks<'a>(&self, older: &'a Calibration) -> Vec<&'a str> {
+        older
+            .entries
+            .iter()
+            .map(|e| e.name.as_str())
+            .filter(|n| !self.entries.iter().any(|e| e.name == *n))
+            .collect()
+    }
+
     /// The floor's reach for a score kind: the highest upper end of a floor entry's 95 %
     /// interval of the mean (0 without floor entries).
     pub fn floor_high(&self, kind: ScoreKind) -> f64 {

@@ -94,19 +94,25 @@ pub struct Served {
     pub calibrated: bool,
 }
 
-/// The two-sided (1-α) Student-t interval of a clipped mean.
+/// The two-sided (1-α) Student-t interval of a clipped mean, within [0, clip] (where a mean
+/// of scores clipped at `clip` lies: the sum of many scores clipped at exactly `clip` can
+/// round a hair above it, and a run's sequence ends at `clip` exactly).
 fn rung_interval(scores: &[f64], clip: f64, alpha: f64) -> (f64, f64) {
     use statrs::distribution::{ContinuousCDF, StudentsT};
     let d = clipped_mean(scores, clip);
     let n = d.n;
-    if n < 2 {
-        return (d.mean, d.mean);
-    }
-    let t = StudentsT::new(0.0, 1.0, (n - 1) as f64)
-        .map(|t| t.inverse_cdf(1.0 - alpha / 2.0))
-        .unwrap_or(f64::INFINITY);
-    let half = t * d.sd / (n as f64).sqrt();
-    (d.mean - half, d.mean + half)
+    let half = if n < 2 {
+        0.0
+    } else {
+        let t = StudentsT::new(0.0, 1.0, (n - 1) as f64)
+            .map(|t| t.inverse_cdf(1.0 - alpha / 2.0))
+            .unwrap_or(f64::INFINITY);
+        t * d.sd / (n as f64).sqrt()
+    };
+    (
+        (d.mean - half).clamp(0.0, clip),
+        (d.mean + half).clamp(0.0, clip),
+    )
 }
 
 /// Whether two closed intervals overlap.
@@ -141,5 +147,53 @@ impl Served {
             excludes,
             calibrated: ladder.is_some(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::Mode;
+
+    fn point(name: &str, scores: Vec<f64>) -> Point {
+        Point {
+            name: name.into(),
+            role: Role::Rung,
+            scores,
+        }
+    }
+
+    /// A 4-bit copy (every score above B) run against a rung measured at the same place is
+    /// consistent with it, though 50 scores clipped at B = 0.02 sum to a hair above 50 · 0.02
+    /// (found on a real run: q4_0 was excluded by rounding).
+    #[test]
+    fn a_rung_whose_scores_all_clip_at_b_is_consistent_with_a_run_that_does() {
+        let p = Mode::Audit.params(ScoreKind::Kl);
+        let q4 = vec![0.13, 0.05, 0.4, 0.09, 0.21];
+        let rung: Vec<f64> = (0..50).map(|i| q4[i % 5]).collect();
+        let clipped: f64 = rung.iter().map(|s| s.min(p.clip)).sum::<f64>() / 50.0;
+        assert!(
+            clipped > p.clip,
+            "the rounding this test is about: {clipped}"
+        );
+        let mut test = SequentialTest::new(p).unwrap();
+        for s in &q4 {
+            test.push(*s);
+        }
+        let ladder = Ladder {
+            run_id: "r".into(),
+            key_commitment: "c".into(),
+            k: 32,
+            top_logprobs: 20,
+            points: vec![
+                point("f16", vec![1e-6; 50]),
+                point("q4_0", rung),
+                point("far", vec![50.0; 50]),
+            ],
+        };
+        let served = Served::of(&test, Some(&ladder));
+        assert_eq!(served.near.upper, p.clip);
+        assert_eq!(served.consistent, ["q4_0"]);
+        assert_eq!(served.excludes, ["f16", "far"]);
     }
 }

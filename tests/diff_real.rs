@@ -555,8 +555,10 @@ fn calibrate_measures_the_floor_and_the_ladder() {
             .as_f64()
             .unwrap()
     };
+    // SmolLM2's floor is about 0.003 over 50 challenges and heavy-tailed (10-challenge means
+    // of 0.001–0.0051 measured): below the audit mode's δ, not always below its γ.
     for floor in ["other-kernels", "one-at-a-time", "f16-reencoding"] {
-        assert!(mean(floor) < 0.005, "{floor}: {}", mean(floor));
+        assert!(mean(floor) < 0.01, "{floor}: {}", mean(floor));
     }
     assert!(
         mean("q2_k") > 100.0 * mean("f16-reencoding"),
@@ -639,6 +641,37 @@ fn calibrate_measures_the_floor_and_the_ladder() {
         e.contains("not of the reference") && e.contains("pot calibrate --ref"),
         "{e}"
     );
+
+    // A later calibration that measures less does not replace the stored ladder.
+    let stored = std::fs::read_dir(&store)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let o = pot()
+        .env("POT_CALIBRATIONS", &store)
+        .args([
+            "calibrate",
+            "--challenges",
+            "5",
+            "--rungs",
+            "f16",
+            "--floors",
+            "other-kernels",
+            "--ref",
+        ])
+        .arg(model_path(SMOL))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("kept the stored calibration") && e.contains("q2_k"),
+        "{e}"
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&stored).unwrap()).unwrap();
+    assert_eq!(v["challenges"], 10, "the stored calibration was replaced");
 
     // Refused before any work: an unknown rung, and an -o that exists.
     let o = pot()

@@ -565,7 +565,15 @@ impl RunArgs {
             transcript: files.transcript.clone(),
             resume: files.resume,
         };
-        for kind in [ScoreKind::Kl, ScoreKind::BitsPerByte] {
+        // Bad overrides are refused before any work, for each kind a run may score; with
+        // --margins only KL (a calibration measures nothing else, and a run that turns out to
+        // score bits per byte is refused when it finds that out).
+        let kinds: &[ScoreKind] = if spec.margins_from_calibration {
+            &[ScoreKind::Kl]
+        } else {
+            &[ScoreKind::Kl, ScoreKind::BitsPerByte]
+        };
+        for &kind in kinds {
             spec.params(kind, spec.calibration.as_ref())?;
         }
         Ok(spec)
@@ -1216,12 +1224,20 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {
     if let Some(out) = &a.out {
         cal.write(out)?;
     }
-    // The store: diff and audit of this reference find it there (the latest calibration wins).
+    // The store: diff and audit of this reference find it there. The latest calibration wins,
+    // unless the stored one measured entries this one did not (a floor measured on its own
+    // must not drop a ladder): then the stored one stays, and this one is used by name.
     let store = calibration_store();
     std::fs::create_dir_all(&store)
         .with_context(|| format!("{}: cannot create the calibration store", store.display()))?;
     let stored = calibrate::stored_path(&store, &cal.reference.weight_hash);
-    cal.write(&stored)?;
+    let kept = match calibrate::Calibration::read(&stored) {
+        Ok(older) => cal.lacks(&older).into_iter().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    };
+    if kept.is_empty() {
+        cal.write(&stored)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&cal)?);
     } else {
@@ -1233,10 +1249,19 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {
     if let Some(out) = &a.out {
         eprintln!("pot calibrate: wrote {}", out.display());
     }
-    eprintln!(
-        "pot calibrate: stored as {} (diff and audit of this reference use it)",
-        stored.display()
-    );
+    if kept.is_empty() {
+        eprintln!(
+            "pot calibrate: stored as {} (diff and audit of this reference use it)",
+            stored.display()
+        );
+    } else {
+        eprintln!(
+            "pot calibrate: kept the stored calibration {}: it measured {} and this run did not; diff and audit use the stored one (pass this one with --calibration{}, or measure all of them to replace it)",
+            stored.display(),
+            kept.join(", "),
+            a.out.as_ref().map_or(" after writing it with -o".to_string(), |o| format!(" {}", o.display()))
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
