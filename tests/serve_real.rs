@@ -222,6 +222,9 @@ enum Fault {
     Cycle,
     /// Answer every request with 503.
     Down,
+    /// Forward the requests the proxy sees before the n-th (counting from 0), 503 from it on:
+    /// decided per request from its own index, so no request races a switch.
+    DownFrom(usize),
     /// Answer 200 with an empty text and no log-probabilities.
     Empty,
     /// Answer 200 with one token whose log-probability is positive.
@@ -292,6 +295,13 @@ impl Proxy {
                     let step = match mode {
                         Fault::None => 5,
                         Fault::Down => 0,
+                        Fault::DownFrom(from) => {
+                            if n >= from {
+                                0
+                            } else {
+                                5
+                            }
+                        }
                         Fault::Cycle => n % 10,
                         Fault::Empty => {
                             let _ = conn.write_all(&canned(json!({"choices": [{"index": 0, "text": "", "finish_reason": "length", "logprobs": null}]})));
@@ -414,21 +424,11 @@ fn a_misbehaving_endpoint_is_retried_and_never_scored_wrong() {
     );
     let t = dir.path().join("r2.ndjson");
     assert!(!t.exists(), "nothing recorded when the probe already fails");
-    // Fail mid-run: healthy for the probe and the first cycle, then down.
-    proxy.set(Fault::None);
+    // Fail mid-run: healthy for the probe and the first cycle, then down. /v1/models, the
+    // probe, then five challenges: down from the eighth request on.
     let before = proxy.seen.load(Ordering::SeqCst);
-    let p = proxy.fault.clone();
-    let seen = proxy.seen.clone();
-    let flipper = std::thread::spawn(move || loop {
-        // /v1/models, the probe, then five challenges: down from the eighth request on.
-        if seen.load(Ordering::SeqCst) >= before + 7 {
-            *p.lock().unwrap() = Fault::Down;
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    });
+    proxy.set(Fault::DownFrom(before + 7));
     let (code, _, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
-    flipper.join().unwrap();
     assert_eq!(code, 2, "{err}");
     let partial = scores(&t.display().to_string());
     assert_eq!(
