@@ -222,9 +222,10 @@ enum Fault {
     Cycle,
     /// Answer every request with 503.
     Down,
-    /// Forward the requests the proxy sees before the n-th (counting from 0), 503 from it on:
-    /// decided per request from its own index, so no request races a switch.
-    DownFrom(usize),
+    /// Forward the first n distinct requests (request line and body) and any repeat of them,
+    /// 503 for every new one after: decided per request from what it asks, so neither a switch
+    /// racing a request nor a retry after a slow answer (a loaded CI machine) moves the point.
+    DownAfter(usize),
     /// Answer 200 with an empty text and no log-probabilities.
     Empty,
     /// Answer 200 with one token whose log-probability is positive.
@@ -238,6 +239,8 @@ struct Proxy {
     seen: Arc<AtomicUsize>,
     faults: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// The distinct requests seen since the last `set`, for `Fault::DownAfter`.
+    distinct: Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>,
 }
 
 fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
@@ -277,11 +280,18 @@ impl Proxy {
         let seen = Arc::new(AtomicUsize::new(0));
         let faults = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, sn, fs) = (fault.clone(), seen.clone(), faults.clone());
+        let distinct = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let (f, sn, fs, ds) = (
+            fault.clone(),
+            seen.clone(),
+            faults.clone(),
+            distinct.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 let (f, sn, fs, up) = (f.clone(), sn.clone(), fs.clone(), upstream.clone());
+                let ds = ds.clone();
                 std::thread::spawn(move || {
                     let Some(req) = read_request(&mut conn) else {
                         return;
@@ -295,11 +305,20 @@ impl Proxy {
                     let step = match mode {
                         Fault::None => 5,
                         Fault::Down => 0,
-                        Fault::DownFrom(from) => {
-                            if n >= from {
-                                0
-                            } else {
+                        Fault::DownAfter(k) => {
+                            // The request line and the body: the headers may differ by retry.
+                            let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                            let line_end = req.windows(2).position(|w| w == b"\r\n").unwrap();
+                            let mut id = req[..line_end].to_vec();
+                            id.extend_from_slice(&req[head_end + 4..]);
+                            let mut seen = ds.lock().unwrap();
+                            if seen.contains(&id) {
                                 5
+                            } else if seen.len() < k {
+                                seen.insert(id);
+                                5
+                            } else {
+                                0
                             }
                         }
                         Fault::Cycle => n % 10,
@@ -350,10 +369,12 @@ impl Proxy {
             seen,
             faults,
             stop,
+            distinct,
         }
     }
 
     fn set(&self, f: Fault) {
+        self.distinct.lock().unwrap().clear();
         *self.fault.lock().unwrap() = f;
     }
 }
@@ -389,19 +410,31 @@ fn a_misbehaving_endpoint_is_retried_and_never_scored_wrong() {
         &k,
         "--method",
         "logprobs",
-        "--timeout",
-        "10",
         "--max-backoff",
         "1.5",
     ];
+    // A timeout the proxy's hang (12 s) outlasts; every other run gets one no answer on a
+    // loaded machine outlasts, so that only the faults the proxy injects cause retries.
+    let short = ["--timeout", "10"];
+    let long = ["--timeout", "120"];
     // The same run id and key, straight to the server, then through the faults.
     let direct_dir = dir.path().join("direct");
     let mut args = fast.to_vec();
     args.extend(["--run-id", "r1", "--retries", "8"]);
-    let (code, direct, err) = audit(QWEN05, &server.url, &direct_dir, &args);
+    let (code, direct, err) = audit(
+        QWEN05,
+        &server.url,
+        &direct_dir,
+        &[&args[..], &long].concat(),
+    );
     assert_eq!(code, 0, "{err}");
     proxy.set(Fault::Cycle);
-    let (code, flaky, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
+    let (code, flaky, err) = audit(
+        QWEN05,
+        &proxy.url,
+        dir.path(),
+        &[&args[..], &short].concat(),
+    );
     assert_eq!(code, 0, "{flaky}\n{err}");
     assert_eq!(flaky["decision"], direct["decision"]);
     assert!(flaky["retries"].as_u64().unwrap() >= 4, "{flaky}");
@@ -416,6 +449,7 @@ fn a_misbehaving_endpoint_is_retried_and_never_scored_wrong() {
     proxy.set(Fault::Down);
     let mut args = fast.to_vec();
     args.extend(["--run-id", "r2", "--retries", "2"]);
+    args.extend(long);
     let (code, _, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
     assert_eq!(code, 2);
     assert!(
@@ -425,9 +459,8 @@ fn a_misbehaving_endpoint_is_retried_and_never_scored_wrong() {
     let t = dir.path().join("r2.ndjson");
     assert!(!t.exists(), "nothing recorded when the probe already fails");
     // Fail mid-run: healthy for the probe and the first cycle, then down. /v1/models, the
-    // probe, then five challenges: down from the eighth request on.
-    let before = proxy.seen.load(Ordering::SeqCst);
-    proxy.set(Fault::DownFrom(before + 7));
+    // probe, then five challenges: down from the eighth distinct request on.
+    proxy.set(Fault::DownAfter(7));
     let (code, _, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
     assert_eq!(code, 2, "{err}");
     let partial = scores(&t.display().to_string());
@@ -439,6 +472,7 @@ fn a_misbehaving_endpoint_is_retried_and_never_scored_wrong() {
     proxy.set(Fault::None);
     let mut args = fast.to_vec();
     args.extend(["--resume", "r2", "--retries", "8"]);
+    args.extend(long);
     let (code, v, err) = audit(QWEN05, &proxy.url, dir.path(), &args);
     assert_eq!(code, 0, "{v}\n{err}");
     let all = scores(&t.display().to_string());
