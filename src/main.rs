@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     cli::init_tracing(args.verbose);
     match cli::run(args) {
         Ok(code) => code,
+        Err(e) if e.chain().any(|c| c.is::<cli::StdoutClosed>()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, the cause chain joined: what failed and what to do about it.
             eprintln!("pot: error: {e:#}");

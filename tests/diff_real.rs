@@ -336,6 +336,32 @@ fn challenges_are_reproducible_and_never_show_the_key() {
     assert!(!String::from_utf8_lossy(&a.stdout).contains(secret.trim()));
 }
 
+/// A reader that closes the pipe early (`pot challenges -n 100000 | head -1`) ends the command
+/// successfully and quietly: no panic, no error line, exit 0.
+#[test]
+fn a_closed_pipe_ends_a_listing_successfully() {
+    use std::io::{BufRead, BufReader};
+    let d = tmp();
+    let key = new_key(d.path());
+    let mut child = pot()
+        .args(["challenges", "-n", "100000", "--run-id", "p", "--key-file"])
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("[0 "), "{first}");
+    // The reader is gone (dropped above); pot's next writes meet a closed pipe.
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    assert!(err.is_empty(), "{err}");
+}
+
 /// TLSH of the weight signature: a re-encoding of SmolLM2 is near it, another model is far.
 #[test]
 fn fingerprint_tlsh_is_near_for_a_requantization_and_far_for_another_model() {

@@ -13,6 +13,45 @@ use pot::model::{Kernels, LoadOptions, Model};
 use pot::stats::Decision;
 use pot::variant::{self, Target, VariantOptions};
 
+/// `println!` that returns the write's error instead of panicking on it: a reader that closes
+/// standard output early (`pot challenges -n 100000 | head`) ends the command successfully
+/// (see [`StdoutClosed`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
+    }};
+}
+
+/// `print!`'s twin of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
+    }};
+}
+
+/// Standard output's reader went away (a closed pipe): the command stops writing, and `main`
+/// exits 0 as ripgrep does, since the reader has all it asked for.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing to standard output")
+    }
+}
+
 /// The version and the git commit pot was built from (`pot --version`).
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("POT_GIT_COMMIT"), ")");
 
@@ -671,10 +710,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report { results, json } => {
             let r = pot::report::run(&results)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
                 for x in &r.rates {
-                    println!(
+                    outln!(
                         "{} {}: false accepts {}/{}, false rejects {}/{}, undecided {}/{}",
                         x.method,
                         x.mode,
@@ -684,7 +723,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                         x.false_reject.1,
                         x.undecided.0,
                         x.undecided.1
-                    );
+                    )?;
                 }
                 for w in &r.written {
                     eprintln!("pot report: wrote {w}");
@@ -714,7 +753,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 "pot: wrote a new {kind} key to {} (keep it secret); its public key:",
                 out.display()
             );
-            println!("{}", hex::encode(public));
+            outln!("{}", hex::encode(public))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out, .. } => {
@@ -736,9 +775,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             for i in 0..n {
                 let c = cat.challenge(&key, &run_id, i);
                 if json {
-                    println!("{}", serde_json::to_string(&c)?);
+                    outln!("{}", serde_json::to_string(&c)?)?;
                 } else {
-                    println!("[{i} {}] {}", c.family, c.prompt.replace('\n', "\\n"));
+                    outln!("[{i} {}] {}", c.family, c.prompt.replace('\n', "\\n"))?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -751,13 +790,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .iter()
                     .map(|i| tokenizer.decode(&[*i]).unwrap_or_default())
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"token_ids": ids, "pieces": pieces})
-                );
+                )?;
             } else {
                 for i in &ids {
-                    println!("{i}\t{:?}", tokenizer.decode(&[*i])?);
+                    outln!("{i}\t{:?}", tokenizer.decode(&[*i])?)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -783,30 +822,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 pot::identity::tlsh_distance(id.tlsh.as_deref()?, o.tlsh.as_deref()?)
             });
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"model": id, "compare": other, "tlsh_distance": dist})
-                );
+                )?;
             } else {
                 for x in std::iter::once(&id).chain(other.as_ref()) {
-                    println!(
+                    outln!(
                         "{}\n  arch {}  parameters {}  bytes {}",
-                        x.path, x.arch, x.parameters, x.file_bytes
-                    );
-                    println!(
+                        x.path,
+                        x.arch,
+                        x.parameters,
+                        x.file_bytes
+                    )?;
+                    outln!(
                         "  file sha256     {}\n  weight hash     {}",
-                        x.file_sha256, x.weight_hash
-                    );
-                    println!(
+                        x.file_sha256,
+                        x.weight_hash
+                    )?;
+                    outln!(
                         "  config hash     {}\n  tokenizer hash  {}",
-                        x.config_hash, x.tokenizer_hash
-                    );
-                    println!("  tlsh            {}", x.tlsh.as_deref().unwrap_or("-"));
+                        x.config_hash,
+                        x.tokenizer_hash
+                    )?;
+                    outln!("  tlsh            {}", x.tlsh.as_deref().unwrap_or("-"))?;
                 }
                 if let Some(d) = dist {
-                    println!(
+                    outln!(
                         "TLSH distance {d} (0 identical; small: near-clone; above ~100: unrelated)"
-                    );
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -846,12 +890,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let steps = g.len() - 1;
             let gen = steps as f64 / (t.elapsed().as_secs_f64() - first).max(1e-9);
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"model": model, "load_s": load_s, "prompt_tokens": ids.len(), "prompt_eval_tok_s": prefill, "generated": g.len(), "generation_tok_s": gen})
-                );
+                )?;
             } else {
-                println!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); generation {gen:.1} tok/s ({} tokens)", ids.len(), g.len());
+                outln!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); generation {gen:.1} tok/s ({} tokens)", ids.len(), g.len())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -939,14 +983,14 @@ fn cmd_logits(
         }));
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"token_ids": ids, "positions": positions})
-        );
+        )?;
     } else {
         for (i, p) in positions.iter().enumerate() {
             let after = m.tokenizer.decode(&ids[..=i]).unwrap_or_default();
-            println!(
+            outln!(
                 "after {:?}:",
                 after
                     .chars()
@@ -956,7 +1000,7 @@ fn cmd_logits(
                     .into_iter()
                     .rev()
                     .collect::<String>()
-            );
+            )?;
             for (id, lp) in p["top_ids"]
                 .as_array()
                 .into_iter()
@@ -964,12 +1008,12 @@ fn cmd_logits(
                 .zip(p["top_logprobs"].as_array().into_iter().flatten())
             {
                 let id = id.as_u64().unwrap_or(0) as u32;
-                println!(
+                outln!(
                     "  {:>7} {:>9.4}  {:?}",
                     id,
                     lp.as_f64().unwrap_or(f64::NAN),
                     m.tokenizer.decode(&[id]).unwrap_or_default()
-                );
+                )?;
             }
         }
     }
@@ -1017,14 +1061,14 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let out = run.cleanup_on_error(out)?;
     let made = make_bundle(bundle, &run, true)?;
     if a.run.json {
-        println!("{}", with_bundle(&out, made.as_ref())?);
+        outln!("{}", with_bundle(&out, made.as_ref())?)?;
     } else {
-        print_summary(&out.summary, None);
+        print_summary(&out.summary, None)?;
         for (role, id) in [("reference", &out.reference), ("candidate", &out.candidate)] {
-            println!("  {role} {} (weights {})", id.path, &id.weight_hash[..16]);
+            outln!("  {role} {} (weights {})", id.path, &id.weight_hash[..16])?;
         }
-        println!("  transcript {}", out.summary.transcript);
-        print_bundle(made.as_ref());
+        outln!("  transcript {}", out.summary.transcript)?;
+        print_bundle(made.as_ref())?;
     }
     Ok(exit_code(out.summary.decision))
 }
@@ -1068,17 +1112,18 @@ fn with_bundle<T: serde::Serialize>(
     Ok(serde_json::to_string_pretty(&v)?)
 }
 
-fn print_bundle(made: Option<&pot::evidence::Created>) {
+fn print_bundle(made: Option<&pot::evidence::Created>) -> Result<()> {
     if let Some(m) = made {
-        println!(
+        outln!(
             "  bundle {} ({} B, signed by {}; check it with `pot bundle verify {} --pubkey {}`)",
             m.path,
             m.bytes,
             &m.signer[..16],
             m.path,
             m.signer
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
@@ -1094,9 +1139,9 @@ fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
             let key = ChallengeKey::read(&key_file)?;
             let made = pot::evidence::create(&transcript, &key, &auditor, &out)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&made)?);
+                outln!("{}", serde_json::to_string_pretty(&made)?)?;
             } else {
-                print_bundle(Some(&made));
+                print_bundle(Some(&made))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1107,18 +1152,18 @@ fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
             };
             let r = pot::evidence::verify(&path, pinned.as_ref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
                 for c in &r.checks {
-                    println!(
+                    outln!(
                         "{} {:<18} {}",
                         if c.ok { "ok  " } else { "FAIL" },
                         c.name,
                         c.detail
-                    );
+                    )?;
                 }
                 match r.first_failure() {
-                    None => println!(
+                    None => outln!(
                         "VALID: {} of run {}, signed by {}{}",
                         r.decision.map(|d| d.as_str()).unwrap_or("?"),
                         r.run_id.as_deref().unwrap_or("?"),
@@ -1128,8 +1173,8 @@ fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
                         } else {
                             " (not pinned)"
                         }
-                    ),
-                    Some(c) => println!("INVALID: {}: {}", c.name, c.detail),
+                    )?,
+                    Some(c) => outln!("INVALID: {}: {}", c.name, c.detail)?,
                 }
             }
             if !r.valid && !json {
@@ -1239,12 +1284,12 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {
         cal.write(&stored)?;
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&cal)?);
+        outln!("{}", serde_json::to_string_pretty(&cal)?)?;
     } else {
-        print!(
+        out!(
             "{}",
             calibrate::table(&cal, &Mode::Audit.params(pot::score::ScoreKind::Kl))
-        );
+        )?;
     }
     if let Some(out) = &a.out {
         eprintln!("pot calibrate: wrote {}", out.display());
@@ -1279,19 +1324,19 @@ fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
 }
 
 /// The verdict, the evidence and what it means, in words.
-fn print_summary(s: &pot::diff::Summary, how: Option<&str>) {
+fn print_summary(s: &pot::diff::Summary, how: Option<&str>) -> Result<()> {
     let p = s.params;
     let (near, far) = (&s.served.near, &s.served.far);
-    println!("{}", s.decision.as_str());
-    println!(
+    outln!("{}", s.decision.as_str())?;
+    outln!(
         "  {} challenges{}, {:.1} s; mean score {:.4} ({})",
         s.queries,
         how.map(|h| format!(" {h}")).unwrap_or_default(),
         s.elapsed_s,
         far.mean,
         score_unit(s.score_kind),
-    );
-    println!(
+    )?;
+    outln!(
         "  {:.0}% confidence sequences on the mean: [{:.4}, {:.4}] with scores clipped at B = {}, [{:.4}, {:.4}] clipped at {}",
         100.0 * (1.0 - p.alpha),
         near.lower,
@@ -1300,7 +1345,7 @@ fn print_summary(s: &pot::diff::Summary, how: Option<&str>) {
         far.lower,
         far.upper,
         far.clip
-    );
+    )?;
     let list = |v: &[String]| {
         if v.is_empty() {
             "none".to_string()
@@ -1309,18 +1354,18 @@ fn print_summary(s: &pot::diff::Summary, how: Option<&str>) {
         }
     };
     if s.served.calibrated {
-        println!(
+        outln!(
             "  served: consistent with {}; excludes {}",
             list(&s.served.consistent),
             list(&s.served.excludes)
-        );
+        )?;
     } else {
-        println!("  served: not placed on a quantization ladder (no calibration of the reference: pot calibrate --ref REF)");
+        outln!("  served: not placed on a quantization ladder (no calibration of the reference: pot calibrate --ref REF)")?;
     }
-    println!(
+    outln!(
         "  SAME means mean score (clipped at B) below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
         p.delta, p.gamma, p.alpha
-    );
+    )
 }
 
 fn exit_code(d: Decision) -> ExitCode {
@@ -1501,24 +1546,27 @@ fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let out = run.cleanup_on_error(out)?;
     let made = make_bundle(bundle, &run, out.stopped.is_none())?;
     if a.run.json {
-        println!("{}", with_bundle(&out, made.as_ref())?);
+        outln!("{}", with_bundle(&out, made.as_ref())?)?;
     } else {
         let by = format!("by {} ({})", out.method, out.endpoint.api);
-        print_summary(&out.summary, Some(&by));
+        print_summary(&out.summary, Some(&by))?;
         if let Some(why) = &out.stopped {
-            println!("  stopped before a verdict: {why}");
+            outln!("  stopped before a verdict: {why}")?;
         }
-        println!(
+        outln!(
             "  reference {} (weights {})",
             out.reference.path,
             &out.reference.weight_hash[..16]
-        );
-        println!(
+        )?;
+        outln!(
             "  endpoint  {} model {:?}; {} tokens used, {} retries",
-            out.endpoint.url, out.endpoint.model, out.tokens_used, out.retries
-        );
-        println!("  transcript {}", out.summary.transcript);
-        print_bundle(made.as_ref());
+            out.endpoint.url,
+            out.endpoint.model,
+            out.tokens_used,
+            out.retries
+        )?;
+        outln!("  transcript {}", out.summary.transcript)?;
+        print_bundle(made.as_ref())?;
     }
     Ok(exit_code(out.summary.decision))
 }
@@ -1630,7 +1678,7 @@ fn cmd_verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     let rejected = a.jobs - accepted;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "endpoint": a.endpoint,
@@ -1646,12 +1694,12 @@ fn cmd_verify(a: VerifyArgs) -> Result<ExitCode> {
                 "audit_s": audit_s,
                 "rejections": reports.iter().filter_map(|r| r.rejection.as_ref().map(|x| serde_json::json!({"job_id": r.job_id, "why": x.to_string()}))).collect::<Vec<_>>(),
             }))?
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "{accepted}/{} jobs accepted, {rejected} rejected ({tokens} tokens; provider {gen_s:.1} s, audits {audit_s:.1} s)",
             a.jobs
-        );
+        )?;
     }
     Ok(if rejected == 0 {
         ExitCode::SUCCESS
