@@ -970,8 +970,7 @@ fn cmd_logits(
         .map_err(|e| anyhow::anyhow!("{model}: {e}"))?;
     let mut positions = Vec::new();
     for row in &logits {
-        let mx = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let lse = mx + row.iter().map(|v| (*v as f64 - mx).exp()).sum::<f64>().ln();
+        let lse = pot::score::log_sum_exp(row);
         let mut idx: Vec<usize> = (0..row.len()).collect();
         idx.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
         idx.truncate(top_k);

@@ -257,6 +257,15 @@ pub fn kind_for(reference: &Identity, candidate: &Identity) -> ScoreKind {
     }
 }
 
+/// `ln Σ e^v` over a row of logits, exactly (f64, shifted by the row's maximum): the one
+/// log-sum-exp that turns logits into log-probabilities wherever pot reports them (`pot
+/// logits`, a served token's logprob). The per-step commitments use their own vectorized one
+/// (`commit::step`), whose error is bounded against this.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+}
+
 /// `KL(p ‖ q)` from two rows of log-probabilities.
 pub fn kl(logp: &[f32], logq: &[f32]) -> f64 {
     logp.iter()

@@ -397,7 +397,7 @@ fn info(model: &Model, id: u32, row: Option<&[f32]>, top_n: Option<usize>) -> To
             top: Vec::new(),
         };
     };
-    let lse = logsumexp(row);
+    let lse = crate::score::log_sum_exp(row);
     let lp = |i: usize| (row[i] as f64 - lse) as f32;
     let top = top_ids(row, n)
         .into_iter()
@@ -409,11 +409,6 @@ fn info(model: &Model, id: u32, row: Option<&[f32]>, top_n: Option<usize>) -> To
         logprob: Some(lp(id as usize)),
         top,
     }
-}
-
-fn logsumexp(row: &[f32]) -> f64 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
 }
 
 /// The next token: greedy at temperature 0, else a draw from the tempered softmax restricted
