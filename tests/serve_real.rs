@@ -709,3 +709,32 @@ fn the_official_openai_python_client_works_against_pot_serve() {
     );
     assert!(out.contains("all checks passed"));
 }
+
+/// A chat sent to a model that ships no chat template (the tiny Gemma 3 fixture) is the
+/// request's fault: 400 on `messages`, naming the fix; completions still work.
+#[test]
+fn a_chat_to_a_model_without_a_template_is_a_400_that_names_the_fix() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3.gguf");
+    let server = Server::start_file(&fixture, &[]);
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&json!({"model": "vendor", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["param"], "messages", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no chat template") && msg.contains("completions"),
+        "{msg}"
+    );
+    let r = http
+        .post(format!("{}/v1/completions", server.url))
+        .json(&json!({"model": "vendor", "prompt": "hi", "max_tokens": 2}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -95,6 +95,12 @@ pub enum ModelError {
     /// Tokenization failed.
     #[error("tokenizer: {0}")]
     Tokenize(String),
+    /// A chat was asked of a model that ships no chat template.
+    #[error("{spec}: the model ships no chat template (tokenizer.chat_template), so a chat cannot be rendered; send a completions request, or use an instruction-tuned model")]
+    NoChatTemplate {
+        /// The model.
+        spec: String,
+    },
     /// A chat template that cannot be rendered.
     #[error("{origin}: chat template cannot be rendered: {reason}")]
     Template {
@@ -249,9 +255,8 @@ impl Model {
         let t = self
             .chat_template
             .as_ref()
-            .ok_or_else(|| ModelError::NotFound {
+            .ok_or_else(|| ModelError::NoChatTemplate {
                 spec: self.spec.clone(),
-                reason: "the model ships no chat template (tokenizer.chat_template); use a completions request or an instruction-tuned model".into(),
             })?;
         let text = t.render(messages)?;
         let body = match (self.tokenizer.bos, t.bos()) {

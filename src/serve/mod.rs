@@ -497,16 +497,7 @@ async fn start_chat(st: &St, req: Request) -> Result<(Reply, UnboundedReceiver<E
     check_model(st, r.common.model.as_deref())?;
     let settings = r.common.settings(st.cfg.max_tokens_limit)?;
     let (messages, logprobs) = r.messages_and_logprobs()?;
-    let ids = st.model.chat_prompt(&messages).map_err(|e| match e {
-        ModelError::Template { .. } => ApiError::invalid("messages", e.to_string()),
-        other => ApiError {
-            status: 500,
-            kind: "server_error",
-            code: None,
-            param: None,
-            message: other.to_string(),
-        },
-    })?;
+    let ids = st.model.chat_prompt(&messages).map_err(chat_error)?;
     let room = st.model.decoder.max_positions().saturating_sub(ids.len());
     let max_new = settings
         .max_tokens
@@ -515,6 +506,24 @@ async fn start_chat(st: &St, req: Request) -> Result<(Reply, UnboundedReceiver<E
     let mut reply = Reply::new(st, true, settings, logprobs);
     reply.pending = pending;
     Ok((reply, rx))
+}
+
+/// A chat the model cannot turn into a prompt: the request's fault (400, on `messages`) when
+/// the model has no chat template or the template refuses these messages; the server's (500)
+/// otherwise.
+fn chat_error(e: ModelError) -> ApiError {
+    match e {
+        ModelError::Template { .. } | ModelError::NoChatTemplate { .. } => {
+            ApiError::invalid("messages", e.to_string())
+        }
+        other => ApiError {
+            status: 500,
+            kind: "server_error",
+            code: None,
+            param: None,
+            message: other.to_string(),
+        },
+    }
 }
 
 /// Queue a job; 429 when the queue is full, 503 when shutting down. A request with a nonce
@@ -830,4 +839,20 @@ fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Respons
     axum::response::sse::Sse::new(tokio_stream::wrappers::ReceiverStream::new(out))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_without_a_template_is_the_request_s_fault() {
+        let e = chat_error(ModelError::NoChatTemplate {
+            spec: "base.gguf".into(),
+        });
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("messages")));
+        assert!(e.message.contains("no chat template") && e.message.contains("completions"));
+        let e = chat_error(ModelError::Tokenize("x".into()));
+        assert_eq!(e.status, 500);
+    }
 }
