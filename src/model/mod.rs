@@ -92,9 +92,20 @@ pub enum ModelError {
         /// What was looked for.
         reason: String,
     },
-    /// Tokenization failed.
-    #[error("tokenizer: {0}")]
-    Tokenize(String),
+    /// The tokenizer library failed on an input it should take (its cause kept).
+    #[error(
+        "the model's tokenizer cannot {action}; its vocabulary may be damaged: re-fetch the model"
+    )]
+    Tokenize {
+        /// What was asked of it ("encode the text", "decode token ids", ...).
+        action: &'static str,
+        /// The tokenizer library's error.
+        #[source]
+        source: tokenizers::Error,
+    },
+    /// A continuation was asked of an empty prompt.
+    #[error("cannot continue an empty prompt: give each prompt at least one token")]
+    EmptyPrompt,
     /// A chat was asked of a model that ships no chat template.
     #[error("{spec}: the model ships no chat template (tokenizer.chat_template), so a chat cannot be rendered; send a completions request, or use an instruction-tuned model")]
     NoChatTemplate {
@@ -354,9 +365,7 @@ impl Model {
         let n = prompts.len();
         let mut out: Vec<Continuation> = (0..n).map(|_| Continuation::default()).collect();
         if prompts.iter().any(|p| p.is_empty()) {
-            return Err(ModelError::Tokenize(
-                "cannot continue an empty prompt".into(),
-            ));
+            return Err(ModelError::EmptyPrompt);
         }
         let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::default()).collect();
         let mut active: Vec<usize> = if max_new > 0 {

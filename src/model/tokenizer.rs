@@ -59,7 +59,7 @@ pub fn pipeline_hash(
     eos: &[u32],
 ) -> Result<String, ModelError> {
     let canonical = serde_json::json!({
-        "tokenizer_json": inner.to_string(false).map_err(|e| ModelError::Tokenize(e.to_string()))?,
+        "tokenizer_json": inner.to_string(false).map_err(|source| ModelError::Tokenize { action: "be written as JSON for its hash", source })?,
         "bos": bos,
         "eos": eos,
     });
@@ -299,7 +299,10 @@ impl Tokenizer {
         let body = match &self.inner {
             Backend::Hf(t) => t
                 .encode_fast(text, false)
-                .map_err(|e| ModelError::Tokenize(e.to_string()))?
+                .map_err(|source| ModelError::Tokenize {
+                    action: "encode the text",
+                    source,
+                })?
                 .get_ids()
                 .to_vec(),
             Backend::Spm(s) => s.encode(text),
@@ -313,9 +316,10 @@ impl Tokenizer {
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         match &self.inner {
-            Backend::Hf(t) => t
-                .decode(ids, false)
-                .map_err(|e| ModelError::Tokenize(e.to_string())),
+            Backend::Hf(t) => t.decode(ids, false).map_err(|source| ModelError::Tokenize {
+                action: "decode the token ids",
+                source,
+            }),
             Backend::Spm(s) => Ok(s.decode(ids)),
         }
     }

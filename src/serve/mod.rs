@@ -457,7 +457,7 @@ async fn start_completion(
     let ids = match &prompt {
         Prompt::Text(t) => tok
             .encode(t)
-            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+            .map_err(|e| ApiError::invalid("prompt", with_causes(&e)))?,
         Prompt::Ids(ids) => {
             if let Some(bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
                 return Err(ApiError::invalid(
@@ -514,16 +514,28 @@ async fn start_chat(st: &St, req: Request) -> Result<(Reply, UnboundedReceiver<E
 fn chat_error(e: ModelError) -> ApiError {
     match e {
         ModelError::Template { .. } | ModelError::NoChatTemplate { .. } => {
-            ApiError::invalid("messages", e.to_string())
+            ApiError::invalid("messages", with_causes(&e))
         }
         other => ApiError {
             status: 500,
             kind: "server_error",
             code: None,
             param: None,
-            message: other.to_string(),
+            message: with_causes(&other),
         },
     }
+}
+
+/// An error and its causes on one line, as the CLI prints them (`what: why: deeper why`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Queue a job; 429 when the queue is full, 503 when shutting down. A request with a nonce
@@ -852,7 +864,22 @@ mod tests {
         });
         assert_eq!((e.status, e.param.as_deref()), (400, Some("messages")));
         assert!(e.message.contains("no chat template") && e.message.contains("completions"));
-        let e = chat_error(ModelError::Tokenize("x".into()));
+        let e = chat_error(ModelError::EmptyPrompt);
         assert_eq!(e.status, 500);
+    }
+
+    #[test]
+    fn an_answered_error_keeps_its_cause() {
+        let e = chat_error(ModelError::Tokenize {
+            action: "encode the text",
+            source: "invalid byte 0xff".into(),
+        });
+        assert_eq!(e.status, 500);
+        assert!(
+            e.message.contains("cannot encode the text")
+                && e.message.ends_with(": invalid byte 0xff"),
+            "{}",
+            e.message
+        );
     }
 }
