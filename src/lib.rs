@@ -29,3 +29,16 @@ pub mod stats;
 pub mod transcript;
 pub mod variant;
 pub mod verify;
+
+/// An error and its causes on one line, as the CLI prints them (`what: why: deeper why`), for
+/// the places that hand an error on as text (an HTTP answer, a retry's last reason).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

@@ -457,7 +457,7 @@ async fn start_completion(
     let ids = match &prompt {
         Prompt::Text(t) => tok
             .encode(t)
-            .map_err(|e| ApiError::invalid("prompt", with_causes(&e)))?,
+            .map_err(|e| ApiError::invalid("prompt", crate::with_causes(&e)))?,
         Prompt::Ids(ids) => {
             if let Some(bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
                 return Err(ApiError::invalid(
@@ -514,28 +514,16 @@ async fn start_chat(st: &St, req: Request) -> Result<(Reply, UnboundedReceiver<E
 fn chat_error(e: ModelError) -> ApiError {
     match e {
         ModelError::Template { .. } | ModelError::NoChatTemplate { .. } => {
-            ApiError::invalid("messages", with_causes(&e))
+            ApiError::invalid("messages", crate::with_causes(&e))
         }
         other => ApiError {
             status: 500,
             kind: "server_error",
             code: None,
             param: None,
-            message: with_causes(&other),
+            message: crate::with_causes(&other),
         },
     }
-}
-
-/// An error and its causes on one line, as the CLI prints them (`what: why: deeper why`).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// Queue a job; 429 when the queue is full, 503 when shutting down. A request with a nonce
