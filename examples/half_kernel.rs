@@ -69,5 +69,22 @@ fn main() -> anyhow::Result<()> {
         mean * 1e3,
         flops as f64 / mean / 1e9
     );
+    // Each shape alone: where the layer's time goes.
+    for (i, &(n, k)) in layer.iter().enumerate() {
+        if i == 2 || i == 5 {
+            continue; // the same shapes as v and gate
+        }
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            std::hint::black_box(mats[i].matmul(&xs[i], 256)?);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "  ({n} x {k}): {:.2} ms best, {:.0} GFLOP/s",
+            best * 1e3,
+            (2 * 256 * n * k) as f64 / best / 1e9
+        );
+    }
     Ok(())
 }

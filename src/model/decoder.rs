@@ -549,12 +549,17 @@ impl Decoder {
             let h = block.ffn_norm.forward(&x)?;
             let g = block.gate.forward(&h)?;
             let u = block.up.forward(&h)?;
-            let act = if self.config.gemma.is_some() {
-                g.gelu()?
+            let au = if self.config.gemma.is_some() {
+                (g.gelu()? * u)?
+            } else if g.device().is_cpu() && g.dtype() == DType::F32 {
+                let gu = super::q8::with_f32(&g, |g| {
+                    super::q8::with_f32(&u, |u| super::vexp::silu_mul(g, u))
+                })??;
+                Tensor::from_vec(gu, g.shape(), g.device())?
             } else {
-                candle_nn::ops::silu(&g)?
+                (candle_nn::ops::silu(&g)? * u)?
             };
-            let m = block.down.forward(&(act * u)?)?;
+            let m = block.down.forward(&au)?;
             let m = match &block.post_ffn_norm {
                 Some(n) => n.forward(&m)?,
                 None => m,
@@ -615,13 +620,34 @@ impl Decoder {
             None => (k, v),
         };
         *slot = Some((k.clone(), v.clone()));
-        let groups = cfg.n_head / cfg.n_kv_head;
-        let k = repeat_kv(&k, groups)?;
-        let v = repeat_kv(&v, groups)?;
         let scale = cfg
             .gemma
             .as_ref()
             .map_or(1.0 / (cfg.head_dim as f64).sqrt(), |g| g.attn_scale);
+        if q.device().is_cpu() && q.dtype() == DType::F32 {
+            let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+            let m = mask.map(flat).transpose()?;
+            let dims = super::attention::Dims {
+                heads: cfg.n_head,
+                kv_heads: cfg.n_kv_head,
+                t,
+                kv: k.dim(2)?,
+                head_dim: cfg.head_dim,
+            };
+            let y = super::attention::attend(
+                &flat(&q)?,
+                &flat(&k)?,
+                &flat(&v)?,
+                m.as_deref(),
+                dims,
+                scale as f32,
+                f16,
+            );
+            return Tensor::from_vec(y, (1, t, cfg.n_head * cfg.head_dim), q.device());
+        }
+        let groups = cfg.n_head / cfg.n_kv_head;
+        let k = repeat_kv(&k, groups)?;
+        let v = repeat_kv(&v, groups)?;
         let att = (q.matmul(&k.t()?)? * scale)?;
         let att = match mask {
             Some(m) => att.broadcast_add(m)?,

@@ -5,6 +5,7 @@
 //! Hugging Face cache (pot never downloads: the machines it audits from are often offline).
 //! This room owns the engine; it knows nothing of challenges, scores or decisions.
 
+pub mod attention;
 pub mod chat;
 pub mod decoder;
 pub mod gguf;
@@ -14,6 +15,7 @@ pub mod kq;
 pub mod q8;
 pub mod spm;
 pub mod tokenizer;
+pub mod vexp;
 
 use std::path::{Path, PathBuf};
 

@@ -30,8 +30,24 @@ pub(super) fn by_rows(
     matmul: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
 ) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
-    let rows = x.flatten_all()?.to_vec1::<f32>()?;
-    Tensor::from_vec(matmul(&rows, b * t)?, (b, t, n), &Device::Cpu)
+    let out = with_f32(x, |rows| matmul(rows, b * t))??;
+    Tensor::from_vec(out, (b, t, n), &Device::Cpu)
+}
+
+/// `f` of a tensor's values in row-major order: borrowed from a contiguous f32 tensor on the
+/// CPU, else copied out first.
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            if let Ok(values) = cpu.as_slice::<f32>() {
+                return Ok(f(&values[a..b]));
+            }
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// Values per block.
