@@ -68,6 +68,16 @@ fn check_path(path: &std::path::Path, fixture: &str, kernels: Kernels) -> Agreem
                 .fold(0.0f32, f32::max);
             assert!(off < 0.05, "{model_file}: logprobs_at row {p} is {off} off");
         }
+        // A pass that wants the last row only (a prompt) drops the others in the last block.
+        let last = got.len() - 1;
+        let only = model.logprobs(&got, last).unwrap();
+        assert_eq!(only.len(), 1, "{model_file}: one row from {last}");
+        let off = only[0]
+            .iter()
+            .zip(&lp[last])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(off < 0.05, "{model_file}: the last row alone is {off} off");
         for (i, pos) in case["positions"].as_array().unwrap().iter().enumerate() {
             let ids: Vec<usize> = pos["top_ids"]
                 .as_array()

@@ -417,18 +417,13 @@ impl Decoder {
             // Also refuses empty chunks.
             candle_core::bail!("forward needs, per chunk, a first logits row inside the chunk");
         }
-        let x = self.run(chunks, caches)?;
-        let mut keep = Vec::with_capacity(chunks.len());
+        let mut keep = Vec::new();
         let mut offset = 0;
         for (c, &f) in chunks.iter().zip(from) {
-            keep.push(x.narrow(1, offset + f, c.len() - f)?);
+            keep.extend((offset + f..offset + c.len()).map(|r| r as u32));
             offset += c.len();
         }
-        let x = if keep.len() == 1 {
-            keep.pop().expect("one chunk")
-        } else {
-            Tensor::cat(&keep, 1)?
-        };
+        let x = self.run(chunks, caches, Some(&keep))?;
         self.head(&x)
     }
 
@@ -441,10 +436,9 @@ impl Decoder {
             candle_core::bail!("forward_at needs positions inside the sequence");
         }
         let mut cache = KvCache::default();
-        let x = self.run(&[tokens], &mut [&mut cache])?;
         let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let idx = Tensor::new(idx.as_slice(), x.device())?;
-        self.head(&x.index_select(&idx, 1)?)
+        let x = self.run(&[tokens], &mut [&mut cache], Some(&idx))?;
+        self.head(&x)
     }
 
     /// Final norm and output projection of hidden states `(1, n, d)`: logits `(n, vocab)`.
@@ -454,8 +448,18 @@ impl Decoder {
     }
 
     /// The blocks over a batch of chunks: hidden states `(1, total rows, d)` of every new
-    /// position, chunks in order; each cache grows by its chunk.
-    fn run(&self, chunks: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+    /// position, chunks in order, or with `keep`, of those rows only (in `keep`'s order);
+    /// each cache grows by its chunk.
+    ///
+    /// As llama.cpp does, rows nobody reads are dropped in the last block once its keys and
+    /// values are cached, before the output projection and the feed-forward: a prompt whose
+    /// last position alone is wanted skips about 1/24 of a 24-block model's products.
+    fn run(
+        &self,
+        chunks: &[&[u32]],
+        caches: &mut [&mut KvCache],
+        keep: Option<&[u32]>,
+    ) -> Result<Tensor> {
         if chunks.is_empty() || chunks.len() != caches.len() || chunks.iter().any(|c| c.is_empty())
         {
             candle_core::bail!("forward needs one non-empty chunk of tokens per cache");
@@ -535,11 +539,21 @@ impl Decoder {
                     &mut cache.layers[li],
                 )?);
             }
-            let y = if ys.len() == 1 {
+            let mut y = if ys.len() == 1 {
                 ys.pop().expect("one part")
             } else {
                 Tensor::cat(&ys, 1)?
             };
+            let last = li + 1 == self.blocks.len();
+            if let (Some(rows), true) = (keep, last) {
+                let every = rows.len() == x.dim(1)?
+                    && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
+                if !every {
+                    let idx = Tensor::new(rows, x.device())?;
+                    y = y.index_select(&idx, 1)?;
+                    x = x.index_select(&idx, 1)?;
+                }
+            }
             let y = block.wo.forward(&y)?;
             let y = match &block.post_attn_norm {
                 Some(n) => n.forward(&y)?,
