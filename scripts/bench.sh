@@ -18,21 +18,33 @@ for m in "$smol" "$q05" "$q15"; do
     "$pot" --threads 2 bench "$m" --kernels "$k" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| {d['model'].split('/')[-1]} | $k | {d['load_s']:.1f} | {d['prompt_eval_tok_s']:.0f} | {d['generation_tok_s']:.0f} |\")"
   done
 done
-# The 16-bit reference (issue 15): Qwen 0.5B re-encoded as f16, pot (half-precision kernels,
-# and f32 dense) and llama.cpp on the same file, alternating twice; peak RSS beside the file.
+# The 16-bit reference (issue 15): Qwen 0.5B re-encoded as f16, pot (half-precision kernels)
+# and llama.cpp on the same file, alternating for POT_F16_ROUNDS rounds (default 7; this VM's
+# speed moves by a third within minutes, so one round proves nothing), then the median of the
+# per-round ratios; pot's f32 dense kernels once; peak RSS beside the file.
 f16="${POT_MODELS:-$HOME/.cache/pot/models}/derived-ladder-v1/qwen05-f16.gguf"
 [ -s "$f16" ] || { mkdir -p "$(dirname "$f16")"; "$pot" variant --to f16 "$q05" -o "$f16.part" 2>/dev/null && mv "$f16.part" "$f16"; }
 echo
 echo "| engine on $(basename "$f16") ($(du -m "$f16" | cut -f1) MB) | prompt-eval tok/s (256) | generation tok/s (64) | peak RSS GB |"
 echo "|---|---|---|---|"
-for round in 1 2; do
-  for k in quantized dense; do
-    /usr/bin/time -f "%M" -o /tmp/pot-bench-rss "$pot" --threads 2 bench "$f16" --kernels "$k" --json | python3 -c "import json,sys; d=json.load(sys.stdin); rss=int(open('/tmp/pot-bench-rss').read().split()[-1])/2**20; print(f\"| pot --kernels $k (round $round) | {d['prompt_eval_tok_s']:.0f} | {d['generation_tok_s']:.1f} | {rss:.2f} |\")"
+ratios=$(mktemp)
+for round in $(seq 1 "${POT_F16_ROUNDS:-7}"); do
+  kinds=quantized; [ "$round" = 1 ] && kinds="quantized dense"
+  for k in $kinds; do
+    /usr/bin/time -f "%M" -o /tmp/pot-bench-rss "$pot" --threads 2 bench "$f16" --kernels "$k" --json > /tmp/pot-bench.json
+    [ "$k" = quantized ] && cp /tmp/pot-bench.json /tmp/pot-bench-q.json
+    python3 -c "import json; d=json.load(open('/tmp/pot-bench.json')); rss=int(open('/tmp/pot-bench-rss').read().split()[-1])/2**20; print(f\"| pot --kernels $k (round $round) | {d['prompt_eval_tok_s']:.0f} | {d['generation_tok_s']:.1f} | {rss:.2f} |\")"
   done
   if "$py" -c "import llama_cpp" 2>/dev/null; then
-    "$py" scripts/llamacpp-yardstick.py --speed "$f16" | sed -n 's/^llama.cpp [^:]*: prompt-eval \([0-9.]*\) tok\/s, generation \([0-9.]*\) tok\/s, peak RSS \([0-9.]*\) GB/| llama.cpp (round '"$round"') | \1 | \2 | \3 |/p'
+    line=$("$py" scripts/llamacpp-yardstick.py --speed "$f16")
+    echo "$line" | sed -n 's/^llama.cpp [^:]*: prompt-eval \([0-9.]*\) tok\/s, generation \([0-9.]*\) tok\/s, peak RSS \([0-9.]*\) GB/| llama.cpp (round '"$round"') | \1 | \2 | \3 |/p'
+    echo "$line" | sed -n 's/^llama.cpp [^:]*: prompt-eval \([0-9.]*\) tok\/s, generation \([0-9.]*\) tok\/s.*/\1 \2/p' | python3 -c "import json,sys; p,g=map(float,sys.stdin.read().split()); d=json.load(open('/tmp/pot-bench-q.json')); print(d['prompt_eval_tok_s']/p, d['generation_tok_s']/g)" >> "$ratios"
   fi
 done
+if [ -s "$ratios" ]; then
+  python3 -c "import statistics,sys; r=[tuple(map(float,l.split())) for l in open('$ratios')]; print(); print(f'pot / llama.cpp on the f16 file, median of {len(r)} rounds: prompt-eval {statistics.median(x for x,_ in r):.2f}x (rounds {min(x for x,_ in r):.2f}-{max(x for x,_ in r):.2f}), generation {statistics.median(y for _,y in r):.2f}x (rounds {min(y for _,y in r):.2f}-{max(y for _,y in r):.2f})')"
+fi
+rm -f "$ratios"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # One fixed key and run id: every run below sees the same challenges (each run keeps its
 # transcript in a folder of its own).
