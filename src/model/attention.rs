@@ -33,6 +33,25 @@ pub struct Dims {
     pub head_dim: usize,
 }
 
+/// The additive mask `(t, start + t)` of `t` new queries after `start` cached positions: 0
+/// where query `i` may see key `j`, -inf elsewhere. Causal; with a sliding `window`, keys
+/// `window` or more positions behind the query are hidden too (llama.cpp's standard SWA).
+pub fn causal_mask(t: usize, start: usize, window: Option<usize>) -> Vec<f32> {
+    let kv = start + t;
+    (0..t)
+        .flat_map(|i| {
+            let q = start + i;
+            (0..kv).map(move |j| {
+                if j > q || window.is_some_and(|w| q - j >= w) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect()
+}
+
 /// Query rows per unit of work.
 const ROWS: usize = 16;
 
@@ -323,22 +342,6 @@ mod tests {
         out
     }
 
-    fn causal(t: usize, start: usize, window: Option<usize>) -> Vec<f32> {
-        let kv = start + t;
-        (0..t)
-            .flat_map(|i| {
-                (0..kv).map(move |j| {
-                    let q = start + i;
-                    if j > q || window.is_some_and(|w| q - j >= w) {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect()
-    }
-
     #[test]
     fn fused_attention_matches_the_textbook_computation() {
         // Grouped heads, a head size with a tail (12 = 8 + 4), a chunk after cached keys,
@@ -362,7 +365,7 @@ mod tests {
             let q = gen(heads * t * hd, 0.37);
             let k = gen(kv_heads * kv * hd, 0.61);
             let v = gen(kv_heads * kv * hd, 0.23);
-            let mask = with_mask.then(|| causal(t, start, window));
+            let mask = with_mask.then(|| causal_mask(t, start, window));
             for round in [false, true] {
                 let got = attend(&q, &k, &v, mask.as_deref(), d, 0.125, round);
                 let want = reference(&q, &k, &v, mask.as_deref(), d, 0.125, round);
@@ -393,7 +396,7 @@ mod tests {
             kv: t,
             head_dim: hd,
         };
-        let all = attend(&q, &k, &v, Some(&causal(t, 0, None)), d, 0.25, true);
+        let all = attend(&q, &k, &v, Some(&causal_mask(t, 0, None)), d, 0.25, true);
         let last_rows = |n: usize| -> Vec<f32> {
             (0..heads)
                 .flat_map(|h| q[(h * t + t - n) * hd..(h * t + t) * hd].to_vec())
@@ -403,7 +406,7 @@ mod tests {
             &last_rows(8),
             &k,
             &v,
-            Some(&causal(8, t - 8, None)),
+            Some(&causal_mask(8, t - 8, None)),
             Dims { t: 8, ..d },
             0.25,
             true,

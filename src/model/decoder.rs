@@ -707,18 +707,7 @@ fn attention_mask(t: usize, start: usize, window: Option<usize>) -> Result<Optio
     if t == 1 && window.is_none_or(|w| kv <= w) {
         return Ok(None);
     }
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            let q = start + i;
-            (0..kv).map(move |j| {
-                if j > q || window.is_some_and(|w| q - j >= w) {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
+    let mask = super::attention::causal_mask(t, start, window);
     Tensor::from_vec(mask, (t, kv), &Device::Cpu).map(Some)
 }
 

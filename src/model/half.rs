@@ -453,8 +453,8 @@ mod avx2 {
             for q in 0..RN {
                 let mut s = hsum(v[p][q]);
                 for t in full..k {
-                    s += half::f16::from_bits(w[(j + p) * k + t]).to_f32()
-                        * half::f16::from_bits(a[(r + q) * k + t]).to_f32();
+                    s += scalar::<true>(wp.cast(), (j + p) * k + t)
+                        * scalar::<true>(a.as_ptr().cast(), (r + q) * k + t);
                 }
                 acc[p][q] = s;
             }
