@@ -187,7 +187,7 @@ fn main() {
     } else {
         pot::score::ScoreKind::Kl
     };
-    let audit = pot::diff::Mode::Audit.params(kind);
+    let audit = pot::run::Mode::Audit.params(kind);
     let (gamma, delta, alpha) = (audit.gamma, audit.delta, audit.alpha);
     let grid = Betting {
         adaptive_weight: 0.0,

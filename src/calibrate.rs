@@ -40,7 +40,7 @@ pub const FORMAT: &str = "pot-calibration/1";
 pub const ENDPOINT_TOP: usize = 20;
 
 /// A way of computing the reference's own weights differently.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Floor {
     /// The other matrix kernels: dense f32 if the run uses the quantized ones, and back.
@@ -52,15 +52,28 @@ pub enum Floor {
 }
 
 impl Floor {
-    /// Every floor variant.
-    pub const ALL: [Floor; 3] = [Floor::OtherKernels, Floor::OneAtATime, Floor::F16Reencoding];
-
     /// Entry name.
     pub fn name(self) -> &'static str {
+        crate::Named::name(self)
+    }
+}
+
+impl crate::Named for Floor {
+    const ALL: &'static [Self] = &[Floor::OtherKernels, Floor::OneAtATime, Floor::F16Reencoding];
+
+    fn name(self) -> &'static str {
         match self {
             Floor::OtherKernels => "other-kernels",
             Floor::OneAtATime => "one-at-a-time",
             Floor::F16Reencoding => "f16-reencoding",
+        }
+    }
+
+    fn about(self) -> &'static str {
+        match self {
+            Floor::OtherKernels => "the other matrix kernels: dense f32 if the run uses the quantized ones, and back",
+            Floor::OneAtATime => "one challenge per teacher-forced pass instead of a group of five (other matrix shapes)",
+            Floor::F16Reencoding => "the reference's matrices re-encoded as f16 (skipped when they are 16-bit already)",
         }
     }
 }
@@ -473,7 +486,7 @@ fn endpoint_entry(
     n: usize,
 ) -> Result<Entry, CalibrateError> {
     use crate::audit::{self, AuditConfig};
-    use crate::diff::{Mode, Overrides, RunSpec};
+    use crate::run::{Mode, Overrides, RunSpec};
     let t0 = Instant::now();
     let transcript = cfg.workdir.join(format!("endpoint-{}.ndjson", cfg.run_id));
     let _ = std::fs::remove_file(&transcript);

@@ -2,8 +2,10 @@
 //!
 //! The data path, one module per room:
 //! `challenge` (keyed prompts) → `model` (engine) → `score` (per-challenge divergence) →
-//! `stats` (anytime-valid decision) → `transcript` (append-only record), joined by `diff`.
-//! `audit` runs the same test against an OpenAI-compatible endpoint; `serve` is an OpenAI-compatible server for a local model.
+//! `stats` (anytime-valid decision) → `transcript` (append-only record), joined by `run`, the
+//! one sequential loop over a reference side and a candidate side (its modes, run ids, keys
+//! and resume). `diff` runs it on two local models, `audit` with an OpenAI-compatible
+//! endpoint as the candidate; `serve` is an OpenAI-compatible server for a local model.
 //! `commit` holds the proof-of-inference protocol (step data, Merkle trees, signed receipts,
 //! VRF audit choice, the provider's step store); `verify` is the router that checks providers
 //! by re-execution.
@@ -22,6 +24,7 @@ pub mod evidence;
 pub mod identity;
 pub mod model;
 pub mod report;
+pub mod run;
 pub mod score;
 pub mod serve;
 pub mod served;
@@ -29,6 +32,21 @@ pub mod stats;
 pub mod transcript;
 pub mod variant;
 pub mod verify;
+
+/// A closed set of named choices (modes, methods, ladder rungs, floor variants): what a front
+/// end lists and parses, without the library knowing any front end.
+pub trait Named: Copy + Send + Sync + 'static {
+    /// Every choice, in the order a listing shows them.
+    const ALL: &'static [Self];
+    /// Its name on the command line and in records.
+    fn name(self) -> &'static str;
+    /// One line on what it is.
+    fn about(self) -> &'static str;
+    /// The choice of this name.
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.name() == name)
+    }
+}
 
 /// An error and its causes on one line, as the CLI prints them (`what: why: deeper why`), for
 /// the places that hand an error on as text (an HTTP answer, a retry's last reason).

@@ -153,7 +153,7 @@ impl Served {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::Mode;
+    use crate::run::Mode;
 
     fn point(name: &str, scores: Vec<f64>) -> Point {
         Point {

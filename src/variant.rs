@@ -31,48 +31,36 @@ use crate::model::ModelError;
 /// Target encodings: the rungs of a quantization ladder, from lossless to 2-bit. Every one is
 /// a GGUF type llama.cpp reads; the names are llama.cpp's (`llama-quantize` type names, lower
 /// case). Each matrix gets the one type ("pure" in llama-quantize's words: no per-tensor mix).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Half precision: lossless for 4- and 8-bit sources up to f16 rounding.
-    #[value(name = "f16")]
     F16,
     /// bfloat16: 8 bits of mantissa, the exponent range of f32.
-    #[value(name = "bf16")]
     #[serde(rename = "bf16")]
     Bf16,
     /// 8-bit blocks of 32.
-    #[value(name = "q8_0")]
     #[serde(rename = "q8_0")]
     Q8_0,
     /// 6-bit k-quant (blocks of 256).
-    #[value(name = "q6_k")]
     #[serde(rename = "q6_k")]
     Q6K,
     /// 5-bit k-quant (blocks of 256).
-    #[value(name = "q5_k")]
     #[serde(rename = "q5_k")]
     Q5K,
     /// 5-bit blocks of 32.
-    #[value(name = "q5_0")]
     #[serde(rename = "q5_0")]
     Q5_0,
     /// 4-bit k-quant (blocks of 256).
-    #[value(name = "q4_k")]
     #[serde(rename = "q4_k")]
     Q4K,
     /// 4-bit blocks of 32.
-    #[value(name = "q4_0")]
     #[serde(rename = "q4_0")]
     Q4_0,
     /// 3-bit k-quant (blocks of 256).
-    #[value(name = "q3_k")]
     #[serde(rename = "q3_k")]
     Q3K,
     /// 2-bit k-quant (blocks of 256).
-    #[value(name = "q2_k")]
     #[serde(rename = "q2_k")]
     Q2K,
 }
@@ -128,6 +116,29 @@ impl Target {
     pub fn bits_per_weight(self) -> f64 {
         let d = self.dtype();
         d.type_size() as f64 * 8.0 / d.block_size() as f64
+    }
+}
+
+impl crate::Named for Target {
+    const ALL: &'static [Self] = &Target::LADDER;
+
+    fn name(self) -> &'static str {
+        Target::name(self)
+    }
+
+    fn about(self) -> &'static str {
+        match self {
+            Target::F16 => "half precision: lossless for 4- and 8-bit sources up to f16 rounding",
+            Target::Bf16 => "bfloat16: 8 bits of mantissa, the exponent range of f32",
+            Target::Q8_0 => "8-bit blocks of 32",
+            Target::Q6K => "6-bit k-quant (blocks of 256)",
+            Target::Q5K => "5-bit k-quant (blocks of 256)",
+            Target::Q5_0 => "5-bit blocks of 32",
+            Target::Q4K => "4-bit k-quant (blocks of 256)",
+            Target::Q4_0 => "4-bit blocks of 32",
+            Target::Q3K => "3-bit k-quant (blocks of 256)",
+            Target::Q2K => "2-bit k-quant (blocks of 256)",
+        }
     }
 }
 

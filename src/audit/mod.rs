@@ -21,25 +21,21 @@
 
 pub mod client;
 
-use std::time::Instant;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::challenge::{Catalog, Challenge};
-use crate::diff::{RunSpec, Summary};
-use crate::identity::{load_identified, Identity};
-use crate::model::chat::Message;
-use crate::model::{resolve, LoadOptions, Model, ModelError};
-use crate::score::{self, ChallengeScore, EndpointPosition, ScoreKind};
-use crate::stats::{Decision, SequentialTest, CYCLE};
-use crate::transcript::{
-    self, Candidate, EndpointInfo, Query, Resumed, TranscriptError, Verdict, Writer,
-};
+use crate::challenge::Challenge;
+use crate::identity::Identity;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::LoadOptions;
+use crate::run::local::LocalModel;
+use crate::run::{Candidate, Progress, Reference, RunError, RunSpec, Scored, Summary};
+use crate::score::{self, ChallengeScore, EndpointPosition, ReferenceSide, ScoreKind};
+use crate::transcript::{self, EndpointInfo};
 use client::{ClientError, Endpoint, EndpointConfig};
 
 /// How challenges are put to the endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Completions with echo + logprobs: the endpoint scores the reference's continuation.
@@ -50,14 +46,32 @@ pub enum Method {
     Text,
 }
 
-impl Method {
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
+impl crate::Named for Method {
+    const ALL: &'static [Self] = &[Method::Echo, Method::Logprobs, Method::Text];
+
+    fn name(self) -> &'static str {
         match self {
             Method::Echo => "echo",
             Method::Logprobs => "logprobs",
             Method::Text => "text",
         }
+    }
+
+    fn about(self) -> &'static str {
+        match self {
+            Method::Echo => {
+                "completions with echo + logprobs: the endpoint scores the reference's continuation"
+            }
+            Method::Logprobs => "the endpoint's own greedy tokens with their logprobs",
+            Method::Text => "the endpoint's greedy text only",
+        }
+    }
+}
+
+impl Method {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        crate::Named::name(self)
     }
 
     fn score_kind(self) -> ScoreKind {
@@ -105,47 +119,15 @@ pub struct AuditOutcome {
     pub stopped: Option<String>,
 }
 
-/// What can go wrong in an audit.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuditError {
-    /// The reference model.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// The transcript.
-    #[error(transparent)]
-    Transcript(#[from] TranscriptError),
-    /// Challenge data or key.
-    #[error(transparent)]
-    Challenge(#[from] crate::challenge::ChallengeError),
-    /// Parameters.
-    #[error(transparent)]
-    Params(#[from] crate::stats::ParamError),
-    /// The run's parameters or calibration.
-    #[error(transparent)]
-    Run(crate::diff::DiffError),
-    /// HTTP.
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    /// The endpoint lacks what a forced method needs.
-    #[error("{url}: {what}")]
-    Unsupported {
-        /// Endpoint.
-        url: String,
-        /// What is missing, and what to do.
-        what: String,
-    },
-}
-
 /// The reference's vocabulary by the bytes each token stands for, to read the endpoint's
 /// tokens (which come as strings, `bytes:\xNN` spellings, or byte lists).
 struct Vocab(std::collections::HashMap<Vec<u8>, u32>);
 
 impl Vocab {
-    fn new(model: &Model) -> Self {
+    fn new(tokenizer: &Tokenizer) -> Self {
         let mut m = std::collections::HashMap::new();
-        for id in 0..model.tokenizer.vocab_size() as u32 {
-            m.entry(model.tokenizer.token_bytes(id)).or_insert(id);
+        for id in 0..tokenizer.vocab_size() as u32 {
+            m.entry(tokenizer.token_bytes(id)).or_insert(id);
         }
         Self(m)
     }
@@ -196,16 +178,22 @@ struct Answer {
     note: Option<String>,
 }
 
-struct Auditor<'a> {
-    reference: &'a Model,
+/// An OpenAI-compatible endpoint as a run's candidate: its answers read in the reference's
+/// vocabulary, scored by the method the endpoint supports.
+pub struct EndpointCandidate {
     vocab: Vocab,
-    endpoint: &'a Endpoint,
+    endpoint: Endpoint,
     method: Method,
     top: usize,
     k: usize,
+    stop_ids: Vec<u32>,
+    info: EndpointInfo,
+    max_total_tokens: Option<u64>,
+    tokens_used: u64,
+    retries: u64,
 }
 
-impl Auditor<'_> {
+impl EndpointCandidate {
     fn chat(&self) -> bool {
         self.endpoint.config().chat
     }
@@ -257,20 +245,13 @@ impl Auditor<'_> {
         b
     }
 
-    /// The reference's prompt ids for a challenge (chat: through its template).
-    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, ModelError> {
-        if self.chat() {
-            self.reference.chat_prompt(&[Message {
-                role: "user".into(),
-                content: prompt.into(),
-            }])
-        } else {
-            self.reference.tokenizer.encode(prompt)
-        }
-    }
-
     /// Read a response. `sent`: for echo, the ids sent and where the continuation starts.
-    fn answer(&self, body: &Value, sent: Option<(&[u32], usize)>) -> Result<Answer, String> {
+    fn answer(
+        &self,
+        body: &Value,
+        sent: Option<(&[u32], usize)>,
+        tokenizer: &Tokenizer,
+    ) -> Result<Answer, String> {
         let choice = body
             .pointer("/choices/0")
             .ok_or("the response has no choices[0]")?;
@@ -295,12 +276,10 @@ impl Auditor<'_> {
             note: None,
         };
         if self.method == Method::Text {
-            let ids = self
-                .reference
-                .tokenizer
+            let ids = tokenizer
                 .encode(&a.text)
-                .map_err(|e| e.to_string())?;
-            let skip = usize::from(self.reference.tokenizer.bos.is_some() && !ids.is_empty());
+                .map_err(|e| crate::with_causes(&e))?;
+            let skip = usize::from(tokenizer.bos.is_some() && !ids.is_empty());
             a.tokens = ids[skip..].to_vec();
             return Ok(a);
         }
@@ -437,6 +416,183 @@ impl Auditor<'_> {
     }
 }
 
+impl EndpointCandidate {
+    /// Connect to the endpoint `cfg` names and find how to put challenges to it: the forced
+    /// method, or the best one it supports (echo, logprobs, text), with as many alternatives
+    /// per token as it accepts (up to `top_logprobs`).
+    pub fn connect(cfg: &AuditConfig, reference: &mut dyn Reference) -> Result<Self, RunError> {
+        let endpoint = Endpoint::new(cfg.endpoint.clone())?;
+        let tokenizer = reference.tokenizer()?;
+        let mut cand = EndpointCandidate {
+            vocab: Vocab::new(tokenizer),
+            endpoint,
+            method: Method::Text,
+            top: 0,
+            k: cfg.run.k,
+            stop_ids: tokenizer.stop_ids.clone(),
+            info: EndpointInfo {
+                url: cfg.endpoint.url.clone(),
+                model: cfg.endpoint.model.clone(),
+                api: if cfg.endpoint.chat {
+                    "chat"
+                } else {
+                    "completions"
+                }
+                .into(),
+                method: String::new(),
+                top_logprobs: 0,
+                models: None,
+            },
+            max_total_tokens: cfg.max_total_tokens,
+            tokens_used: 0,
+            retries: 0,
+        };
+        cand.info.models = cand.endpoint.get("/models").ok().map(|e| e.body);
+        let (method, top) = cand.detect(cfg.method, cfg.top_logprobs, reference)?;
+        tracing::info!("auditing by {} with {top} alternatives", method.name());
+        (cand.method, cand.top) = (method, top);
+        (cand.info.method, cand.info.top_logprobs) = (method.name().into(), top);
+        Ok(cand)
+    }
+
+    /// How the endpoint is recorded.
+    pub fn info(&self) -> &EndpointInfo {
+        &self.info
+    }
+
+    /// Tokens the endpoint reported using, and HTTP attempts beyond the first, so far.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.tokens_used, self.retries)
+    }
+
+    /// Which method the endpoint supports, and the number of alternatives it accepts.
+    fn detect(
+        &mut self,
+        forced: Option<Method>,
+        top: usize,
+        reference: &mut dyn Reference,
+    ) -> Result<(Method, usize), RunError> {
+        let url = self.endpoint.url(self.route());
+        let candidates: Vec<Method> = match (forced, self.chat()) {
+            (Some(Method::Echo), true) => return Err(RunError::Unsupported {
+                url,
+                what:
+                    "--method echo needs the completions API; drop --chat or use --method logprobs"
+                        .into(),
+            }),
+            (Some(m), _) => vec![m],
+            (None, false) => vec![Method::Echo, Method::Logprobs, Method::Text],
+            (None, true) => vec![Method::Logprobs, Method::Text],
+        };
+        let probe_text = "The capital of France is";
+        let tokenizer = reference.tokenizer()?;
+        let ids = tokenizer.encode(probe_text)?;
+        let mut reasons = Vec::new();
+        for m in candidates {
+            self.method = m;
+            let tops: Vec<usize> = if m == Method::Text {
+                vec![0]
+            } else {
+                let mut t = vec![top, 5, 1];
+                t.retain(|&x| x <= top);
+                t.dedup();
+                t
+            };
+            for n in tops {
+                self.top = n;
+                let body = self.request(probe_text, Some(&ids));
+                let ex = match self.endpoint.post(self.route(), &body) {
+                    Ok(ex) => ex,
+                    // A refused key, model or route has nothing to do with the method: stop here.
+                    Err(
+                        e @ ClientError::Refused {
+                            status: 401 | 403 | 404,
+                            ..
+                        },
+                    ) => return Err(e.into()),
+                    Err(ClientError::Refused {
+                        status, message, ..
+                    }) => {
+                        reasons.push(format!(
+                            "{} with {n} alternatives: HTTP {status} {message}",
+                            m.name()
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let sent = (m == Method::Echo).then_some((ids.as_slice(), 1));
+                match self.answer(&ex.body, sent, tokenizer) {
+                    Ok(a) if a.note.is_none() && (m == Method::Text || !a.positions.is_empty()) => {
+                        return Ok((m, n))
+                    }
+                    Ok(a) => reasons.push(format!(
+                        "{}: {}",
+                        m.name(),
+                        a.note.unwrap_or_else(|| "no positions".into())
+                    )),
+                    Err(why) => reasons.push(format!("{}: {why}", m.name())),
+                }
+                break;
+            }
+        }
+        Err(RunError::Unsupported {
+            url,
+            what: format!(
+                "the endpoint supports none of the methods tried ({})",
+                reasons.join("; ")
+            ),
+        })
+    }
+
+    /// The endpoint's answers to a group, in parallel, each request retried on its own (an
+    /// answer that cannot be read is asked again too): the answer, the exchange as the
+    /// transcript keeps it, and the attempts it took.
+    fn ask(
+        &self,
+        requests: &[(Value, Option<Vec<u32>>)],
+        prompt_ids: &[Vec<u32>],
+        tokenizer: &Tokenizer,
+    ) -> Result<Vec<(Answer, Value, u32)>, RunError> {
+        let route = self.route();
+        let url = self.endpoint.url(route);
+        let answers: Vec<Result<(Answer, Value, u32), RunError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = requests
+                .iter()
+                .zip(prompt_ids)
+                .map(|((body, ids), prompt)| {
+                    let url = url.clone();
+                    let start = prompt.len();
+                    scope.spawn(move || -> Result<(Answer, Value, u32), RunError> {
+                        let mut attempts = 0;
+                        let mut last = String::new();
+                        for _ in 0..=self.endpoint.config().retries {
+                            let ex = self.endpoint.post(route, body)?;
+                            attempts += ex.attempts;
+                            match self.answer(&ex.body, ids.as_deref().map(|v| (v, start)), tokenizer) {
+                                Ok(a) => {
+                                    let record = json!({"request": body, "response": ex.body, "attempts": attempts});
+                                    return Ok((a, record, attempts));
+                                }
+                                Err(why) => {
+                                    tracing::info!("{url}: unreadable answer: {why}");
+                                    last = why;
+                                }
+                            }
+                        }
+                        Err(unreadable(url, last).into())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("request threads do not panic"))
+                .collect()
+        });
+        answers.into_iter().collect()
+    }
+}
+
 /// A response the audit could not read: retried like a failed request, since a garbled
 /// answer must never become a score.
 fn unreadable(url: String, what: String) -> ClientError {
@@ -447,400 +603,171 @@ fn unreadable(url: String, what: String) -> ClientError {
     }
 }
 
-/// Which method the endpoint supports, and the number of alternatives it accepts.
-fn detect(
-    aud: &mut Auditor<'_>,
-    forced: Option<Method>,
-    top: usize,
-) -> Result<(Method, usize), AuditError> {
-    let url = aud.endpoint.url(aud.route());
-    let candidates: Vec<Method> =
-        match (forced, aud.chat()) {
-            (Some(Method::Echo), true) => return Err(AuditError::Unsupported {
-                url,
-                what:
-                    "--method echo needs the completions API; drop --chat or use --method logprobs"
-                        .into(),
-            }),
-            (Some(m), _) => vec![m],
-            (None, false) => vec![Method::Echo, Method::Logprobs, Method::Text],
-            (None, true) => vec![Method::Logprobs, Method::Text],
-        };
-    let probe_text = "The capital of France is";
-    let ids = aud.reference.tokenizer.encode(probe_text)?;
-    let mut reasons = Vec::new();
-    for m in candidates {
-        aud.method = m;
-        let tops: Vec<usize> = if m == Method::Text {
-            vec![0]
-        } else {
-            let mut t = vec![top, 5, 1];
-            t.retain(|&x| x <= top);
-            t.dedup();
-            t
-        };
-        for n in tops {
-            aud.top = n;
-            let body = aud.request(probe_text, Some(&ids));
-            let ex = match aud.endpoint.post(aud.route(), &body) {
-                Ok(ex) => ex,
-                // A refused key, model or route has nothing to do with the method: stop here.
-                Err(
-                    e @ ClientError::Refused {
-                        status: 401 | 403 | 404,
-                        ..
-                    },
-                ) => return Err(e.into()),
-                Err(ClientError::Refused {
-                    status, message, ..
-                }) => {
-                    reasons.push(format!(
-                        "{} with {n} alternatives: HTTP {status} {message}",
-                        m.name()
-                    ));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let sent = (m == Method::Echo).then_some((ids.as_slice(), 1));
-            match aud.answer(&ex.body, sent) {
-                Ok(a) if a.note.is_none() && (m == Method::Text || !a.positions.is_empty()) => {
-                    return Ok((m, n))
-                }
-                Ok(a) => reasons.push(format!(
-                    "{}: {}",
-                    m.name(),
-                    a.note.unwrap_or_else(|| "no positions".into())
-                )),
-                Err(why) => reasons.push(format!("{}: {why}", m.name())),
-            }
-            break;
-        }
+impl Candidate for EndpointCandidate {
+    fn describe(&self) -> transcript::Candidate {
+        transcript::Candidate::Endpoint(self.info.clone())
     }
-    Err(AuditError::Unsupported {
-        url,
-        what: format!(
-            "the endpoint supports none of the methods tried ({})",
-            reasons.join("; ")
-        ),
-    })
+
+    fn is(&self, recorded: &transcript::Candidate) -> bool {
+        let i = &self.info;
+        matches!(recorded, transcript::Candidate::Endpoint(e) if e.url == i.url && e.model == i.model
+            && e.api == i.api && e.method == i.method && e.top_logprobs == i.top_logprobs)
+    }
+
+    fn score_kind(&self, _reference: &Identity) -> ScoreKind {
+        self.method.score_kind()
+    }
+
+    /// Echo scores the reference's continuations (with its full rows, as in `pot diff`);
+    /// the other methods have the endpoint generate.
+    fn continuations(&self, _kind: ScoreKind) -> Option<ScoreKind> {
+        (self.method == Method::Echo).then_some(ScoreKind::Kl)
+    }
+
+    fn stop(&self) -> Option<String> {
+        let max = self.max_total_tokens?;
+        (self.tokens_used >= max).then(|| {
+            format!(
+                "token budget reached: the endpoint reported {} tokens (--max-total-tokens {max}); raise it",
+                self.tokens_used
+            )
+        })
+    }
+
+    /// Endpoint requests in parallel, the reference's passes batched.
+    fn score_group(
+        &mut self,
+        reference: &mut dyn Reference,
+        chs: &[Challenge],
+        sides: Option<Vec<ReferenceSide>>,
+    ) -> Result<Vec<Scored>, RunError> {
+        let prompt_ids: Vec<Vec<u32>> = match &sides {
+            Some(s) => s.iter().map(|r| r.prompt_ids.clone()).collect(),
+            None => chs
+                .iter()
+                .map(|c| reference.prompt_ids(&c.prompt, self.chat()))
+                .collect::<Result<_, _>>()?,
+        };
+        let requests: Vec<(Value, Option<Vec<u32>>)> = chs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                // Echo sends prompt + the reference's continuation as ids.
+                let ids = sides.as_ref().map(|s| {
+                    let mut v = s[i].prompt_ids.clone();
+                    v.extend(&s[i].continuation_ids);
+                    v
+                });
+                (self.request(&c.prompt, ids.as_deref()), ids)
+            })
+            .collect();
+        let answers = self.ask(&requests, &prompt_ids, reference.tokenizer()?)?;
+        // The reference's rows for the endpoint's own tokens (logprobs, text): one batched pass.
+        let rows: Vec<Option<Vec<Vec<f32>>>> = if sides.is_some() {
+            answers.iter().map(|_| None).collect()
+        } else {
+            let seqs: Vec<Vec<u32>> = answers
+                .iter()
+                .zip(&prompt_ids)
+                .map(|((a, _, _), p)| p.iter().chain(&a.tokens).copied().collect())
+                .collect();
+            let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+            let from: Vec<usize> = prompt_ids.iter().map(|p| p.len() - 1).collect();
+            reference
+                .distributions(&refs, &from)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        };
+        let stop_ids = &self.stop_ids;
+        let mut out = Vec::with_capacity(chs.len());
+        for (i, ((a, exchange, attempts), rows)) in answers.into_iter().zip(rows).enumerate() {
+            let mut sc = match (&a.note, self.method, &sides, &rows) {
+                (Some(note), _, _, _) => ChallengeScore {
+                    kind: self.method.score_kind(),
+                    score: score::UNSCORABLE,
+                    kl: Vec::new(),
+                    top1_agree: Vec::new(),
+                    bpb: None,
+                    note: Some(note.clone()),
+                },
+                (None, Method::Echo, Some(s), _) => {
+                    score::endpoint_kl_score(s[i].reference_rows(), &a.positions)
+                }
+                (None, Method::Logprobs, _, Some(r)) => score::endpoint_kl_score(r, &a.positions),
+                (None, Method::Text, _, Some(r)) => score::text_mismatch_score(
+                    r,
+                    &a.tokens,
+                    a.stopped.then_some(stop_ids.as_slice()),
+                ),
+                _ => unreachable!("rows exist for every method that needs them"),
+            };
+            if !sc.score.is_finite() {
+                sc.score = score::UNSCORABLE;
+                sc.note = Some("the endpoint's numbers give no finite score".into());
+            }
+            if sc.kl.is_empty() && sc.top1_agree.is_empty() && sc.note.is_none() {
+                // No evidence must never pass for agreement: an answer with no tokens counts as
+                // agreeing only when it stopped at once and the reference would have too.
+                let ends_here = a.stopped
+                    && rows
+                        .as_ref()
+                        .and_then(|r| r.first())
+                        .is_some_and(|r| stop_ids.contains(&crate::model::argmax(r)));
+                if ends_here {
+                    sc.note = Some("the endpoint stopped at once, as the reference would".into());
+                } else {
+                    sc.score = score::UNSCORABLE;
+                    sc.note = Some("the endpoint returned no tokens".into());
+                }
+            }
+            let (continuation_ids, continuation_text) = match &sides {
+                Some(s) => (
+                    s[i].continuation_ids.clone(),
+                    s[i].continuation_text.clone(),
+                ),
+                None => (a.tokens.clone(), a.text.clone()),
+            };
+            self.tokens_used += a.usage;
+            self.retries += u64::from(attempts.saturating_sub(1));
+            out.push(Scored {
+                score: sc,
+                continuation_ids,
+                continuation_text,
+                exchange: Some(exchange),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Run (or resume) an audit to a decision.
-pub fn run(
-    cfg: &AuditConfig,
-    progress: &mut dyn FnMut(&crate::stats::Status),
-) -> Result<AuditOutcome, AuditError> {
-    let start = Instant::now();
-    let catalog = Catalog::load()?;
-    let ref_path = resolve(&cfg.reference)?;
-    let (reference, identity) = load_identified(
-        &ref_path,
-        LoadOptions {
-            kernels: cfg.run.kernels,
-        },
-    )?;
-    if cfg.endpoint.chat && reference.chat_template.is_none() {
-        return Err(AuditError::Unsupported {
+pub fn run(cfg: &AuditConfig, progress: Progress<'_>) -> Result<AuditOutcome, RunError> {
+    let opts = LoadOptions {
+        kernels: cfg.run.kernels,
+    };
+    let mut reference = LocalModel::open(&cfg.reference, opts, true)?;
+    if cfg.endpoint.chat && reference.model()?.chat_template.is_none() {
+        return Err(RunError::Unsupported {
             url: cfg.endpoint.url.clone(),
             what: format!(
                 "--chat needs the reference's chat template to know what the endpoint's model sees, and {} has none; audit through completions instead",
-                ref_path.display()
+                reference.identity().path
             ),
         });
     }
-    let endpoint = Endpoint::new(cfg.endpoint.clone())?;
-    let mut aud = Auditor {
-        reference: &reference,
-        vocab: Vocab::new(&reference),
-        endpoint: &endpoint,
-        method: Method::Text,
-        top: 0,
-        k: cfg.run.k,
-    };
-    let models = endpoint.get("/models").ok().map(|e| e.body);
-    let (method, top) = detect(&mut aud, cfg.method, cfg.top_logprobs)?;
-    aud.method = method;
-    aud.top = top;
-    tracing::info!("auditing by {} with {top} alternatives", method.name());
-    let info = EndpointInfo {
-        url: cfg.endpoint.url.clone(),
-        model: cfg.endpoint.model.clone(),
-        api: if cfg.endpoint.chat {
-            "chat"
-        } else {
-            "completions"
-        }
-        .into(),
-        method: method.name().into(),
-        top_logprobs: top,
-        models,
-    };
-    let kind = method.score_kind();
-    let calibration = cfg
-        .run
-        .calibration_for(&identity)
-        .map_err(AuditError::Run)?;
-    let params = cfg
-        .run
-        .params(kind, calibration.as_ref())
-        .map_err(AuditError::Run)?;
-    let mut test = SequentialTest::new(params)?;
-    let mut header = cfg.run.header(
-        kind,
-        params,
-        calibration.as_ref(),
-        identity.clone(),
-        Candidate::Endpoint(info.clone()),
-    );
-    let mut prior_elapsed = 0.0;
-    let mut tokens_used = 0u64;
-    let mut retries = 0u64;
-    let outcome = |test: &SequentialTest,
-                   header: &crate::transcript::Header,
-                   elapsed: f64,
-                   tokens_used,
-                   retries,
-                   stopped| AuditOutcome {
-        summary: cfg.run.summary(test, header, elapsed),
-        method: method.name().into(),
-        reference: identity.clone(),
-        endpoint: info.clone(),
+    let mut candidate = EndpointCandidate::connect(cfg, &mut reference)?;
+    let out = crate::run::run(&cfg.run, &mut reference, &mut candidate, None, progress)?;
+    let (tokens_used, retries) = candidate.usage();
+    Ok(AuditOutcome {
+        summary: out.summary,
+        method: candidate.method.name().into(),
+        reference: reference.identity().clone(),
+        endpoint: candidate.info.clone(),
         tokens_used,
         retries,
-        stopped,
-    };
-    let mut writer = if cfg.run.resume {
-        let same = |c: &Candidate| {
-            matches!(c, Candidate::Endpoint(e) if e.url == info.url && e.model == info.model
-                && e.api == info.api && e.method == info.method && e.top_logprobs == info.top_logprobs)
-        };
-        match transcript::resume(&cfg.run.transcript, &mut header, same, &mut test)? {
-            Resumed::Finished(elapsed) => return Ok(outcome(&test, &header, elapsed, 0, 0, None)),
-            Resumed::Continue(w, elapsed) => {
-                prior_elapsed = elapsed;
-                w
-            }
-        }
-    } else {
-        Writer::create(&cfg.run.transcript, &header)?
-    };
-    let mut stopped = None;
-    while test.decision().is_none() {
-        if let Some(max) = cfg.max_total_tokens {
-            if tokens_used >= max {
-                stopped = Some(format!(
-                    "token budget reached: the endpoint reported {tokens_used} tokens (--max-total-tokens {max}); raise it and --resume {} to go on",
-                    cfg.run.run_id
-                ));
-                break;
-            }
-        }
-        let first = test.n();
-        let end = ((first / CYCLE + 1) * CYCLE).min(params.n_max.max(first + 1));
-        let t0 = Instant::now();
-        let chs: Vec<Challenge> = (first..end)
-            .map(|i| catalog.challenge(&cfg.run.key, &cfg.run.run_id, i as u64))
-            .collect();
-        let results = score_group(&aud, &chs)?;
-        let per = t0.elapsed().as_secs_f64() / chs.len() as f64;
-        for (ch, r) in chs.into_iter().zip(results) {
-            tokens_used += r.usage;
-            retries += u64::from(r.attempts.saturating_sub(1));
-            test.push(r.score.score);
-            let st = test.status();
-            writer.append(&Query {
-                record: "query".into(),
-                index: ch.index,
-                family: ch.family,
-                template: ch.template,
-                prompt: ch.prompt,
-                continuation_ids: r.continuation_ids,
-                continuation_text: r.continuation_text,
-                score: r.score,
-                mean: st.mean,
-                lower: st.lower,
-                upper: st.upper,
-                seconds: per,
-                endpoint: Some(r.exchange),
-            })?;
-            progress(&st);
-        }
-    }
-    let elapsed = prior_elapsed + start.elapsed().as_secs_f64();
-    if stopped.is_none() {
-        let st = test.status();
-        writer.append(&Verdict::new(
-            test.decision().unwrap_or(Decision::Undecided),
-            &st,
-            crate::served::Served::of(&test, header.ladder.as_ref()),
-            elapsed,
-        ))?;
-    }
-    Ok(outcome(
-        &test,
-        &header,
-        elapsed,
-        tokens_used,
-        retries,
-        stopped,
-    ))
-}
-
-/// One scored challenge and what the transcript keeps of it.
-struct Scored {
-    score: ChallengeScore,
-    continuation_ids: Vec<u32>,
-    continuation_text: String,
-    exchange: Value,
-    usage: u64,
-    attempts: u32,
-}
-
-/// Score a group of challenges: endpoint requests in parallel, reference passes batched.
-fn score_group(aud: &Auditor<'_>, chs: &[Challenge]) -> Result<Vec<Scored>, AuditError> {
-    let prompts: Vec<String> = chs.iter().map(|c| c.prompt.clone()).collect();
-    // Echo: the reference's continuations first (as in diff), sent as ids.
-    let sides = if aud.method == Method::Echo {
-        Some(score::reference_pass(
-            aud.reference,
-            &prompts,
-            aud.k,
-            ScoreKind::Kl,
-        )?)
-    } else {
-        None
-    };
-    let prompt_ids: Vec<Vec<u32>> = match &sides {
-        Some(s) => s.iter().map(|r| r.prompt_ids.clone()).collect(),
-        None => prompts
-            .iter()
-            .map(|p| aud.prompt_ids(p))
-            .collect::<Result<_, _>>()?,
-    };
-    let requests: Vec<(Value, Option<Vec<u32>>)> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let ids = sides.as_ref().map(|s| {
-                let mut v = s[i].prompt_ids.clone();
-                v.extend(&s[i].continuation_ids);
-                v
-            });
-            (aud.request(p, ids.as_deref()), ids)
-        })
-        .collect();
-    let route = aud.route();
-    let url = aud.endpoint.url(route);
-    // Each request is retried on its own; an answer that cannot be read is asked again too.
-    let answers: Vec<Result<(Answer, Value, u32), AuditError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = requests
-            .iter()
-            .enumerate()
-            .map(|(i, (body, ids))| {
-                let url = url.clone();
-                let start = prompt_ids[i].len();
-                scope.spawn(move || -> Result<(Answer, Value, u32), AuditError> {
-                    let mut attempts = 0;
-                    let mut last = String::new();
-                    for _ in 0..=aud.endpoint.config().retries {
-                        let ex = aud.endpoint.post(route, body)?;
-                        attempts += ex.attempts;
-                        match aud.answer(&ex.body, ids.as_deref().map(|v| (v, start))) {
-                            Ok(a) => {
-                                let record = json!({"request": body, "response": ex.body, "attempts": attempts});
-                                return Ok((a, record, attempts));
-                            }
-                            Err(why) => {
-                                tracing::info!("{url}: unreadable answer: {why}");
-                                last = why;
-                            }
-                        }
-                    }
-                    Err(unreadable(url, last).into())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("request threads do not panic"))
-            .collect()
-    });
-    let answers: Vec<(Answer, Value, u32)> = answers.into_iter().collect::<Result<_, _>>()?;
-    // The reference's rows for the endpoint's own tokens (logprobs, text): one batched pass.
-    let rows: Vec<Option<Vec<Vec<f32>>>> = if aud.method == Method::Echo {
-        answers.iter().map(|_| None).collect()
-    } else {
-        let seqs: Vec<Vec<u32>> = answers
-            .iter()
-            .zip(&prompt_ids)
-            .map(|((a, _, _), p)| p.iter().chain(&a.tokens).copied().collect())
-            .collect();
-        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let from: Vec<usize> = prompt_ids.iter().map(|p| p.len() - 1).collect();
-        aud.reference
-            .logprobs_batch(&refs, &from)?
-            .into_iter()
-            .map(Some)
-            .collect()
-    };
-    let stop_ids = aud.reference.tokenizer.stop_ids.clone();
-    let mut out = Vec::with_capacity(chs.len());
-    for (i, ((a, exchange, attempts), rows)) in answers.into_iter().zip(rows).enumerate() {
-        let mut sc = match (&a.note, aud.method, &sides, &rows) {
-            (Some(note), _, _, _) => ChallengeScore {
-                kind: aud.method.score_kind(),
-                score: score::UNSCORABLE,
-                kl: Vec::new(),
-                top1_agree: Vec::new(),
-                bpb: None,
-                note: Some(note.clone()),
-            },
-            (None, Method::Echo, Some(s), _) => {
-                score::endpoint_kl_score(s[i].reference_rows(), &a.positions)
-            }
-            (None, Method::Logprobs, _, Some(r)) => score::endpoint_kl_score(r, &a.positions),
-            (None, Method::Text, _, Some(r)) => {
-                score::text_mismatch_score(r, &a.tokens, a.stopped.then_some(stop_ids.as_slice()))
-            }
-            _ => unreachable!("rows exist for every method that needs them"),
-        };
-        if !sc.score.is_finite() {
-            sc.score = score::UNSCORABLE;
-            sc.note = Some("the endpoint's numbers give no finite score".into());
-        }
-        if sc.kl.is_empty() && sc.top1_agree.is_empty() && sc.note.is_none() {
-            // No evidence must never pass for agreement: an answer with no tokens counts as
-            // agreeing only when it stopped at once and the reference would have too.
-            let ends_here = a.stopped
-                && rows
-                    .as_ref()
-                    .and_then(|r| r.first())
-                    .is_some_and(|r| stop_ids.contains(&crate::model::argmax(r)));
-            if ends_here {
-                sc.note = Some("the endpoint stopped at once, as the reference would".into());
-            } else {
-                sc.score = score::UNSCORABLE;
-                sc.note = Some("the endpoint returned no tokens".into());
-            }
-        }
-        let (continuation_ids, continuation_text) = match &sides {
-            Some(s) => (
-                s[i].continuation_ids.clone(),
-                s[i].continuation_text.clone(),
-            ),
-            None => (a.tokens.clone(), a.text.clone()),
-        };
-        out.push(Scored {
-            score: sc,
-            continuation_ids,
-            continuation_text,
-            exchange,
-            usage: a.usage,
-            attempts,
-        });
-    }
-    Ok(out)
+        stopped: out.stopped,
+    })
 }
 
 #[cfg(test)]

@@ -1,17 +1,20 @@
 //! Flags → library calls → output and exit codes. No decisions are made here.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use pot::challenge::{Catalog, ChallengeKey};
-use pot::diff::{self, DiffConfig, Mode};
+use pot::diff::{self, DiffConfig};
 use pot::model::{Kernels, LoadOptions, Model};
+use pot::run::files::{new_run_id, write_new_secret, RunFiles};
+use pot::run::Mode;
 use pot::stats::Decision;
 use pot::variant::{self, Target, VariantOptions};
+use pot::Named;
 
 /// `println!` that returns the write's error instead of panicking on it: a reader that closes
 /// standard output early (`pot challenges -n 100000 | head`) ends the command successfully
@@ -192,7 +195,7 @@ enum Command {
         /// Source model file.
         model: String,
         /// Encoding of the matrices.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = choice::<Target>())]
         to: Target,
         /// Drop this many transformer blocks (those before the last).
         #[arg(long, default_value_t = 0)]
@@ -256,10 +259,10 @@ struct CalibrateArgs {
     #[arg(long)]
     k: Option<usize>,
     /// Ladder rungs to build and measure (comma-separated; default all).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_parser = choice::<Target>(), value_delimiter = ',')]
     rungs: Option<Vec<Target>>,
     /// Floor variants to measure (comma-separated; default all).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_parser = choice::<pot::calibrate::Floor>(), value_delimiter = ',')]
     floors: Option<Vec<pot::calibrate::Floor>>,
     /// A server holding the reference's weights (OpenAI-compatible base URL): its answers to
     /// the same challenges, by `pot audit`'s echo or logprobs method, join the floor.
@@ -314,7 +317,7 @@ struct AuditArgs {
     #[arg(long)]
     chat: bool,
     /// How to put challenges to the endpoint (default: the best it supports, probed).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<pot::audit::Method>())]
     method: Option<pot::audit::Method>,
     /// Alternatives per token to ask for (lowered when the endpoint refuses).
     #[arg(long, default_value_t = 20)]
@@ -493,7 +496,7 @@ struct DiffArgs {
 #[derive(Args)]
 struct RunArgs {
     /// Preset of error bound, margins, K and budget.
-    #[arg(long, value_enum, default_value_t = Mode::Audit)]
+    #[arg(long, value_parser = choice::<Mode>(), default_value = "audit")]
     mode: Mode,
     /// Secret challenge key (default: a fresh one, saved beside the transcript).
     #[arg(long)]
@@ -575,16 +578,16 @@ impl RunArgs {
 
     /// The library's description of the run, its parameters checked before any work: the
     /// overrides must make a valid test for every way challenges may be scored.
-    fn spec(&self, files: &RunFiles) -> Result<pot::diff::RunSpec> {
+    fn spec(&self, files: &RunFiles) -> Result<pot::run::RunSpec> {
         use pot::score::ScoreKind;
         let k = self.k.unwrap_or(self.mode.k());
         if k == 0 {
             bail!("--k must be at least 1");
         }
         let given = self.margins.as_ref().or(self.calibration.as_ref());
-        let spec = pot::diff::RunSpec {
+        let spec = pot::run::RunSpec {
             mode: self.mode,
-            overrides: pot::diff::Overrides {
+            overrides: pot::run::Overrides {
                 alpha: self.alpha,
                 gamma: self.gamma,
                 delta: self.delta,
@@ -625,12 +628,12 @@ impl RunArgs {
     }
 
     fn files(&self) -> Result<RunFiles> {
-        RunFiles::prepare(
-            &self.key_file,
-            &self.run_id,
-            &self.resume,
+        Ok(RunFiles::prepare(
+            self.key_file.as_deref(),
+            self.run_id.as_deref(),
+            self.resume.as_deref(),
             &self.transcripts,
-        )
+        )?)
     }
 }
 
@@ -643,6 +646,18 @@ fn calibration_store() -> PathBuf {
             .unwrap_or_else(std::env::temp_dir)
             .join(".cache/pot/calibrations"),
     }
+}
+
+/// A flag whose value is one of the library's named choices: clap lists each with its line of
+/// help and refuses any other.
+fn choice<T: Named>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(
+        T::ALL
+            .iter()
+            .map(|c| PossibleValue::new(c.name()).help(c.about())),
+    )
+    .map(|name| T::from_name(&name).expect("clap accepts only the listed names"))
 }
 
 /// Logging to stderr, off unless asked for.
@@ -931,27 +946,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Write a secret file that did not exist, readable by its owner only.
-fn write_new_secret(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o.open(path).with_context(|| {
-        format!(
-            "{}: cannot create key file (it must not exist yet)",
-            path.display()
-        )
-    })?;
-    f.write_all(format!("{text}\n").as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("{}: cannot write key file", path.display()))?;
-    Ok(())
-}
-
 fn cmd_logits(
     model: &str,
     text: &str,
@@ -1017,32 +1011,6 @@ fn cmd_logits(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A run id from the UTC time and a random suffix, e.g. `20261123T120501Z-3fa2c1`.
-fn new_run_id() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:06x}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        rand::random::<u32>() & 0xff_ffff
-    )
 }
 
 fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
@@ -1219,7 +1187,10 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {
         challenges: a.challenges,
         k: a.k.unwrap_or(Mode::Audit.k()),
         kernels: a.kernels.into(),
-        floors: a.floors.clone().unwrap_or_else(|| Floor::ALL.to_vec()),
+        floors: a
+            .floors
+            .clone()
+            .unwrap_or_else(|| <Floor as Named>::ALL.to_vec()),
         same_files: a.same.clone(),
         rungs: a.rungs.clone().unwrap_or_else(|| Target::LADDER.to_vec()),
         key,
@@ -1323,7 +1294,7 @@ fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
 }
 
 /// The verdict, the evidence and what it means, in words.
-fn print_summary(s: &pot::diff::Summary, how: Option<&str>) -> Result<()> {
+fn print_summary(s: &pot::run::Summary, how: Option<&str>) -> Result<()> {
     let p = s.params;
     let (near, far) = (&s.served.near, &s.served.far);
     outln!("{}", s.decision.as_str())?;
@@ -1382,76 +1353,6 @@ fn score_unit(kind: pot::score::ScoreKind) -> &'static str {
         ScoreKind::BitsPerByte => "bits per byte apart",
         ScoreKind::EndpointKl => "nats of KL per token, on the endpoint's reported tokens",
         ScoreKind::TextMismatch => "share of tokens that are not the reference's first choice",
-    }
-}
-
-/// The files of a run: its id, transcript and challenge key (read, or made and saved).
-struct RunFiles {
-    /// The run key (see [`ChallengeKey::for_run`]).
-    key: ChallengeKey,
-    run_id: String,
-    transcript: PathBuf,
-    saved_key: PathBuf,
-    generated_key: bool,
-    resume: bool,
-}
-
-impl RunFiles {
-    fn prepare(
-        key_file: &Option<PathBuf>,
-        run_id: &Option<String>,
-        resume: &Option<String>,
-        transcripts: &Path,
-    ) -> Result<Self> {
-        if resume.is_some() && run_id.is_some() {
-            bail!("--resume RUN names the run already; drop --run-id");
-        }
-        let run_id = resume.clone().or(run_id.clone()).unwrap_or_else(new_run_id);
-        if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
-            bail!(
-                "run id {run_id:?} must be a plain file name (no slashes, not starting with a dot)"
-            );
-        }
-        let transcript = transcripts.join(format!("{run_id}.ndjson"));
-        let saved_key = transcripts.join(format!("{run_id}.key"));
-        let mut generated_key = false;
-        let key = match (key_file, resume.is_some()) {
-            (Some(f), _) => ChallengeKey::read(f)?,
-            (None, true) => ChallengeKey::read(&saved_key).with_context(|| {
-                format!(
-                    "resuming {run_id}: no --key-file given and no saved key at {}",
-                    saved_key.display()
-                )
-            })?,
-            (None, false) => {
-                let key = ChallengeKey::generate();
-                std::fs::create_dir_all(transcripts).with_context(|| {
-                    format!(
-                        "{}: cannot create the transcripts folder",
-                        transcripts.display()
-                    )
-                })?;
-                write_new_secret(&saved_key, &key.to_hex())?;
-                generated_key = true;
-                key
-            }
-        };
-        Ok(Self {
-            key: key.for_run(&run_id),
-            run_id,
-            transcript,
-            saved_key,
-            generated_key,
-            resume: resume.is_some(),
-        })
-    }
-
-    /// On an error before anything was recorded, remove the key made for this run.
-    fn cleanup_on_error<T, E>(&self, r: Result<T, E>) -> Result<T, E> {
-        if r.is_err() && self.generated_key && !self.transcript.exists() {
-            let _ = std::fs::remove_file(&self.saved_key);
-        }
-        r
     }
 }
 

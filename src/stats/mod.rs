@@ -680,9 +680,9 @@ mod tests {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
-    /// The audit mode's margins on KL scores (`crate::diff::Mode::Audit`).
+    /// The audit mode's margins on KL scores (`crate::run::Mode::Audit`).
     fn audit_params() -> TestParams {
-        crate::diff::Mode::Audit.params(crate::score::ScoreKind::Kl)
+        crate::run::Mode::Audit.params(crate::score::ScoreKind::Kl)
     }
 
     #[test]
