@@ -875,6 +875,37 @@ pub fn stored_path(store: &Path, weight_hash: &str) -> PathBuf {
     store.join(format!("{weight_hash}.json"))
 }
 
+/// Where [`store`] left a calibration.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// The stored calibration of the reference's weights.
+    pub path: PathBuf,
+    /// Entries the stored one measured and this one did not: when any, the stored one was
+    /// kept and this one was not written there.
+    pub kept_for: Vec<String>,
+}
+
+/// Store `cal` in the folder `store`, where diff and audit of its reference find it. The
+/// latest calibration wins, unless the stored one measured entries this one did not (a floor
+/// measured on its own must not drop a ladder): then the stored one stays.
+pub fn store(cal: &Calibration, store: &Path) -> Result<Stored, CalibrateError> {
+    std::fs::create_dir_all(store).map_err(|e| CalibrateError::Io {
+        path: store.display().to_string(),
+        reason: format!(
+            "cannot create the calibration store ({e}); check the folder or set POT_CALIBRATIONS"
+        ),
+    })?;
+    let path = stored_path(store, &cal.reference.weight_hash);
+    let kept_for: Vec<String> = match Calibration::read(&path) {
+        Ok(older) => cal.lacks(&older).into_iter().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    };
+    if kept_for.is_empty() {
+        cal.write(&path)?;
+    }
+    Ok(Stored { path, kept_for })
+}
+
 /// Margins derived from a calibration.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Margins {

@@ -5,7 +5,7 @@
 //!   with exponential backoff and full jitter, waiting at least what `Retry-After` asks
 //!   (seconds or an HTTP date), up to a number of attempts; then the call gives up with the
 //!   last reason. Other 4xx are not retried: the request itself is wrong.
-//! * The API key comes from the environment only; it is sent as a bearer token and never
+//! * The API key (the front end reads it from the environment) is sent as a bearer token, never
 //!   written anywhere (errors and transcripts hold the URL and the endpoint's message only).
 
 use std::time::Duration;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::Value;
 
-/// How to reach the endpoint.
-#[derive(Clone, Debug)]
+/// How to reach the endpoint. Its `Debug` form hides the API key.
+#[derive(Clone)]
 pub struct EndpointConfig {
     /// Base URL, e.g. `http://127.0.0.1:8080` or `https://api.example.com/v1`.
     pub url: String,
@@ -22,14 +22,28 @@ pub struct EndpointConfig {
     pub model: String,
     /// Use `/chat/completions` (else `/completions`).
     pub chat: bool,
-    /// Environment variable holding the API key.
-    pub api_key_env: Option<String>,
+    /// The API key, sent as a bearer token and never written anywhere.
+    pub api_key: Option<String>,
     /// Timeout of one attempt.
     pub timeout: Duration,
     /// Retries after the first attempt.
     pub retries: u32,
     /// Longest single wait between attempts.
     pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("chat", &self.chat)
+            .field("api_key", &self.api_key.as_ref().map(|_| "(hidden)"))
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
 }
 
 /// Errors talking to the endpoint.
@@ -55,12 +69,6 @@ pub enum ClientError {
         attempts: u32,
         /// Why the last one failed.
         last: String,
-    },
-    /// The API key variable is missing.
-    #[error("--api-key-env {var}: the variable is not set; export the key in it")]
-    NoKey {
-        /// Variable name.
-        var: String,
     },
     /// The client could not be built.
     #[error("HTTP client: {0}")]
@@ -90,14 +98,9 @@ enum Attempt {
 }
 
 impl Endpoint {
-    /// A client for `cfg` (reads the API key from the environment now).
+    /// A client for `cfg`.
     pub fn new(cfg: EndpointConfig) -> Result<Self, ClientError> {
-        let key = match &cfg.api_key_env {
-            None => None,
-            Some(var) => {
-                Some(std::env::var(var).map_err(|_| ClientError::NoKey { var: var.clone() })?)
-            }
-        };
+        let key = cfg.api_key.clone();
         let http = reqwest::blocking::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
@@ -313,7 +316,7 @@ mod tests {
             url: "http://127.0.0.1:9".into(),
             model: "m".into(),
             chat: false,
-            api_key_env: None,
+            api_key: None,
             timeout: Duration::from_secs(1),
             retries: 3,
             max_backoff: Duration::from_secs(8),

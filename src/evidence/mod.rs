@@ -210,7 +210,7 @@ pub struct Environment {
     pub arch: String,
     /// Logical CPUs.
     pub cpus: usize,
-    /// Engine threads (`RAYON_NUM_THREADS`, else the CPUs).
+    /// Engine threads ([`crate::model::threads`]).
     pub threads: usize,
 }
 
@@ -478,10 +478,7 @@ pub fn create(
     };
     let leaves = lines(&transcript);
     let tree = merkle::Tree::new(&leaves);
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = crate::model::threads();
     let statement = Statement {
         type_: STATEMENT_TYPE.into(),
         subject: subjects(h),

@@ -153,6 +153,12 @@ pub struct Model {
     pub chat_template: Option<chat::ChatTemplate>,
 }
 
+/// The threads the engine's CPU kernels run on (as many as the CPUs unless the front end set
+/// a number; `pot --threads`).
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
 /// Resolve a spec (path or Hugging Face id) to a GGUF file.
 pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
     let p = Path::new(spec);

@@ -257,6 +257,34 @@ pub fn kind_for(reference: &Identity, candidate: &Identity) -> ScoreKind {
     }
 }
 
+/// A position's `k` most likely tokens (ties to the lower id), with their logits and
+/// log-probabilities and the row's log-sum-exp: what `pot logits` reports.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TopTokens {
+    /// Token ids, most likely first.
+    pub top_ids: Vec<u32>,
+    /// Their logits.
+    pub top_logits: Vec<f32>,
+    /// Their log-probabilities.
+    pub top_logprobs: Vec<f64>,
+    /// `ln Σ e^logit` over the row.
+    pub logsumexp: f64,
+}
+
+/// The `k` most likely tokens of a row of logits.
+pub fn top_tokens(row: &[f32], k: usize) -> TopTokens {
+    let lse = log_sum_exp(row);
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    idx.sort_by(|a, b| row[*b as usize].total_cmp(&row[*a as usize]));
+    idx.truncate(k);
+    TopTokens {
+        top_logits: idx.iter().map(|&i| row[i as usize]).collect(),
+        top_logprobs: idx.iter().map(|&i| row[i as usize] as f64 - lse).collect(),
+        top_ids: idx,
+        logsumexp: lse,
+    }
+}
+
 /// `ln Σ e^v` over a row of logits, exactly (f64, shifted by the row's maximum): the one
 /// log-sum-exp that turns logits into log-probabilities wherever pot reports them (`pot
 /// logits`, a served token's logprob). The per-step commitments use their own vectorized one

@@ -30,6 +30,7 @@ use crate::commit::step::{check, Mismatch, StepData, SCALE, TOP_K};
 use crate::model::{Kernels, Model, ModelError};
 
 pub mod http;
+pub mod session;
 
 /// Default tolerance (nats) when the provider runs quantized kernels (llama.cpp's 8-bit
 /// activations, whose rounding amplifies tiny differences of shape and thread count): honest

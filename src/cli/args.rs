@@ -1,0 +1,524 @@
+//! The command line's grammar: every subcommand and flag, with the help it prints. Nothing
+//! here touches a file or the environment; `setup` turns these into library objects.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use pot::model::Kernels;
+use pot::run::Mode;
+use pot::variant::Target;
+use pot::Named;
+
+/// The version and the git commit pot was built from (`pot --version`).
+pub(crate) const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("POT_GIT_COMMIT"), ")");
+
+/// pot: does an inference provider serve the model it claims?
+///
+/// `pot diff --ref A --cand B` runs both models on secret keyed challenge prompts and decides,
+/// with a stated error bound, whether B computes what A computes (SAME), does not (DIFFERENT),
+/// or cannot tell within the budget (UNDECIDED). Exit codes: 0 SAME, 1 DIFFERENT, 2 error,
+/// 3 UNDECIDED.
+#[derive(Parser)]
+#[command(name = "pot", version = VERSION, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// Threads for the engine (default: all cores).
+    #[arg(long, global = true)]
+    pub(crate) threads: Option<usize>,
+    /// Log what pot does (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Decide whether a candidate model computes what a reference model computes.
+    Diff(Box<DiffArgs>),
+    /// Decide whether an OpenAI-compatible endpoint serves the model it claims (black box).
+    Audit(Box<AuditArgs>),
+    /// Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming);
+    /// with --node-key, also sign receipts of its work and open steps for audits.
+    Serve(Box<ServeArgs>),
+    /// Check a committing provider (pot serve --node-key): send jobs, verify each signed
+    /// receipt, and re-execute VRF-chosen steps with your own copy of the claimed model.
+    /// Exit codes: 0 every job accepted, 1 a job rejected, 2 error.
+    Verify(Box<VerifyArgs>),
+    /// Write a fresh secret key (file mode 0600): a challenge key by default, a node
+    /// (Ed25519) key with --node, a router (sr25519 VRF) key with --router, an auditor
+    /// (Ed25519) key with --auditor. The public key of a node, router or auditor key is printed.
+    Keygen {
+        /// Output file (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// A provider's signing key, for `pot serve --node-key`.
+        #[arg(long)]
+        node: bool,
+        /// A router's VRF key, for `pot verify --router-key`.
+        #[arg(long, conflicts_with = "node")]
+        router: bool,
+        /// An auditor's signing key (Ed25519), for `--bundle` on diff and audit.
+        #[arg(long, conflicts_with_all = ["node", "router"])]
+        auditor: bool,
+    },
+    /// Evidence bundles: a finished run, signed, in one file that anyone can re-check.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Print the challenge prompts of a key and run id.
+    Challenges {
+        /// Secret key file (from `pot keygen`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Run id.
+        #[arg(long)]
+        run_id: String,
+        /// How many.
+        #[arg(short, default_value_t = 10)]
+        n: u64,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a model's token ids for a text.
+    Tokenize {
+        /// Model: GGUF file, folder holding one, or cached Hugging Face id.
+        model: String,
+        /// Text to tokenize.
+        #[arg(long)]
+        text: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the top-K next tokens after every position of a text.
+    Logits {
+        /// Model: GGUF file, folder holding one, or cached Hugging Face id.
+        model: String,
+        /// Text.
+        #[arg(long)]
+        text: String,
+        /// How many next tokens per position.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Matrix kernels.
+        #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+        kernels: KernelArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Identify a model: file, canonical weight, config and tokenizer hashes, TLSH.
+    Fingerprint {
+        /// Model file.
+        model: String,
+        /// Also the TLSH distance to this model.
+        #[arg(long)]
+        compare: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the engine: prompt-eval (teacher forcing) and generation tokens per second.
+    Bench {
+        /// Model file.
+        model: String,
+        /// Prompt length for prompt-eval.
+        #[arg(long, default_value_t = 256)]
+        prompt_tokens: usize,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Matrix kernels.
+        #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+        kernels: KernelArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a GGUF model as a Hugging Face folder (f32 safetensors, config.json,
+    /// tokenizer.json): the same weights in the other format pot reads.
+    ExportHf {
+        /// Source GGUF model.
+        model: String,
+        /// Output folder (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Write a derived model (re-encoded, re-quantized, pruned or noised): a substitute.
+    Variant {
+        /// Source model file.
+        model: String,
+        /// Encoding of the matrices.
+        #[arg(long, value_parser = choice::<Target>())]
+        to: Target,
+        /// Drop this many transformer blocks (those before the last).
+        #[arg(long, default_value_t = 0)]
+        prune_layers: usize,
+        /// Add Gaussian noise of this many RMS units to every matrix.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
+        /// Seed of the noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Tables and plots from the experiments (scripts/run-experiments.sh): decision rates,
+    /// false-accept and false-reject rates with Clopper–Pearson 95 % intervals, queries to a
+    /// verdict, wall time; writes REPORT.md and SVG plots into the results folder.
+    Report {
+        /// The results folder (runs.csv, queries.csv).
+        #[arg(long, default_value = "experimental_results")]
+        results: PathBuf,
+        /// JSON output (the tables) on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure what pot can tell apart for one reference: the noise floor (the same weights on
+    /// other kernels, another batch shape, an f16 re-encoding) and the quantization ladder (the
+    /// reference re-encoded as f16, bf16, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q3_k, q2_k), each
+    /// as the distribution of the per-challenge score over the same keyed challenges. Prints
+    /// the table and which rungs stand clear of the floor; -o writes it as JSON for
+    /// `--margins` and for the served-precision line of every verdict.
+    Calibrate(Box<CalibrateArgs>),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum KernelArg {
+    /// The file's quantization, multiplied as llama.cpp does (8-bit activations): small, fast.
+    Quantized,
+    /// Weights dequantized to f32: exact arithmetic on the stored weights, 4-8x the memory.
+    Dense,
+}
+
+impl From<KernelArg> for Kernels {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::Dense => Kernels::Dense,
+            KernelArg::Quantized => Kernels::Quantized,
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct CalibrateArgs {
+    /// The reference model: its best-precision file (GGUF or Hugging Face folder).
+    #[arg(long = "ref")]
+    pub(crate) reference: String,
+    /// Keyed challenges per entry (rounded up to whole cycles of five).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) challenges: usize,
+    /// Continuation tokens per challenge (default: the audit mode's K).
+    #[arg(long)]
+    pub(crate) k: Option<usize>,
+    /// Ladder rungs to build and measure (comma-separated; default all).
+    #[arg(long, value_parser = choice::<Target>(), value_delimiter = ',')]
+    pub(crate) rungs: Option<Vec<Target>>,
+    /// Floor variants to measure (comma-separated; default all).
+    #[arg(long, value_parser = choice::<pot::calibrate::Floor>(), value_delimiter = ',')]
+    pub(crate) floors: Option<Vec<pot::calibrate::Floor>>,
+    /// A server holding the reference's weights (OpenAI-compatible base URL): its answers to
+    /// the same challenges, by `pot audit`'s echo or logprobs method, join the floor.
+    #[arg(long, requires = "model")]
+    pub(crate) endpoint: Option<String>,
+    /// Model name to request from --endpoint.
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Environment variable holding --endpoint's API key.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) api_key_env: Option<String>,
+    /// Another file holding the reference's weights (repeatable): the file an f16 reference
+    /// was made from, another converter's output. Measured as part of the floor.
+    #[arg(long, value_name = "MODEL")]
+    pub(crate) same: Vec<PathBuf>,
+    /// The kernels runs of this reference use.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// Keep the rung files in this folder (reused when they exist); default: a temporary
+    /// folder, removed afterwards.
+    #[arg(long)]
+    pub(crate) keep: Option<PathBuf>,
+    /// Challenge key (default: a fresh one; the calibration records only its commitment).
+    #[arg(long)]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Run id of the challenges (default: time and random suffix).
+    #[arg(long)]
+    pub(crate) run_id: Option<String>,
+    /// Write the calibration here (JSON; read by --margins on diff and audit).
+    #[arg(short, long)]
+    pub(crate) out: Option<PathBuf>,
+    /// The calibration as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Also keep every position's KL (for studies of the continuation length K).
+    #[arg(long, hide = true)]
+    pub(crate) keep_positions: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct AuditArgs {
+    /// Reference model (what the vendor claims to serve): GGUF file, folder, or cached id.
+    #[arg(long = "ref")]
+    pub(crate) reference: String,
+    /// Base URL of the endpoint (with or without /v1), e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub(crate) endpoint: String,
+    /// Model name to request from the endpoint.
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Audit through /chat/completions (prompts rendered with the reference's chat template).
+    #[arg(long)]
+    pub(crate) chat: bool,
+    /// How to put challenges to the endpoint (default: the best it supports, probed).
+    #[arg(long, value_parser = choice::<pot::audit::Method>())]
+    pub(crate) method: Option<pot::audit::Method>,
+    /// Alternatives per token to ask for (lowered when the endpoint refuses).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) top_logprobs: usize,
+    /// Environment variable holding the endpoint's API key (sent as a bearer token, never
+    /// written anywhere).
+    #[arg(long, value_name = "VAR")]
+    pub(crate) api_key_env: Option<String>,
+    /// Stop (resumably) once the endpoint reports this many tokens used.
+    #[arg(long)]
+    pub(crate) max_total_tokens: Option<u64>,
+    /// Seconds before one HTTP attempt times out.
+    #[arg(long, default_value_t = 120.0)]
+    pub(crate) timeout: f64,
+    /// Retries of a failed request (429, 5xx, dropped connection, timeout, garbled body).
+    #[arg(long, default_value_t = 6)]
+    pub(crate) retries: u32,
+    /// Longest wait between two attempts, seconds (Retry-After is honoured up to this).
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) max_backoff: f64,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Model: GGUF file, folder, or cached Hugging Face id.
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Name clients put in "model" (default: the file's stem).
+    #[arg(long)]
+    pub(crate) model_name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+    /// Port (0: any free port; the one chosen is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub(crate) port: u16,
+    /// Requests that may wait for the engine; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) max_queue: usize,
+    /// Requests the engine steps together (continuous batching).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) max_batch: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) max_tokens_limit: usize,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub(crate) max_body_bytes: usize,
+    /// Seconds admitted requests may still run after SIGINT/SIGTERM before they are cancelled.
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) shutdown_grace: f64,
+    /// Require clients to send this environment variable's value as a bearer token.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) api_key_env: Option<String>,
+    /// Matrix kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// Node key (`pot keygen --node`): sign a receipt for every request that carries
+    /// "pot": {"nonce": ...}, and open its steps at /v1/pot/open.
+    #[arg(long, requires = "store")]
+    pub(crate) node_key: Option<PathBuf>,
+    /// Step store file (created if missing), where committed steps are kept for audits.
+    #[arg(long)]
+    pub(crate) store: Option<PathBuf>,
+    /// Hours committed steps are kept.
+    #[arg(long, default_value_t = 24.0)]
+    pub(crate) retention_hours: f64,
+    /// Byte budget of the step store (oldest jobs are dropped past it).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub(crate) store_max_bytes: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// The provider's base URL (e.g. http://127.0.0.1:8080).
+    #[arg(long)]
+    pub(crate) endpoint: String,
+    /// The claimed model, your own copy: GGUF file, folder, or cached Hugging Face id.
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Router key (`pot keygen --router`): the VRF that picks audited steps.
+    #[arg(long)]
+    pub(crate) router_key: PathBuf,
+    /// The node's public key (64 hex digits). Without it, the key the node publishes at
+    /// /v1/pot/node is used (and printed: pin it next time).
+    #[arg(long)]
+    pub(crate) node_pubkey: Option<String>,
+    /// Jobs to send.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) jobs: usize,
+    /// Tokens per job.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) max_tokens: u32,
+    /// Steps audited per job.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) audit_steps: u32,
+    /// Tolerance in nats (default: calibrated for the kernels, 2.0 quantized, 0.02 dense).
+    #[arg(long)]
+    pub(crate) tolerance: Option<f64>,
+    /// Kernels to re-execute with: the provider's (its /v1/pot/node says which).
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// Largest distance in seconds between a receipt's time and now.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) window_s: u64,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) timeout_s: u64,
+    /// Send this environment variable's value as a bearer token.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) api_key_env: Option<String>,
+    /// Append each job's record (receipt, VRF choice, verdict) to this NDJSON file.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// JSON summary on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BundleCommand {
+    /// Re-check a bundle: the archive, the signature, every hash, the revealed key against its
+    /// commitment, every challenge re-derived from the key, and the scores, bounds and
+    /// decision recomputed from the transcript. Exit codes: 0 valid, 1 a check fails,
+    /// 2 the file cannot be read.
+    Verify {
+        /// The bundle (.tar.gz).
+        path: PathBuf,
+        /// The auditor's public key (64 hex digits, or a file holding them): the bundle must
+        /// be signed by it. Without it, any valid signature is accepted and the signer is shown.
+        #[arg(long)]
+        pubkey: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bundle a finished run after the fact (what --bundle does at the end of a run).
+    Create {
+        /// The run's transcript.
+        #[arg(long)]
+        transcript: PathBuf,
+        /// The run's challenge key: the run's --key-file (or transcripts/RUN.key), or the run key
+        /// a bundle of the run revealed. Only the run key goes into the bundle.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The auditor's signing key (`pot keygen --auditor`).
+        #[arg(long)]
+        auditor_key: PathBuf,
+        /// The bundle to write (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct DiffArgs {
+    /// Reference model (what was paid for): GGUF file, folder, or cached Hugging Face id.
+    #[arg(long = "ref")]
+    pub(crate) reference: String,
+    /// Candidate model (what is served).
+    #[arg(long = "cand")]
+    pub(crate) candidate: String,
+    /// Hold one model in memory at a time, working in batches of N challenges.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10")]
+    pub(crate) one_at_a_time: Option<usize>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// Flags of a sequential run, shared by diff and audit.
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Preset of error bound, margins, K and budget.
+    #[arg(long, value_parser = choice::<Mode>(), default_value = "audit")]
+    pub(crate) mode: Mode,
+    /// Secret challenge key (default: a fresh one, saved beside the transcript).
+    #[arg(long)]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Run id (default: time and random suffix).
+    #[arg(long)]
+    pub(crate) run_id: Option<String>,
+    /// Continue the stopped run with this id.
+    #[arg(long, value_name = "RUN")]
+    pub(crate) resume: Option<String>,
+    /// Folder of transcripts.
+    #[arg(long, default_value = "transcripts")]
+    pub(crate) transcripts: PathBuf,
+    /// Error bound of each decision (mode default).
+    #[arg(long)]
+    pub(crate) alpha: Option<f64>,
+    /// SAME margin γ: DIFFERENT means mean score above γ (mode default).
+    #[arg(long)]
+    pub(crate) gamma: Option<f64>,
+    /// DIFFERENT margin δ: SAME means mean score below δ (mode default).
+    #[arg(long)]
+    pub(crate) delta: Option<f64>,
+    /// Clip bound B of each score (mode default).
+    #[arg(long)]
+    pub(crate) clip: Option<f64>,
+    /// Continuation tokens per challenge (mode default).
+    #[arg(long, visible_alias = "max-tokens")]
+    pub(crate) k: Option<usize>,
+    /// Fewest challenges before a decision.
+    #[arg(long)]
+    pub(crate) n_min: Option<usize>,
+    /// Budget: UNDECIDED after this many challenges (mode default).
+    #[arg(long, visible_alias = "max-queries")]
+    pub(crate) n_max: Option<usize>,
+    /// Place the candidate on this calibration's quantization ladder (`pot calibrate -o
+    /// FILE`). Default: the calibration `pot calibrate` stored for the reference's weights, if
+    /// any (in $POT_CALIBRATIONS, else ~/.cache/pot/calibrations).
+    #[arg(long, value_name = "CAL.json")]
+    pub(crate) calibration: Option<PathBuf>,
+    /// Margins from this calibration of the reference: γ twice the highest floor it measured,
+    /// δ = 2γ, B as the mode's ratio to δ (the candidate is placed on its ladder too).
+    #[arg(long, value_name = "CAL.json", conflicts_with = "calibration")]
+    pub(crate) margins: Option<PathBuf>,
+    /// Matrix kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// When the run is decided, write a signed evidence bundle here (.tar.gz; needs
+    /// --auditor-key). It reveals the run's challenge key: check it with `pot bundle verify`.
+    #[arg(long, requires = "auditor_key")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// The auditor's signing key for --bundle (`pot keygen --auditor --out FILE`).
+    #[arg(long)]
+    pub(crate) auditor_key: Option<PathBuf>,
+    /// JSON output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A flag whose value is one of the library's named choices: clap lists each with its line of
+/// help and refuses any other.
+pub(crate) fn choice<T: Named>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(
+        T::ALL
+            .iter()
+            .map(|c| PossibleValue::new(c.name()).help(c.about())),
+    )
+    .map(|name| T::from_name(&name).expect("clap accepts only the listed names"))
+}

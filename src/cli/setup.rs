@@ -1,0 +1,126 @@
+//! Flags become library objects here, and only here: run specs, run files and keys, bundle
+//! plans, endpoint configurations, the environment variables pot reads, the files it opens.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use pot::run::files::RunFiles;
+
+use super::args::RunArgs;
+
+impl RunArgs {
+    /// The bundle's path and signing key, checked before any work is done.
+    pub(crate) fn bundle_plan(&self) -> Result<Option<(PathBuf, pot::commit::keys::AuditorKey)>> {
+        let (Some(path), Some(key)) = (&self.bundle, &self.auditor_key) else {
+            if self.auditor_key.is_some() {
+                bail!("--auditor-key is for --bundle PATH; add --bundle or drop it");
+            }
+            return Ok(None);
+        };
+        if path.exists() {
+            bail!(
+                "--bundle {}: exists already; pick another path or remove it",
+                path.display()
+            );
+        }
+        Ok(Some((
+            path.clone(),
+            pot::commit::keys::AuditorKey::read(key)?,
+        )))
+    }
+
+    /// The library's description of the run, its parameters checked before any work: the
+    /// overrides must make a valid test for every way challenges may be scored.
+    pub(crate) fn spec(&self, files: &RunFiles) -> Result<pot::run::RunSpec> {
+        use pot::score::ScoreKind;
+        let k = self.k.unwrap_or(self.mode.k());
+        if k == 0 {
+            bail!("--k must be at least 1");
+        }
+        let given = self.margins.as_ref().or(self.calibration.as_ref());
+        let spec = pot::run::RunSpec {
+            mode: self.mode,
+            overrides: pot::run::Overrides {
+                alpha: self.alpha,
+                gamma: self.gamma,
+                delta: self.delta,
+                clip: self.clip,
+                n_min: self.n_min,
+                n_max: self.n_max,
+            },
+            k,
+            calibration: given
+                .map(|p| pot::calibrate::Calibration::read(p))
+                .transpose()?,
+            margins_from_calibration: self.margins.is_some(),
+            calibration_store: Some(calibration_store()),
+            kernels: self.kernels.into(),
+            key: files.key.clone(),
+            run_id: files.run_id.clone(),
+            transcript: files.transcript.clone(),
+            resume: files.resume,
+        };
+        // Bad overrides are refused before any work, for each kind a run may score; with
+        // --margins only KL (a calibration measures nothing else, and a run that turns out to
+        // score bits per byte is refused when it finds that out).
+        let kinds: &[ScoreKind] = if spec.margins_from_calibration {
+            &[ScoreKind::Kl]
+        } else {
+            &[ScoreKind::Kl, ScoreKind::BitsPerByte]
+        };
+        for &kind in kinds {
+            spec.params(kind, spec.calibration.as_ref())?;
+        }
+        Ok(spec)
+    }
+
+    /// The budget, for the progress bar.
+    pub(crate) fn n_max(&self) -> usize {
+        self.n_max
+            .unwrap_or(self.mode.params(pot::score::ScoreKind::Kl).n_max)
+    }
+
+    pub(crate) fn files(&self) -> Result<RunFiles> {
+        Ok(RunFiles::prepare(
+            self.key_file.as_deref(),
+            self.run_id.as_deref(),
+            self.resume.as_deref(),
+            &self.transcripts,
+        )?)
+    }
+}
+
+/// The folder of stored calibrations: $POT_CALIBRATIONS, else ~/.cache/pot/calibrations.
+pub(crate) fn calibration_store() -> PathBuf {
+    match std::env::var_os("POT_CALIBRATIONS") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".cache/pot/calibrations"),
+    }
+}
+
+/// An Ed25519 public key given as 64 hex digits or as a file holding them.
+pub(crate) fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
+    let text = if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        arg.to_string()
+    } else {
+        std::fs::read_to_string(arg).with_context(|| {
+            format!("--pubkey {arg}: neither 64 hex digits nor a readable file holding them")
+        })?
+    };
+    pot::commit::keys::NodePublic::from_hex(text.trim())
+        .with_context(|| format!("--pubkey {arg}: not an Ed25519 public key (64 hex digits, as `pot keygen --auditor` prints)"))
+}
+
+/// The API key in the variable `--api-key-env` names, if it names one.
+pub(crate) fn api_key_from_env(var: Option<&str>) -> Result<Option<String>> {
+    var.map(|var| {
+        std::env::var(var).with_context(|| {
+            format!("--api-key-env {var}: the variable is not set; export the key in it or drop the flag")
+        })
+    })
+    .transpose()
+}
