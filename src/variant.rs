@@ -184,7 +184,7 @@ pub enum VariantError {
 fn candle_err(path: &str, e: candle_core::Error) -> VariantError {
     VariantError::Model(ModelError::Corrupt {
         path: path.to_string(),
-        reason: e.to_string(),
+        reason: crate::model::candle_message(&e),
     })
 }
 

@@ -107,8 +107,8 @@ pub(crate) fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
     let text = if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
         arg.to_string()
     } else {
-        std::fs::read_to_string(arg).with_context(|| {
-            format!("--pubkey {arg}: neither 64 hex digits nor a readable file holding them")
+        std::fs::read_to_string(arg).map_err(|e| {
+            anyhow::anyhow!("--pubkey {arg}: neither 64 hex digits nor a readable file holding them ({e}); pass the public key `pot keygen --auditor` printed")
         })?
     };
     pot::commit::keys::NodePublic::from_hex(text.trim())
@@ -118,8 +118,10 @@ pub(crate) fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
 /// The API key in the variable `--api-key-env` names, if it names one.
 pub(crate) fn api_key_from_env(var: Option<&str>) -> Result<Option<String>> {
     var.map(|var| {
-        std::env::var(var).with_context(|| {
-            format!("--api-key-env {var}: the variable is not set; export the key in it or drop the flag")
+        std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "--api-key-env {var}: the variable is not set (or not Unicode); export the key in it or drop the flag"
+            )
         })
     })
     .transpose()

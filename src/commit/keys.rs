@@ -49,23 +49,25 @@ fn read_seed(path: &Path, prefix: &str, what: &str) -> Result<[u8; 32], CommitEr
         path: path.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+    let flag = match prefix {
+        NODE_PREFIX => "node",
+        ROUTER_PREFIX => "router",
+        _ => "auditor",
+    };
+    let make = format!("make one with `pot keygen --{flag} --out FILE`");
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("cannot read the {what} file ({e}); {make}")))?;
     let text = text.trim();
     let Some(hex_part) = text.strip_prefix(prefix).map(str::trim) else {
         let kind = text.split_whitespace().next().unwrap_or("");
         return Err(bad(format!(
-            "not a {what} file (it starts with {kind:?}, a {what} file with {prefix:?}); make one with `pot keygen --{} --out FILE`",
-            match prefix {
-                NODE_PREFIX => "node",
-                ROUTER_PREFIX => "router",
-                _ => "auditor",
-            }
+            "not a {what} file (it starts with {kind:?}, a {what} file with {prefix:?}); {make}"
         )));
     };
-    let bytes = hex::decode(hex_part).map_err(|_| bad("the key is not hex".into()))?;
+    let bytes = hex::decode(hex_part).map_err(|_| bad(format!("the key is not hex; {make}")))?;
     bytes
         .try_into()
-        .map_err(|_| bad("the key is not 32 bytes".into()))
+        .map_err(|_| bad(format!("the key is not 32 bytes; {make}")))
 }
 
 fn key_line(prefix: &str, seed: &[u8; 32]) -> String {

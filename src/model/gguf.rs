@@ -51,7 +51,7 @@ impl GgufFile {
         })?;
         let content = Content::read(&mut reader).map_err(|e| ModelError::Corrupt {
             path: p.clone(),
-            reason: e.to_string(),
+            reason: super::candle_message(&e),
         })?;
         // Every tensor must lie inside the file: a truncated download fails here, not mid-run.
         let size = reader
@@ -308,7 +308,7 @@ impl GgufFile {
         let cfg = self.config()?;
         let map = |p: &str, e: candle_core::Error| ModelError::Corrupt {
             path: p.to_string(),
-            reason: e.to_string(),
+            reason: super::candle_message(&e),
         };
         let path = self.path.clone();
         let dense = |t: QTensor| t.dequantize(&Device::Cpu).map_err(|e| map(&path, e));

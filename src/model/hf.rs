@@ -295,7 +295,7 @@ impl HfFolder {
     /// Assemble the decoder (f32 weights).
     pub fn decoder(&self) -> Result<Decoder, ModelError> {
         let cfg = self.config()?;
-        let map = |e: candle_core::Error| corrupt(&self.dir, e);
+        let map = |e: candle_core::Error| corrupt(&self.dir, super::candle_message(&e));
         let embed = self.tensor("model.embed_tokens.weight")?;
         let output = if cfg.tied_embeddings {
             Linear::from_dense(embed.clone(), None)

@@ -153,6 +153,18 @@ pub struct Model {
     pub chat_template: Option<chat::ChatTemplate>,
 }
 
+/// A candle error as one line: without the backtrace candle attaches when `RUST_BACKTRACE` is
+/// set, its context joined with `: `.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        other => other.to_string().replace('\n', " "),
+    }
+}
+
 /// The threads the engine's CPU kernels run on (as many as the CPUs unless the front end set
 /// a number; `pot --threads`).
 pub fn threads() -> usize {
@@ -288,7 +300,7 @@ impl Model {
     fn inference_err(&self, e: candle_core::Error) -> ModelError {
         ModelError::Inference {
             path: self.path.display().to_string(),
-            reason: e.to_string(),
+            reason: candle_message(&e),
         }
     }
 

@@ -33,15 +33,12 @@ pub enum FilesError {
     #[error("--resume RUN names the run already; drop --run-id")]
     ResumeWithRunId,
     /// A resumed run whose key is neither given nor saved.
-    #[error("resuming {run_id}: no --key-file given and no saved key at {path}")]
+    #[error("resuming {run_id}: no --key-file given and no saved key at {path}; pass the run's own key with --key-file (a new key cannot continue a run)")]
     NoSavedKey {
         /// The run.
         run_id: String,
         /// Where the key was looked for.
         path: String,
-        /// Why it could not be read.
-        #[source]
-        source: ChallengeError,
     },
     /// A key file given by hand.
     #[error(transparent)]
@@ -139,13 +136,13 @@ impl RunFiles {
         let mut generated_key = false;
         let key = match (key_file, resume.is_some()) {
             (Some(f), _) => ChallengeKey::read(f)?,
-            (None, true) => {
-                ChallengeKey::read(&saved_key).map_err(|source| FilesError::NoSavedKey {
-                    run_id: run_id.clone(),
+            (None, true) if !saved_key.exists() => {
+                return Err(FilesError::NoSavedKey {
+                    run_id,
                     path: saved_key.display().to_string(),
-                    source,
-                })?
+                })
             }
+            (None, true) => ChallengeKey::read(&saved_key)?,
             (None, false) => {
                 let key = ChallengeKey::generate();
                 std::fs::create_dir_all(transcripts).map_err(|source| FilesError::Io {

@@ -1,0 +1,188 @@
+//! Serving and proving: `pot serve`, `pot verify`, `pot keygen`, `pot challenges`.
+
+use super::*;
+
+pub(super) fn cmd_serve(a: ServeArgs) -> Result<ExitCode> {
+    if a.max_queue == 0 || a.max_batch == 0 {
+        bail!("--max-queue and --max-batch must be at least 1");
+    }
+    if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
+        bail!("--shutdown-grace must be a number of seconds, 0 or more");
+    }
+    let api_key = api_key_from_env(a.api_key_env.as_deref())?;
+    pot::serve::run(pot::serve::ServeConfig {
+        model: a.model,
+        name: a.model_name,
+        host: a.host,
+        port: a.port,
+        max_queue: a.max_queue,
+        max_batch: a.max_batch,
+        max_tokens_limit: a.max_tokens_limit,
+        max_body_bytes: a.max_body_bytes,
+        shutdown_grace: std::time::Duration::from_secs_f64(a.shutdown_grace),
+        kernels: a.kernels.into(),
+        api_key,
+        node_key: a.node_key,
+        store: a.store,
+        retention: std::time::Duration::from_secs_f64(a.retention_hours.max(0.0) * 3600.0),
+        store_max_bytes: a.store_max_bytes,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_verify(a: VerifyArgs) -> Result<ExitCode> {
+    use pot::commit::keys::{NodePublic, RouterKey};
+    use pot::verify::{http::HttpProvider, Verifier};
+    if a.jobs == 0 || a.max_tokens == 0 || a.audit_steps == 0 {
+        bail!("--jobs, --max-tokens and --audit-steps must be at least 1");
+    }
+    let router = RouterKey::read(&a.router_key)?;
+    let api_key = api_key_from_env(a.api_key_env.as_deref())?;
+    let mut provider = HttpProvider::new(
+        &a.endpoint,
+        api_key,
+        std::time::Duration::from_secs(a.timeout_s),
+    )?;
+    let info = provider.node_info()?;
+    let node = match &a.node_pubkey {
+        Some(h) => NodePublic::from_hex(h)?,
+        None => {
+            eprintln!(
+                "pot verify: node key {} as published by {} (pin it with --node-pubkey)",
+                info.node, a.endpoint
+            );
+            NodePublic::from_hex(&info.node)?
+        }
+    };
+    let kernels: Kernels = a.kernels.into();
+    let path = pot::model::resolve(&a.model)?;
+    let (model, identity) = pot::identity::load_identified(&path, LoadOptions { kernels })?;
+    let weight_hash = pot::commit::keys::parse_hex32(&identity.weight_hash, "weight hash")?;
+    if info.weight_hash != identity.weight_hash {
+        eprintln!(
+            "pot verify: the node says it serves weights {}, the claimed model's are {}",
+            &info.weight_hash[..16.min(info.weight_hash.len())],
+            &identity.weight_hash[..16]
+        );
+    }
+    let mut out = match &a.out {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open the record file", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut v = Verifier::new(model, weight_hash, kernels, node, router, a.audit_steps);
+    if let Some(t) = a.tolerance {
+        if !(t > 0.0 && t.is_finite()) {
+            bail!("--tolerance must be a positive number of nats");
+        }
+        v.tolerance = t;
+    }
+    v.window_ms = a.window_s * 1000;
+    let mut session = pot::verify::session::Session::new(a.max_tokens)?;
+    let mut rejections = Vec::new();
+    for i in 0..a.jobs {
+        let r = session.job(&mut v, &mut provider)?;
+        let line = match &r.rejection {
+            None => format!(
+                "ACCEPTED ({} steps, audited {:?}, worst {:.3} nats, tolerance {})",
+                r.steps, r.audited, r.worst, v.tolerance
+            ),
+            Some(why) => {
+                rejections.push(serde_json::json!({"job_id": r.job_id, "why": why.to_string()}));
+                format!("REJECTED: {why}")
+            }
+        };
+        eprintln!("job {}/{}: {line}", i + 1, a.jobs);
+        if let Some(f) = out.as_mut() {
+            use std::io::Write;
+            writeln!(f, "{}", serde_json::to_string(&r)?)
+                .and_then(|_| f.flush())
+                .context("cannot write the record file")?;
+        }
+    }
+    let t = session.tally();
+    let (accepted, rejected, tokens, gen_s, audit_s) =
+        (t.accepted, t.rejected, t.tokens, t.generate_s, t.audit_s);
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "endpoint": a.endpoint,
+                "node": hex::encode(v.node.to_bytes()),
+                "claimed_weight_hash": identity.weight_hash,
+                "jobs": a.jobs,
+                "accepted": accepted,
+                "rejected": rejected,
+                "tokens": tokens,
+                "audit_steps": a.audit_steps,
+                "tolerance": v.tolerance,
+                "generate_s": gen_s,
+                "audit_s": audit_s,
+                "rejections": rejections,
+            }))?
+        )?;
+    } else {
+        outln!(
+            "{accepted}/{} jobs accepted, {rejected} rejected ({tokens} tokens; provider {gen_s:.1} s, audits {audit_s:.1} s)",
+            a.jobs
+        )?;
+    }
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(super) fn cmd_keygen(out: PathBuf, node: bool, router: bool) -> Result<ExitCode> {
+    let (line, public, kind) = if node {
+        let k = pot::commit::keys::NodeKey::generate();
+        (k.file_line(), k.public().to_bytes(), "node")
+    } else if router {
+        let (k, line) = pot::commit::keys::RouterKey::generate_with_line();
+        (line, k.public().to_bytes(), "router")
+    } else {
+        let k = pot::commit::keys::AuditorKey::generate();
+        (k.file_line(), k.public().to_bytes(), "auditor")
+    };
+    write_new_secret(&out, &line)?;
+    eprintln!(
+        "pot: wrote a new {kind} key to {} (keep it secret); its public key:",
+        out.display()
+    );
+    outln!("{}", hex::encode(public))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_keygen_challenge(out: PathBuf) -> Result<ExitCode> {
+    write_new_secret(&out, &ChallengeKey::generate().to_hex())?;
+    eprintln!(
+        "pot: wrote a new challenge key to {} (keep it secret)",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_challenges(
+    key_file: PathBuf,
+    run_id: String,
+    n: u64,
+    json: bool,
+) -> Result<ExitCode> {
+    let key = ChallengeKey::read(&key_file)?.for_run(&run_id);
+    let cat = Catalog::load()?;
+    for i in 0..n {
+        let c = cat.challenge(&key, &run_id, i);
+        if json {
+            outln!("{}", serde_json::to_string(&c)?)?;
+        } else {
+            outln!("[{i} {}] {}", c.family, c.prompt.replace('\n', "\\n"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,313 @@
+//! Runs: `pot diff`, `pot audit`, `pot calibrate`, their bundles, and `pot report`.
+
+use super::*;
+
+pub(super) fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
+    let bundle = a.run.bundle_plan()?;
+    let run = a.run.files()?;
+    let cfg = DiffConfig {
+        reference: a.reference.clone(),
+        candidate: a.candidate.clone(),
+        run: run.cleanup_on_error(a.run.spec(&run))?,
+        one_at_a_time: a.one_at_a_time,
+    };
+    let bar = Bar::new(a.run.n_max(), a.run.json);
+    let out = diff::run(&cfg, &mut |st| bar.update(st));
+    bar.finish();
+    let out = run.cleanup_on_error(out)?;
+    let made = make_bundle(bundle, &run, true)?;
+    if a.run.json {
+        outln!("{}", with_bundle(&out, made.as_ref())?)?;
+    } else {
+        print_summary(&out.summary, None)?;
+        for (role, id) in [("reference", &out.reference), ("candidate", &out.candidate)] {
+            outln!("  {role} {} (weights {})", id.path, &id.weight_hash[..16])?;
+        }
+        outln!("  transcript {}", out.summary.transcript)?;
+        print_bundle(made.as_ref())?;
+    }
+    Ok(exit_code(out.summary.decision))
+}
+
+pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
+    let bundle = a.run.bundle_plan()?;
+    for (name, v) in [("--timeout", a.timeout), ("--max-backoff", a.max_backoff)] {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("{name} must be a positive number of seconds");
+        }
+    }
+    let run = a.run.files()?;
+    let cfg = pot::audit::AuditConfig {
+        reference: a.reference.clone(),
+        endpoint: pot::audit::client::EndpointConfig {
+            url: a.endpoint.clone(),
+            model: a.model.clone(),
+            chat: a.chat,
+            api_key: api_key_from_env(a.api_key_env.as_deref())?,
+            timeout: std::time::Duration::from_secs_f64(a.timeout),
+            retries: a.retries,
+            max_backoff: std::time::Duration::from_secs_f64(a.max_backoff),
+        },
+        method: a.method,
+        top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
+        run: run.cleanup_on_error(a.run.spec(&run))?,
+        max_total_tokens: a.max_total_tokens,
+    };
+    let bar = Bar::new(a.run.n_max(), a.run.json);
+    let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
+    bar.finish();
+    let out = run.cleanup_on_error(out)?;
+    let made = make_bundle(bundle, &run, out.stopped.is_none())?;
+    if a.run.json {
+        outln!("{}", with_bundle(&out, made.as_ref())?)?;
+    } else {
+        let by = format!("by {} ({})", out.method, out.endpoint.api);
+        print_summary(&out.summary, Some(&by))?;
+        if let Some(why) = &out.stopped {
+            outln!("  stopped before a verdict: {why}")?;
+        }
+        outln!(
+            "  reference {} (weights {})",
+            out.reference.path,
+            &out.reference.weight_hash[..16]
+        )?;
+        outln!(
+            "  endpoint  {} model {:?}; {} tokens used, {} retries",
+            out.endpoint.url,
+            out.endpoint.model,
+            out.tokens_used,
+            out.retries
+        )?;
+        outln!("  transcript {}", out.summary.transcript)?;
+        print_bundle(made.as_ref())?;
+    }
+    Ok(exit_code(out.summary.decision))
+}
+
+/// Bundle a run that has its verdict (`decided`), as --bundle asked.
+pub(super) fn make_bundle(
+    plan: Option<(PathBuf, pot::commit::keys::AuditorKey)>,
+    run: &RunFiles,
+    decided: bool,
+) -> Result<Option<pot::evidence::Created>> {
+    let Some((path, key)) = plan else {
+        return Ok(None);
+    };
+    if !decided {
+        eprintln!(
+            "pot: no bundle written: the run has no verdict yet; resume it with --resume {} --bundle {} --auditor-key KEY",
+            run.run_id,
+            path.display()
+        );
+        return Ok(None);
+    }
+    pot::evidence::create(&run.transcript, &run.key, &key, &path)
+        .map(Some)
+        .with_context(|| {
+            format!(
+                "the run is finished and its transcript kept, but the bundle was not written; make it with `pot bundle create --transcript {}`",
+                run.transcript.display()
+            )
+        })
+}
+
+pub(super) fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
+    match b {
+        BundleCommand::Create {
+            transcript,
+            key_file,
+            auditor_key,
+            out,
+            json,
+        } => {
+            let auditor = pot::commit::keys::AuditorKey::read(&auditor_key)?;
+            let key = ChallengeKey::read(&key_file)?;
+            let made = pot::evidence::create(&transcript, &key, &auditor, &out)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&made)?)?;
+            } else {
+                print_bundle(Some(&made))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Verify { path, pubkey, json } => {
+            let pinned = match &pubkey {
+                None => None,
+                Some(p) => Some(read_pubkey(p)?),
+            };
+            let r = pot::evidence::verify(&path, pinned.as_ref())?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                for c in &r.checks {
+                    outln!(
+                        "{} {:<18} {}",
+                        if c.ok { "ok  " } else { "FAIL" },
+                        c.name,
+                        c.detail
+                    )?;
+                }
+                match r.first_failure() {
+                    None => outln!(
+                        "VALID: {} of run {}, signed by {}{}",
+                        r.decision.map(|d| d.as_str()).unwrap_or("?"),
+                        r.run_id.as_deref().unwrap_or("?"),
+                        r.signer.as_deref().unwrap_or("?"),
+                        if r.pinned {
+                            " (pinned)"
+                        } else {
+                            " (not pinned)"
+                        }
+                    )?,
+                    Some(c) => outln!("INVALID: {}: {}", c.name, c.detail)?,
+                }
+            }
+            if !r.valid && !json {
+                if let Some(c) = r.first_failure() {
+                    eprintln!(
+                        "pot: {}: bundle check {} fails: {}",
+                        path.display(),
+                        c.name,
+                        c.detail
+                    );
+                }
+            }
+            Ok(if r.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+pub(super) fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {
+    use pot::calibrate::{self, Event, Floor};
+    if let Some(out) = &a.out {
+        if out.exists() {
+            bail!(
+                "-o {}: exists already; pick another path or remove it",
+                out.display()
+            );
+        }
+    }
+    let run_id = a.run_id.clone().unwrap_or_else(new_run_id);
+    let key = match &a.key_file {
+        Some(f) => ChallengeKey::read(f)?,
+        None => ChallengeKey::generate(),
+    }
+    .for_run(&run_id);
+    let workdir = a.keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pot-calibrate-{}", std::process::id()))
+    });
+    let api_key = api_key_from_env(a.api_key_env.as_deref())?;
+    let cfg = calibrate::CalibrateConfig {
+        reference: a.reference.clone(),
+        challenges: a.challenges,
+        k: a.k.unwrap_or(Mode::Audit.k()),
+        kernels: a.kernels.into(),
+        floors: a
+            .floors
+            .clone()
+            .unwrap_or_else(|| <Floor as Named>::ALL.to_vec()),
+        same_files: a.same.clone(),
+        rungs: a.rungs.clone().unwrap_or_else(|| Target::LADDER.to_vec()),
+        key,
+        run_id,
+        workdir: workdir.clone(),
+        keep_positions: a.keep_positions,
+        endpoint: a
+            .endpoint
+            .as_ref()
+            .map(|url| pot::audit::client::EndpointConfig {
+                url: url.clone(),
+                model: a.model.clone().unwrap_or_default(),
+                chat: false,
+                api_key: api_key.clone(),
+                timeout: std::time::Duration::from_secs(120),
+                retries: 6,
+                max_backoff: std::time::Duration::from_secs(60),
+            }),
+    };
+    let bar = Bar::new(cfg.challenges.div_ceil(5) * 5, a.json);
+    let result = calibrate::run(&cfg, &mut |e| match e {
+        Event::Reference(done, total) => {
+            bar.set(done, "reference continues the challenges");
+            if !bar.live() && !a.json {
+                eprintln!("reference: {done}/{total} challenges continued");
+            }
+        }
+        Event::Building(name) => bar.message(&format!("building rung {name}")),
+        Event::Scoring(name) => bar.message(&format!("scoring {name}")),
+        Event::Done(e) => {
+            let (what, d) = match &e.kl {
+                Some(d) => ("mean KL", d),
+                None => ("endpoint KL", &e.endpoint_kl),
+            };
+            bar.println(&format!(
+                "{:<15} {what} {:.5} [{:.5}, {:.5}]  top-1 {:.3}  {:.1} s",
+                e.name, d.mean, d.mean_ci95[0], d.mean_ci95[1], e.top1_agreement, e.seconds
+            ))
+        }
+    });
+    bar.finish();
+    if a.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&workdir);
+    }
+    let cal = result?;
+    if let Some(out) = &a.out {
+        cal.write(out)?;
+    }
+    let stored = calibrate::store(&cal, &calibration_store())?;
+    let (stored, kept) = (stored.path, stored.kept_for);
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&cal)?)?;
+    } else {
+        out!(
+            "{}",
+            calibrate::table(&cal, &Mode::Audit.params(pot::score::ScoreKind::Kl))
+        )?;
+    }
+    if let Some(out) = &a.out {
+        eprintln!("pot calibrate: wrote {}", out.display());
+    }
+    if kept.is_empty() {
+        eprintln!(
+            "pot calibrate: stored as {} (diff and audit of this reference use it)",
+            stored.display()
+        );
+    } else {
+        eprintln!(
+            "pot calibrate: kept the stored calibration {}: it measured {} and this run did not; diff and audit use the stored one (pass this one with --calibration{}, or measure all of them to replace it)",
+            stored.display(),
+            kept.join(", "),
+            a.out.as_ref().map_or(" after writing it with -o".to_string(), |o| format!(" {}", o.display()))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_report(results: PathBuf, json: bool) -> Result<ExitCode> {
+    let r = pot::report::run(&results)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
+    } else {
+        for x in &r.rates {
+            outln!(
+                "{} {}: false accepts {}/{}, false rejects {}/{}, undecided {}/{}",
+                x.method,
+                x.mode,
+                x.false_accept.0,
+                x.false_accept.1,
+                x.false_reject.0,
+                x.false_reject.1,
+                x.undecided.0,
+                x.undecided.1
+            )?;
+        }
+        for w in &r.written {
+            eprintln!("pot report: wrote {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
