@@ -260,7 +260,7 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
     }
     let mut g = GgufFile::open(source)?;
     let cfg = g.config()?;
-    let arch = cfg.arch.clone();
+    let arch = cfg.arch.name();
     if opts.prune_layers >= cfg.n_layer.saturating_sub(1) {
         return Err(VariantError::Options(format!(
             "--prune-layers {} leaves no layer: {src} has {} blocks; prune at most {}",

@@ -129,7 +129,7 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     let tlsh = if tlsh { Some(weight_tlsh(path)?) } else { None };
     Ok(Identity {
         path: p,
-        arch: cfg.arch.clone(),
+        arch: cfg.arch.name().into(),
         file_bytes: std::fs::metadata(path)
             .map_err(|e| io_err(&path.display().to_string(), e))?
             .len(),
@@ -190,7 +190,7 @@ fn folder_fingerprint(dir: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     }
     Ok(Identity {
         path: dir.display().to_string(),
-        arch: cfg.arch.clone(),
+        arch: cfg.arch.name().into(),
         file_bytes,
         parameters,
         vocab_size: cfg.vocab_size,

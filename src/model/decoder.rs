@@ -33,8 +33,8 @@ pub enum RopeStyle {
 /// Architecture hyper-parameters: everything the forward pass needs besides weights.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Config {
-    /// Architecture family (`llama`, `qwen2`, `qwen3`).
-    pub arch: String,
+    /// Architecture family.
+    pub arch: super::Arch,
     /// Number of transformer blocks.
     pub n_layer: usize,
     /// Hidden size.

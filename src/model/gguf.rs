@@ -13,15 +13,12 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
+use super::arch::{block, Arch};
 use super::decoder::{
     fast_encoding, Block, Config, Decoder, Embedding, GemmaConfig, Kernels, Linear, RmsNorm,
-    RopeStyle,
 };
 use super::tokenizer::{GgufTokenizerData, Tokenizer};
 use super::ModelError;
-
-/// Architectures whose forward pass pot implements.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 /// A parsed GGUF header with the open file.
 pub struct GgufFile {
@@ -159,14 +156,12 @@ impl GgufFile {
 
     /// The architecture hyper-parameters.
     pub fn config(&self) -> Result<Config, ModelError> {
-        let arch = self.arch()?;
-        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArch {
-                path: self.path.clone(),
-                arch,
-            });
-        }
-        let k = |s: &str| format!("{arch}.{s}");
+        let name = self.arch()?;
+        let arch = Arch::from_gguf(&name).ok_or_else(|| ModelError::UnsupportedArch {
+            path: self.path.clone(),
+            arch: name.clone(),
+        })?;
+        let k = |s: &str| format!("{name}.{s}");
         let d_model = self.md_usize(&k("embedding_length"))?;
         let n_head = self.md_usize(&k("attention.head_count"))?;
         let n_kv_head = self
@@ -200,14 +195,10 @@ impl GgufFile {
             vocab_size,
             rms_eps: self.md_f64(&k("attention.layer_norm_rms_epsilon"))?,
             rope_base: self.md_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
-            rope_style: if arch == "llama" {
-                RopeStyle::Interleaved
-            } else {
-                RopeStyle::Neox
-            },
+            rope_style: arch.gguf_rope(),
             context_length: self.md_usize(&k("context_length")).unwrap_or(4096),
             tied_embeddings: !self.has_tensor("output.weight"),
-            gemma: if arch == "gemma3" {
+            gemma: if arch == Arch::Gemma3 {
                 let n_layer = self.md_usize(&k("block_count"))?;
                 // llama.cpp: Gemma 3 27B (62 layers) scales queries by 1/√(d/heads), the
                 // others by 1/√head_dim; sliding layers use RoPE base 10000, unscaled.
@@ -357,38 +348,37 @@ impl GgufFile {
                 };
                 Linear::from_qtensor(w, b, kernels).map_err(|e| map(&path, e))
             };
-            let qkv_bias = cfg.arch == "qwen2";
-            let wq = lin("attn_q", qkv_bias)?;
-            let wk = lin("attn_k", qkv_bias)?;
-            let wv = lin("attn_v", qkv_bias)?;
-            let wo = lin("attn_output", false)?;
-            let gate = lin("ffn_gate", false)?;
-            let up = lin("ffn_up", false)?;
-            let down = lin("ffn_down", false)?;
+            let qkv_bias = cfg.arch.qkv_bias();
+            let wq = lin(block::Q.gguf, qkv_bias)?;
+            let wk = lin(block::K.gguf, qkv_bias)?;
+            let wv = lin(block::V.gguf, qkv_bias)?;
+            let wo = lin(block::O.gguf, false)?;
+            let gate = lin(block::GATE.gguf, false)?;
+            let up = lin(block::UP.gguf, false)?;
+            let down = lin(block::DOWN.gguf, false)?;
             let mut norm_of = |name: &str| -> Result<RmsNorm, ModelError> {
                 Ok(RmsNorm::new(
                     dense(self.tensor(&format!("{prefix}.{name}.weight"))?)?,
                     cfg.rms_eps,
                 ))
             };
-            let (q_norm, k_norm) = if matches!(cfg.arch.as_str(), "qwen3" | "gemma3") {
-                (Some(norm_of("attn_q_norm")?), Some(norm_of("attn_k_norm")?))
-            } else {
-                (None, None)
-            };
-            let (post_attn_norm, post_ffn_norm) = if cfg.arch == "gemma3" {
+            let (q_norm, k_norm) = if cfg.arch.qk_norm() {
                 (
-                    Some(norm_of("post_attention_norm")?),
-                    Some(norm_of("post_ffw_norm")?),
+                    Some(norm_of(block::Q_NORM.gguf)?),
+                    Some(norm_of(block::K_NORM.gguf)?),
                 )
             } else {
                 (None, None)
             };
+            let (post_attn_norm, post_ffn_norm) = match cfg.arch.post_norms() {
+                Some([a, f]) => (Some(norm_of(a.gguf)?), Some(norm_of(f.gguf)?)),
+                None => (None, None),
+            };
             blocks.push(Block {
                 post_attn_norm,
                 post_ffn_norm,
-                attn_norm: norm_of("attn_norm")?,
-                ffn_norm: norm_of("ffn_norm")?,
+                attn_norm: norm_of(block::ATTN_NORM.gguf)?,
+                ffn_norm: norm_of(cfg.arch.ffn_norm().gguf)?,
                 wq,
                 wk,
                 wv,

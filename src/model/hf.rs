@@ -15,8 +15,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use super::arch::{block, Arch};
 use super::decoder::{Block, Config, Decoder, Embedding, GemmaConfig, Linear, RmsNorm, RopeStyle};
-use super::gguf::{GgufFile, SUPPORTED_ARCHS};
+use super::gguf::GgufFile;
 use super::tokenizer::Tokenizer;
 use super::ModelError;
 
@@ -33,8 +34,9 @@ pub struct HfFolder {
     st: MmapedSafetensors,
 }
 
-/// GGUF tensor name → Hugging Face name (`None`: not a tensor of these families).
-pub fn hf_name(gguf: &str) -> Option<String> {
+/// GGUF tensor name → Hugging Face name in a model of family `arch` (`None`: not one of its
+/// tensors).
+pub fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
     let top = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -47,21 +49,8 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (part, kind) = rest.rsplit_once('.')?;
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+    let names = arch.block_tensors().into_iter().find(|n| n.gguf == part)?;
+    Some(format!("model.layers.{layer}.{}.{kind}", names.hf))
 }
 
 fn open_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
@@ -126,20 +115,10 @@ impl HfFolder {
             .get("model_type")
             .and_then(Value::as_str)
             .unwrap_or("");
-        // Gemma 3's text-only checkpoints say gemma3_text; the multimodal ones nest their
-        // text model and are not read here.
-        let arch = match model_type {
-            "gemma3_text" => "gemma3",
-            "gemma3" => "gemma3 (multimodal checkpoint; pass its text model)",
-            t => t,
-        }
-        .to_string();
-        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArch {
-                path: self.dir.join("config.json").display().to_string(),
-                arch,
-            });
-        }
+        let arch = Arch::from_hf(model_type).map_err(|arch| ModelError::UnsupportedArch {
+            path: self.dir.join("config.json").display().to_string(),
+            arch,
+        })?;
         let rope_scaling = self
             .config_json
             .get("rope_scaling")
@@ -148,7 +127,7 @@ impl HfFolder {
             .filter(|v| v.get("rope_type").and_then(Value::as_str) == Some("linear"))
             .and_then(|v| v.get("factor"))
             .and_then(Value::as_f64);
-        if rope_scaling.is_some() && (arch != "gemma3" || linear_factor.is_none()) {
+        if rope_scaling.is_some() && !(arch.linear_rope_scaling() && linear_factor.is_some()) {
             return Err(ModelError::UnsupportedArch {
                 path: self.dir.join("config.json").display().to_string(),
                 arch: format!("{arch} with rope_scaling (not implemented)"),
@@ -165,7 +144,7 @@ impl HfFolder {
         }
         let f = |k: &str, d: f64| self.config_json.get(k).and_then(Value::as_f64).unwrap_or(d);
         let tied = match self.config_json.get("tie_word_embeddings") {
-            None if model_type == "gemma3_text" => true,
+            None if arch.hf_tied_by_default() => true,
             Some(v) => v.as_bool().unwrap_or(false),
             None => self.st.get("lm_head.weight").is_err(),
         };
@@ -182,7 +161,7 @@ impl HfFolder {
             rope_style: RopeStyle::Neox,
             context_length: self.key_usize("max_position_embeddings").unwrap_or(4096),
             tied_embeddings: tied,
-            gemma: if arch == "gemma3" {
+            gemma: if arch == Arch::Gemma3 {
                 let head_dim = self.key_usize("head_dim").unwrap_or(d_model / n_head);
                 let scalar = f("query_pre_attn_scalar", head_dim as f64);
                 Some(GemmaConfig {
@@ -284,7 +263,7 @@ impl HfFolder {
     /// An RMSNorm weight; Gemma stores `w` and multiplies by `1 + w` (GGUF stores `1 + w`).
     fn norm(&self, name: &str, cfg: &Config) -> Result<RmsNorm, ModelError> {
         let w = self.tensor(name)?;
-        let w = if cfg.arch == "gemma3" {
+        let w = if cfg.arch.hf_norm_plus_one() {
             (w + 1.0).map_err(|e| corrupt(&self.dir, e))?
         } else {
             w
@@ -316,41 +295,33 @@ impl HfFolder {
                 Ok(Linear::from_dense(w, b))
             };
             let norm_of = |name: &str| self.norm(&format!("{p}.{name}.weight"), &cfg);
-            let qkv_bias = cfg.arch == "qwen2";
-            let (post_attn_norm, post_ffn_norm) = if cfg.arch == "gemma3" {
-                (
-                    Some(norm_of("post_attention_layernorm")?),
-                    Some(norm_of("post_feedforward_layernorm")?),
-                )
-            } else {
-                (None, None)
+            let qkv_bias = cfg.arch.qkv_bias();
+            let (post_attn_norm, post_ffn_norm) = match cfg.arch.post_norms() {
+                Some([a, f]) => (Some(norm_of(a.hf)?), Some(norm_of(f.hf)?)),
+                None => (None, None),
             };
-            let (q_norm, k_norm) = if matches!(cfg.arch.as_str(), "qwen3" | "gemma3") {
+            let (q_norm, k_norm) = if cfg.arch.qk_norm() {
                 (
-                    Some(norm_of("self_attn.q_norm")?),
-                    Some(norm_of("self_attn.k_norm")?),
+                    Some(norm_of(block::Q_NORM.hf)?),
+                    Some(norm_of(block::K_NORM.hf)?),
                 )
             } else {
                 (None, None)
             };
             blocks.push(Block {
-                attn_norm: norm_of("input_layernorm")?,
-                wq: lin("self_attn.q_proj", qkv_bias)?,
-                wk: lin("self_attn.k_proj", qkv_bias)?,
-                wv: lin("self_attn.v_proj", qkv_bias)?,
-                wo: lin("self_attn.o_proj", false)?,
+                attn_norm: norm_of(block::ATTN_NORM.hf)?,
+                wq: lin(block::Q.hf, qkv_bias)?,
+                wk: lin(block::K.hf, qkv_bias)?,
+                wv: lin(block::V.hf, qkv_bias)?,
+                wo: lin(block::O.hf, false)?,
                 q_norm,
                 k_norm,
-                ffn_norm: norm_of(if cfg.arch == "gemma3" {
-                    "pre_feedforward_layernorm"
-                } else {
-                    "post_attention_layernorm"
-                })?,
+                ffn_norm: norm_of(cfg.arch.ffn_norm().hf)?,
                 post_attn_norm,
                 post_ffn_norm,
-                gate: lin("mlp.gate_proj", false)?,
-                up: lin("mlp.up_proj", false)?,
-                down: lin("mlp.down_proj", false)?,
+                gate: lin(block::GATE.hf, false)?,
+                up: lin(block::UP.hf, false)?,
+                down: lin(block::DOWN.hf, false)?,
             });
         }
         Decoder::new(cfg, Embedding::Dense(embed), blocks, norm, output).map_err(map)
@@ -376,10 +347,15 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
     }
     let mut g = GgufFile::open(gguf)?;
     let cfg = g.config()?;
-    if cfg.gemma.is_some() {
+    if !cfg.arch.exports_hf() {
+        let writes: Vec<&str> = Arch::ALL
+            .into_iter()
+            .filter(|a| a.exports_hf())
+            .map(Arch::name)
+            .collect();
         return Err(ModelError::UnsupportedArch {
             path: gguf.display().to_string(),
-            arch: format!("{} (export-hf writes llama, qwen2 and qwen3)", cfg.arch),
+            arch: format!("{} (export-hf writes {})", cfg.arch, writes.join(", ")),
         });
     }
     let data = g.tokenizer_data()?;
@@ -387,7 +363,7 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
     for name in names {
-        let Some(hf) = hf_name(&name) else {
+        let Some(hf) = hf_name(cfg.arch, &name) else {
             continue;
         };
         let t = g
@@ -410,12 +386,8 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
         candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))
             .map_err(|e| open_err(&tmp, e))?;
         let config = serde_json::json!({
-            "model_type": cfg.arch,
-            "architectures": [match cfg.arch.as_str() {
-                "qwen2" => "Qwen2ForCausalLM",
-                "qwen3" => "Qwen3ForCausalLM",
-                _ => "LlamaForCausalLM",
-            }],
+            "model_type": cfg.arch.hf_model_type(),
+            "architectures": [cfg.arch.hf_class()],
             "num_hidden_layers": cfg.n_layer,
             "hidden_size": cfg.d_model,
             "num_attention_heads": cfg.n_head,

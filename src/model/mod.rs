@@ -5,6 +5,7 @@
 //! Hugging Face cache (pot never downloads: the machines it audits from are often offline).
 //! This room owns the engine; it knows nothing of challenges, scores or decisions.
 
+pub mod arch;
 pub mod attention;
 pub mod chat;
 pub mod decoder;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
+pub use arch::Arch;
 pub use decoder::{Config, Decoder, Kernels, KvCache};
 pub use tokenizer::Tokenizer;
 
@@ -70,7 +72,8 @@ pub enum ModelError {
     },
     /// An architecture pot has no forward pass for.
     #[error(
-        "{path}: architecture {arch:?} is not supported (supported: llama, qwen2, qwen3, gemma3)"
+        "{path}: architecture {arch:?} is not supported (supported: {})",
+        arch::Arch::supported()
     )]
     UnsupportedArch {
         /// File.
