@@ -83,6 +83,50 @@ pub struct GemmaConfig {
 }
 
 impl Config {
+    /// Why these hyper-parameters cannot be a model's, if they cannot: sizes that are zero,
+    /// odd where RoPE pairs dimensions, or beyond any released model by orders of magnitude
+    /// (a damaged file must fail here, not allocate without bound).
+    pub fn implausible(&self) -> Option<String> {
+        let sizes = [
+            ("block count", self.n_layer, 1 << 12),
+            ("embedding length", self.d_model, 1 << 17),
+            ("head count", self.n_head, 1 << 12),
+            ("key/value head count", self.n_kv_head, 1 << 12),
+            ("head size", self.head_dim, 1 << 12),
+            ("feed-forward length", self.d_ff, 1 << 20),
+            ("vocabulary size", self.vocab_size, 1 << 24),
+        ];
+        for (what, v, max) in sizes {
+            if v == 0 || v > max {
+                return Some(format!("{what} {v} is outside 1..={max}"));
+            }
+        }
+        if self.head_dim % 2 != 0 {
+            return Some(format!(
+                "head size {} is odd (RoPE rotates pairs)",
+                self.head_dim
+            ));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            return Some(format!("RMSNorm epsilon {} is not in (0, 1)", self.rms_eps));
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
+            return Some(format!("RoPE base {} is not above 1", self.rope_base));
+        }
+        if let Some(g) = &self.gemma {
+            for (what, v) in [
+                ("attention scale", g.attn_scale),
+                ("local RoPE base", g.rope_local_base),
+                ("RoPE scale", g.rope_scale),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Some(format!("Gemma {what} {v} is not a positive number"));
+                }
+            }
+        }
+        None
+    }
+
     fn is_sliding(&self, layer: usize) -> bool {
         self.gemma
             .as_ref()

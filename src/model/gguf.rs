@@ -60,9 +60,33 @@ impl GgufFile {
             })?
             .len();
         for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            // Checked: a damaged shape must not wrap around into a small size that passes.
+            let block = info.ggml_dtype.block_size();
+            let end = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                .filter(|elems| elems % block as u64 == 0)
+                .and_then(|elems| {
+                    (elems / block as u64).checked_mul(info.ggml_dtype.type_size() as u64)
+                })
+                .and_then(|bytes| {
+                    content
+                        .tensor_data_offset
+                        .checked_add(info.offset)?
+                        .checked_add(bytes)
+                });
+            let Some(end) = end else {
+                return Err(ModelError::Corrupt {
+                    path: p,
+                    reason: format!(
+                        "tensor {name} has shape {:?}, which {:?} blocks of {block} cannot hold",
+                        info.shape.dims(),
+                        info.ggml_dtype
+                    ),
+                });
+            };
             if end > size {
                 return Err(ModelError::Corrupt {
                     path: p,
@@ -185,7 +209,7 @@ impl GgufFile {
                 format!("{n_kv_head} key/value heads do not divide {n_head} query heads"),
             ));
         }
-        Ok(Config {
+        let cfg = Config {
             n_layer: self.md_usize(&k("block_count"))?,
             d_model,
             n_head,
@@ -222,7 +246,25 @@ impl GgufFile {
                 None
             },
             arch,
-        })
+        };
+        if let Some(why) = cfg.implausible() {
+            return Err(ModelError::Corrupt {
+                path: self.path.clone(),
+                reason: why,
+            });
+        }
+        let embd = &self.content.tensor_infos["token_embd.weight"];
+        if embd.shape.dims().get(1) != Some(&d_model) {
+            return Err(ModelError::Corrupt {
+                path: self.path.clone(),
+                reason: format!(
+                    "token_embd.weight is {:?}, not (vocabulary, {d_model}) as {} says",
+                    embd.shape.dims(),
+                    k("embedding_length")
+                ),
+            });
+        }
+        Ok(cfg)
     }
 
     /// The tokenizer data in the metadata.
@@ -266,6 +308,16 @@ impl GgufFile {
             None => Vec::new(),
         };
         let spm = model == "llama";
+        // Special ids must name entries of the vocabulary (else every encoding would carry an
+        // id no text stands for).
+        for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+            if let Some(id) = opt_u32(key).filter(|&id| id as usize >= tokens.len()) {
+                return Err(self.bad_key(
+                    key,
+                    format!("{id} is outside the vocabulary of {} tokens", tokens.len()),
+                ));
+            }
+        }
         Ok(GgufTokenizerData {
             scores,
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix", spm),

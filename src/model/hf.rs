@@ -148,7 +148,7 @@ impl HfFolder {
             Some(v) => v.as_bool().unwrap_or(false),
             None => self.st.get("lm_head.weight").is_err(),
         };
-        Ok(Config {
+        let cfg = Config {
             n_layer: self.need_usize("num_hidden_layers")?,
             d_model,
             n_head,
@@ -175,7 +175,11 @@ impl HfFolder {
                 None
             },
             arch,
-        })
+        };
+        match cfg.implausible() {
+            Some(why) => Err(corrupt(&self.dir.join("config.json"), why)),
+            None => Ok(cfg),
+        }
     }
 
     /// One tensor as f32.

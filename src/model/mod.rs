@@ -108,6 +108,14 @@ pub enum ModelError {
         #[source]
         source: tokenizers::Error,
     },
+    /// Token ids that are not in the tokenizer's vocabulary.
+    #[error("token id {id} is outside the tokenizer's vocabulary of {vocab}: the ids were not made by this model's tokenizer")]
+    UnknownToken {
+        /// The first such id.
+        id: u32,
+        /// Entries in the vocabulary.
+        vocab: usize,
+    },
     /// A continuation was asked of an empty prompt.
     #[error("cannot continue an empty prompt: give each prompt at least one token")]
     EmptyPrompt,

@@ -313,8 +313,15 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    /// Text of `ids`, special tokens included.
+    /// Text of `ids`, special tokens included; an id outside the vocabulary is refused (it
+    /// would otherwise vanish from the text).
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        if let Some(&id) = ids.iter().find(|&&i| i as usize >= self.vocab_size) {
+            return Err(ModelError::UnknownToken {
+                id,
+                vocab: self.vocab_size,
+            });
+        }
         match &self.inner {
             Backend::Hf(t) => t.decode(ids, false).map_err(|source| ModelError::Tokenize {
                 action: "decode the token ids",
