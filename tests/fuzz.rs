@@ -6,12 +6,8 @@
 //!
 //! Cases per parser: `POT_FUZZ_CASES` (default 100,000).
 
-use std::io::Cursor;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestRunner};
@@ -54,62 +50,10 @@ fn mutated(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![7 => edits, 1 => prop::collection::vec(any::<u8>(), 0..512)]
 }
 
-/// A whole little Llama in GGUF: SentencePiece tokenizer of 8 pieces, one block, every
-/// tensor f32. A few kilobytes, so mutations land in the header and the metadata.
+/// A whole little Llama in GGUF (pot::model::tiny): a few kilobytes, so mutations land in
+/// the header and the metadata.
 fn tiny_llama() -> Vec<u8> {
-    let s = |v: &str| Value::String(v.into());
-    let tokens = ["<unk>", "<s>", "</s>", "▁a", "▁b", "a", "b", "▁"];
-    let md: Vec<(&str, Value)> = vec![
-        ("general.architecture", s("llama")),
-        ("llama.embedding_length", Value::U32(8)),
-        ("llama.attention.head_count", Value::U32(2)),
-        ("llama.attention.head_count_kv", Value::U32(2)),
-        ("llama.block_count", Value::U32(1)),
-        ("llama.feed_forward_length", Value::U32(16)),
-        ("llama.context_length", Value::U32(64)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("tokenizer.ggml.model", s("llama")),
-        (
-            "tokenizer.ggml.tokens",
-            Value::Array(tokens.iter().map(|t| s(t)).collect()),
-        ),
-        (
-            "tokenizer.ggml.scores",
-            Value::Array((0..8).map(|i| Value::F32(-(i as f32))).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            Value::Array([2, 3, 3, 1, 1, 1, 1, 1].map(Value::I32).to_vec()),
-        ),
-        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
-    ];
-    let t = |rows: usize, cols: usize| {
-        let x = Tensor::ones((rows, cols), DType::F32, &Device::Cpu).unwrap();
-        QTensor::quantize(&x, GgmlDType::F32).unwrap()
-    };
-    let v = |n: usize| {
-        let x = Tensor::ones(n, DType::F32, &Device::Cpu).unwrap();
-        QTensor::quantize(&x, GgmlDType::F32).unwrap()
-    };
-    let tensors: Vec<(&str, QTensor)> = vec![
-        ("token_embd.weight", t(8, 8)),
-        ("output_norm.weight", v(8)),
-        ("blk.0.attn_norm.weight", v(8)),
-        ("blk.0.attn_q.weight", t(8, 8)),
-        ("blk.0.attn_k.weight", t(8, 8)),
-        ("blk.0.attn_v.weight", t(8, 8)),
-        ("blk.0.attn_output.weight", t(8, 8)),
-        ("blk.0.ffn_norm.weight", v(8)),
-        ("blk.0.ffn_gate.weight", t(16, 8)),
-        ("blk.0.ffn_up.weight", t(16, 8)),
-        ("blk.0.ffn_down.weight", t(8, 16)),
-    ];
-    let mut out = Cursor::new(Vec::new());
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
-    gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
-    out.into_inner()
+    pot::model::tiny::llama_gguf(0)
 }
 
 /// Open, configure, tokenize with and assemble a GGUF file; `Err` names the file.

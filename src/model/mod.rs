@@ -15,6 +15,7 @@ pub mod hf;
 pub mod kq;
 pub mod q8;
 pub mod spm;
+pub mod tiny;
 pub mod tokenizer;
 pub mod vexp;
 

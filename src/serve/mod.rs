@@ -143,9 +143,6 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| cfg.model.clone())
     });
-    let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(cfg.max_queue);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let worker = engine::spawn(model.clone(), jobs, cfg.max_batch, cancel.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -165,17 +162,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
-    let state = Arc::new(AppState {
-        prover,
-        store,
-        model,
-        name,
-        identity,
-        queue,
-        stopping: AtomicBool::new(false),
-        cfg,
-        created: unix_now(),
-    });
+    let (state, worker, cancel) = start(model, identity, name, cfg, prover, store);
     let result = rt.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(&addr)
@@ -227,6 +214,34 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let _ = worker.join();
     eprintln!("pot serve: stopped");
     result
+}
+
+/// The server's state over a loaded model, with its engine worker started: what [`run`]
+/// listens with, and what the tests drive in process through [`router`]. Setting the flag
+/// cancels what the worker holds; dropping every copy of the state ends it.
+fn start(
+    model: Arc<Model>,
+    identity: Identity,
+    name: String,
+    cfg: ServeConfig,
+    prover: Option<Arc<Prover>>,
+    store: Option<Arc<Store>>,
+) -> (St, std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+    let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(cfg.max_queue);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let worker = engine::spawn(model.clone(), jobs, cfg.max_batch, cancel.clone());
+    let state = Arc::new(AppState {
+        prover,
+        store,
+        model,
+        name,
+        identity,
+        queue,
+        stopping: AtomicBool::new(false),
+        cfg,
+        created: unix_now(),
+    });
+    (state, worker, cancel)
 }
 
 async fn wait_for_signal() {
@@ -869,5 +884,99 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// The router over the tiny Llama (`model::tiny`), driven in process (no socket, no
+    /// binary): models, a completion with logprobs, a chat to a model without a template,
+    /// a malformed body, an unknown route.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_router_answers_in_process_over_a_tiny_model() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, crate::model::tiny::llama_gguf(3)).unwrap();
+        let (model, identity) = load_identified(&path, LoadOptions::default()).unwrap();
+        let cfg = ServeConfig {
+            model: path.display().to_string(),
+            name: Some("tiny".into()),
+            host: "127.0.0.1".into(),
+            port: 0,
+            max_queue: 4,
+            max_batch: 2,
+            max_tokens_limit: 64,
+            max_body_bytes: 1 << 16,
+            shutdown_grace: Duration::from_secs(1),
+            kernels: Kernels::Quantized,
+            api_key: None,
+            node_key: None,
+            store: None,
+            retention: Duration::from_secs(60),
+            store_max_bytes: 1 << 20,
+        };
+        let (state, worker, cancel) =
+            start(Arc::new(model), identity, "tiny".into(), cfg, None, None);
+        let app = router(state.clone());
+        let call = |method: &str, uri: &str, body: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            let app = app.clone();
+            async move {
+                let r = app.oneshot(req).await.unwrap();
+                let status = r.status().as_u16();
+                let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+                )
+            }
+        };
+        let (st, v) = call("GET", "/v1/models", "").await;
+        assert_eq!(
+            (st, v["data"][0]["id"].as_str()),
+            (200, Some("tiny")),
+            "{v}"
+        );
+        let (st, v) = call(
+            "POST",
+            "/v1/completions",
+            r#"{"model":"tiny","prompt":[1,3,4],"max_tokens":4,"temperature":0,"logprobs":2}"#,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let lp = &v["choices"][0]["logprobs"];
+        let n = lp["tokens"].as_array().unwrap().len();
+        assert!((1..=4).contains(&n), "{v}");
+        assert!(lp["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x.as_f64().unwrap() <= 0.0));
+        assert_eq!(v["usage"]["prompt_tokens"], 3, "{v}");
+        let (st, v) = call(
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":"tiny","messages":[{"role":"user","content":"a b"}]}"#,
+        )
+        .await;
+        assert_eq!(st, 400, "a model without a chat template: {v}");
+        assert_eq!(v["error"]["param"], "messages", "{v}");
+        let (st, v) = call("POST", "/v1/completions", "{not json").await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (400, Some("invalid_json")),
+            "{v}"
+        );
+        let (st, _) = call("GET", "/v1/nowhere", "").await;
+        assert_eq!(st, 404);
+        cancel.store(true, Ordering::SeqCst);
+        drop(app);
+        drop(state);
+        tokio::task::spawn_blocking(move || worker.join().unwrap())
+            .await
+            .unwrap();
     }
 }
