@@ -105,7 +105,7 @@ pub struct CalibrateConfig {
     pub keep_positions: bool,
     /// A server holding the reference's weights: its answers to the same challenges (by
     /// `pot audit`'s echo or logprobs method) are a floor entry, `endpoint`.
-    pub endpoint: Option<crate::audit::client::EndpointConfig>,
+    pub endpoint: Option<crate::openai::EndpointConfig>,
 }
 
 /// Distribution of one entry's per-challenge scores.
@@ -482,7 +482,7 @@ pub fn run(
 fn endpoint_entry(
     cfg: &CalibrateConfig,
     source: &Path,
-    endpoint: &crate::audit::client::EndpointConfig,
+    endpoint: &crate::openai::EndpointConfig,
     n: usize,
 ) -> Result<Entry, CalibrateError> {
     use crate::audit::{self, AuditConfig};

@@ -23,6 +23,7 @@ pub mod diff;
 pub mod evidence;
 pub mod identity;
 pub mod model;
+pub mod openai;
 pub mod report;
 pub mod run;
 pub mod score;

@@ -217,7 +217,16 @@ fn committing_server(model: &str, extra: &[&str]) -> (Server, tempfile::TempDir)
 }
 
 fn http(server: &Server) -> (HttpProvider, NodePublic) {
-    let mut p = HttpProvider::new(&server.url, None, std::time::Duration::from_secs(120)).unwrap();
+    let mut p = HttpProvider::new(pot::openai::EndpointConfig {
+        url: server.url.clone(),
+        model: String::new(),
+        chat: false,
+        api_key: None,
+        timeout: std::time::Duration::from_secs(120),
+        retries: 0,
+        max_backoff: std::time::Duration::from_secs(1),
+    })
+    .unwrap();
     let info = p.node_info().unwrap();
     (p, NodePublic::from_hex(&info.node).unwrap())
 }

@@ -218,7 +218,9 @@ fn audits_through_chat_and_text_only_decide_too() {
 enum Fault {
     /// Forward everything.
     None,
-    /// Cycle through: 503, 429 + Retry-After, truncated JSON, a hang, then six forwarded.
+    /// Each distinct request (request line and body) meets the faults in turn — 503, 429 +
+    /// Retry-After, truncated JSON, and for the first request a hang — and is forwarded after:
+    /// decided per request, so concurrent retries cannot starve one of forwards.
     Cycle,
     /// Answer every request with 503.
     Down,
@@ -239,7 +241,7 @@ struct Proxy {
     seen: Arc<AtomicUsize>,
     faults: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    /// The distinct requests seen since the last `set`, for `Fault::DownAfter`.
+    /// The distinct requests seen since the last `set`, for `Fault::DownAfter` and `Fault::Cycle`.
     distinct: Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>,
 }
 
@@ -296,7 +298,7 @@ impl Proxy {
                     let Some(req) = read_request(&mut conn) else {
                         return;
                     };
-                    let n = sn.fetch_add(1, Ordering::SeqCst);
+                    sn.fetch_add(1, Ordering::SeqCst);
                     let mode = *f.lock().unwrap();
                     let canned = |body: Value| {
                         let b = body.to_string();
@@ -321,7 +323,24 @@ impl Proxy {
                                 0
                             }
                         }
-                        Fault::Cycle => n % 10,
+                        Fault::Cycle => {
+                            let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                            let line_end = req.windows(2).position(|w| w == b"\r\n").unwrap();
+                            let mut id = req[..line_end].to_vec();
+                            id.extend_from_slice(&req[head_end + 4..]);
+                            let mut seen = ds.lock().unwrap();
+                            let tries = (0..4).find(|k| {
+                                let mut key = id.clone();
+                                key.push(*k);
+                                seen.insert(key)
+                            });
+                            match tries {
+                                Some(k @ 0..=2) => k as usize,
+                                // One request hangs, once.
+                                Some(3) if seen.insert(b"hang".to_vec()) => 3,
+                                _ => 5,
+                            }
+                        }
                         Fault::Empty => {
                             let _ = conn.write_all(&canned(json!({"choices": [{"index": 0, "text": "", "finish_reason": "length", "logprobs": null}]})));
                             return;

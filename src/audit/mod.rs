@@ -19,8 +19,6 @@
 //! Every sampling parameter is sent explicitly (temperature 0, top_p 1, n 1, no penalties, a
 //! fixed seed). The endpoint's raw responses go into the transcript, the API key never does.
 
-pub mod client;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -28,11 +26,14 @@ use crate::challenge::Challenge;
 use crate::identity::Identity;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::LoadOptions;
+use crate::openai::{
+    ChatRequest, Choice, ClientError, Common, Completion, CompletionRequest, Endpoint,
+    EndpointConfig, Logprobs, WireMessage,
+};
 use crate::run::local::LocalModel;
 use crate::run::{Candidate, Progress, Reference, RunError, RunSpec, Scored, Summary};
 use crate::score::{self, ChallengeScore, EndpointPosition, ReferenceSide, ScoreKind};
 use crate::transcript::{self, EndpointInfo};
-use client::{ClientError, Endpoint, EndpointConfig};
 
 /// How challenges are put to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,15 +133,10 @@ impl Vocab {
         Self(m)
     }
 
-    /// A token as the endpoint spelled it.
-    fn id(&self, token: &str, bytes: Option<&Value>) -> Option<u32> {
-        let from_list = bytes.and_then(Value::as_array).and_then(|a| {
-            a.iter()
-                .map(|b| b.as_u64().filter(|x| *x < 256).map(|x| x as u8))
-                .collect::<Option<Vec<u8>>>()
-        });
-        let b = match from_list {
-            Some(b) => b,
+    /// A token as the endpoint spelled it: its bytes when given, else its text.
+    fn id(&self, token: &str, bytes: Option<&[u8]>) -> Option<u32> {
+        let b = match bytes {
+            Some(b) => b.to_vec(),
             None => match token.strip_prefix("bytes:") {
                 Some(esc) => unescape_bytes(esc)?,
                 None => token.as_bytes().to_vec(),
@@ -207,42 +203,51 @@ impl EndpointCandidate {
     }
 
     /// The request for a challenge: `ids` for echo (prompt + continuation), else the text.
+    /// Every sampling parameter is explicit, so no server default can change the decoding.
     fn request(&self, prompt: &str, ids: Option<&[u32]>) -> Value {
-        let cfg = self.endpoint.config();
-        let mut b = json!({
-            "model": cfg.model,
-            "temperature": 0,
-            "top_p": 1,
-            "n": 1,
-            "presence_penalty": 0,
-            "frequency_penalty": 0,
-            "seed": 0,
-            "stream": false,
-        });
-        match (self.chat(), self.method, ids) {
+        let mut common = Common {
+            model: Some(self.endpoint.config().model.clone()),
+            max_tokens: Some(self.k as i64),
+            temperature: Some(0.0),
+            top_p: Some(1.0),
+            n: Some(1),
+            presence_penalty: Some(0.0),
+            frequency_penalty: Some(0.0),
+            seed: Some(0),
+            stream: false,
+            ..Default::default()
+        };
+        let top = Some(self.top as i64);
+        let logprobs = self.method == Method::Logprobs;
+        let body = match (self.chat(), self.method, ids) {
             (false, Method::Echo, Some(ids)) => {
-                b["prompt"] = json!(ids);
-                b["max_tokens"] = json!(1);
-                b["echo"] = json!(true);
-                b["logprobs"] = json!(self.top);
+                common.max_tokens = Some(1);
+                serde_json::to_value(CompletionRequest {
+                    common,
+                    prompt: Some(json!(ids)),
+                    logprobs: top,
+                    echo: true,
+                    ..Default::default()
+                })
             }
-            (false, m, _) => {
-                b["prompt"] = json!(prompt);
-                b["max_tokens"] = json!(self.k);
-                if m == Method::Logprobs {
-                    b["logprobs"] = json!(self.top);
-                }
-            }
-            (true, m, _) => {
-                b["messages"] = json!([{"role": "user", "content": prompt}]);
-                b["max_tokens"] = json!(self.k);
-                if m == Method::Logprobs {
-                    b["logprobs"] = json!(true);
-                    b["top_logprobs"] = json!(self.top);
-                }
-            }
-        }
-        b
+            (false, _, _) => serde_json::to_value(CompletionRequest {
+                common,
+                prompt: Some(json!(prompt)),
+                logprobs: top.filter(|_| logprobs),
+                ..Default::default()
+            }),
+            (true, _, _) => serde_json::to_value(ChatRequest {
+                common,
+                messages: Some(vec![WireMessage {
+                    role: "user".into(),
+                    content: json!(prompt),
+                }]),
+                logprobs,
+                top_logprobs: top.filter(|_| logprobs),
+                ..Default::default()
+            }),
+        };
+        body.expect("wire types serialize")
     }
 
     /// Read a response. `sent`: for echo, the ids sent and where the continuation starts.
@@ -252,18 +257,18 @@ impl EndpointCandidate {
         sent: Option<(&[u32], usize)>,
         tokenizer: &Tokenizer,
     ) -> Result<Answer, String> {
+        let body: Completion = serde_json::from_value(body.clone())
+            .map_err(|e| format!("the response is not an OpenAI answer ({e})"))?;
         let choice = body
-            .pointer("/choices/0")
+            .choices
+            .first()
             .ok_or("the response has no choices[0]")?;
-        let usage = body
-            .pointer("/usage/total_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let stopped = choice.get("finish_reason").and_then(Value::as_str) == Some("stop");
+        let usage = body.usage.map_or(0, |u| u.total_tokens);
+        let stopped = choice.finish_reason.as_deref() == Some("stop");
         let text = if self.chat() {
-            choice.pointer("/message/content").and_then(Value::as_str)
+            choice.message.as_ref().and_then(|m| m.content.as_deref())
         } else {
-            choice.get("text").and_then(Value::as_str)
+            choice.text.as_deref()
         }
         .ok_or("the response has no text")?
         .to_string();
@@ -327,7 +332,7 @@ impl EndpointCandidate {
 
     /// The per-token log-probability entries of a choice, in either wire format, refused
     /// when a log-probability is not a number at most 0.
-    fn entries(&self, choice: &Value) -> Result<Vec<EndpointPosition>, String> {
+    fn entries(&self, choice: &Choice) -> Result<Vec<EndpointPosition>, String> {
         let entries = self.entries_unchecked(choice)?;
         // NaN stands for a JSON null (the first echoed token has no log-probability).
         let valid = |l: f64| l.is_nan() || (l.is_finite() && l <= 1e-3);
@@ -339,65 +344,49 @@ impl EndpointCandidate {
         Ok(entries)
     }
 
-    fn entries_unchecked(&self, choice: &Value) -> Result<Vec<EndpointPosition>, String> {
-        let lp = choice
-            .get("logprobs")
-            .filter(|v| !v.is_null())
+    fn entries_unchecked(&self, choice: &Choice) -> Result<Vec<EndpointPosition>, String> {
+        let lp: &Logprobs = choice
+            .logprobs
+            .as_ref()
             .ok_or("the response has no logprobs")?;
         if self.chat() {
-            let content = lp
-                .get("content")
-                .and_then(Value::as_array)
-                .ok_or("logprobs.content is missing")?;
+            let content = lp.content.as_ref().ok_or("logprobs.content is missing")?;
             content
                 .iter()
                 .map(|e| {
-                    let token = e.get("token").and_then(Value::as_str).unwrap_or("");
-                    let logprob = e
-                        .get("logprob")
-                        .and_then(Value::as_f64)
-                        .ok_or("a logprobs.content entry has no logprob")?;
+                    let logprob = e.logprob.ok_or("a logprobs.content entry has no logprob")?;
                     let top = e
-                        .get("top_logprobs")
-                        .and_then(Value::as_array)
-                        .map(|alts| {
-                            alts.iter()
-                                .filter_map(|t| {
-                                    let s = t.get("token")?.as_str()?;
-                                    let l = t.get("logprob")?.as_f64()?;
-                                    Some((self.vocab.id(s, t.get("bytes")), l))
-                                })
-                                .collect()
+                        .top_logprobs
+                        .iter()
+                        .filter_map(|t| {
+                            Some((self.vocab.id(&t.token, t.bytes.as_deref()), t.logprob?))
                         })
-                        .unwrap_or_default();
+                        .collect();
                     Ok(EndpointPosition {
-                        token: self.vocab.id(token, e.get("bytes")),
+                        token: self.vocab.id(&e.token, e.bytes.as_deref()),
                         logprob,
                         top,
                     })
                 })
                 .collect()
         } else {
-            let tokens = lp
-                .get("tokens")
-                .and_then(Value::as_array)
-                .ok_or("logprobs.tokens is missing")?;
+            let tokens = lp.tokens.as_ref().ok_or("logprobs.tokens is missing")?;
             let lps = lp
-                .get("token_logprobs")
-                .and_then(Value::as_array)
+                .token_logprobs
+                .as_ref()
                 .ok_or("logprobs.token_logprobs is missing")?;
-            let tops = lp.get("top_logprobs").and_then(Value::as_array);
             if lps.len() != tokens.len() {
                 return Err("logprobs.tokens and token_logprobs differ in length".into());
             }
+            let tops = lp.top_logprobs.as_deref().unwrap_or_default();
             Ok(tokens
                 .iter()
                 .zip(lps)
                 .enumerate()
                 .map(|(i, (t, l))| {
                     let top = tops
-                        .and_then(|v| v.get(i))
-                        .and_then(Value::as_object)
+                        .get(i)
+                        .and_then(Option::as_ref)
                         .map(|m| {
                             m.iter()
                                 .filter_map(|(s, l)| Some((self.vocab.id(s, None), l.as_f64()?)))
@@ -405,9 +394,9 @@ impl EndpointCandidate {
                         })
                         .unwrap_or_default();
                     EndpointPosition {
-                        token: self.vocab.id(t.as_str().unwrap_or(""), None),
+                        token: self.vocab.id(t, None),
                         // The first echoed token has none (NaN: not comparable).
-                        logprob: l.as_f64().unwrap_or(f64::NAN),
+                        logprob: l.unwrap_or(f64::NAN),
                         top,
                     }
                 })

@@ -384,6 +384,10 @@ pub(crate) struct VerifyArgs {
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 300)]
     pub(crate) timeout_s: u64,
+    /// Retries of a failed job or opening (429, 5xx, dropped connection, timeout); a retried
+    /// job is sent with the same nonce.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) retries: u32,
     /// Send this environment variable's value as a bearer token.
     #[arg(long, value_name = "VAR")]
     pub(crate) api_key_env: Option<String>,

@@ -38,11 +38,15 @@ pub(super) fn cmd_verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     let router = RouterKey::read(&a.router_key)?;
     let api_key = api_key_from_env(a.api_key_env.as_deref())?;
-    let mut provider = HttpProvider::new(
-        &a.endpoint,
+    let mut provider = HttpProvider::new(pot::openai::EndpointConfig {
+        url: a.endpoint.clone(),
+        model: String::new(),
+        chat: false,
         api_key,
-        std::time::Duration::from_secs(a.timeout_s),
-    )?;
+        timeout: std::time::Duration::from_secs(a.timeout_s),
+        retries: a.retries,
+        max_backoff: std::time::Duration::from_secs(30),
+    })?;
     let info = provider.node_info()?;
     let node = match &a.node_pubkey {
         Some(h) => NodePublic::from_hex(h)?,

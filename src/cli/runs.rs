@@ -39,7 +39,7 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let run = a.run.files()?;
     let cfg = pot::audit::AuditConfig {
         reference: a.reference.clone(),
-        endpoint: pot::audit::client::EndpointConfig {
+        endpoint: pot::openai::EndpointConfig {
             url: a.endpoint.clone(),
             model: a.model.clone(),
             chat: a.chat,
@@ -216,18 +216,15 @@ pub(super) fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {
         run_id,
         workdir: workdir.clone(),
         keep_positions: a.keep_positions,
-        endpoint: a
-            .endpoint
-            .as_ref()
-            .map(|url| pot::audit::client::EndpointConfig {
-                url: url.clone(),
-                model: a.model.clone().unwrap_or_default(),
-                chat: false,
-                api_key: api_key.clone(),
-                timeout: std::time::Duration::from_secs(120),
-                retries: 6,
-                max_backoff: std::time::Duration::from_secs(60),
-            }),
+        endpoint: a.endpoint.as_ref().map(|url| pot::openai::EndpointConfig {
+            url: url.clone(),
+            model: a.model.clone().unwrap_or_default(),
+            chat: false,
+            api_key: api_key.clone(),
+            timeout: std::time::Duration::from_secs(120),
+            retries: 6,
+            max_backoff: std::time::Duration::from_secs(60),
+        }),
     };
     let bar = Bar::new(cfg.challenges.div_ceil(5) * 5, a.json);
     let result = calibrate::run(&cfg, &mut |e| match e {

@@ -9,6 +9,7 @@ pub mod arch;
 pub mod attention;
 pub mod chat;
 pub mod decoder;
+pub mod generate;
 pub mod gguf;
 pub mod half;
 pub mod hf;
@@ -381,12 +382,13 @@ impl Model {
             .tokens)
     }
 
-    /// Continue a batch of prompts greedily together, one token per sequence per step, for up
-    /// to `max_new` tokens each (stopping after an end token when `stop`), recording the
-    /// log-probabilities the model gives each next token when `keep_logprobs`. Greedy picks the first largest
-    /// logit, like llama.cpp's greedy sampler. All sequences share each step's matrix
-    /// products, so a group costs about as much per step as one sequence where reading the
-    /// weights dominates.
+    /// Continue a batch of prompts greedily together, for up to `max_new` tokens each
+    /// (stopping after an end token when `stop`), recording the log-probabilities the model
+    /// gives each next token when `keep_logprobs`. Greedy picks the first largest logit, like
+    /// llama.cpp's greedy sampler. This is the one batched generation loop
+    /// ([`generate::Batch`]) run to the end with each prompt read in one pass: all sequences
+    /// share each step's matrix products, so a group costs about as much per step as one
+    /// sequence where reading the weights dominates.
     pub fn continue_batch(
         &self,
         prompts: &[&[u32]],
@@ -394,53 +396,58 @@ impl Model {
         stop: bool,
         keep_logprobs: bool,
     ) -> Result<Vec<Continuation>, ModelError> {
-        let n = prompts.len();
-        let mut out: Vec<Continuation> = (0..n).map(|_| Continuation::default()).collect();
         if prompts.iter().any(|p| p.is_empty()) {
             return Err(ModelError::EmptyPrompt);
         }
-        let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::default()).collect();
-        let mut active: Vec<usize> = if max_new > 0 {
-            (0..n).collect()
-        } else {
-            Vec::new()
-        };
-        let mut chunks: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
-        while !active.is_empty() {
-            let refs: Vec<&[u32]> = chunks.iter().map(Vec::as_slice).collect();
-            let mut cache_refs: Vec<&mut KvCache> = caches
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| active.contains(i))
-                .map(|(_, c)| c)
-                .collect();
-            let logits = self
-                .decoder
-                .forward_batch(&refs, &mut cache_refs)
-                .map_err(|e| self.inference_err(e))?;
-            let raw: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| self.inference_err(e))?;
-            let mut lp = if keep_logprobs {
-                decoder::log_softmax_rows(&logits).map_err(|e| self.inference_err(e))?
-            } else {
-                Vec::new()
-            }
-            .into_iter();
-            let mut next_active = Vec::with_capacity(active.len());
-            chunks.clear();
-            for (&i, row) in active.iter().zip(&raw) {
-                let c = &mut out[i];
-                let next = argmax(row);
-                c.tokens.push(next);
-                c.logprobs.extend(lp.next());
-                let ended = stop && self.tokenizer.stop_ids.contains(&next);
-                if c.tokens.len() < max_new && !ended {
-                    next_active.push(i);
-                    chunks.push(vec![next]);
-                }
-            }
-            active = next_active;
+        if max_new == 0 {
+            return Ok(prompts.iter().map(|_| Continuation::default()).collect());
         }
-        Ok(out)
+        let mut batch = generate::Batch::new(usize::MAX);
+        let mut receivers = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let (mut job, rx) = generate::Job::greedy(p.to_vec(), max_new, false);
+            job.stop_at_end = stop;
+            job.keep_rows = keep_logprobs;
+            batch.admit(job);
+            receivers.push(rx);
+        }
+        while !batch.is_empty() {
+            batch.step(self);
+        }
+        receivers
+            .into_iter()
+            .map(|mut rx| loop {
+                match rx.try_recv() {
+                    Ok(generate::Event::Done { output, rows, .. }) => {
+                        let logprobs = match rows {
+                            Some(r) if !r.is_empty() => {
+                                let t = Tensor::new(r, &candle_core::Device::Cpu)
+                                    .map_err(|e| self.inference_err(e))?;
+                                decoder::log_softmax_rows(&t).map_err(|e| self.inference_err(e))?
+                            }
+                            _ => Vec::new(),
+                        };
+                        return Ok(Continuation {
+                            tokens: output,
+                            logprobs,
+                        });
+                    }
+                    Ok(generate::Event::Failed(reason)) => {
+                        return Err(ModelError::Inference {
+                            path: self.path.display().to_string(),
+                            reason,
+                        })
+                    }
+                    Ok(_) => continue,
+                    Err(_) => {
+                        return Err(ModelError::Inference {
+                            path: self.path.display().to_string(),
+                            reason: "generation ended without a result".into(),
+                        })
+                    }
+                }
+            })
+            .collect()
     }
 }
 

@@ -172,7 +172,7 @@ pub enum RunError {
     Calibration(String),
     /// HTTP to an endpoint.
     #[error(transparent)]
-    Client(#[from] crate::audit::client::ClientError),
+    Client(#[from] crate::openai::ClientError),
     /// The endpoint lacks what the run needs.
     #[error("{url}: {what}")]
     Unsupported {

@@ -4,11 +4,14 @@
 //! choices, penalties, logit biases, tools) is refused with a 400 that says so, never
 //! silently ignored.
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::engine::{Finish, TokenInfo};
 use crate::model::chat::Message;
+pub use crate::openai::{
+    ChatRequest, Common, CompletionRequest, ErrorBody, ErrorDetail, Logprobs, Stop, TokenLogprob,
+    TopLogprob,
+};
 
 /// Most alternatives per token (OpenAI's own limit for chat).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -43,123 +46,16 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.into(),
+                param: self.param.clone(),
+                code: self.code.map(str::to_string),
+            },
+        }
     }
-}
-
-/// `stop`: a string or a list of strings.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-pub enum Stop {
-    /// One.
-    One(String),
-    /// Several.
-    Many(Vec<String>),
-}
-
-/// `stream_options`.
-#[derive(Deserialize, Debug, Clone, Default)]
-pub struct StreamOptions {
-    /// Send a last chunk with `usage`.
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-/// Fields shared by both endpoints.
-#[derive(Deserialize, Debug, Clone, Default)]
-pub struct Common {
-    /// Model name.
-    pub model: Option<String>,
-    /// Tokens to generate at most.
-    pub max_tokens: Option<i64>,
-    /// Chat's newer name for `max_tokens`.
-    pub max_completion_tokens: Option<i64>,
-    /// Sampling temperature (OpenAI's default 1).
-    pub temperature: Option<f64>,
-    /// Nucleus (default 1).
-    pub top_p: Option<f64>,
-    /// Seed of the sampler.
-    pub seed: Option<i64>,
-    /// Stop strings.
-    pub stop: Option<Stop>,
-    /// Server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-    /// Stream options.
-    pub stream_options: Option<StreamOptions>,
-    /// Choices (only 1).
-    pub n: Option<i64>,
-    /// Refused unless 0.
-    pub presence_penalty: Option<f64>,
-    /// Refused unless 0.
-    pub frequency_penalty: Option<f64>,
-    /// Refused unless empty.
-    pub logit_bias: Option<serde_json::Map<String, Value>>,
-    /// Proof of inference: `{"nonce": "<64 hex digits>"}` asks for a signed receipt.
-    pub pot: Option<PotField>,
-}
-
-/// The `pot` field of a request.
-#[derive(Deserialize, Debug, Clone, Default)]
-pub struct PotField {
-    /// The client's nonce: 32 bytes in hex, fresh for every request.
-    pub nonce: Option<String>,
-}
-
-/// `POST /v1/completions`.
-#[derive(Deserialize, Debug, Clone)]
-pub struct CompletionRequest {
-    /// Shared fields.
-    #[serde(flatten)]
-    pub common: Common,
-    /// A string, a list of token ids, or a one-element list of either.
-    pub prompt: Option<Value>,
-    /// Alternatives per token (0..=20); asks for logprobs.
-    pub logprobs: Option<i64>,
-    /// Return the prompt too (with its logprobs when asked).
-    #[serde(default)]
-    pub echo: bool,
-    /// Refused unless 1.
-    pub best_of: Option<i64>,
-    /// Refused (insertion is not supported).
-    pub suffix: Option<String>,
-}
-
-/// A message as sent: content as a string or a list of text parts.
-#[derive(Deserialize, Debug, Clone)]
-pub struct WireMessage {
-    /// Role.
-    pub role: String,
-    /// Content.
-    #[serde(default)]
-    pub content: Value,
-}
-
-/// `POST /v1/chat/completions`.
-#[derive(Deserialize, Debug, Clone)]
-pub struct ChatRequest {
-    /// Shared fields.
-    #[serde(flatten)]
-    pub common: Common,
-    /// The conversation.
-    pub messages: Option<Vec<WireMessage>>,
-    /// Return log-probabilities of the output tokens.
-    #[serde(default)]
-    pub logprobs: bool,
-    /// Alternatives per token (needs `logprobs: true`).
-    pub top_logprobs: Option<i64>,
-    /// Refused when set.
-    pub tools: Option<Value>,
-    /// Refused when set.
-    pub tool_choice: Option<Value>,
-    /// Refused unless `{"type": "text"}`.
-    pub response_format: Option<Value>,
 }
 
 /// What a request asks of the engine, checked.
@@ -181,6 +77,21 @@ pub struct Settings {
     pub include_usage: bool,
     /// The client's nonce, when it asks for a receipt.
     pub nonce: Option<[u8; 32]>,
+}
+
+/// An error answers with its status and OpenAI's error body; a full queue (429) and a
+/// shutting-down server (503) say when to come back.
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{header, HeaderValue, StatusCode};
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, axum::Json(self.body())).into_response();
+        if self.status == 429 || self.status == 503 {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
 }
 
 /// Parse a JSON body, saying what is wrong with it.
@@ -477,7 +388,7 @@ pub fn finish_reason(f: Finish) -> &'static str {
 
 /// Completion logprobs (legacy format) of some tokens; `offset` is the character offset of
 /// the first, counted from the start of the prompt.
-pub fn completion_logprobs(tokens: &[TokenInfo], mut offset: usize) -> Value {
+pub fn completion_logprobs(tokens: &[TokenInfo], mut offset: usize) -> Logprobs {
     let mut texts = Vec::with_capacity(tokens.len());
     let mut lps = Vec::with_capacity(tokens.len());
     let mut tops = Vec::with_capacity(tokens.len());
@@ -487,38 +398,47 @@ pub fn completion_logprobs(tokens: &[TokenInfo], mut offset: usize) -> Value {
         offsets.push(offset);
         offset += String::from_utf8_lossy(&t.bytes).chars().count();
         texts.push(text);
-        lps.push(t.logprob);
-        tops.push(match t.logprob {
-            None => Value::Null,
-            Some(_) => {
-                let mut m = serde_json::Map::new();
-                for (_, b, lp) in &t.top {
-                    m.entry(token_text(b)).or_insert(json!(lp));
-                }
-                Value::Object(m)
+        lps.push(t.logprob.map(f64::from));
+        tops.push(t.logprob.map(|_| {
+            let mut m = serde_json::Map::new();
+            for (_, b, lp) in &t.top {
+                m.entry(token_text(b)).or_insert(Value::from(*lp));
             }
-        });
+            m
+        }));
     }
-    json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+    Logprobs {
+        tokens: Some(texts),
+        token_logprobs: Some(lps),
+        top_logprobs: Some(tops),
+        text_offset: Some(offsets),
+        ..Default::default()
+    }
 }
 
 /// Chat logprobs of some tokens (`logprobs.content`).
-pub fn chat_logprobs(tokens: &[TokenInfo]) -> Value {
-    Value::Array(
-        tokens
-            .iter()
-            .map(|t| {
-                json!({
-                    "token": token_text(&t.bytes),
-                    "logprob": t.logprob,
-                    "bytes": t.bytes,
-                    "top_logprobs": t.top.iter().map(|(_, b, lp)| json!({
-                        "token": token_text(b), "logprob": lp, "bytes": b,
-                    })).collect::<Vec<_>>(),
+pub fn chat_logprobs(tokens: &[TokenInfo]) -> Logprobs {
+    let content = tokens
+        .iter()
+        .map(|t| TokenLogprob {
+            token: token_text(&t.bytes),
+            logprob: t.logprob.map(f64::from),
+            bytes: Some(t.bytes.clone()),
+            top_logprobs: t
+                .top
+                .iter()
+                .map(|(_, b, lp)| TopLogprob {
+                    token: token_text(b),
+                    logprob: Some(f64::from(*lp)),
+                    bytes: Some(b.clone()),
                 })
-            })
-            .collect(),
-    )
+                .collect(),
+        })
+        .collect();
+    Logprobs {
+        content: Some(content),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

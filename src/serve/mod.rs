@@ -24,12 +24,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::json;
+
+use crate::openai::{
+    AssistantMessage, Choice, Completion, Delta, Logprobs, ModelCard, ModelIdentity, ModelList,
+    Usage,
+};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::commit::keys::NodeKey;
@@ -298,36 +303,34 @@ fn router(state: St) -> Router {
 }
 
 pub(crate) fn error(e: ApiError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = (status, Json(e.body())).into_response();
-    if e.status == 429 || e.status == 503 {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    r
+    e.into_response()
 }
 
-fn model_card(st: &AppState) -> Value {
-    json!({
-        "id": st.name,
-        "object": "model",
-        "created": st.created,
-        "owned_by": "pot",
-        "pot": {
-            "weight_hash": st.identity.weight_hash,
-            "tokenizer_hash": st.identity.tokenizer_hash,
-            "config_hash": st.identity.config_hash,
-            "arch": st.identity.arch,
-            "context_length": st.model.decoder.max_positions(),
-        },
-    })
+fn model_card(st: &AppState) -> ModelCard {
+    ModelCard {
+        id: st.name.clone(),
+        object: "model".into(),
+        created: st.created,
+        owned_by: "pot".into(),
+        pot: Some(ModelIdentity {
+            weight_hash: st.identity.weight_hash.clone(),
+            tokenizer_hash: st.identity.tokenizer_hash.clone(),
+            config_hash: st.identity.config_hash.clone(),
+            arch: st.identity.arch.clone(),
+            context_length: st.model.decoder.max_positions(),
+        }),
+    }
 }
 
 async fn models(State(st): State<St>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&st, &headers) {
         return error(e);
     }
-    Json(json!({"object": "list", "data": [model_card(&st)]})).into_response()
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![model_card(&st)],
+    })
+    .into_response()
 }
 
 async fn model_by_id(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -604,6 +607,8 @@ fn submit(
         top_logprobs: logprobs,
         echo,
         commit: pending.is_some(),
+        stop_at_end: true,
+        keep_rows: false,
         events: tx,
     };
     match st.queue.try_send(job) {
@@ -632,10 +637,6 @@ fn unavailable() -> ApiError {
     }
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
 impl Reply {
     /// A reply of this server (completions: no echo, offsets from 0 until set).
     fn new(st: &AppState, chat: bool, settings: Settings, logprobs: Option<usize>) -> Self {
@@ -661,39 +662,44 @@ impl Reply {
         }
     }
 
-    fn envelope(&self, chunk: bool, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.object(chunk),
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": choices,
-        })
+    fn envelope(&self, chunk: bool, choices: Vec<Choice>) -> Completion {
+        Completion {
+            id: self.id.clone(),
+            object: self.object(chunk).into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: Some(self.fingerprint.clone()),
+            choices,
+            usage: None,
+            pot: None,
+        }
     }
 
     /// Logprobs of some tokens in this endpoint's format; `offset`: characters before them.
-    fn logprobs_of(&self, tokens: &[TokenInfo], offset: usize) -> Value {
+    fn logprobs_of(&self, tokens: &[TokenInfo], offset: usize) -> Option<Logprobs> {
         match (self.logprobs, self.chat) {
-            (None, _) => Value::Null,
-            (Some(_), true) => json!({"content": api::chat_logprobs(tokens)}),
-            (Some(_), false) => api::completion_logprobs(tokens, offset),
+            (None, _) => None,
+            (Some(_), true) => Some(api::chat_logprobs(tokens)),
+            (Some(_), false) => Some(api::completion_logprobs(tokens, offset)),
         }
     }
 
     /// One streamed chunk.
-    fn chunk(&self, text: &str, lp: Value, finish: Option<&str>) -> Value {
-        let choice = if self.chat {
-            let delta = if finish.is_some() && text.is_empty() {
-                json!({})
-            } else {
-                json!({"content": text})
-            };
-            json!({"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish})
+    fn chunk(&self, text: &str, logprobs: Option<Logprobs>, finish: Option<&str>) -> Completion {
+        let mut choice = Choice {
+            logprobs,
+            finish_reason: finish.map(str::to_string),
+            ..Default::default()
         };
-        self.envelope(true, json!([choice]))
+        if self.chat {
+            choice.delta = Some(Delta {
+                role: None,
+                content: (finish.is_none() || !text.is_empty()).then(|| text.to_string()),
+            });
+        } else {
+            choice.text = Some(text.to_string());
+        }
+        self.envelope(true, vec![choice])
     }
 }
 
@@ -737,6 +743,7 @@ async fn collect(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> 
                 prompt_tokens: np,
                 completion_tokens: nc,
                 steps,
+                ..
             }) => {
                 text.push_str(&t);
                 let lp = if let Some(echo) = &reply.echo {
@@ -746,18 +753,24 @@ async fn collect(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> 
                 } else {
                     reply.logprobs_of(&tokens, reply.prompt_chars)
                 };
-                let choice = if reply.chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": text},
-                           "logprobs": lp, "finish_reason": api::finish_reason(finish)})
-                } else {
-                    json!({"index": 0, "text": text, "logprobs": lp,
-                           "finish_reason": api::finish_reason(finish)})
+                let mut choice = Choice {
+                    logprobs: lp,
+                    finish_reason: Some(api::finish_reason(finish).into()),
+                    ..Default::default()
                 };
-                let mut body = reply.envelope(false, json!([choice]));
-                body["usage"] = usage(np, nc);
+                if reply.chat {
+                    choice.message = Some(AssistantMessage {
+                        role: "assistant".into(),
+                        content: Some(text),
+                    });
+                } else {
+                    choice.text = Some(text);
+                }
+                let mut body = reply.envelope(false, vec![choice]);
+                body.usage = Some(Usage::new(np, nc));
                 if let (Some(p), Some(c)) = (reply.pending.take(), steps) {
                     match proof::seal(&st, p, c).await {
-                        Ok(receipt) => body["pot"] = receipt,
+                        Ok(receipt) => body.pot = Some(receipt),
                         Err(e) => return error(e),
                     }
                 }
@@ -769,18 +782,27 @@ async fn collect(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> 
     }
 }
 
+/// One server-sent event holding `v` as JSON.
+fn sse(v: &impl serde::Serialize) -> Result<Sse, Infallible> {
+    Ok(Sse::default().data(serde_json::to_string(v).expect("wire types serialize")))
+}
+
 /// Relay the output as server-sent events, ending with `data: [DONE]`.
 fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
     let (tx, out) = tokio::sync::mpsc::channel::<Result<Sse, Infallible>>(64);
     tokio::spawn(async move {
-        let send = |v: Value| Ok::<Sse, Infallible>(Sse::default().data(v.to_string()));
         if reply.chat {
             let first = reply.envelope(
                 true,
-                json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                        "logprobs": null, "finish_reason": null}]),
+                vec![Choice {
+                    delta: Some(Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                    }),
+                    ..Default::default()
+                }],
             );
-            if tx.send(send(first)).await.is_err() {
+            if tx.send(sse(&first)).await.is_err() {
                 return;
             }
         }
@@ -803,7 +825,7 @@ fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Respons
                     finish: Finish::Cancelled,
                     ..
                 } => {
-                    let _ = tx.send(send(unavailable().body())).await;
+                    let _ = tx.send(sse(&unavailable().body())).await;
                     return;
                 }
                 Event::Done {
@@ -812,28 +834,29 @@ fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Respons
                     prompt_tokens,
                     completion_tokens,
                     steps,
+                    ..
                 } => {
-                    let last = reply.chunk(&text, Value::Null, Some(api::finish_reason(finish)));
-                    if tx.send(send(last)).await.is_err() {
+                    let last = reply.chunk(&text, None, Some(api::finish_reason(finish)));
+                    if tx.send(sse(&last)).await.is_err() {
                         return;
                     }
                     if let (Some(p), Some(c)) = (reply.pending.take(), steps) {
-                        let v = match proof::seal(&st, p, c).await {
+                        let sent = match proof::seal(&st, p, c).await {
                             Ok(receipt) => {
-                                let mut v = reply.envelope(true, json!([]));
-                                v["pot"] = receipt;
-                                v
+                                let mut v = reply.envelope(true, vec![]);
+                                v.pot = Some(receipt);
+                                tx.send(sse(&v)).await
                             }
-                            Err(e) => e.body(),
+                            Err(e) => tx.send(sse(&e.body())).await,
                         };
-                        if tx.send(send(v)).await.is_err() {
+                        if sent.is_err() {
                             return;
                         }
                     }
                     if reply.settings.include_usage {
-                        let mut u = reply.envelope(true, json!([]));
-                        u["usage"] = usage(prompt_tokens, completion_tokens);
-                        if tx.send(send(u)).await.is_err() {
+                        let mut u = reply.envelope(true, vec![]);
+                        u.usage = Some(Usage::new(prompt_tokens, completion_tokens));
+                        if tx.send(sse(&u)).await.is_err() {
                             return;
                         }
                     }
@@ -841,11 +864,11 @@ fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Respons
                     return;
                 }
                 Event::Failed(msg) => {
-                    let _ = tx.send(send(engine_failure(msg).body())).await;
+                    let _ = tx.send(sse(&engine_failure(msg).body())).await;
                     return;
                 }
             };
-            if tx.send(send(msg)).await.is_err() {
+            if tx.send(sse(&msg)).await.is_err() {
                 // The client is gone; dropping `rx` tells the engine.
                 return;
             }
@@ -859,6 +882,7 @@ fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn a_chat_without_a_template_is_the_request_s_fault() {

@@ -137,13 +137,22 @@ pub enum VerifyError {
     /// The claimed model.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// The provider could not be reached or answered nonsense before committing.
-    #[error("{endpoint}: {reason}")]
+    /// The provider could not be reached, or refused.
+    #[error("provider {endpoint}")]
     Provider {
         /// Where.
         endpoint: String,
         /// What happened.
-        reason: String,
+        #[source]
+        source: crate::openai::ClientError,
+    },
+    /// The provider answered, but not with what was asked for.
+    #[error("{url}: {what}")]
+    Answer {
+        /// The route.
+        url: String,
+        /// What was wrong with the answer.
+        what: String,
     },
     /// The receipt names an arithmetic this router does not run.
     #[error("the provider ran {got:?} kernels and this router re-executes with {have:?}; rerun with --kernels {}", if *got == Kernels::Dense { "dense" } else { "quantized" })]

@@ -1,4 +1,5 @@
-//! HTTP to an OpenAI-compatible endpoint, done carefully.
+//! HTTP to an OpenAI-compatible endpoint, done carefully: the one client of `audit` (an
+//! endpoint under test) and `verify` (a provider's jobs and openings).
 //!
 //! * Every request has a timeout (connect and whole request).
 //! * 429, 5xx, dropped connections, timeouts and bodies that are not whole JSON are retried
@@ -7,11 +8,24 @@
 //!   last reason. Other 4xx are not retried: the request itself is wrong.
 //! * The API key (the front end reads it from the environment) is sent as a bearer token, never
 //!   written anywhere (errors and transcripts hold the URL and the endpoint's message only).
+//! * An answer is read up to a limit ([`MAX_ANSWER_BYTES`], or the caller's), so a hostile
+//!   endpoint cannot exhaust memory; a longer one is refused, not retried.
+//! * A retried request is the same request: a job that carries a `pot.nonce` is sent again with
+//!   the same nonce. The nonce binds a receipt to the router's request, not to one attempt, and
+//!   pot serve answers a repeated seeded request with the same steps.
 
+use std::io::Read;
 use std::time::Duration;
 
 use rand::Rng;
+use serde::Serialize;
 use serde_json::Value;
+
+use super::ErrorBody;
+
+/// Longest JSON answer read (an echo of a long prompt with 20 alternatives per token is a few
+/// megabytes).
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// How to reach the endpoint. Its `Debug` form hides the API key.
 #[derive(Clone)]
@@ -70,18 +84,37 @@ pub enum ClientError {
         /// Why the last one failed.
         last: String,
     },
+    /// The answer is longer than the limit.
+    #[error("{url}: the answer is over {limit} bytes; this is not an OpenAI-compatible answer pot can read")]
+    TooLarge {
+        /// URL.
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request could not be written as JSON.
+    #[error("the request could not be written as JSON")]
+    Encode(#[source] serde_json::Error),
     /// The client could not be built.
-    #[error("HTTP client: {0}")]
-    Client(String),
+    #[error("HTTP client could not be built")]
+    Client(#[source] reqwest::Error),
 }
 
 /// One successful exchange.
 #[derive(Clone, Debug)]
-pub struct Exchange {
-    /// The parsed response.
-    pub body: Value,
+pub struct Exchange<T = Value> {
+    /// The answer.
+    pub body: T,
     /// Attempts it took.
     pub attempts: u32,
+}
+
+/// A request body.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    None,
+    Json(&'a Value),
+    Bytes(&'a str, &'a [u8]),
 }
 
 /// A connection to an endpoint.
@@ -106,7 +139,7 @@ impl Endpoint {
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("pot/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ClientError::Client(e.to_string()))?;
+            .map_err(ClientError::Client)?;
         Ok(Self { cfg, key, http })
     }
 
@@ -125,22 +158,55 @@ impl Endpoint {
         }
     }
 
-    /// POST a JSON body to a route, with retries.
-    pub fn post(&self, route: &str, body: &Value) -> Result<Exchange, ClientError> {
-        self.call(route, Some(body))
-    }
-
-    /// GET a route, with retries.
-    pub fn get(&self, route: &str) -> Result<Exchange, ClientError> {
-        self.call(route, None)
-    }
-
-    fn call(&self, route: &str, body: Option<&Value>) -> Result<Exchange, ClientError> {
+    /// POST a JSON body to a route, with retries: the answer as JSON.
+    pub fn post(&self, route: &str, body: &impl Serialize) -> Result<Exchange, ClientError> {
         let url = self.url(route);
+        let body = serde_json::to_value(body).map_err(ClientError::Encode)?;
+        self.json(&url, Body::Json(&body))
+    }
+
+    /// GET a route, with retries: the answer as JSON.
+    pub fn get(&self, route: &str) -> Result<Exchange, ClientError> {
+        self.json(&self.url(route), Body::None)
+    }
+
+    /// POST bytes of a media type (`Accept` the same), with retries: the answer's bytes, at
+    /// most `limit` of them.
+    pub fn post_bytes(
+        &self,
+        route: &str,
+        media: &str,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<Exchange<Vec<u8>>, ClientError> {
+        self.call(&self.url(route), Body::Bytes(media, body), limit, |_, b| {
+            Ok(b)
+        })
+    }
+
+    fn json(&self, url: &str, body: Body<'_>) -> Result<Exchange, ClientError> {
+        self.call(url, body, MAX_ANSWER_BYTES, |status, b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| format!("HTTP {status} with a body that is not whole JSON ({e})"))
+        })
+    }
+
+    fn call<T>(
+        &self,
+        url: &str,
+        body: Body<'_>,
+        limit: usize,
+        read: impl Fn(u16, Vec<u8>) -> Result<T, String>,
+    ) -> Result<Exchange<T>, ClientError> {
         let attempts = self.cfg.retries + 1;
         let mut last = String::new();
         for attempt in 0..attempts {
-            match self.once(&url, body) {
+            let outcome = self
+                .once(url, body, limit)
+                .and_then(|(status, bytes, after)| {
+                    read(status, bytes).map_err(|why| Attempt::Retry(why, after))
+                });
+            match outcome {
                 Ok(body) => {
                     return Ok(Exchange {
                         body,
@@ -158,7 +224,7 @@ impl Endpoint {
             }
         }
         Err(ClientError::GaveUp {
-            url,
+            url: url.to_string(),
             attempts,
             last,
         })
@@ -174,10 +240,23 @@ impl Endpoint {
             .min(self.cfg.max_backoff)
     }
 
-    fn once(&self, url: &str, body: Option<&Value>) -> Result<Value, Attempt> {
+    /// One attempt: a successful status, the answer's bytes and the server's requested wait.
+    #[allow(clippy::type_complexity)]
+    fn once(
+        &self,
+        url: &str,
+        body: Body<'_>,
+        limit: usize,
+    ) -> Result<(u16, Vec<u8>, Option<Duration>), Attempt> {
         let mut req = match body {
-            Some(b) => self.http.post(url).json(b),
-            None => self.http.get(url),
+            Body::None => self.http.get(url),
+            Body::Json(b) => self.http.post(url).json(b),
+            Body::Bytes(media, b) => self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, media)
+                .header(reqwest::header::ACCEPT, media)
+                .body(b.to_vec()),
         };
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
@@ -191,31 +270,33 @@ impl Endpoint {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = resp.text().map_err(|e| {
-            Attempt::Retry(
-                format!("HTTP {status}, body cut off ({})", describe(&e)),
-                after,
-            )
-        })?;
-        let parsed: Result<Value, _> = serde_json::from_str(&text);
-        let message = || {
-            parsed
-                .as_ref()
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| text.chars().take(200).collect())
+        let too_large = || {
+            Attempt::Fatal(ClientError::TooLarge {
+                url: url.to_string(),
+                limit,
+            })
         };
-        match status {
-            200..=299 => parsed.map_err(|e| {
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        resp.take(limit as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
                 Attempt::Retry(
-                    format!("HTTP {status} with a body that is not whole JSON ({e})"),
+                    format!("HTTP {status}, body cut off ({})", crate::with_causes(&e)),
                     after,
                 )
-            }),
+            })?;
+        if bytes.len() > limit {
+            return Err(too_large());
+        }
+        let message = || {
+            ErrorBody::message_of(&bytes)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect())
+        };
+        match status {
+            200..=299 => Ok((status, bytes, after)),
             429 | 500..=599 => Err(Attempt::Retry(
                 format!("HTTP {status}: {}", message()),
                 after,
