@@ -14,8 +14,8 @@
 pub mod api;
 pub mod engine;
 pub mod proof;
+mod reply;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,16 +25,12 @@ use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap};
-use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::openai::{
-    AssistantMessage, Choice, Completion, Delta, Logprobs, ModelCard, ModelIdentity, ModelList,
-    Usage,
-};
+use crate::openai::{ModelCard, ModelIdentity, ModelList};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::commit::keys::NodeKey;
@@ -44,7 +40,8 @@ use crate::identity::{load_identified, Identity};
 use crate::model::{Kernels, LoadOptions, Model, ModelError};
 use crate::transcript::unix_now;
 use api::{ApiError, Prompt, Settings};
-use engine::{Event, Finish, Job, Sampling, TokenInfo};
+use engine::{Event, Job, Sampling};
+use reply::{respond, unavailable, Reply};
 
 /// What `pot serve` needs.
 #[derive(Clone, Debug)]
@@ -425,24 +422,6 @@ pub(crate) async fn body_bytes(st: &AppState, req: Request) -> Result<axum::body
 /// Largest refused body the server still reads to the end before answering 413.
 const DRAIN_LIMIT: u64 = 64 << 20;
 
-/// Everything the response needs besides the engine's events.
-struct Reply {
-    chat: bool,
-    id: String,
-    created: u64,
-    model: String,
-    fingerprint: String,
-    settings: Settings,
-    /// Alternatives per token, when logprobs were asked.
-    logprobs: Option<usize>,
-    /// Completions: the prompt text when echoed.
-    echo: Option<String>,
-    /// Completions: characters of the prompt (text offsets start there without echo).
-    prompt_chars: usize,
-    /// A committed request's nonce and request.
-    pending: Option<proof::Pending>,
-}
-
 async fn completions(State(st): State<St>, req: Request) -> Response {
     match start_completion(&st, req).await {
         Ok((reply, rx)) => respond(st, reply, rx).await,
@@ -455,10 +434,6 @@ async fn chat(State(st): State<St>, req: Request) -> Response {
         Ok((reply, rx)) => respond(st, reply, rx).await,
         Err(e) => error(e),
     }
-}
-
-fn request_id(prefix: &str) -> String {
-    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
 }
 
 async fn start_completion(
@@ -627,380 +602,5 @@ fn submit(
     }
 }
 
-fn unavailable() -> ApiError {
-    ApiError {
-        status: 503,
-        kind: "server_error",
-        code: Some("shutting_down"),
-        param: None,
-        message: "the server is shutting down; retry on another instance".into(),
-    }
-}
-
-impl Reply {
-    /// A reply of this server (completions: no echo, offsets from 0 until set).
-    fn new(st: &AppState, chat: bool, settings: Settings, logprobs: Option<usize>) -> Self {
-        Self {
-            chat,
-            id: request_id(if chat { "chatcmpl" } else { "cmpl" }),
-            created: unix_now(),
-            model: st.name.clone(),
-            fingerprint: format!("pot-{}", &st.identity.weight_hash[..16]),
-            settings,
-            logprobs,
-            echo: None,
-            prompt_chars: 0,
-            pending: None,
-        }
-    }
-
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.chat, chunk) {
-            (true, false) => "chat.completion",
-            (true, true) => "chat.completion.chunk",
-            (false, _) => "text_completion",
-        }
-    }
-
-    fn envelope(&self, chunk: bool, choices: Vec<Choice>) -> Completion {
-        Completion {
-            id: self.id.clone(),
-            object: self.object(chunk).into(),
-            created: self.created,
-            model: self.model.clone(),
-            system_fingerprint: Some(self.fingerprint.clone()),
-            choices,
-            usage: None,
-            pot: None,
-        }
-    }
-
-    /// Logprobs of some tokens in this endpoint's format; `offset`: characters before them.
-    fn logprobs_of(&self, tokens: &[TokenInfo], offset: usize) -> Option<Logprobs> {
-        match (self.logprobs, self.chat) {
-            (None, _) => None,
-            (Some(_), true) => Some(api::chat_logprobs(tokens)),
-            (Some(_), false) => Some(api::completion_logprobs(tokens, offset)),
-        }
-    }
-
-    /// One streamed chunk.
-    fn chunk(&self, text: &str, logprobs: Option<Logprobs>, finish: Option<&str>) -> Completion {
-        let mut choice = Choice {
-            logprobs,
-            finish_reason: finish.map(str::to_string),
-            ..Default::default()
-        };
-        if self.chat {
-            choice.delta = Some(Delta {
-                role: None,
-                content: (finish.is_none() || !text.is_empty()).then(|| text.to_string()),
-            });
-        } else {
-            choice.text = Some(text.to_string());
-        }
-        self.envelope(true, vec![choice])
-    }
-}
-
-async fn respond(st: St, reply: Reply, rx: UnboundedReceiver<Event>) -> Response {
-    if reply.settings.stream {
-        stream(st, reply, rx)
-    } else {
-        collect(st, reply, rx).await
-    }
-}
-
-fn engine_failure(msg: String) -> ApiError {
-    ApiError {
-        status: 500,
-        kind: "server_error",
-        code: None,
-        param: None,
-        message: msg,
-    }
-}
-
-/// Wait for the whole output and answer with one JSON object.
-async fn collect(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
-    let mut prompt_tokens: Vec<TokenInfo> = Vec::new();
-    let mut tokens: Vec<TokenInfo> = Vec::new();
-    let mut text = String::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Prompt(p)) => prompt_tokens = p,
-            Some(Event::Token { info, text: t }) => {
-                tokens.push(info);
-                text.push_str(&t);
-            }
-            Some(Event::Done {
-                finish: Finish::Cancelled,
-                ..
-            }) => return error(unavailable()),
-            Some(Event::Done {
-                finish,
-                text: t,
-                prompt_tokens: np,
-                completion_tokens: nc,
-                steps,
-                ..
-            }) => {
-                text.push_str(&t);
-                let lp = if let Some(echo) = &reply.echo {
-                    let all: Vec<TokenInfo> = prompt_tokens.into_iter().chain(tokens).collect();
-                    text = format!("{echo}{text}");
-                    reply.logprobs_of(&all, 0)
-                } else {
-                    reply.logprobs_of(&tokens, reply.prompt_chars)
-                };
-                let mut choice = Choice {
-                    logprobs: lp,
-                    finish_reason: Some(api::finish_reason(finish).into()),
-                    ..Default::default()
-                };
-                if reply.chat {
-                    choice.message = Some(AssistantMessage {
-                        role: "assistant".into(),
-                        content: Some(text),
-                    });
-                } else {
-                    choice.text = Some(text);
-                }
-                let mut body = reply.envelope(false, vec![choice]);
-                body.usage = Some(Usage::new(np, nc));
-                if let (Some(p), Some(c)) = (reply.pending.take(), steps) {
-                    match proof::seal(&st, p, c).await {
-                        Ok(receipt) => body.pot = Some(receipt),
-                        Err(e) => return error(e),
-                    }
-                }
-                return Json(body).into_response();
-            }
-            Some(Event::Failed(msg)) => return error(engine_failure(msg)),
-            None => return error(engine_failure("the engine stopped".into())),
-        }
-    }
-}
-
-/// One server-sent event holding `v` as JSON.
-fn sse(v: &impl serde::Serialize) -> Result<Sse, Infallible> {
-    Ok(Sse::default().data(serde_json::to_string(v).expect("wire types serialize")))
-}
-
-/// Relay the output as server-sent events, ending with `data: [DONE]`.
-fn stream(st: St, mut reply: Reply, mut rx: UnboundedReceiver<Event>) -> Response {
-    let (tx, out) = tokio::sync::mpsc::channel::<Result<Sse, Infallible>>(64);
-    tokio::spawn(async move {
-        if reply.chat {
-            let first = reply.envelope(
-                true,
-                vec![Choice {
-                    delta: Some(Delta {
-                        role: Some("assistant".into()),
-                        content: Some(String::new()),
-                    }),
-                    ..Default::default()
-                }],
-            );
-            if tx.send(sse(&first)).await.is_err() {
-                return;
-            }
-        }
-        let mut chars = reply.prompt_chars;
-        while let Some(ev) = rx.recv().await {
-            let msg = match ev {
-                Event::Prompt(p) => match &reply.echo {
-                    Some(echo) => {
-                        let lp = reply.logprobs_of(&p, 0);
-                        reply.chunk(echo, lp, None)
-                    }
-                    None => continue,
-                },
-                Event::Token { info, text } => {
-                    let lp = reply.logprobs_of(std::slice::from_ref(&info), chars);
-                    chars += String::from_utf8_lossy(&info.bytes).chars().count();
-                    reply.chunk(&text, lp, None)
-                }
-                Event::Done {
-                    finish: Finish::Cancelled,
-                    ..
-                } => {
-                    let _ = tx.send(sse(&unavailable().body())).await;
-                    return;
-                }
-                Event::Done {
-                    finish,
-                    text,
-                    prompt_tokens,
-                    completion_tokens,
-                    steps,
-                    ..
-                } => {
-                    let last = reply.chunk(&text, None, Some(api::finish_reason(finish)));
-                    if tx.send(sse(&last)).await.is_err() {
-                        return;
-                    }
-                    if let (Some(p), Some(c)) = (reply.pending.take(), steps) {
-                        let sent = match proof::seal(&st, p, c).await {
-                            Ok(receipt) => {
-                                let mut v = reply.envelope(true, vec![]);
-                                v.pot = Some(receipt);
-                                tx.send(sse(&v)).await
-                            }
-                            Err(e) => tx.send(sse(&e.body())).await,
-                        };
-                        if sent.is_err() {
-                            return;
-                        }
-                    }
-                    if reply.settings.include_usage {
-                        let mut u = reply.envelope(true, vec![]);
-                        u.usage = Some(Usage::new(prompt_tokens, completion_tokens));
-                        if tx.send(sse(&u)).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = tx.send(Ok(Sse::default().data("[DONE]"))).await;
-                    return;
-                }
-                Event::Failed(msg) => {
-                    let _ = tx.send(sse(&engine_failure(msg).body())).await;
-                    return;
-                }
-            };
-            if tx.send(sse(&msg)).await.is_err() {
-                // The client is gone; dropping `rx` tells the engine.
-                return;
-            }
-        }
-    });
-    axum::response::sse::Sse::new(tokio_stream::wrappers::ReceiverStream::new(out))
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-
-    #[test]
-    fn a_chat_without_a_template_is_the_request_s_fault() {
-        let e = chat_error(ModelError::NoChatTemplate {
-            spec: "base.gguf".into(),
-        });
-        assert_eq!((e.status, e.param.as_deref()), (400, Some("messages")));
-        assert!(e.message.contains("no chat template") && e.message.contains("completions"));
-        let e = chat_error(ModelError::EmptyPrompt);
-        assert_eq!(e.status, 500);
-    }
-
-    #[test]
-    fn an_answered_error_keeps_its_cause() {
-        let e = chat_error(ModelError::Tokenize {
-            action: "encode the text",
-            source: "invalid byte 0xff".into(),
-        });
-        assert_eq!(e.status, 500);
-        assert!(
-            e.message.contains("cannot encode the text")
-                && e.message.ends_with(": invalid byte 0xff"),
-            "{}",
-            e.message
-        );
-    }
-
-    /// The router over the tiny Llama (`model::tiny`), driven in process (no socket, no
-    /// binary): models, a completion with logprobs, a chat to a model without a template,
-    /// a malformed body, an unknown route.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_router_answers_in_process_over_a_tiny_model() {
-        use tower::ServiceExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(&path, crate::model::tiny::llama_gguf(3)).unwrap();
-        let (model, identity) = load_identified(&path, LoadOptions::default()).unwrap();
-        let cfg = ServeConfig {
-            model: path.display().to_string(),
-            name: Some("tiny".into()),
-            host: "127.0.0.1".into(),
-            port: 0,
-            max_queue: 4,
-            max_batch: 2,
-            max_tokens_limit: 64,
-            max_body_bytes: 1 << 16,
-            shutdown_grace: Duration::from_secs(1),
-            kernels: Kernels::Quantized,
-            api_key: None,
-            node_key: None,
-            store: None,
-            retention: Duration::from_secs(60),
-            store_max_bytes: 1 << 20,
-        };
-        let (state, worker, cancel) =
-            start(Arc::new(model), identity, "tiny".into(), cfg, None, None);
-        let app = router(state.clone());
-        let call = |method: &str, uri: &str, body: &str| {
-            let req = Request::builder()
-                .method(method)
-                .uri(uri)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(axum::body::Body::from(body.to_string()))
-                .unwrap();
-            let app = app.clone();
-            async move {
-                let r = app.oneshot(req).await.unwrap();
-                let status = r.status().as_u16();
-                let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
-                (
-                    status,
-                    serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-                )
-            }
-        };
-        let (st, v) = call("GET", "/v1/models", "").await;
-        assert_eq!(
-            (st, v["data"][0]["id"].as_str()),
-            (200, Some("tiny")),
-            "{v}"
-        );
-        let (st, v) = call(
-            "POST",
-            "/v1/completions",
-            r#"{"model":"tiny","prompt":[1,3,4],"max_tokens":4,"temperature":0,"logprobs":2}"#,
-        )
-        .await;
-        assert_eq!(st, 200, "{v}");
-        let lp = &v["choices"][0]["logprobs"];
-        let n = lp["tokens"].as_array().unwrap().len();
-        assert!((1..=4).contains(&n), "{v}");
-        assert!(lp["token_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x.as_f64().unwrap() <= 0.0));
-        assert_eq!(v["usage"]["prompt_tokens"], 3, "{v}");
-        let (st, v) = call(
-            "POST",
-            "/v1/chat/completions",
-            r#"{"model":"tiny","messages":[{"role":"user","content":"a b"}]}"#,
-        )
-        .await;
-        assert_eq!(st, 400, "a model without a chat template: {v}");
-        assert_eq!(v["error"]["param"], "messages", "{v}");
-        let (st, v) = call("POST", "/v1/completions", "{not json").await;
-        assert_eq!(
-            (st, v["error"]["code"].as_str()),
-            (400, Some("invalid_json")),
-            "{v}"
-        );
-        let (st, _) = call("GET", "/v1/nowhere", "").await;
-        assert_eq!(st, 404);
-        cancel.store(true, Ordering::SeqCst);
-        drop(app);
-        drop(state);
-        tokio::task::spawn_blocking(move || worker.join().unwrap())
-            .await
-            .unwrap();
-    }
-}
+mod tests;
