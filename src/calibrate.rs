@@ -300,9 +300,15 @@ pub enum CalibrateError {
     /// Bad options.
     #[error("{0}")]
     Options(String),
-    /// The endpoint floor.
+    /// The endpoint floor cannot be measured that way.
     #[error("endpoint floor: {0}")]
     Endpoint(String),
+    /// The endpoint floor's audit failed.
+    #[error("endpoint floor: {0}")]
+    EndpointRun(#[source] Box<crate::run::RunError>),
+    /// The endpoint floor's transcript cannot be read back.
+    #[error("endpoint floor: {0}")]
+    EndpointTranscript(#[source] crate::transcript::TranscriptError),
 }
 
 /// Progress of a calibration.
@@ -518,15 +524,14 @@ fn endpoint_entry(
         },
         &mut |_| {},
     )
-    .map_err(|e| CalibrateError::Endpoint(e.to_string()))?;
+    .map_err(|e| CalibrateError::EndpointRun(Box::new(e)))?;
     if out.summary.score_kind != ScoreKind::EndpointKl {
         return Err(CalibrateError::Endpoint(format!(
             "{}: the endpoint gives text only (method {}), which measures no divergence; a floor needs log-probabilities (echo or logprobs)",
             endpoint.url, out.method
         )));
     }
-    let t = crate::transcript::read(&transcript)
-        .map_err(|e| CalibrateError::Endpoint(e.to_string()))?;
+    let t = crate::transcript::read(&transcript).map_err(CalibrateError::EndpointTranscript)?;
     let endpoint_scores: Vec<f64> = t.queries.iter().map(|q| q.score.score).collect();
     let endpoint_positions = cfg
         .keep_positions

@@ -51,12 +51,19 @@ pub trait Named: Copy + Send + Sync + 'static {
 
 /// An error and its causes on one line, as the CLI prints them (`what: why: deeper why`), for
 /// the places that hand an error on as text (an HTTP answer, a retry's last reason).
+///
+/// Errors keep their causes as `source` (for programs) and may also quote the cause where it
+/// reads best in their own line ("`{path}: cannot open model file (No such file); check the
+/// path`", the fix last); a cause already quoted is not written twice.
 pub fn with_causes(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cause = c.source();
     }
     out

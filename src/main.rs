@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Err(e) if e.chain().any(|c| c.is::<cli::StdoutClosed>()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, the cause chain joined: what failed and what to do about it.
-            eprintln!("pot: error: {e:#}");
+            eprintln!("pot: error: {}", pot::with_causes(e.as_ref()));
             ExitCode::from(2)
         }
     }

@@ -152,6 +152,19 @@ pub enum TranscriptError {
         /// Why, and what to do.
         reason: String,
     },
+    /// A file operation that failed, its OS error kept.
+    #[error("{path}: {action} ({source}){fix}")]
+    File {
+        /// File or folder.
+        path: String,
+        /// What was being done.
+        action: &'static str,
+        /// What to do about it (`; …`), or nothing.
+        fix: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A resumed run whose transcript does not match this invocation.
     #[error("{path}: cannot resume: {what}; resume with the original models or endpoint, mode and flags, or start a new run")]
     ResumeMismatch {
@@ -178,6 +191,22 @@ pub struct Writer {
     path: PathBuf,
 }
 
+fn file_err(
+    path: &Path,
+    action: &'static str,
+    fix: &'static str,
+    e: std::io::Error,
+) -> TranscriptError {
+    TranscriptError::File {
+        path: path.display().to_string(),
+        action,
+        fix,
+        source: e,
+    }
+}
+
+const WRITABLE: &str = "; pass a writable --transcripts folder";
+
 fn io(path: &Path, reason: impl std::fmt::Display) -> TranscriptError {
     TranscriptError::Io {
         path: path.display().to_string(),
@@ -189,12 +218,8 @@ impl Writer {
     /// Create a new transcript holding `header`; refuses to overwrite an existing one.
     pub fn create(path: &Path, header: &Header) -> Result<Self, TranscriptError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                io(
-                    dir,
-                    format!("cannot create the folder ({e}); pass a writable --transcripts folder"),
-                )
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| file_err(dir, "cannot create the folder", WRITABLE, e))?;
         }
         let file = OpenOptions::new()
             .write(true)
@@ -202,7 +227,7 @@ impl Writer {
             .open(path)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => io(path, "a transcript of this run id exists already; continue it with --resume, or pick another --run-id"),
-                _ => io(path, format!("cannot create the transcript ({e}); pass a writable --transcripts folder")),
+                _ => file_err(path, "cannot create the transcript", WRITABLE, e),
             })?;
         let mut w = Self {
             file,
@@ -221,8 +246,9 @@ impl Writer {
         let file = OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|e| io(path, format!("cannot open for appending ({e})")))?;
-        file.set_len(complete_len).map_err(|e| io(path, e))?;
+            .map_err(|e| file_err(path, "cannot open for appending", "", e))?;
+        file.set_len(complete_len)
+            .map_err(|e| file_err(path, "cannot cut off the torn last line", "", e))?;
         let mut w = Self {
             file,
             path: path.to_path_buf(),
@@ -230,7 +256,7 @@ impl Writer {
         use std::io::Seek;
         w.file
             .seek(std::io::SeekFrom::End(0))
-            .map_err(|e| io(path, e))?;
+            .map_err(|e| file_err(path, "cannot seek to the end", "", e))?;
         Ok(w)
     }
 
@@ -242,7 +268,7 @@ impl Writer {
             .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| io(&self.path, format!("write failed ({e})")))
+            .map_err(|e| file_err(&self.path, "write failed", "", e))
     }
 }
 
@@ -318,9 +344,11 @@ pub fn parse(text: &str) -> Result<Records, (usize, String)> {
 /// Read a transcript; a torn last line (a killed write) is ignored.
 pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        io(
+        file_err(
             path,
-            format!("cannot read the transcript ({e}); check the run id and --transcripts folder"),
+            "cannot read the transcript",
+            "; check the run id and --transcripts folder",
+            e,
         )
     })?;
     let complete_len = text.rfind('\n').map(|i| i + 1).unwrap_or(0);

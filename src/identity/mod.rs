@@ -62,7 +62,7 @@ pub struct Identity {
 fn io_err(path: &str, e: std::io::Error) -> ModelError {
     ModelError::Open {
         path: path.to_string(),
-        reason: e.to_string(),
+        source: e,
     }
 }
 

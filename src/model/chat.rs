@@ -51,7 +51,7 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[Message]) -> Result<String, ModelError> {
         let bad = |e: minijinja::Error| ModelError::Template {
             origin: self.origin.clone(),
-            reason: e.to_string(),
+            source: e,
         };
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -35,7 +35,7 @@ impl GgufFile {
         let p = path.display().to_string();
         let file = File::open(path).map_err(|e| ModelError::Open {
             path: p.clone(),
-            reason: e.to_string(),
+            source: e,
         })?;
         let mut reader = BufReader::new(file);
         let mut magic = [0u8; 4];
@@ -44,7 +44,7 @@ impl GgufFile {
         }
         reader.rewind().map_err(|e| ModelError::Open {
             path: p.clone(),
-            reason: e.to_string(),
+            source: e,
         })?;
         let content = Content::read(&mut reader).map_err(|e| ModelError::Corrupt {
             path: p.clone(),
@@ -56,7 +56,7 @@ impl GgufFile {
             .metadata()
             .map_err(|e| ModelError::Open {
                 path: p.clone(),
-                reason: e.to_string(),
+                source: e,
             })?
             .len();
         for (name, info) in &content.tensor_infos {

@@ -53,8 +53,15 @@ pub fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{}.{kind}", names.hf))
 }
 
-fn open_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+fn open_err(path: &Path, e: std::io::Error) -> ModelError {
     ModelError::Open {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+fn write_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Write {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
@@ -347,7 +354,9 @@ fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// beside it and renamed, so a failure leaves nothing behind.
 pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
     if out.exists() {
-        return Err(open_err(out, "already exists; choose a new output folder"));
+        return Err(ModelError::Exists {
+            path: out.display().to_string(),
+        });
     }
     let mut g = GgufFile::open(gguf)?;
     let cfg = g.config()?;
@@ -388,7 +397,7 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
     let tmp = tempfile_dir(parent.unwrap_or(Path::new(".")), out)?;
     let write = || -> Result<(), ModelError> {
         candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))
-            .map_err(|e| open_err(&tmp, e))?;
+            .map_err(|e| write_err(&tmp, crate::model::candle_message(&e)))?;
         let config = serde_json::json!({
             "model_type": cfg.arch.hf_model_type(),
             "architectures": [cfg.arch.hf_class()],
@@ -408,7 +417,7 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
             "torch_dtype": "float32",
         });
         let w = |name: &str, text: String| {
-            std::fs::write(tmp.join(name), text).map_err(|e| open_err(&tmp.join(name), e))
+            std::fs::write(tmp.join(name), text).map_err(|e| write_err(&tmp.join(name), e))
         };
         w(
             "config.json",
@@ -422,7 +431,7 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
             "tokenizer.json",
             tok.inner_json().map_err(|e| corrupt(gguf, e))?,
         )?;
-        std::fs::rename(&tmp, out).map_err(|e| open_err(out, e))
+        std::fs::rename(&tmp, out).map_err(|e| write_err(out, e))
     };
     let r = write();
     if r.is_err() {
@@ -438,6 +447,6 @@ fn tempfile_dir(parent: &Path, out: &Path) -> Result<PathBuf, ModelError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    std::fs::create_dir(&tmp).map_err(|e| open_err(&tmp, e))?;
+    std::fs::create_dir(&tmp).map_err(|e| write_err(&tmp, e))?;
     Ok(tmp)
 }

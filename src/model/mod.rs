@@ -32,13 +32,28 @@ pub use tokenizer::Tokenizer;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
-    /// The path could not be opened.
-    #[error("{path}: cannot open model file ({reason}); check the path")]
+    /// The path could not be opened or read.
+    #[error("{path}: cannot open model file ({source}); check the path")]
     Open {
         /// File.
         path: String,
-        /// OS error.
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An output (an exported checkpoint) could not be written.
+    #[error("{path}: cannot write ({reason}); check that the folder is writable and has space")]
+    Write {
+        /// File or folder.
+        path: String,
+        /// Why.
         reason: String,
+    },
+    /// An output that exists already.
+    #[error("{path}: already exists; choose a new output folder")]
+    Exists {
+        /// File or folder.
+        path: String,
     },
     /// Not a GGUF file.
     #[error("{path}: not a GGUF file (no GGUF magic); pass a .gguf model file")]
@@ -128,12 +143,13 @@ pub enum ModelError {
         spec: String,
     },
     /// A chat template that cannot be rendered.
-    #[error("{origin}: chat template cannot be rendered: {reason}")]
+    #[error("{origin}: chat template cannot be rendered: {source}")]
     Template {
         /// Which model's template.
         origin: String,
-        /// minijinja's message.
-        reason: String,
+        /// minijinja's error.
+        #[source]
+        source: minijinja::Error,
     },
     /// The forward pass failed.
     #[error("{path}: inference failed: {reason}")]
@@ -197,7 +213,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
         let ggufs: Vec<PathBuf> = std::fs::read_dir(p)
             .map_err(|e| ModelError::Open {
                 path: spec.into(),
-                reason: e.to_string(),
+                source: e,
             })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|f| f.extension().is_some_and(|x| x == "gguf"))
