@@ -5,7 +5,8 @@
 //! `stats` (anytime-valid decision) → `transcript` (append-only record), joined by `run`, the
 //! one sequential loop over a reference side and a candidate side (its modes, run ids, keys
 //! and resume). `diff` runs it on two local models, `audit` with an OpenAI-compatible
-//! endpoint as the candidate; `serve` is an OpenAI-compatible server for a local model.
+//! endpoint as the candidate; `serve` is an OpenAI-compatible server for a local model;
+//! `openai` is that wire format once, and the one HTTP client of audit and the router.
 //! `commit` holds the proof-of-inference protocol (step data, Merkle trees, signed receipts,
 //! VRF audit choice, the provider's step store); `verify` is the router that checks providers
 //! by re-execution.

@@ -26,13 +26,13 @@ use crate::challenge::Challenge;
 use crate::identity::Identity;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::LoadOptions;
-use crate::openai::{
-    ChatRequest, Choice, ClientError, Common, Completion, CompletionRequest, Endpoint,
-    EndpointConfig, Logprobs, WireMessage,
-};
+mod wire;
+use wire::{Answer, Vocab};
+
+use crate::openai::{ClientError, Endpoint, EndpointConfig};
 use crate::run::local::LocalModel;
 use crate::run::{Candidate, Progress, Reference, RunError, RunSpec, Scored, Summary};
-use crate::score::{self, ChallengeScore, EndpointPosition, ReferenceSide, ScoreKind};
+use crate::score::{self, ChallengeScore, ReferenceSide, ScoreKind};
 use crate::transcript::{self, EndpointInfo};
 
 /// How challenges are put to the endpoint.
@@ -120,60 +120,6 @@ pub struct AuditOutcome {
     pub stopped: Option<String>,
 }
 
-/// The reference's vocabulary by the bytes each token stands for, to read the endpoint's
-/// tokens (which come as strings, `bytes:\xNN` spellings, or byte lists).
-struct Vocab(std::collections::HashMap<Vec<u8>, u32>);
-
-impl Vocab {
-    fn new(tokenizer: &Tokenizer) -> Self {
-        let mut m = std::collections::HashMap::new();
-        for id in 0..tokenizer.vocab_size() as u32 {
-            m.entry(tokenizer.token_bytes(id)).or_insert(id);
-        }
-        Self(m)
-    }
-
-    /// A token as the endpoint spelled it: its bytes when given, else its text.
-    fn id(&self, token: &str, bytes: Option<&[u8]>) -> Option<u32> {
-        let b = match bytes {
-            Some(b) => b.to_vec(),
-            None => match token.strip_prefix("bytes:") {
-                Some(esc) => unescape_bytes(esc)?,
-                None => token.as_bytes().to_vec(),
-            },
-        };
-        self.0.get(&b).copied()
-    }
-}
-
-/// `\xNN\xNN...` to bytes.
-fn unescape_bytes(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while !rest.is_empty() {
-        let h = rest.strip_prefix("\\x")?;
-        out.push(u8::from_str_radix(h.get(..2)?, 16).ok()?);
-        rest = &h[2..];
-    }
-    Some(out)
-}
-
-/// The answer to one challenge, read from the endpoint's response.
-struct Answer {
-    /// Positions with log-probabilities (echo / logprobs).
-    positions: Vec<EndpointPosition>,
-    /// The endpoint's tokens in the reference vocabulary (logprobs / text).
-    tokens: Vec<u32>,
-    /// Its text.
-    text: String,
-    /// It stopped on an end token.
-    stopped: bool,
-    /// Tokens it reported using.
-    usage: u64,
-    /// Why it cannot be scored the usual way.
-    note: Option<String>,
-}
-
 /// An OpenAI-compatible endpoint as a run's candidate: its answers read in the reference's
 /// vocabulary, scored by the method the endpoint supports.
 pub struct EndpointCandidate {
@@ -187,222 +133,6 @@ pub struct EndpointCandidate {
     max_total_tokens: Option<u64>,
     tokens_used: u64,
     retries: u64,
-}
-
-impl EndpointCandidate {
-    fn chat(&self) -> bool {
-        self.endpoint.config().chat
-    }
-
-    fn route(&self) -> &'static str {
-        if self.chat() {
-            "/chat/completions"
-        } else {
-            "/completions"
-        }
-    }
-
-    /// The request for a challenge: `ids` for echo (prompt + continuation), else the text.
-    /// Every sampling parameter is explicit, so no server default can change the decoding.
-    fn request(&self, prompt: &str, ids: Option<&[u32]>) -> Value {
-        let mut common = Common {
-            model: Some(self.endpoint.config().model.clone()),
-            max_tokens: Some(self.k as i64),
-            temperature: Some(0.0),
-            top_p: Some(1.0),
-            n: Some(1),
-            presence_penalty: Some(0.0),
-            frequency_penalty: Some(0.0),
-            seed: Some(0),
-            stream: false,
-            ..Default::default()
-        };
-        let top = Some(self.top as i64);
-        let logprobs = self.method == Method::Logprobs;
-        let body = match (self.chat(), self.method, ids) {
-            (false, Method::Echo, Some(ids)) => {
-                common.max_tokens = Some(1);
-                serde_json::to_value(CompletionRequest {
-                    common,
-                    prompt: Some(json!(ids)),
-                    logprobs: top,
-                    echo: true,
-                    ..Default::default()
-                })
-            }
-            (false, _, _) => serde_json::to_value(CompletionRequest {
-                common,
-                prompt: Some(json!(prompt)),
-                logprobs: top.filter(|_| logprobs),
-                ..Default::default()
-            }),
-            (true, _, _) => serde_json::to_value(ChatRequest {
-                common,
-                messages: Some(vec![WireMessage {
-                    role: "user".into(),
-                    content: json!(prompt),
-                }]),
-                logprobs,
-                top_logprobs: top.filter(|_| logprobs),
-                ..Default::default()
-            }),
-        };
-        body.expect("wire types serialize")
-    }
-
-    /// Read a response. `sent`: for echo, the ids sent and where the continuation starts.
-    fn answer(
-        &self,
-        body: &Value,
-        sent: Option<(&[u32], usize)>,
-        tokenizer: &Tokenizer,
-    ) -> Result<Answer, String> {
-        let body: Completion = serde_json::from_value(body.clone())
-            .map_err(|e| format!("the response is not an OpenAI answer ({e})"))?;
-        let choice = body
-            .choices
-            .first()
-            .ok_or("the response has no choices[0]")?;
-        let usage = body.usage.map_or(0, |u| u.total_tokens);
-        let stopped = choice.finish_reason.as_deref() == Some("stop");
-        let text = if self.chat() {
-            choice.message.as_ref().and_then(|m| m.content.as_deref())
-        } else {
-            choice.text.as_deref()
-        }
-        .ok_or("the response has no text")?
-        .to_string();
-        let mut a = Answer {
-            positions: Vec::new(),
-            tokens: Vec::new(),
-            text,
-            stopped,
-            usage,
-            note: None,
-        };
-        if self.method == Method::Text {
-            let ids = tokenizer
-                .encode(&a.text)
-                .map_err(|e| crate::with_causes(&e))?;
-            let skip = usize::from(tokenizer.bos.is_some() && !ids.is_empty());
-            a.tokens = ids[skip..].to_vec();
-            return Ok(a);
-        }
-        let entries = self.entries(choice)?;
-        match sent {
-            Some((ids, start)) => {
-                // Echo: the entries begin with the ids sent (perhaps after a BOS the endpoint
-                // added); the continuation's positions are compared.
-                let want = &ids[start..];
-                let found = (0..=1).find(|&off| {
-                    want.iter().enumerate().all(|(j, &t)| {
-                        entries
-                            .get(off + start + j)
-                            .is_some_and(|e| e.token == Some(t))
-                    })
-                });
-                match found {
-                    Some(off) => {
-                        a.positions = entries[off + start..off + start + want.len()].to_vec();
-                        if a.positions.iter().any(|p| p.logprob.is_nan()) {
-                            return Err("echoed tokens lack logprobs".into());
-                        }
-                    }
-                    None => {
-                        a.note = Some("the endpoint echoed tokens other than those sent: it does not use the reference's tokenizer".into());
-                    }
-                }
-            }
-            None => {
-                if entries.iter().any(|e| e.logprob.is_nan()) {
-                    return Err("generated tokens lack logprobs".into());
-                }
-                if entries.iter().any(|e| e.token.is_none()) {
-                    a.note = Some(
-                        "the endpoint produced tokens that are not in the reference's vocabulary"
-                            .into(),
-                    );
-                }
-                a.tokens = entries.iter().filter_map(|e| e.token).collect();
-                a.positions = entries;
-            }
-        }
-        Ok(a)
-    }
-
-    /// The per-token log-probability entries of a choice, in either wire format, refused
-    /// when a log-probability is not a number at most 0.
-    fn entries(&self, choice: &Choice) -> Result<Vec<EndpointPosition>, String> {
-        let entries = self.entries_unchecked(choice)?;
-        // NaN stands for a JSON null (the first echoed token has no log-probability).
-        let valid = |l: f64| l.is_nan() || (l.is_finite() && l <= 1e-3);
-        for e in &entries {
-            if !valid(e.logprob) || e.top.iter().any(|(_, l)| !valid(*l)) {
-                return Err("a log-probability is not a number at most 0".into());
-            }
-        }
-        Ok(entries)
-    }
-
-    fn entries_unchecked(&self, choice: &Choice) -> Result<Vec<EndpointPosition>, String> {
-        let lp: &Logprobs = choice
-            .logprobs
-            .as_ref()
-            .ok_or("the response has no logprobs")?;
-        if self.chat() {
-            let content = lp.content.as_ref().ok_or("logprobs.content is missing")?;
-            content
-                .iter()
-                .map(|e| {
-                    let logprob = e.logprob.ok_or("a logprobs.content entry has no logprob")?;
-                    let top = e
-                        .top_logprobs
-                        .iter()
-                        .filter_map(|t| {
-                            Some((self.vocab.id(&t.token, t.bytes.as_deref()), t.logprob?))
-                        })
-                        .collect();
-                    Ok(EndpointPosition {
-                        token: self.vocab.id(&e.token, e.bytes.as_deref()),
-                        logprob,
-                        top,
-                    })
-                })
-                .collect()
-        } else {
-            let tokens = lp.tokens.as_ref().ok_or("logprobs.tokens is missing")?;
-            let lps = lp
-                .token_logprobs
-                .as_ref()
-                .ok_or("logprobs.token_logprobs is missing")?;
-            if lps.len() != tokens.len() {
-                return Err("logprobs.tokens and token_logprobs differ in length".into());
-            }
-            let tops = lp.top_logprobs.as_deref().unwrap_or_default();
-            Ok(tokens
-                .iter()
-                .zip(lps)
-                .enumerate()
-                .map(|(i, (t, l))| {
-                    let top = tops
-                        .get(i)
-                        .and_then(Option::as_ref)
-                        .map(|m| {
-                            m.iter()
-                                .filter_map(|(s, l)| Some((self.vocab.id(s, None), l.as_f64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    EndpointPosition {
-                        token: self.vocab.id(t, None),
-                        // The first echoed token has none (NaN: not comparable).
-                        logprob: l.unwrap_or(f64::NAN),
-                        top,
-                    }
-                })
-                .collect())
-        }
-    }
 }
 
 impl EndpointCandidate {
@@ -757,17 +487,4 @@ pub fn run(cfg: &AuditConfig, progress: Progress<'_>) -> Result<AuditOutcome, Ru
         retries,
         stopped: out.stopped,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_spellings_are_read_back() {
-        assert_eq!(unescape_bytes("\\xe2\\x82"), Some(vec![0xe2, 0x82]));
-        assert_eq!(unescape_bytes(""), Some(vec![]));
-        assert_eq!(unescape_bytes("\\xz1"), None);
-        assert_eq!(unescape_bytes("ab"), None);
-    }
 }

@@ -16,10 +16,10 @@
 //! of all sequences at once and attention runs per sequence, so a group of challenges costs
 //! one pass over the weights per step instead of one per challenge.
 
-use std::sync::Arc;
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Result, Tensor, D};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+pub use super::layers::{fast_encoding, Embedding, Linear, RmsNorm};
 
 /// Which rotary embedding layout the checkpoint uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -158,158 +158,6 @@ impl Kernels {
             (_, T::F32) | (Kernels::Dense, _) => false,
             (Kernels::Quantized, _) => true,
         }
-    }
-}
-
-/// A weight matrix `(out, in)` with its optional bias.
-pub struct Linear {
-    weight: Weight,
-    bias: Option<Tensor>,
-}
-
-/// How a weight matrix is held: one copy, for the kernels the model runs.
-enum Weight {
-    /// f32, multiplied by dense GEMM.
-    Dense(Tensor),
-    /// The file's quantization, multiplied by candle's quantized kernels.
-    Quantized(QMatMul),
-    /// Q8_0 (or Q5_0 re-encoded), Q4_1, Q4_K, Q6_K, F16 and BF16 on CPU, multiplied by
-    /// pot's own kernels (`q8`, `kq`, `half`) with llama.cpp's arithmetic: faster here than
-    /// candle's for these encodings (for Q4_K and Q6_K below 8 activation rows, above which
-    /// `kq` hands the product to candle's repacked tiles), and 16-bit weights stay 16-bit.
-    Pot(Box<dyn crate::model::q8::Product>),
-}
-
-/// The quantized weight's kernel: pot's own on CPU where it has one, candle's otherwise.
-fn quantized_weight(w: Arc<QTensor>) -> Result<Weight> {
-    use crate::model::kq::{self, KMatrix};
-    use crate::model::q8::{Product, Q8Matrix};
-    if w.device().is_cpu() {
-        let (n, k) = w.shape().dims2()?;
-        let pot: Option<Box<dyn Product>> = match w.dtype() {
-            GgmlDType::Q8_0 => {
-                Q8Matrix::from_q8_0_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
-            }
-            GgmlDType::Q4_1 => {
-                Q8Matrix::from_q4_1_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
-            }
-            GgmlDType::Q5_1 => {
-                Q8Matrix::from_q5_1_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
-            }
-            GgmlDType::Q4K | GgmlDType::Q6K if kq::available() => {
-                KMatrix::new(w.clone()).map(|m| Box::new(m) as _)
-            }
-            GgmlDType::F16 | GgmlDType::BF16 => {
-                crate::model::half::HalfMatrix::new(w.clone()).map(|m| Box::new(m) as _)
-            }
-            _ => None,
-        };
-        if let Some(m) = pot {
-            return Ok(Weight::Pot(m));
-        }
-    }
-    Ok(Weight::Quantized(QMatMul::QTensor(w)))
-}
-
-impl Linear {
-    /// From a (possibly quantized) tensor, keeping the copy `kernels` multiplies.
-    pub fn from_qtensor(w: QTensor, bias: Option<Tensor>, kernels: Kernels) -> Result<Self> {
-        let weight = if !kernels.keeps_quantized(w.dtype()) {
-            Weight::Dense(w.dequantize(&Device::Cpu)?)
-        } else {
-            quantized_weight(Arc::new(fast_encoding(w)?))?
-        };
-        Ok(Self { weight, bias })
-    }
-
-    /// A quantized matrix shared with another layer (tied embeddings).
-    pub fn from_shared_qtensor(w: Arc<QTensor>) -> Result<Self> {
-        Ok(Self {
-            weight: quantized_weight(w)?,
-            bias: None,
-        })
-    }
-
-    /// From a dense f32 tensor.
-    pub fn from_dense(w: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            weight: Weight::Dense(w),
-            bias,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            Weight::Quantized(q) => q.forward(x)?,
-            Weight::Pot(m) => m.forward(x)?,
-            Weight::Dense(w) => {
-                let (b, t, d) = x.dims3()?;
-                x.reshape((b * t, d))?
-                    .matmul(&w.t()?)?
-                    .reshape((b, t, ()))?
-            }
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-}
-
-/// The same weights in an encoding candle multiplies fast on CPU, bit for bit.
-///
-/// Q5_0 (5-bit integers, one f16 scale per 32) has no SIMD kernel in candle; its values are
-/// exactly representable as Q8_0 (8-bit integers, the same f16 scale per 32), whose kernel is
-/// SIMD. Both multiply against the same 8-bit activations (Q8_0), so the integer dot products,
-/// and therefore the results, are the same; the weights take 8.5 bits instead of 5.5.
-pub fn fast_encoding(w: QTensor) -> Result<QTensor> {
-    if w.dtype() != GgmlDType::Q5_0 || w.device().is_cuda() || w.device().is_metal() {
-        return Ok(w);
-    }
-    let src = w.data()?;
-    const IN: usize = 22; // f16 d, u32 qh, 16 bytes of low nibbles
-    const OUT: usize = 34; // f16 d, 32 i8
-    if src.len() % IN != 0 {
-        candle_core::bail!("Q5_0 tensor of {} bytes is not whole blocks", src.len());
-    }
-    let mut out = Vec::with_capacity(src.len() / IN * OUT);
-    for b in src.chunks_exact(IN) {
-        out.extend_from_slice(&b[0..2]);
-        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let qs = &b[6..22];
-        let mut q = [0u8; 32];
-        for j in 0..16 {
-            let h0 = (((qh >> j) << 4) & 0x10) as u8;
-            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-            q[j] = (((qs[j] & 0x0f) | h0) as i8 - 16) as u8;
-            q[j + 16] = (((qs[j] >> 4) | h1) as i8 - 16) as u8;
-        }
-        out.extend_from_slice(&q);
-    }
-    let storage = candle_core::quantized::QStorage::from_data(
-        std::borrow::Cow::Owned(out),
-        &w.device(),
-        GgmlDType::Q8_0,
-    )?;
-    QTensor::new(storage, w.shape().clone())
-}
-
-/// RMSNorm weights.
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    /// New norm layer.
-    pub fn new(weight: Tensor, eps: f64) -> Self {
-        Self {
-            weight,
-            eps: eps as f32,
-        }
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
     }
 }
 
@@ -718,23 +566,6 @@ impl Decoder {
     }
 }
 
-/// The token embedding table: dense rows, or quantized rows dequantized on lookup.
-pub enum Embedding {
-    /// f32 rows.
-    Dense(Tensor),
-    /// Quantized rows (the file's encoding); only the looked-up rows are dequantized.
-    Quantized(Arc<QTensor>),
-}
-
-impl Embedding {
-    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
-        match self {
-            Embedding::Dense(t) => t.index_select(ids, 0),
-            Embedding::Quantized(q) => q.embedding(ids),
-        }
-    }
-}
-
 /// Additive attention mask `(t, start + t)` of new queries over all keys: 0 where query `i`
 /// may see key `j`, -inf elsewhere. Causal; with a sliding `window`, keys `window` or more
 /// positions behind the query are masked too (llama.cpp's standard SWA). `None` when nothing
@@ -779,6 +610,7 @@ pub fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::QTensor;
 
     #[test]
     fn masks_are_causal_and_slide() {

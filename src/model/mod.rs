@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod half;
 pub mod hf;
 pub mod kq;
+pub mod layers;
 pub mod q8;
 pub mod spm;
 pub mod tiny;

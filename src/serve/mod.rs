@@ -86,16 +86,26 @@ pub enum ServeError {
     #[error(transparent)]
     Model(#[from] ModelError),
     /// The address.
-    #[error("{addr}: cannot listen ({reason}); pick another --port or --host")]
+    #[error("{addr}: cannot listen ({source}); pick another --port or --host")]
     Bind {
         /// Address.
         addr: String,
         /// OS error.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
-    /// The runtime.
-    #[error("server: {0}")]
-    Runtime(String),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Options(&'static str),
+    /// The runtime or the listening socket failed.
+    #[error("server: {what} ({source})")]
+    Runtime {
+        /// What failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The node key or the step store.
     #[error(transparent)]
     Commit(#[from] crate::commit::CommitError),
@@ -127,8 +137,8 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
             cfg.store_max_bytes,
         )?)),
         (Some(_), None) => {
-            return Err(ServeError::Runtime(
-                "--node-key needs --store FILE, where committed steps are kept for audits".into(),
+            return Err(ServeError::Options(
+                "--node-key needs --store FILE, where committed steps are kept for audits",
             ))
         }
         (None, _) => None,
@@ -149,7 +159,10 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| ServeError::Runtime(e.to_string()))?;
+        .map_err(|source| ServeError::Runtime {
+            what: "cannot start the async runtime",
+            source,
+        })?;
     let grace = cfg.shutdown_grace;
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let prover = match node_key {
@@ -166,16 +179,18 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     };
     let (state, worker, cancel) = start(model, identity, name, cfg, prover, store);
     let result = rt.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|e| ServeError::Bind {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
         let local: SocketAddr = listener
             .local_addr()
-            .map_err(|e| ServeError::Runtime(e.to_string()))?;
+            .map_err(|source| ServeError::Runtime {
+                what: "cannot read the listening address",
+                source,
+            })?;
         eprintln!(
             "pot serve: listening on http://{local} (model {:?}, weights {})",
             state.name,
@@ -205,7 +220,10 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
             tokio::time::sleep(Duration::from_secs(5)).await;
         };
         tokio::select! {
-            r = serving => r.map_err(|e| ServeError::Runtime(e.to_string())),
+            r = serving => r.map_err(|source| ServeError::Runtime {
+                what: "serving failed",
+                source,
+            }),
             _ = cancel_after_grace => Ok(()),
         }
     });
