@@ -249,7 +249,11 @@ fn done(a: &mut Active, finish: Finish, text: String) -> Event {
         text,
         prompt_tokens: a.job.prompt.len(),
         completion_tokens: a.generated,
-        steps: a.committed.take(),
+        // The committed tokens are the output: filled in once, at the end.
+        steps: a.committed.take().map(|c| Committed {
+            output: a.output.clone(),
+            ..c
+        }),
         output: std::mem::take(&mut a.output),
         rows: a.rows.take(),
     }
@@ -355,15 +359,17 @@ fn advance(model: &Model, a: &mut Active, fed: usize, rows: Vec<Vec<f32>>, limit
     a.output.push(next);
     if let Some(c) = a.committed.as_mut() {
         c.steps.push(StepData::from_logits(&row, next));
-        c.output.push(next);
+    }
+    if a.job.stop_at_end && model.tokenizer.stop_ids.contains(&next) {
+        if let Some(r) = a.rows.as_mut() {
+            r.push(row);
+        }
+        finish(a, Finish::Stop);
+        return false;
     }
     let tok = info(model, next, Some(&row), want_lp);
     if let Some(r) = a.rows.as_mut() {
         r.push(row);
-    }
-    if a.job.stop_at_end && model.tokenizer.stop_ids.contains(&next) {
-        finish(a, Finish::Stop);
-        return false;
     }
     let (text, stopped) = a.text.push(&tok.bytes);
     if a.job.events.send(Event::Token { info: tok, text }).is_err() {
