@@ -50,6 +50,40 @@ pub trait Named: Copy + Send + Sync + 'static {
     }
 }
 
+/// A file operation that failed: the file, what was being done, the OS error, and what to do
+/// about it. The error enums that read and write files (transcripts, bundles, calibrations)
+/// hold one, so that every such message reads alike: `{path}: {action} ({OS error}); {fix}`.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {action} ({source}){fix}")]
+pub struct FileError {
+    /// File or folder.
+    pub path: String,
+    /// What was being done ("cannot read the bundle").
+    pub action: &'static str,
+    /// What to do about it, as `; …`, or nothing.
+    pub fix: &'static str,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// `action` on `path` failed with `source`; `fix` is `"; …"` or `""`.
+    pub fn new(
+        path: &std::path::Path,
+        action: &'static str,
+        fix: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        Self {
+            path: path.display().to_string(),
+            action,
+            fix,
+            source,
+        }
+    }
+}
+
 /// An error and its causes on one line, as the CLI prints them (`what: why: deeper why`), for
 /// the places that hand an error on as text (an HTTP answer, a retry's last reason).
 ///

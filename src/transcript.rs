@@ -153,18 +153,8 @@ pub enum TranscriptError {
         reason: String,
     },
     /// A file operation that failed, its OS error kept.
-    #[error("{path}: {action} ({source}){fix}")]
-    File {
-        /// File or folder.
-        path: String,
-        /// What was being done.
-        action: &'static str,
-        /// What to do about it (`; …`), or nothing.
-        fix: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::FileError),
     /// A resumed run whose transcript does not match this invocation.
     #[error("{path}: cannot resume: {what}; resume with the original models or endpoint, mode and flags, or start a new run")]
     ResumeMismatch {
@@ -174,14 +164,35 @@ pub enum TranscriptError {
         what: String,
     },
     /// A line that does not parse.
-    #[error("{path}:{line}: not a pot transcript line ({reason}); the file is damaged or not a transcript")]
+    #[error("{path}:{line}: not a pot transcript line ({source}); the file is damaged or not a transcript")]
     Parse {
         /// File.
         path: String,
         /// 1-based line.
         line: usize,
-        /// Parser message.
-        reason: String,
+        /// Why.
+        #[source]
+        source: LineError,
+    },
+}
+
+/// Why a transcript line is not a record of this pot's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LineError {
+    /// Not JSON, or JSON of another shape.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// JSON, but not the record the line must hold.
+    #[error("{0}")]
+    Record(&'static str),
+    /// A transcript of another format version.
+    #[error("transcript format {found} (this pot reads {VERSION}: its test and records differ); use the pot that wrote it (pot_version {pot_version})")]
+    Version {
+        /// The file's version.
+        found: u32,
+        /// The pot that wrote it.
+        pot_version: String,
     },
 }
 
@@ -197,12 +208,7 @@ fn file_err(
     fix: &'static str,
     e: std::io::Error,
 ) -> TranscriptError {
-    TranscriptError::File {
-        path: path.display().to_string(),
-        action,
-        fix,
-        source: e,
-    }
+    TranscriptError::File(crate::FileError::new(path, action, fix, e))
 }
 
 const WRITABLE: &str = "; pass a writable --transcripts folder";
@@ -296,42 +302,35 @@ pub struct Records {
 
 /// Parse the complete lines of a transcript. `Err` gives the 1-based line that is not a
 /// transcript record (0 when there is no line at all) and why.
-pub fn parse(text: &str) -> Result<Records, (usize, String)> {
+pub fn parse(text: &str) -> Result<Records, (usize, LineError)> {
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let json = |n: usize| move |e: serde_json::Error| (n, LineError::Json(e));
     let header: Header = match lines.next() {
-        Some((n, l)) => serde_json::from_str(l).map_err(|e| (n, e.to_string()))?,
-        None => return Err((0, "no header line".into())),
+        Some((n, l)) => serde_json::from_str(l).map_err(json(n))?,
+        None => return Err((0, LineError::Record("no header line"))),
     };
     if header.record != "header" {
-        return Err((1, "not a header record".into()));
+        return Err((1, LineError::Record("not a header record")));
     }
     if header.version != VERSION {
         return Err((
             1,
-            format!(
-                "transcript format {} (this pot reads {VERSION}: its test and records differ); use the pot that wrote it (pot_version {})",
-                header.version, header.pot_version
-            ),
+            LineError::Version {
+                found: header.version,
+                pot_version: header.pot_version,
+            },
         ));
     }
     let (mut queries, mut verdict) = (Vec::new(), None);
     for (n, l) in lines {
         if verdict.is_some() {
-            return Err((n, "a line after the verdict".into()));
+            return Err((n, LineError::Record("a line after the verdict")));
         }
-        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| (n, e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(l).map_err(json(n))?;
         match v.get("record").and_then(|r| r.as_str()) {
-            Some("query") => queries.push((
-                n,
-                serde_json::from_value(v).map_err(|e| (n, e.to_string()))?,
-            )),
-            Some("verdict") => {
-                verdict = Some((
-                    n,
-                    serde_json::from_value(v).map_err(|e| (n, e.to_string()))?,
-                ))
-            }
-            _ => return Err((n, "unknown record type".into())),
+            Some("query") => queries.push((n, serde_json::from_value(v).map_err(json(n))?)),
+            Some("verdict") => verdict = Some((n, serde_json::from_value(v).map_err(json(n))?)),
+            _ => return Err((n, LineError::Record("unknown record type"))),
         }
     }
     Ok(Records {
@@ -360,7 +359,7 @@ pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
         _ => TranscriptError::Parse {
             path: path.display().to_string(),
             line,
-            reason,
+            source: reason,
         },
     })?;
     Ok(Loaded {

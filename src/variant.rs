@@ -172,12 +172,13 @@ pub enum VariantError {
     #[error("{0}")]
     Options(String),
     /// Writing the output.
-    #[error("{path}: cannot write ({reason}); check the folder exists and is writable")]
+    #[error("{path}: cannot write ({source}); check the folder exists and is writable")]
     Write {
         /// Output path.
         path: String,
-        /// Why.
-        reason: String,
+        /// The OS error (or, from candle's GGUF writer, its message as one).
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -342,25 +343,25 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
     metadata.sort_by(|a, b| a.0.cmp(&b.0));
     let md_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let write_err = |e: String| VariantError::Write {
+    let write_err = |source: std::io::Error| VariantError::Write {
         path: outp.clone(),
-        reason: e,
+        source,
     };
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile_in(dir).map_err(|e| write_err(e.to_string()))?;
+    let tmp = tempfile_in(dir).map_err(write_err)?;
     {
         let mut w = BufWriter::new(tmp.as_file());
         candle_core::quantized::gguf_file::write(&mut w, &md_refs, &t_refs)
-            .map_err(|e| write_err(e.to_string()))?;
-        w.flush().map_err(|e| write_err(e.to_string()))?;
+            .map_err(|e| write_err(std::io::Error::other(crate::model::candle_message(&e))))?;
+        w.flush().map_err(write_err)?;
     }
     tmp.as_file()
         .sync_all()
-        .map_err(|e| write_err(e.to_string()))?;
-    tmp.persist(out).map_err(|e| write_err(e.to_string()))?;
+        .map_err(write_err)?;
+    tmp.persist(out).map_err(write_err)?;
     Ok(())
 }
 

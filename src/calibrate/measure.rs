@@ -31,9 +31,13 @@ pub fn run(
     let n = cfg.challenges.div_ceil(CYCLE) * CYCLE;
     let source = resolve(&cfg.reference)?;
     let identity = fingerprint(&source, false)?;
-    std::fs::create_dir_all(&cfg.workdir).map_err(|e| CalibrateError::Io {
-        path: cfg.workdir.display().to_string(),
-        reason: format!("cannot create the folder for rung files ({e}); pick another with --keep"),
+    std::fs::create_dir_all(&cfg.workdir).map_err(|e| {
+        crate::FileError::new(
+            &cfg.workdir,
+            "cannot create the folder for rung files",
+            "; pick another with --keep",
+            e,
+        )
     })?;
     let opts = LoadOptions {
         kernels: cfg.kernels,

@@ -293,13 +293,25 @@ pub enum CalibrateError {
         #[source]
         source: variant::VariantError,
     },
-    /// A file or folder.
-    #[error("{path}: {reason}")]
-    Io {
-        /// The path.
+    /// A file or folder that cannot be read, written or created.
+    #[error(transparent)]
+    File(#[from] crate::FileError),
+    /// A file that is not a calibration.
+    #[error("{path}: not a pot calibration ({source}); make one with pot calibrate --ref MODEL -o FILE")]
+    NotCalibration {
+        /// The file.
         path: String,
-        /// Why, and what to do.
-        reason: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A calibration of another format.
+    #[error("{path}: calibration format {found:?}, this pot reads {FORMAT:?}; calibrate again")]
+    Format {
+        /// The file.
+        path: String,
+        /// Its format.
+        found: String,
     },
     /// Bad options.
     #[error("{0}")]
@@ -331,23 +343,23 @@ impl Calibration {
     /// Read a calibration file, refusing other formats.
     pub fn read(path: &Path) -> Result<Self, CalibrateError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| CalibrateError::Io {
-            path: p.clone(),
-            reason: format!("cannot read the calibration ({e}); make one with pot calibrate --ref MODEL -o FILE"),
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::FileError::new(
+                path,
+                "cannot read the calibration",
+                "; make one with pot calibrate --ref MODEL -o FILE",
+                e,
+            )
         })?;
-        let c: Calibration = serde_json::from_str(&text).map_err(|e| CalibrateError::Io {
-            path: p.clone(),
-            reason: format!(
-                "not a pot calibration ({e}); make one with pot calibrate --ref MODEL -o FILE"
-            ),
-        })?;
+        let c: Calibration =
+            serde_json::from_str(&text).map_err(|source| CalibrateError::NotCalibration {
+                path: p.clone(),
+                source,
+            })?;
         if c.format != FORMAT {
-            return Err(CalibrateError::Io {
+            return Err(CalibrateError::Format {
                 path: p,
-                reason: format!(
-                    "calibration format {:?}, this pot reads {FORMAT:?}; calibrate again",
-                    c.format
-                ),
+                found: c.format,
             });
         }
         Ok(c)
@@ -356,9 +368,8 @@ impl Calibration {
     /// Write it to `path` (through a temporary file: never half-written).
     pub fn write(&self, path: &Path) -> Result<(), CalibrateError> {
         use std::io::Write;
-        let err = |e: std::io::Error| CalibrateError::Io {
-            path: path.display().to_string(),
-            reason: format!("cannot write the calibration ({e}); check the folder"),
+        let err = |e| {
+            crate::FileError::new(path, "cannot write the calibration", "; check the folder", e)
         };
         let dir = path
             .parent()
@@ -369,7 +380,7 @@ impl Calibration {
         let mut f = tmp.as_file();
         f.write_all(text.as_bytes()).map_err(err)?;
         f.sync_all().map_err(err)?;
-        tmp.persist(path).map_err(err)
+        Ok(tmp.persist(path).map_err(err)?)
     }
 
     /// Floor entries.
@@ -541,11 +552,13 @@ pub struct Stored {
 /// latest calibration wins, unless the stored one measured entries this one did not (a floor
 /// measured on its own must not drop a ladder): then the stored one stays.
 pub fn store(cal: &Calibration, store: &Path) -> Result<Stored, CalibrateError> {
-    std::fs::create_dir_all(store).map_err(|e| CalibrateError::Io {
-        path: store.display().to_string(),
-        reason: format!(
-            "cannot create the calibration store ({e}); check the folder or set POT_CALIBRATIONS"
-        ),
+    std::fs::create_dir_all(store).map_err(|e| {
+        crate::FileError::new(
+            store,
+            "cannot create the calibration store",
+            "; check the folder or set POT_CALIBRATIONS",
+            e,
+        )
     })?;
     let path = stored_path(store, &cal.reference.weight_hash);
     let kept_for: Vec<String> = match Calibration::read(&path) {

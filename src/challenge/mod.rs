@@ -50,12 +50,13 @@ const FAMILY_DATA: [&str; 5] = [
 #[non_exhaustive]
 pub enum ChallengeError {
     /// The key file could not be read.
-    #[error("{path}: cannot read key file ({reason}); create one with `pot keygen -o {path}`")]
+    #[error("{path}: cannot read key file ({source}); create one with `pot keygen -o {path}`")]
     KeyRead {
         /// Path.
         path: String,
         /// OS error.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The key file does not hold a key.
     #[error("{path}: {reason}; a key file holds 64 hex digits (32 bytes): create one with `pot keygen -o FILE`")]
@@ -123,9 +124,9 @@ impl ChallengeKey {
     /// Read a key file.
     pub fn read(path: &Path) -> Result<Self, ChallengeError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ChallengeError::KeyRead {
+        let text = std::fs::read_to_string(path).map_err(|source| ChallengeError::KeyRead {
             path: p.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         Self::from_hex(&text, &p)
     }
@@ -428,6 +429,19 @@ pub struct Challenge {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn a_missing_key_file_keeps_its_os_error_and_names_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.key");
+        let e = ChallengeKey::read(&path).unwrap_err();
+        let source = std::error::Error::source(&e).expect("the OS error is kept");
+        let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        let line = crate::with_causes(&e);
+        assert!(line.contains("pot keygen -o"), "{line}");
+        assert_eq!(line.matches(&io.to_string()).count(), 1, "{line}");
+    }
 
     fn key(b: u8) -> ChallengeKey {
         ChallengeKey::from_bytes([b; 32])

@@ -48,12 +48,30 @@ pub enum CommitError {
         /// Its size.
         bytes: usize,
     },
-    /// The step store.
-    #[error("{path}: step store: {reason}")]
+    /// The step store's database failed.
+    #[error("{path}: step store: {source}")]
     Store {
         /// Its file.
         path: String,
-        /// What failed.
+        /// redb's error (boxed: it is large).
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// The step store cannot be opened or created.
+    #[error("{path}: step store: cannot open it ({source}); point --store at a writable file of pot's, or remove a damaged one")]
+    StoreOpen {
+        /// Its file.
+        path: String,
+        /// redb's error (boxed: it is large).
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+    /// A job the step store refuses or a record it cannot read back.
+    #[error("{path}: step store: {reason}")]
+    StoreRecord {
+        /// Its file.
+        path: String,
+        /// What is wrong (and the fix, where there is one).
         reason: String,
     },
 }

@@ -41,12 +41,9 @@ pub struct Store {
 impl Store {
     /// Open (or create) the store at `path`.
     pub fn open(path: &Path, retention_ms: u64, max_bytes: u64) -> Result<Self, CommitError> {
-        let err = |e: String| CommitError::Store {
+        let db = Database::create(path).map_err(|e| CommitError::StoreOpen {
             path: path.display().to_string(),
-            reason: e,
-        };
-        let db = Database::create(path).map_err(|e| {
-            err(format!("cannot open it ({e}); point --store at a writable file of pot's, or remove a damaged one"))
+            source: Box::new(e),
         })?;
         let s = Self {
             db,
@@ -63,20 +60,28 @@ impl Store {
         Ok(s)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> CommitError {
+    fn err(&self, e: impl Into<redb::Error>) -> CommitError {
         CommitError::Store {
             path: self.path.display().to_string(),
-            reason: e.to_string(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn record_err(&self, reason: String) -> CommitError {
+        CommitError::StoreRecord {
+            path: self.path.display().to_string(),
+            reason,
         }
     }
 
     /// Keep a finished job (durably: the call returns after the commit reaches the disk).
     pub fn put(&self, job: &StoredJob, now_ms: u64) -> Result<(), CommitError> {
         let mut bytes = Vec::new();
-        ciborium::into_writer(job, &mut bytes).map_err(|e| self.err(e))?;
+        ciborium::into_writer(job, &mut bytes)
+            .map_err(|e| self.record_err(format!("a job that does not encode ({e})")))?;
         let size = bytes.len() as u64;
         if size > self.max_bytes {
-            return Err(self.err(format!(
+            return Err(self.record_err(format!(
                 "a job of {size} bytes does not fit the store's budget of {} bytes; raise --store-max-bytes",
                 self.max_bytes
             )));
@@ -128,7 +133,7 @@ impl Store {
             return Ok(None);
         };
         let job: StoredJob = ciborium::from_reader(v.value())
-            .map_err(|e| self.err(format!("a damaged record ({e})")))?;
+            .map_err(|e| self.record_err(format!("a damaged record ({e})")))?;
         let horizon = now_ms.saturating_sub(self.retention_ms);
         Ok((job.receipt.timestamp_ms >= horizon).then_some(job))
     }

@@ -74,12 +74,19 @@ pub const MAX_BYTES: u64 = 256 << 20;
 #[non_exhaustive]
 pub enum EvidenceError {
     /// A file that cannot be read or written.
-    #[error("{path}: {reason}")]
-    Io {
+    #[error(transparent)]
+    File(#[from] crate::FileError),
+    /// A bundle to write whose path exists already.
+    #[error("{path}: exists already; pick another --bundle path or remove it")]
+    Exists {
         /// File.
         path: String,
-        /// Why, and what to do.
-        reason: String,
+    },
+    /// A file too large to be a bundle.
+    #[error("{path}: larger than {MAX_BYTES} bytes: not a pot bundle")]
+    TooLarge {
+        /// File.
+        path: String,
     },
     /// A transcript that cannot be bundled.
     #[error("{path}: {reason}")]
@@ -454,7 +461,7 @@ pub fn create(
         reason,
     };
     let transcript = std::fs::read(transcript_path)
-        .map_err(|e| terr(format!("cannot read the transcript ({e})")))?;
+        .map_err(|e| crate::FileError::new(transcript_path, "cannot read the transcript", "", e))?;
     // A killed write leaves a torn last line: bundle the complete lines only.
     let complete = transcript
         .iter()
@@ -555,14 +562,10 @@ pub fn create(
 /// Write `bytes` to `path`, which must not exist, through a temporary file: a reader never
 /// sees a partial bundle, and a failed write leaves nothing.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
-    let err = |reason: String| EvidenceError::Io {
-        path: path.display().to_string(),
-        reason,
-    };
     if path.exists() {
-        return Err(err(
-            "exists already; pick another --bundle path or remove it".into(),
-        ));
+        return Err(EvidenceError::Exists {
+            path: path.display().to_string(),
+        });
     }
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
@@ -581,9 +584,13 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(err(format!(
-            "cannot write the bundle ({e}); check the folder exists and is writable"
-        )));
+        return Err(crate::FileError::new(
+            path,
+            "cannot write the bundle",
+            "; check the folder exists and is writable",
+            e,
+        )
+        .into());
     }
     Ok(())
 }
@@ -626,20 +633,14 @@ impl Report {
 
 /// Re-check the bundle at `path` (see [`verify_bytes`]); `Err` only when it cannot be read.
 pub fn verify(path: &Path, pinned: Option<&NodePublic>) -> Result<Report, EvidenceError> {
-    let meta = std::fs::metadata(path).map_err(|e| EvidenceError::Io {
-        path: path.display().to_string(),
-        reason: format!("cannot read the bundle ({e})"),
-    })?;
+    let read_err = |e| crate::FileError::new(path, "cannot read the bundle", "", e);
+    let meta = std::fs::metadata(path).map_err(read_err)?;
     if meta.len() > MAX_BYTES {
-        return Err(EvidenceError::Io {
+        return Err(EvidenceError::TooLarge {
             path: path.display().to_string(),
-            reason: format!("larger than {MAX_BYTES} bytes: not a pot bundle"),
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| EvidenceError::Io {
-        path: path.display().to_string(),
-        reason: format!("cannot read the bundle ({e})"),
-    })?;
+    let bytes = std::fs::read(path).map_err(read_err)?;
     Ok(verify_bytes(&bytes, pinned))
 }
 

@@ -60,10 +60,10 @@ fn open_err(path: &Path, e: std::io::Error) -> ModelError {
     }
 }
 
-fn write_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+fn write_err(path: &Path, source: std::io::Error) -> ModelError {
     ModelError::Write {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     }
 }
 
@@ -397,7 +397,7 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
     let tmp = tempfile_dir(parent.unwrap_or(Path::new(".")), out)?;
     let write = || -> Result<(), ModelError> {
         candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))
-            .map_err(|e| write_err(&tmp, crate::model::candle_message(&e)))?;
+            .map_err(|e| write_err(&tmp, std::io::Error::other(crate::model::candle_message(&e))))?;
         let config = serde_json::json!({
             "model_type": cfg.arch.hf_model_type(),
             "architectures": [cfg.arch.hf_class()],

@@ -43,12 +43,13 @@ pub enum ModelError {
         source: std::io::Error,
     },
     /// An output (an exported checkpoint) could not be written.
-    #[error("{path}: cannot write ({reason}); check that the folder is writable and has space")]
+    #[error("{path}: cannot write ({source}); check that the folder is writable and has space")]
     Write {
         /// File or folder.
         path: String,
-        /// Why.
-        reason: String,
+        /// The OS error (or, from candle's writer, its message as one).
+        #[source]
+        source: std::io::Error,
     },
     /// An output that exists already.
     #[error("{path}: already exists; choose a new output folder")]

@@ -26,21 +26,46 @@ use markdown::markdown;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReportError {
-    /// A results file that cannot be read.
-    #[error("{path}: {reason}")]
+    /// A results file that is not there.
+    #[error("{path}: missing; run scripts/run-experiments.sh first (or pass --results DIR)")]
+    Missing {
+        /// File.
+        path: String,
+    },
+    /// A results file that does not parse as CSV.
+    #[error("{path}: not a results CSV ({source})")]
     Input {
         /// File.
         path: String,
-        /// Why, and what to do.
+        /// polars' error.
+        #[source]
+        source: PolarsError,
+    },
+    /// A results file without a column the report needs, or with a damaged one.
+    #[error("{path}: {source}; the file lacks a column pot report needs, or is damaged")]
+    Columns {
+        /// File.
+        path: String,
+        /// polars' error.
+        #[source]
+        source: PolarsError,
+    },
+    /// A plot cannot be drawn or written.
+    #[error("{path}: {reason}")]
+    Plot {
+        /// File.
+        path: String,
+        /// plotters' message.
         reason: String,
     },
-    /// The report or a plot cannot be written.
-    #[error("{path}: {reason}")]
+    /// The report cannot be written.
+    #[error("{path}: cannot write ({source})")]
     Output {
         /// File.
         path: String,
-        /// Why.
-        reason: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -188,21 +213,20 @@ pub fn clopper_pearson(k: usize, n: usize) -> (f64, f64) {
 }
 
 fn read_csv(path: &Path) -> Result<DataFrame, ReportError> {
-    let err = |reason: String| ReportError::Input {
-        path: path.display().to_string(),
-        reason,
-    };
     if !path.is_file() {
-        return Err(err(
-            "missing; run scripts/run-experiments.sh first (or pass --results DIR)".into(),
-        ));
+        return Err(ReportError::Missing {
+            path: path.display().to_string(),
+        });
     }
     CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(None)
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|r| r.finish())
-        .map_err(|e| err(format!("not a results CSV ({e})")))
+        .map_err(|source| ReportError::Input {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>, PolarsError> {
@@ -280,9 +304,9 @@ pub fn run(dir: &Path) -> Result<Report, ReportError> {
     let queries = read_csv(&queries_path)?;
     let perr = |path: &Path| {
         let p = path.display().to_string();
-        move |e: PolarsError| ReportError::Input {
+        move |source: PolarsError| ReportError::Columns {
             path: p.clone(),
-            reason: format!("{e}; the file lacks a column pot report needs, or is damaged"),
+            source,
         }
     };
     let recorded = recorded_margins(&runs).map_err(perr(&runs_path))?;
@@ -514,7 +538,7 @@ pub fn run(dir: &Path) -> Result<Report, ReportError> {
     }
 
     let mut written = Vec::new();
-    let plot_err = |path: &Path, e: String| ReportError::Output {
+    let plot_err = |path: &Path, e: String| ReportError::Plot {
         path: path.display().to_string(),
         reason: e,
     };
@@ -551,7 +575,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
             let _ = std::fs::remove_file(&tmp);
             ReportError::Output {
                 path: path.display().to_string(),
-                reason: format!("cannot write ({e})"),
+                source: e,
             }
         })
 }

@@ -41,13 +41,14 @@ fn not_committing() -> ApiError {
     }
 }
 
-fn server_error(message: String) -> ApiError {
+/// A failure of the server's own (500), its causes on one line.
+fn server_error(e: impl std::error::Error) -> ApiError {
     ApiError {
         status: 500,
         kind: "server_error",
         code: None,
         param: None,
-        message,
+        message: crate::with_causes(&e),
     }
 }
 
@@ -71,16 +72,16 @@ pub(crate) async fn seal(
             &committed.steps,
             now,
         )
-        .map_err(|e| server_error(e.to_string()))?;
-    let json = serde_json::to_value(&receipt).map_err(|e| server_error(e.to_string()))?;
+        .map_err(server_error)?;
+    let json = serde_json::to_value(&receipt).map_err(server_error)?;
     let job = StoredJob {
         receipt,
         steps: committed.steps,
     };
     tokio::task::spawn_blocking(move || store.put(&job, now))
         .await
-        .map_err(|e| server_error(e.to_string()))?
-        .map_err(|e| server_error(e.to_string()))?;
+        .map_err(server_error)?
+        .map_err(server_error)?;
     Ok(json)
 }
 
@@ -125,7 +126,7 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
     );
     let body = body_bytes(st, req).await?;
     let r: OpenRequest =
-        wire::decode(&body, input).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+        wire::decode(&body, input).map_err(|e| ApiError::invalid("body", crate::with_causes(&e)))?;
     if r.version != OPEN_VERSION {
         return Err(ApiError::invalid(
             "version",
@@ -145,8 +146,8 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
     let now = crate::transcript::unix_now_ms();
     let job = tokio::task::spawn_blocking(move || store.get(&id, now))
         .await
-        .map_err(|e| server_error(e.to_string()))?
-        .map_err(|e| server_error(e.to_string()))?
+        .map_err(server_error)?
+        .map_err(server_error)?
         .ok_or_else(|| ApiError {
             status: 404,
             kind: "invalid_request_error",
@@ -162,14 +163,14 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
     let indices = r
         .selection
         .verify(&receipt.digest(), receipt.steps)
-        .map_err(|e| ApiError::invalid("selection", e.to_string()))?;
+        .map_err(|e| ApiError::invalid("selection", crate::with_causes(&e)))?;
     let steps =
-        open(&receipt.job_id.0, &job.steps, &indices).map_err(|e| server_error(e.to_string()))?;
+        open(&receipt.job_id.0, &job.steps, &indices).map_err(server_error)?;
     let opening = Opening {
         version: OPEN_VERSION,
         job_id: r.job_id,
         steps,
     };
-    let bytes = wire::encode(&opening, output).map_err(|e| server_error(e.to_string()))?;
+    let bytes = wire::encode(&opening, output).map_err(server_error)?;
     Ok(([(header::CONTENT_TYPE, output.media_type())], bytes).into_response())
 }

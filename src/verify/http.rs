@@ -113,11 +113,11 @@ impl Provider for HttpProvider {
     }
 
     fn open(&mut self, req: &OpenRequest) -> Result<Opening, String> {
-        let body = wire::encode(req, Encoding::Cbor).map_err(|e| e.to_string())?;
+        let body = wire::encode(req, Encoding::Cbor).map_err(|e| crate::with_causes(&e))?;
         let ex = self
             .endpoint
             .post_bytes("/pot/open", CBOR, &body, MAX_MESSAGE_BYTES)
             .map_err(|e| crate::with_causes(&e))?;
-        wire::decode(&ex.body, Encoding::Cbor).map_err(|e| e.to_string())
+        wire::decode(&ex.body, Encoding::Cbor).map_err(|e| crate::with_causes(&e))
     }
 }
