@@ -358,9 +358,7 @@ pub fn derive(source: &Path, opts: &VariantOptions, out: &Path) -> Result<(), Va
             .map_err(|e| write_err(std::io::Error::other(crate::model::candle_message(&e))))?;
         w.flush().map_err(write_err)?;
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
     tmp.persist(out).map_err(write_err)?;
     Ok(())
 }

@@ -297,7 +297,9 @@ pub enum CalibrateError {
     #[error(transparent)]
     File(#[from] crate::FileError),
     /// A file that is not a calibration.
-    #[error("{path}: not a pot calibration ({source}); make one with pot calibrate --ref MODEL -o FILE")]
+    #[error(
+        "{path}: not a pot calibration ({source}); make one with pot calibrate --ref MODEL -o FILE"
+    )]
     NotCalibration {
         /// The file.
         path: String,
@@ -369,7 +371,12 @@ impl Calibration {
     pub fn write(&self, path: &Path) -> Result<(), CalibrateError> {
         use std::io::Write;
         let err = |e| {
-            crate::FileError::new(path, "cannot write the calibration", "; check the folder", e)
+            crate::FileError::new(
+                path,
+                "cannot write the calibration",
+                "; check the folder",
+                e,
+            )
         };
         let dir = path
             .parent()

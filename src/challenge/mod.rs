@@ -436,7 +436,9 @@ mod tests {
         let path = dir.path().join("absent.key");
         let e = ChallengeKey::read(&path).unwrap_err();
         let source = std::error::Error::source(&e).expect("the OS error is kept");
-        let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
         assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
         let line = crate::with_causes(&e);
         assert!(line.contains("pot keygen -o"), "{line}");

@@ -396,8 +396,12 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
     let tmp = tempfile_dir(parent.unwrap_or(Path::new(".")), out)?;
     let write = || -> Result<(), ModelError> {
-        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))
-            .map_err(|e| write_err(&tmp, std::io::Error::other(crate::model::candle_message(&e))))?;
+        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors")).map_err(|e| {
+            write_err(
+                &tmp,
+                std::io::Error::other(crate::model::candle_message(&e)),
+            )
+        })?;
         let config = serde_json::json!({
             "model_type": cfg.arch.hf_model_type(),
             "architectures": [cfg.arch.hf_class()],

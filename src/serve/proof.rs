@@ -125,8 +125,8 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
         media(&req, header::ACCEPT),
     );
     let body = body_bytes(st, req).await?;
-    let r: OpenRequest =
-        wire::decode(&body, input).map_err(|e| ApiError::invalid("body", crate::with_causes(&e)))?;
+    let r: OpenRequest = wire::decode(&body, input)
+        .map_err(|e| ApiError::invalid("body", crate::with_causes(&e)))?;
     if r.version != OPEN_VERSION {
         return Err(ApiError::invalid(
             "version",
@@ -164,8 +164,7 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
         .selection
         .verify(&receipt.digest(), receipt.steps)
         .map_err(|e| ApiError::invalid("selection", crate::with_causes(&e)))?;
-    let steps =
-        open(&receipt.job_id.0, &job.steps, &indices).map_err(server_error)?;
+    let steps = open(&receipt.job_id.0, &job.steps, &indices).map_err(server_error)?;
     let opening = Opening {
         version: OPEN_VERSION,
         job_id: r.job_id,
