@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, statistics simulations, and the real-model integration
 # tests (engine vs llama.cpp, pot diff verdicts, resume after kill, bad input, pot serve and
-# pot audit: verdicts by every method, a misbehaving endpoint, 64 clients, the openai client).
+# pot audit: verdicts by every method, a misbehaving endpoint, 64 clients, the openai client,
+# and audits of llama.cpp's own server).
 #
 #   scripts/test.sh
 #
@@ -19,5 +20,16 @@ if ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
   "$venv/bin/pip" install --quiet openai
 fi
 export POT_OPENAI_PYTHON="$venv/bin/python"
+# llama.cpp's own server (llama-cpp-python) is the third-party endpoint the audit tests run
+# against: a C++ build of 10-25 minutes on 2 cores, made once into a venv beside the models.
+llama="${POT_LLAMA_VENV:-$HOME/.cache/pot/llama-venv}"
+if ! "$llama/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
+  echo "building llama-cpp-python (once, 10-25 minutes) into $llama" >&2
+  python3 -m venv "$llama"
+  CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    "$llama/bin/pip" install --quiet 'llama-cpp-python[server]==0.3.36'
+fi
+export POT_LLAMA_PYTHON="$llama/bin/python"
 # One test at a time: the integration tests load models of several GB each.
 cargo test --release -- --test-threads=1

@@ -78,10 +78,21 @@ pub struct EndpointInfo {
     pub model: String,
     /// `completions` or `chat`.
     pub api: String,
-    /// How challenges are put to it: `echo`, `logprobs` or `text`.
+    /// How challenges are put to it: `echo`, `echo-text`, `logprobs` or `text`.
     pub method: String,
     /// Alternatives asked per token.
     pub top_logprobs: usize,
+    /// How log-probabilities are asked for (`logprobs: N`, or `logprobs: true, top_logprobs:
+    /// N`); empty for text, and in transcripts from before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub logprobs_field: String,
+    /// Whether requests carry `repeat_penalty: 1` and `repetition_penalty: 1` (off where the
+    /// endpoint refused them).
+    #[serde(default)]
+    pub penalty_fields: bool,
+    /// The shapes tried before this one, each with why it did not do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
     /// What the endpoint said about itself (`/v1/models`), when it answered.
     pub models: Option<serde_json::Value>,
 }

@@ -71,7 +71,7 @@ fn assert_verdict(code: i32, v: &Value, stderr: &str, want: &str, method: &str) 
 fn audits_through_completions_decide_same_for_the_served_model_and_different_for_the_claim() {
     let server = Server::start(QWEN05, &[]);
     let dir = tempfile::tempdir().unwrap();
-    for method in ["echo", "logprobs"] {
+    for method in ["echo", "echo-text", "logprobs"] {
         let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &["--method", method]);
         assert_verdict(code, &v, &err, "SAME", method);
         assert!(v["mean"].as_f64().unwrap() < 0.01, "{v}");

@@ -2,13 +2,18 @@
 //! OpenAI-compatible endpoint as the candidate (black box: nothing but its API).
 //!
 //! The per-challenge score uses what the endpoint gives, in this order of preference
-//! (detected by probing, or forced with `--method`):
+//! (found by probing, or forced with `--method`; see `probe`):
 //!
 //! * **echo** (completions with `echo` and `logprobs`): the reference greedily continues the
 //!   prompt by K tokens, as in `pot diff`; the endpoint is sent prompt + continuation as token
 //!   ids and echoes its log-probabilities of them. Score: mean over the K positions of
 //!   KL(ref ‖ endpoint) on the endpoint's reported tokens plus "everything else"
 //!   ([`score::coarse_kl`]), which is at most the full KL and 0 when both agree.
+//! * **echo-text**: the same, for servers that refuse token-id prompts: prompt + continuation
+//!   are sent as text, and the echoed tokens must be the reference tokenizer's tokens of that
+//!   text (else the endpoint does not use the reference's tokenizer, and says so). Where the
+//!   text tokenizes otherwise than the reference generated it, the reference is teacher-forced
+//!   on the tokens the text gives.
 //! * **logprobs** (completions or chat with `logprobs`): the endpoint continues greedily with
 //!   log-probabilities; the reference is teacher-forced on the endpoint's tokens. Same score.
 //! * **text**: the endpoint's greedy text only; the reference is teacher-forced on its own
@@ -18,6 +23,8 @@
 //!
 //! Every sampling parameter is sent explicitly (temperature 0, top_p 1, n 1, no penalties, a
 //! fixed seed). The endpoint's raw responses go into the transcript, the API key never does.
+//! Requests go out in parallel, as many at once as the endpoint sustains
+//! ([`crate::openai::pace`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -26,9 +33,12 @@ use crate::challenge::Challenge;
 use crate::identity::Identity;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::LoadOptions;
+pub mod decoding;
+mod probe;
 mod wire;
-use wire::{Answer, Vocab};
+use wire::{Answer, Echoed, Vocab};
 
+use crate::openai::pace::Pacer;
 use crate::openai::{ClientError, Endpoint, EndpointConfig};
 use crate::run::local::LocalModel;
 use crate::run::{Candidate, Progress, Reference, RunError, RunSpec, Scored, Summary};
@@ -39,8 +49,12 @@ use crate::transcript::{self, EndpointInfo};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Completions with echo + logprobs: the endpoint scores the reference's continuation.
+    /// Completions with echo + logprobs: the endpoint scores the reference's continuation,
+    /// sent as token ids.
     Echo,
+    /// The same, sent as text (for servers that refuse token-id prompts).
+    #[serde(rename = "echo-text")]
+    EchoText,
     /// The endpoint's own greedy tokens with their logprobs.
     Logprobs,
     /// The endpoint's greedy text only.
@@ -48,11 +62,17 @@ pub enum Method {
 }
 
 impl crate::Named for Method {
-    const ALL: &'static [Self] = &[Method::Echo, Method::Logprobs, Method::Text];
+    const ALL: &'static [Self] = &[
+        Method::Echo,
+        Method::EchoText,
+        Method::Logprobs,
+        Method::Text,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Method::Echo => "echo",
+            Method::EchoText => "echo-text",
             Method::Logprobs => "logprobs",
             Method::Text => "text",
         }
@@ -61,7 +81,10 @@ impl crate::Named for Method {
     fn about(self) -> &'static str {
         match self {
             Method::Echo => {
-                "completions with echo + logprobs: the endpoint scores the reference's continuation"
+                "completions with echo + logprobs: the endpoint scores the reference's continuation, sent as token ids"
+            }
+            Method::EchoText => {
+                "the same with the continuation sent as text, for servers that refuse token-id prompts"
             }
             Method::Logprobs => "the endpoint's own greedy tokens with their logprobs",
             Method::Text => "the endpoint's greedy text only",
@@ -75,13 +98,43 @@ impl Method {
         crate::Named::name(self)
     }
 
+    /// Whether the endpoint scores the reference's continuation (else it generates).
+    fn echoes(self) -> bool {
+        matches!(self, Method::Echo | Method::EchoText)
+    }
+
     fn score_kind(self) -> ScoreKind {
         match self {
-            Method::Echo | Method::Logprobs => ScoreKind::EndpointKl,
+            Method::Echo | Method::EchoText | Method::Logprobs => ScoreKind::EndpointKl,
             Method::Text => ScoreKind::TextMismatch,
         }
     }
 }
+
+/// How a request asks for log-probabilities: servers spell it two ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spelling {
+    /// `logprobs: N` (OpenAI's completions).
+    Count,
+    /// `logprobs: true, top_logprobs: N` (OpenAI's chat; some servers want it on completions).
+    Flag,
+    /// No log-probabilities asked (text).
+    None,
+}
+
+impl Spelling {
+    /// As the transcript records it.
+    pub fn wire(self) -> &'static str {
+        match self {
+            Spelling::Count => "logprobs: N",
+            Spelling::Flag => "logprobs: true, top_logprobs: N",
+            Spelling::None => "",
+        }
+    }
+}
+
+/// Most requests in flight at once, unless told otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 /// Everything an audit needs.
 pub struct AuditConfig {
@@ -97,6 +150,8 @@ pub struct AuditConfig {
     pub run: RunSpec,
     /// Stop once the endpoint reports this many tokens used (prompt + completion).
     pub max_total_tokens: Option<u64>,
+    /// Most requests in flight at once (fewer while the endpoint is slow or failing).
+    pub concurrency: usize,
 }
 
 /// The outcome of an audit.
@@ -118,6 +173,13 @@ pub struct AuditOutcome {
     /// Why the run stopped before a verdict, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// How the endpoint decoded and what it read, this session (beside the verdict, never in
+    /// it).
+    #[serde(default)]
+    pub decoding: decoding::DecodingCheck,
+    /// What [`AuditOutcome::decoding`] found, one line each.
+    #[serde(default)]
+    pub findings: Vec<String>,
 }
 
 /// An OpenAI-compatible endpoint as a run's candidate: its answers read in the reference's
@@ -126,13 +188,19 @@ pub struct EndpointCandidate {
     vocab: Vocab,
     endpoint: Endpoint,
     method: Method,
+    spelling: Spelling,
     top: usize,
+    /// Whether requests carry `repeat_penalty` and `repetition_penalty` of 1 (servers that
+    /// apply one by default read them; the probe drops them where they are refused).
+    penalty_fields: bool,
+    pacer: Pacer,
     k: usize,
     stop_ids: Vec<u32>,
     info: EndpointInfo,
     max_total_tokens: Option<u64>,
     tokens_used: u64,
     retries: u64,
+    decoding: decoding::DecodingCheck,
 }
 
 impl EndpointCandidate {
@@ -146,7 +214,10 @@ impl EndpointCandidate {
             vocab: Vocab::new(tokenizer),
             endpoint,
             method: Method::Text,
+            spelling: Spelling::None,
             top: 0,
+            penalty_fields: true,
+            pacer: Pacer::new(1, cfg.concurrency, cfg.endpoint.timeout),
             k: cfg.run.k,
             stop_ids: tokenizer.stop_ids.clone(),
             info: EndpointInfo {
@@ -160,17 +231,25 @@ impl EndpointCandidate {
                 .into(),
                 method: String::new(),
                 top_logprobs: 0,
+                logprobs_field: String::new(),
+                penalty_fields: false,
+                probes: Vec::new(),
                 models: None,
             },
             max_total_tokens: cfg.max_total_tokens,
             tokens_used: 0,
             retries: 0,
+            decoding: Default::default(),
         };
         cand.info.models = cand.endpoint.get("/models").ok().map(|e| e.body);
-        let (method, top) = cand.detect(cfg.method, cfg.top_logprobs, reference)?;
-        tracing::info!("auditing by {} with {top} alternatives", method.name());
-        (cand.method, cand.top) = (method, top);
-        (cand.info.method, cand.info.top_logprobs) = (method.name().into(), top);
+        cand.info.probes = cand.detect(cfg.method, cfg.top_logprobs, reference)?;
+        for p in &cand.info.probes {
+            tracing::info!("not {p}");
+        }
+        tracing::info!("auditing by {}", cand.shape());
+        (cand.info.method, cand.info.top_logprobs) = (cand.method.name().into(), cand.top);
+        cand.info.logprobs_field = cand.spelling.wire().into();
+        cand.info.penalty_fields = cand.penalty_fields;
         Ok(cand)
     }
 
@@ -184,93 +263,12 @@ impl EndpointCandidate {
         (self.tokens_used, self.retries)
     }
 
-    /// Which method the endpoint supports, and the number of alternatives it accepts.
-    fn detect(
-        &mut self,
-        forced: Option<Method>,
-        top: usize,
-        reference: &mut dyn Reference,
-    ) -> Result<(Method, usize), RunError> {
-        let url = self.endpoint.url(self.route());
-        let candidates: Vec<Method> = match (forced, self.chat()) {
-            (Some(Method::Echo), true) => return Err(RunError::Unsupported {
-                url,
-                what:
-                    "--method echo needs the completions API; drop --chat or use --method logprobs"
-                        .into(),
-            }),
-            (Some(m), _) => vec![m],
-            (None, false) => vec![Method::Echo, Method::Logprobs, Method::Text],
-            (None, true) => vec![Method::Logprobs, Method::Text],
-        };
-        let probe_text = "The capital of France is";
-        let tokenizer = reference.tokenizer()?;
-        let ids = tokenizer.encode(probe_text)?;
-        let mut reasons = Vec::new();
-        for m in candidates {
-            self.method = m;
-            let tops: Vec<usize> = if m == Method::Text {
-                vec![0]
-            } else {
-                let mut t = vec![top, 5, 1];
-                t.retain(|&x| x <= top);
-                t.dedup();
-                t
-            };
-            for n in tops {
-                self.top = n;
-                let body = self.request(probe_text, Some(&ids));
-                let ex = match self.endpoint.post(self.route(), &body) {
-                    Ok(ex) => ex,
-                    // A refused key, model or route has nothing to do with the method: stop here.
-                    Err(
-                        e @ ClientError::Refused {
-                            status: 401 | 403 | 404,
-                            ..
-                        },
-                    ) => return Err(e.into()),
-                    Err(ClientError::Refused {
-                        status, message, ..
-                    }) => {
-                        reasons.push(format!(
-                            "{} with {n} alternatives: HTTP {status} {message}",
-                            m.name()
-                        ));
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let sent = (m == Method::Echo).then_some((ids.as_slice(), 1));
-                match self.answer(&ex.body, sent, tokenizer) {
-                    Ok(a) if a.note.is_none() && (m == Method::Text || !a.positions.is_empty()) => {
-                        return Ok((m, n))
-                    }
-                    Ok(a) => reasons.push(format!(
-                        "{}: {}",
-                        m.name(),
-                        a.note.unwrap_or_else(|| "no positions".into())
-                    )),
-                    Err(why) => reasons.push(format!("{}: {why}", m.name())),
-                }
-                break;
-            }
-        }
-        Err(RunError::Unsupported {
-            url,
-            what: format!(
-                "the endpoint supports none of the methods tried ({})",
-                reasons.join("; ")
-            ),
-        })
-    }
-
-    /// The endpoint's answers to a group, in parallel, each request retried on its own (an
-    /// answer that cannot be read is asked again too): the answer, the exchange as the
-    /// transcript keeps it, and the attempts it took.
+    /// The endpoint's answers to a group, in parallel as the pacer allows, each request
+    /// retried on its own (an answer that cannot be read is asked again too): the answer, the
+    /// exchange as the transcript keeps it, and the attempts it took.
     fn ask(
         &self,
-        requests: &[(Value, Option<Vec<u32>>)],
-        prompt_ids: &[Vec<u32>],
+        requests: &[Ask],
         tokenizer: &Tokenizer,
     ) -> Result<Vec<(Answer, Value, u32)>, RunError> {
         let route = self.route();
@@ -278,19 +276,26 @@ impl EndpointCandidate {
         let answers: Vec<Result<(Answer, Value, u32), RunError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = requests
                 .iter()
-                .zip(prompt_ids)
-                .map(|((body, ids), prompt)| {
+                .map(|ask| {
                     let url = url.clone();
-                    let start = prompt.len();
                     scope.spawn(move || -> Result<(Answer, Value, u32), RunError> {
+                        // One slot for every attempt: retries never add load.
+                        let _slot = self.pacer.slot();
+                        let echoed = ask.echo.as_ref().map(|(ids, check_from, score_from)| Echoed {
+                            ids,
+                            check_from: *check_from,
+                            score_from: *score_from,
+                        });
                         let mut attempts = 0;
                         let mut last = String::new();
                         for _ in 0..=self.endpoint.config().retries {
-                            let ex = self.endpoint.post(route, body)?;
+                            let began = std::time::Instant::now();
+                            let ex = self.endpoint.post(route, &ask.body)?;
+                            self.pacer.answered(ex.attempts, began.elapsed() / ex.attempts);
                             attempts += ex.attempts;
-                            match self.answer(&ex.body, ids.as_deref().map(|v| (v, start)), tokenizer) {
+                            match self.answer(&ex.body, echoed, tokenizer) {
                                 Ok(a) => {
-                                    let record = json!({"request": body, "response": ex.body, "attempts": attempts});
+                                    let record = json!({"request": ask.body, "response": ex.body, "attempts": attempts});
                                     return Ok((a, record, attempts));
                                 }
                                 Err(why) => {
@@ -310,6 +315,50 @@ impl EndpointCandidate {
         });
         answers.into_iter().collect()
     }
+
+    /// Echo-text: what to send for each challenge (prompt + continuation as text), the
+    /// reference's tokens of it, and from where they are scored; `fresh[i]` when those tokens
+    /// are not the ones the reference generated (its rows must then be computed anew).
+    fn echo_text_plan(
+        &self,
+        reference: &mut dyn Reference,
+        sides: &[ReferenceSide],
+    ) -> Result<(Vec<Ask>, Vec<bool>), RunError> {
+        let tokenizer = reference.tokenizer()?;
+        let mut asks = Vec::with_capacity(sides.len());
+        let mut fresh = Vec::with_capacity(sides.len());
+        for s in sides {
+            let text = format!("{}{}", s.prompt, s.continuation_text);
+            let ids = tokenizer.encode(&text)?;
+            let generated = s.prompt_ids.len() + s.continuation_ids.len() == ids.len()
+                && ids.starts_with(&s.prompt_ids)
+                && ids.ends_with(&s.continuation_ids);
+            let score_from = if generated {
+                s.prompt_ids.len()
+            } else {
+                // Where the text's tokens part from the prompt's (the boundary may merge).
+                let common = ids
+                    .iter()
+                    .zip(&s.prompt_ids)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                common.clamp(2.min(ids.len()), ids.len())
+            };
+            asks.push(Ask {
+                body: self.request(&text, None),
+                echo: Some((ids, 1, score_from)),
+            });
+            fresh.push(!generated);
+        }
+        Ok((asks, fresh))
+    }
+}
+
+/// One request of a group, and for echo what it sent: the reference's tokens of it, from where
+/// the echo must match them, and from where they are scored.
+struct Ask {
+    body: Value,
+    echo: Option<(Vec<u32>, usize, usize)>,
 }
 
 /// A response the audit could not read: retried like a failed request, since a garbled
@@ -319,6 +368,7 @@ fn unreadable(url: String, what: String) -> ClientError {
         url,
         attempts: 1,
         last: format!("unreadable response: {what}"),
+        status: None,
     }
 }
 
@@ -330,7 +380,8 @@ impl Candidate for EndpointCandidate {
     fn is(&self, recorded: &transcript::Candidate) -> bool {
         let i = &self.info;
         matches!(recorded, transcript::Candidate::Endpoint(e) if e.url == i.url && e.model == i.model
-            && e.api == i.api && e.method == i.method && e.top_logprobs == i.top_logprobs)
+            && e.api == i.api && e.method == i.method && e.top_logprobs == i.top_logprobs
+            && (e.logprobs_field.is_empty() || e.logprobs_field == i.logprobs_field))
     }
 
     fn score_kind(&self, _reference: &Identity) -> ScoreKind {
@@ -340,7 +391,7 @@ impl Candidate for EndpointCandidate {
     /// Echo scores the reference's continuations (with its full rows, as in `pot diff`);
     /// the other methods have the endpoint generate.
     fn continuations(&self, _kind: ScoreKind) -> Option<ScoreKind> {
-        (self.method == Method::Echo).then_some(ScoreKind::Kl)
+        self.method.echoes().then_some(ScoreKind::Kl)
     }
 
     fn stop(&self) -> Option<String> {
@@ -367,23 +418,43 @@ impl Candidate for EndpointCandidate {
                 .map(|c| reference.prompt_ids(&c.prompt, self.chat()))
                 .collect::<Result<_, _>>()?,
         };
-        let requests: Vec<(Value, Option<Vec<u32>>)> = chs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                // Echo sends prompt + the reference's continuation as ids.
-                let ids = sides.as_ref().map(|s| {
-                    let mut v = s[i].prompt_ids.clone();
-                    v.extend(&s[i].continuation_ids);
-                    v
-                });
-                (self.request(&c.prompt, ids.as_deref()), ids)
-            })
-            .collect();
-        let answers = self.ask(&requests, &prompt_ids, reference.tokenizer()?)?;
-        // The reference's rows for the endpoint's own tokens (logprobs, text): one batched pass.
+        let (requests, fresh): (Vec<Ask>, Vec<bool>) = match (&sides, self.method) {
+            (Some(s), Method::EchoText) => self.echo_text_plan(reference, s)?,
+            _ => chs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    // Echo sends prompt + the reference's continuation as ids.
+                    let echo = sides.as_ref().map(|s| {
+                        let mut v = s[i].prompt_ids.clone();
+                        v.extend(&s[i].continuation_ids);
+                        (v, s[i].prompt_ids.len(), s[i].prompt_ids.len())
+                    });
+                    let body = self.request(&c.prompt, echo.as_ref().map(|e| e.0.as_slice()));
+                    (Ask { body, echo }, false)
+                })
+                .unzip(),
+        };
+        let answers = self.ask(&requests, reference.tokenizer()?)?;
+        // The reference's rows for the endpoint's own tokens (logprobs, text), or for text
+        // an echo tokenized otherwise than the reference generated it: one batched pass.
         let rows: Vec<Option<Vec<Vec<f32>>>> = if sides.is_some() {
-            answers.iter().map(|_| None).collect()
+            let need: Vec<usize> = (0..requests.len()).filter(|&i| fresh[i]).collect();
+            let mut rows: Vec<Option<Vec<Vec<f32>>>> = requests.iter().map(|_| None).collect();
+            if !need.is_empty() {
+                let seqs: Vec<&[u32]> = need
+                    .iter()
+                    .map(|&i| requests[i].echo.as_ref().expect("echo").0.as_slice())
+                    .collect();
+                let from: Vec<usize> = need
+                    .iter()
+                    .map(|&i| requests[i].echo.as_ref().expect("echo").2 - 1)
+                    .collect();
+                for (i, r) in need.iter().zip(reference.distributions(&seqs, &from)?) {
+                    rows[*i] = Some(r);
+                }
+            }
+            rows
         } else {
             let seqs: Vec<Vec<u32>> = answers
                 .iter()
@@ -410,7 +481,10 @@ impl Candidate for EndpointCandidate {
                     bpb: None,
                     note: Some(note.clone()),
                 },
-                (None, Method::Echo, Some(s), _) => {
+                (None, Method::Echo | Method::EchoText, _, Some(r)) => {
+                    score::endpoint_kl_score(r, &a.positions)
+                }
+                (None, Method::Echo | Method::EchoText, Some(s), None) => {
                     score::endpoint_kl_score(s[i].reference_rows(), &a.positions)
                 }
                 (None, Method::Logprobs, _, Some(r)) => score::endpoint_kl_score(r, &a.positions),
@@ -447,6 +521,17 @@ impl Candidate for EndpointCandidate {
                 ),
                 None => (a.tokens.clone(), a.text.clone()),
             };
+            if self.method == Method::Logprobs && a.note.is_none() {
+                self.decoding
+                    .add_steps(decoding::greedy_steps(&a.positions));
+            }
+            if let Some(reported) = a.prompt_tokens {
+                let counted = match &requests[i].echo {
+                    Some((ids, _, _)) => ids.len(),
+                    None => prompt_ids[i].len(),
+                };
+                self.decoding.add_prompt(reported, counted);
+            }
             self.tokens_used += a.usage;
             self.retries += u64::from(attempts.saturating_sub(1));
             out.push(Scored {
@@ -486,5 +571,7 @@ pub fn run(cfg: &AuditConfig, progress: Progress<'_>) -> Result<AuditOutcome, Ru
         tokens_used,
         retries,
         stopped: out.stopped,
+        findings: candidate.decoding.findings(),
+        decoding: candidate.decoding,
     })
 }

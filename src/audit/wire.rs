@@ -4,10 +4,11 @@
 
 use serde_json::{json, Value};
 
-use super::{EndpointCandidate, Method};
+use super::{EndpointCandidate, Method, Spelling};
 use crate::model::tokenizer::Tokenizer;
 use crate::openai::{
-    ChatRequest, Choice, Common, Completion, CompletionRequest, Logprobs, WireMessage,
+    ChatRequest, Choice, Common, Completion, CompletionRequest, Logprobs, LogprobsField,
+    WireMessage,
 };
 use crate::score::EndpointPosition;
 
@@ -49,6 +50,16 @@ fn unescape_bytes(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// What an echo request sent, to read its answer: the reference's tokens of it, from where
+/// the echoed tokens must be these (the first may be a BOS the endpoint spells its own way),
+/// and from where they are scored.
+#[derive(Clone, Copy)]
+pub(super) struct Echoed<'a> {
+    pub(super) ids: &'a [u32],
+    pub(super) check_from: usize,
+    pub(super) score_from: usize,
+}
+
 /// The answer to one challenge, read from the endpoint's response.
 pub(super) struct Answer {
     /// Positions with log-probabilities (echo / logprobs).
@@ -61,6 +72,8 @@ pub(super) struct Answer {
     pub(super) stopped: bool,
     /// Tokens it reported using.
     pub(super) usage: u64,
+    /// Prompt tokens it reported reading, when it did.
+    pub(super) prompt_tokens: Option<u64>,
     /// Why it cannot be scored the usual way.
     pub(super) note: Option<String>,
 }
@@ -78,8 +91,9 @@ impl EndpointCandidate {
         }
     }
 
-    /// The request for a challenge: `ids` for echo (prompt + continuation), else the text.
-    /// Every sampling parameter is explicit, so no server default can change the decoding.
+    /// The request for a challenge: `ids` for echo (prompt + continuation as token ids), else
+    /// the text (for echo-text, prompt + continuation). Every sampling parameter is explicit,
+    /// so no server default can change the decoding.
     pub(super) fn request(&self, prompt: &str, ids: Option<&[u32]>) -> Value {
         let mut common = Common {
             model: Some(self.endpoint.config().model.clone()),
@@ -89,48 +103,59 @@ impl EndpointCandidate {
             n: Some(1),
             presence_penalty: Some(0.0),
             frequency_penalty: Some(0.0),
+            // Servers that know no repetition penalty by these names ignore them, or refuse
+            // them (the probe then leaves them out).
+            repeat_penalty: self.penalty_fields.then_some(1.0),
+            repetition_penalty: self.penalty_fields.then_some(1.0),
             seed: Some(0),
             stream: false,
             ..Default::default()
         };
-        let top = Some(self.top as i64);
-        let logprobs = self.method == Method::Logprobs;
-        let body = match (self.chat(), self.method, ids) {
-            (false, Method::Echo, Some(ids)) => {
-                common.max_tokens = Some(1);
-                serde_json::to_value(CompletionRequest {
-                    common,
-                    prompt: Some(json!(ids)),
-                    logprobs: top,
-                    echo: true,
-                    ..Default::default()
-                })
-            }
-            (false, _, _) => serde_json::to_value(CompletionRequest {
-                common,
-                prompt: Some(json!(prompt)),
-                logprobs: top.filter(|_| logprobs),
-                ..Default::default()
-            }),
-            (true, _, _) => serde_json::to_value(ChatRequest {
+        let top = self.top as i64;
+        let (logprobs, top_logprobs) = match (self.method, self.spelling) {
+            (Method::Text, _) | (_, Spelling::None) => (None, None),
+            (_, Spelling::Count) => (Some(LogprobsField::Count(top)), None),
+            (_, Spelling::Flag) => (Some(LogprobsField::Flag(true)), Some(top)),
+        };
+        let body = if self.chat() {
+            serde_json::to_value(ChatRequest {
                 common,
                 messages: Some(vec![WireMessage {
                     role: "user".into(),
                     content: json!(prompt),
                 }]),
-                logprobs,
-                top_logprobs: top.filter(|_| logprobs),
+                logprobs: logprobs.is_some(),
+                top_logprobs,
                 ..Default::default()
-            }),
+            })
+        } else {
+            let echo = self.method.echoes();
+            if echo {
+                // The echoed prompt is what is scored; one token must be generated, as some
+                // servers refuse none.
+                common.max_tokens = Some(1);
+            }
+            let prompt = match (self.method, ids) {
+                (Method::Echo, Some(ids)) => json!(ids),
+                _ => json!(prompt),
+            };
+            serde_json::to_value(CompletionRequest {
+                common,
+                prompt: Some(prompt),
+                logprobs,
+                top_logprobs,
+                echo,
+                ..Default::default()
+            })
         };
         body.expect("wire types serialize")
     }
 
-    /// Read a response. `sent`: for echo, the ids sent and where the continuation starts.
+    /// Read a response. `sent`: for echo, what was sent.
     pub(super) fn answer(
         &self,
         body: &Value,
-        sent: Option<(&[u32], usize)>,
+        sent: Option<Echoed<'_>>,
         tokenizer: &Tokenizer,
     ) -> Result<Answer, String> {
         let body: Completion = serde_json::from_value(body.clone())
@@ -139,7 +164,12 @@ impl EndpointCandidate {
             .choices
             .first()
             .ok_or("the response has no choices[0]")?;
-        let usage = body.usage.map_or(0, |u| u.total_tokens);
+        let usage = body.usage.as_ref().map_or(0, |u| u.total_tokens);
+        let prompt_tokens = body
+            .usage
+            .as_ref()
+            .map(|u| u.prompt_tokens)
+            .filter(|&n| n > 0);
         let stopped = choice.finish_reason.as_deref() == Some("stop");
         let text = if self.chat() {
             choice.message.as_ref().and_then(|m| m.content.as_deref())
@@ -154,6 +184,7 @@ impl EndpointCandidate {
             text,
             stopped,
             usage,
+            prompt_tokens,
             note: None,
         };
         if self.method == Method::Text {
@@ -166,20 +197,31 @@ impl EndpointCandidate {
         }
         let entries = self.entries(choice)?;
         match sent {
-            Some((ids, start)) => {
-                // Echo: the entries begin with the ids sent (perhaps after a BOS the endpoint
-                // added); the continuation's positions are compared.
-                let want = &ids[start..];
-                let found = (0..=1).find(|&off| {
-                    want.iter().enumerate().all(|(j, &t)| {
-                        entries
-                            .get(off + start + j)
-                            .is_some_and(|e| e.token == Some(t))
-                    })
+            Some(Echoed {
+                ids,
+                check_from,
+                score_from,
+            }) => {
+                // Echo: the entries begin with the tokens sent (perhaps after a BOS the endpoint
+                // added); those from `check_from` must be the reference's, and those from
+                // `score_from` are compared.
+                // The endpoint's index of the reference's token j is j + shift: 0, 1 (it added
+                // a BOS of its own) or -1 (it leaves out the BOS the reference counts).
+                let found = [0isize, 1, -1].into_iter().find(|&shift| {
+                    let at = |j: usize| j.checked_add_signed(shift);
+                    check_from >= 1
+                        && score_from >= 1
+                        && at(ids.len()).is_some_and(|end| entries.len() >= end)
+                        && ids.iter().enumerate().skip(check_from).all(|(j, &t)| {
+                            at(j)
+                                .and_then(|i| entries.get(i))
+                                .is_some_and(|e| e.token == Some(t))
+                        })
                 });
                 match found {
-                    Some(off) => {
-                        a.positions = entries[off + start..off + start + want.len()].to_vec();
+                    Some(shift) => {
+                        let at = |j: usize| j.checked_add_signed(shift).expect("checked");
+                        a.positions = entries[at(score_from)..at(ids.len())].to_vec();
                         if a.positions.iter().any(|p| p.logprob.is_nan()) {
                             return Err("echoed tokens lack logprobs".into());
                         }

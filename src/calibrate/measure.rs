@@ -206,6 +206,7 @@ fn endpoint_entry(
             top_logprobs: ENDPOINT_TOP,
             run,
             max_total_tokens: None,
+            concurrency: audit::DEFAULT_CONCURRENCY,
         },
         &mut |_| {},
     )

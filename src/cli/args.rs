@@ -285,6 +285,12 @@ pub(crate) struct AuditArgs {
     /// Stop (resumably) once the endpoint reports this many tokens used.
     #[arg(long)]
     pub(crate) max_total_tokens: Option<u64>,
+    /// Most requests in flight at once. pot starts at two and finds what the endpoint
+    /// sustains: a retried or slow answer (over a third of --timeout) halves it, quick ones
+    /// grow it back, so a server that answers one request at a time is not pushed into
+    /// timeouts.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) concurrency: u16,
     /// Seconds before one HTTP attempt times out.
     #[arg(long, default_value_t = 120.0)]
     pub(crate) timeout: f64,

@@ -52,6 +52,7 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
         top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
         run: run.cleanup_on_error(a.run.spec(&run))?,
         max_total_tokens: a.max_total_tokens,
+        concurrency: a.concurrency.into(),
     };
     let bar = Bar::new(a.run.n_max(), a.run.json);
     let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
@@ -78,6 +79,12 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
             out.tokens_used,
             out.retries
         )?;
+        if !out.endpoint.probes.is_empty() {
+            outln!("  tried     {}", out.endpoint.probes.join("\n            "))?;
+        }
+        for f in &out.findings {
+            outln!("  {f}")?;
+        }
         outln!("  transcript {}", out.summary.transcript)?;
         print_bundle(made.as_ref())?;
     }

@@ -83,6 +83,9 @@ pub enum ClientError {
         attempts: u32,
         /// Why the last one failed.
         last: String,
+        /// The HTTP status of the last attempt, when it got an answer (`None`: no answer, a
+        /// timeout or a dropped connection).
+        status: Option<u16>,
     },
     /// The answer is longer than the limit.
     #[error("{url}: the answer is over {limit} bytes; this is not an OpenAI-compatible answer pot can read")]
@@ -124,9 +127,10 @@ pub struct Endpoint {
     http: reqwest::blocking::Client,
 }
 
-/// Why one attempt failed, and whether to try again (with the server's requested wait).
+/// Why one attempt failed, and whether to try again (with the server's requested wait, and
+/// the status it answered with, if it did).
 enum Attempt {
-    Retry(String, Option<Duration>),
+    Retry(String, Option<Duration>, Option<u16>),
     Fatal(ClientError),
 }
 
@@ -199,12 +203,12 @@ impl Endpoint {
         read: impl Fn(u16, Vec<u8>) -> Result<T, String>,
     ) -> Result<Exchange<T>, ClientError> {
         let attempts = self.cfg.retries + 1;
-        let mut last = String::new();
+        let (mut last, mut last_status) = (String::new(), None);
         for attempt in 0..attempts {
             let outcome = self
                 .once(url, body, limit)
                 .and_then(|(status, bytes, after)| {
-                    read(status, bytes).map_err(|why| Attempt::Retry(why, after))
+                    read(status, bytes).map_err(|why| Attempt::Retry(why, after, Some(status)))
                 });
             match outcome {
                 Ok(body) => {
@@ -214,9 +218,9 @@ impl Endpoint {
                     })
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(why, after)) => {
+                Err(Attempt::Retry(why, after, status)) => {
                     tracing::info!("{url}: attempt {} failed: {why}", attempt + 1);
-                    last = why;
+                    (last, last_status) = (why, status);
                     if attempt + 1 < attempts {
                         std::thread::sleep(self.backoff(attempt, after));
                     }
@@ -227,6 +231,7 @@ impl Endpoint {
             url: url.to_string(),
             attempts,
             last,
+            status: last_status,
         })
     }
 
@@ -263,7 +268,7 @@ impl Endpoint {
         }
         let resp = req
             .send()
-            .map_err(|e| Attempt::Retry(format!("no response ({})", describe(&e)), None))?;
+            .map_err(|e| Attempt::Retry(format!("no response ({})", describe(&e)), None, None))?;
         let status = resp.status().as_u16();
         let after = resp
             .headers()
@@ -286,6 +291,7 @@ impl Endpoint {
                 Attempt::Retry(
                     format!("HTTP {status}, body cut off ({})", crate::with_causes(&e)),
                     after,
+                    None,
                 )
             })?;
         if bytes.len() > limit {
@@ -300,6 +306,7 @@ impl Endpoint {
             429 | 500..=599 => Err(Attempt::Retry(
                 format!("HTTP {status}: {}", message()),
                 after,
+                Some(status),
             )),
             _ => Err(Attempt::Fatal(ClientError::Refused {
                 url: url.to_string(),

@@ -9,6 +9,7 @@
 //! be missing, and a `null` where a number belongs reads as missing.
 
 pub mod client;
+pub mod pace;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -97,6 +98,13 @@ pub struct Common {
     /// Frequency penalty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f64>,
+    /// llama.cpp's multiplicative repetition penalty (not OpenAI's; 1 is none). llama.cpp's
+    /// server and llama-cpp-python apply 1.1 unless told otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    /// The same under the name vLLM, TGI, SGLang and mlx-lm use (1 is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
     /// Logit biases by token id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<serde_json::Map<String, Value>>,
@@ -114,9 +122,14 @@ pub struct CompletionRequest {
     /// A string, a list of token ids, or a one-element list of either.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Value>,
-    /// Alternatives per token (0..=20); asks for logprobs.
+    /// Asks for logprobs: the number of alternatives per token (0..=20, OpenAI's spelling),
+    /// or `true` with the number in `top_logprobs` (chat's spelling, which some servers want
+    /// on completions too).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<i64>,
+    pub logprobs: Option<LogprobsField>,
+    /// Alternatives per token, with `logprobs: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<i64>,
     /// Return the prompt too (with its logprobs when asked).
     #[serde(default, skip_serializing_if = "is_false")]
     pub echo: bool,
@@ -126,6 +139,16 @@ pub struct CompletionRequest {
     /// Text after the insertion point.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suffix: Option<String>,
+}
+
+/// The completions route's `logprobs`, in either spelling servers use.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[serde(untagged)]
+pub enum LogprobsField {
+    /// `logprobs: N`: N alternatives per token.
+    Count(i64),
+    /// `logprobs: true` (alternatives in `top_logprobs`), or `false`.
+    Flag(bool),
 }
 
 /// A message as sent: content as a string or a list of text parts.

@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::engine::{Finish, TokenInfo};
 use crate::model::chat::Message;
 pub use crate::openai::{
-    ChatRequest, Common, CompletionRequest, ErrorBody, ErrorDetail, Logprobs, Stop, TokenLogprob,
-    TopLogprob,
+    ChatRequest, Common, CompletionRequest, ErrorBody, ErrorDetail, Logprobs, LogprobsField, Stop,
+    TokenLogprob, TopLogprob,
 };
 
 /// Most alternatives per token (OpenAI's own limit for chat).
@@ -129,6 +129,17 @@ impl Common {
                 return Err(ApiError::invalid(
                     name,
                     format!("{name} is not supported (pot applies no penalties); send 0 or leave it out"),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("repeat_penalty", self.repeat_penalty),
+            ("repetition_penalty", self.repetition_penalty),
+        ] {
+            if v.is_some_and(|x| x != 1.0) {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("{name} is not supported (pot applies no penalties); send 1 or leave it out"),
                 ));
             }
         }
@@ -267,17 +278,31 @@ impl CompletionRequest {
             }
             Some(_) => return Err(bad()),
         };
-        let lp = match self.logprobs {
-            None => None,
-            Some(n) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Some(n as usize),
-            Some(n) => {
+        // Both spellings: `logprobs: N`, or chat's `logprobs: true, top_logprobs: N`.
+        let (n, param) = match (self.logprobs, self.top_logprobs) {
+            (None | Some(LogprobsField::Flag(false)), None) => return Ok((prompt, None)),
+            (None | Some(LogprobsField::Flag(false)), Some(_)) => {
                 return Err(ApiError::invalid(
-                    "logprobs",
-                    format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+                    "top_logprobs",
+                    "top_logprobs needs logprobs: true",
+                ))
+            }
+            (Some(LogprobsField::Flag(true)), top) => (top.unwrap_or(0), "top_logprobs"),
+            (Some(LogprobsField::Count(n)), None) => (n, "logprobs"),
+            (Some(LogprobsField::Count(_)), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "give the number of alternatives once: logprobs: N, or logprobs: true with top_logprobs: N",
                 ))
             }
         };
-        Ok((prompt, lp))
+        if !(0..=MAX_TOP_LOGPROBS as i64).contains(&n) {
+            return Err(ApiError::invalid(
+                param,
+                format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+            ));
+        }
+        Ok((prompt, Some(n as usize)))
     }
 }
 
@@ -478,6 +503,16 @@ mod tests {
                 r#"{"prompt":"x","presence_penalty":0.5}"#,
                 "presence_penalty",
             ),
+            (r#"{"prompt":"x","repeat_penalty":1.1}"#, "repeat_penalty"),
+            (
+                r#"{"prompt":"x","repetition_penalty":0.9}"#,
+                "repetition_penalty",
+            ),
+            (
+                r#"{"prompt":"x","logprobs":true,"top_logprobs":21}"#,
+                "top_logprobs",
+            ),
+            (r#"{"prompt":"x","top_logprobs":2}"#, "top_logprobs"),
             (r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, "stop"),
             (r#"{"prompt":"x","temperature":"hot"}"#, "body"),
             (r#"[1,2]"#, "body"),

@@ -97,6 +97,30 @@ async fn the_router_answers_in_process_over_a_tiny_model() {
         .iter()
         .all(|x| x.as_f64().unwrap() <= 0.0));
     assert_eq!(v["usage"]["prompt_tokens"], 3, "{v}");
+    // Chat's spelling on completions (some clients send it) asks the same; both at once is
+    // a 400 naming the field.
+    let (st, v) = call(
+        "POST",
+        "/v1/completions",
+        r#"{"model":"tiny","prompt":[1,3,4],"max_tokens":2,"temperature":0,"logprobs":true,"top_logprobs":2}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let top = v["choices"][0]["logprobs"]["top_logprobs"][0]
+        .as_object()
+        .unwrap();
+    assert!((1..=2).contains(&top.len()), "{v}");
+    let (st, v) = call(
+        "POST",
+        "/v1/completions",
+        r#"{"model":"tiny","prompt":[1,3,4],"max_tokens":2,"logprobs":2,"top_logprobs":2}"#,
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("top_logprobs")),
+        "{v}"
+    );
     let (st, v) = call(
         "POST",
         "/v1/chat/completions",

@@ -1,0 +1,173 @@
+//! What the answers say about how the endpoint decoded and what it read, apart from which
+//! model it runs: reported beside the verdict, never folded into it.
+//!
+//! * **Greedy check** (methods whose answers carry the endpoint's own log-probabilities of
+//!   its alternatives): at temperature 0 the endpoint must pick, at every step, a token at
+//!   least as likely as every alternative it reports. A step where it picked one less likely
+//!   by more than [`GREEDY_SLACK`] nats, by its own numbers, is decoding other than asked: a
+//!   repetition penalty, a temperature floor, sampling. That is "decoding differs from
+//!   requested", and the verdict stands: the scores compare distributions, which a decoding
+//!   rule does not change.
+//! * **Prompt accounting**: the endpoint's `usage.prompt_tokens` against the reference
+//!   tokenizer's count of what was sent (the chat template rendered, for chat). A surplus on
+//!   every answer means the endpoint read more than was sent (an injected system prompt,
+//!   another template); a deficit, a truncated prompt or another tokenizer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::score::EndpointPosition;
+
+/// Nats by which a picked token may trail the best alternative reported before the step
+/// counts as not greedy: above the rounding of log-probabilities written as text and the
+/// near-ties of batched arithmetic (pot serve and llama.cpp's server at repeat penalty 1 show
+/// none at all over hundreds of steps).
+pub const GREEDY_SLACK: f64 = 0.01;
+
+/// Share of steps off greedy at which decoding is called other than requested (and at least
+/// two steps): one near-tie is not a decoding rule.
+pub const OFF_GREEDY_SHARE: f64 = 0.01;
+
+/// The steps of an answer that can be checked, and those off greedy.
+pub(super) fn greedy_steps(positions: &[EndpointPosition]) -> (u64, u64) {
+    let mut steps = 0;
+    let mut off = 0;
+    for p in positions {
+        let best = p
+            .top
+            .iter()
+            .map(|(_, l)| *l)
+            .fold(f64::NEG_INFINITY, f64::max);
+        // A step counts when at least one other token was reported beside the picked one.
+        if p.top.iter().any(|(t, _)| *t != p.token) && best.is_finite() {
+            steps += 1;
+            if p.logprob < best - GREEDY_SLACK {
+                off += 1;
+            }
+        }
+    }
+    (steps, off)
+}
+
+/// The checks over a run's answers so far.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DecodingCheck {
+    /// Steps whose alternatives were reported.
+    pub steps: u64,
+    /// Steps where the endpoint picked a token less likely than one it reported.
+    pub off_greedy: u64,
+    /// Answers that reported their prompt tokens.
+    pub prompts_counted: u64,
+    /// Least and most prompt tokens reported beyond the reference's count of what was sent.
+    pub prompt_surplus: Option<(i64, i64)>,
+    /// Sum of those surpluses (for the mean).
+    pub prompt_surplus_sum: i64,
+}
+
+impl DecodingCheck {
+    pub(super) fn add_steps(&mut self, (steps, off): (u64, u64)) {
+        self.steps += steps;
+        self.off_greedy += off;
+    }
+
+    pub(super) fn add_prompt(&mut self, reported: u64, counted: usize) {
+        let d = reported as i64 - counted as i64;
+        self.prompts_counted += 1;
+        self.prompt_surplus_sum += d;
+        self.prompt_surplus = Some(match self.prompt_surplus {
+            None => (d, d),
+            Some((lo, hi)) => (lo.min(d), hi.max(d)),
+        });
+    }
+
+    /// Whether the endpoint decoded otherwise than requested, by the greedy check.
+    pub fn decoding_differs(&self) -> bool {
+        self.off_greedy >= 2 && self.off_greedy as f64 >= OFF_GREEDY_SHARE * self.steps as f64
+    }
+
+    /// The findings, one line each ("decoding as requested", or what differs).
+    pub fn findings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.steps == 0 {
+            out.push("decoding: not checked (the answers report no alternatives)".into());
+        } else if self.decoding_differs() {
+            out.push(format!(
+                "decoding differs from requested: at {} of {} steps the endpoint picked a token less likely, by its own log-probabilities, than one it reported (a repetition penalty, a temperature floor or sampling at temperature 0); the verdict compares distributions and stands",
+                self.off_greedy, self.steps
+            ));
+        } else {
+            out.push(format!(
+                "decoding as requested: greedy at {} of {} steps",
+                self.steps - self.off_greedy,
+                self.steps
+            ));
+        }
+        match self.prompt_surplus {
+            None => out.push("prompt tokens: not reported by the endpoint".into()),
+            Some((0, 0)) => out.push(format!(
+                "prompt tokens: as the reference counts them, on all {} answers",
+                self.prompts_counted
+            )),
+            Some((lo, hi)) if lo > 0 => out.push(format!(
+                "prompt tokens: the endpoint read {lo} to {hi} more than the reference counts of what was sent, on every answer: an injected system prompt or another chat template"
+            )),
+            Some((lo, hi)) if hi < 0 => out.push(format!(
+                "prompt tokens: the endpoint read {} to {} fewer than the reference counts of what was sent, on every answer: a truncated prompt or another tokenizer",
+                -hi, -lo
+            )),
+            Some((lo, hi)) => out.push(format!(
+                "prompt tokens: the endpoint's count differs from the reference's by {lo} to {hi} (mean {:.2}) over {} answers",
+                self.prompt_surplus_sum as f64 / self.prompts_counted as f64,
+                self.prompts_counted
+            )),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(token: u32, logprob: f64, top: &[(u32, f64)]) -> EndpointPosition {
+        EndpointPosition {
+            token: Some(token),
+            logprob,
+            top: top.iter().map(|&(t, l)| (Some(t), l)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pick_below_a_reported_alternative_is_off_greedy() {
+        let greedy = pos(1, -0.2, &[(1, -0.2), (2, -1.9)]);
+        let tie = pos(1, -0.693, &[(2, -0.6929), (1, -0.693)]);
+        let penalized = pos(2, -1.1, &[(1, -0.5), (2, -1.1)]);
+        let alone = pos(3, -0.1, &[(3, -0.1)]);
+        assert_eq!(greedy_steps(&[greedy, tie, penalized, alone]), (3, 1));
+    }
+
+    #[test]
+    fn findings_name_what_differs() {
+        let mut c = DecodingCheck::default();
+        c.add_steps((300, 1));
+        c.add_prompt(40, 40);
+        c.add_prompt(12, 12);
+        assert!(!c.decoding_differs(), "one near-tie in 300 is not a rule");
+        let f = c.findings();
+        assert!(f[0].starts_with("decoding as requested"), "{f:?}");
+        assert!(f[1].contains("as the reference counts"), "{f:?}");
+        c.add_steps((100, 9));
+        c.add_prompt(60, 30);
+        assert!(c.decoding_differs());
+        let f = c.findings();
+        assert!(f[0].starts_with("decoding differs from requested"), "{f:?}");
+        assert!(f[1].contains("0 to 30"), "{f:?}");
+        let mut d = DecodingCheck::default();
+        d.add_prompt(70, 40);
+        d.add_prompt(71, 41);
+        assert!(
+            d.findings()[1].contains("30 to 30 more"),
+            "{:?}",
+            d.findings()
+        );
+    }
+}

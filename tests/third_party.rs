@@ -1,0 +1,405 @@
+//! `pot audit` against an OpenAI-compatible server nobody here wrote: llama.cpp's, through
+//! llama-cpp-python's server (`python -m llama_cpp.server`), with its own defaults and its own
+//! reading of the wire format. It refuses token-id prompts (HTTP 500), answers `logprobs: true`
+//! on completions as one alternative, echoes prompts with log-probabilities, and applies a
+//! repetition penalty of 1.1 unless told otherwise.
+//!
+//! The server lives in a venv outside the clone (`scripts/test.sh` builds it once, or set
+//! `POT_LLAMA_PYTHON` to a Python that has `llama_cpp.server`).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{model_path, QWEN05, QWEN15, SMOL};
+use serde_json::Value;
+
+/// The Python with llama-cpp-python's server.
+fn llama_python() -> PathBuf {
+    let p = match std::env::var_os("POT_LLAMA_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/pot/llama-venv/bin/python"),
+    };
+    let has = Command::new(&p)
+        .args(["-c", "import llama_cpp.server"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has,
+        "{} cannot import llama_cpp.server: run scripts/test.sh (it builds llama-cpp-python once into a venv) or set POT_LLAMA_PYTHON",
+        p.display()
+    );
+    p
+}
+
+/// `python -m llama_cpp.server` serving a model file, on a free port, until dropped.
+struct LlamaServer {
+    child: Child,
+    url: String,
+}
+
+impl LlamaServer {
+    fn start(model: &Path) -> LlamaServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("pot-llama-server-{port}.log"));
+        let child = Command::new(llama_python())
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            // Echo needs the prompt's logits; one sequence at a time, as the server runs.
+            .args([
+                "--logits_all",
+                "true",
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("llama_cpp.server starts");
+        let mut server = LlamaServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::blocking::Client::new();
+        let t = Instant::now();
+        loop {
+            if http
+                .get(format!("{}/v1/models", server.url))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!(
+                    "llama_cpp.server exited ({status}) before answering: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "llama_cpp.server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pot(args: &[&str]) -> Output {
+    common::pot().args(args).output().expect("pot runs")
+}
+
+/// `pot audit --json` of `url` against the fetched model `reference`: exit code, outcome, stderr.
+fn audit(reference: &str, url: &str, dir: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let r = model_path(reference).display().to_string();
+    let d = dir.display().to_string();
+    let mut args = vec![
+        "audit",
+        "--ref",
+        &r,
+        "--endpoint",
+        url,
+        "--model",
+        "served",
+        "--json",
+        "--transcripts",
+        &d,
+    ];
+    args.extend_from_slice(extra);
+    let o = pot(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), v, stderr)
+}
+
+fn assert_verdict(code: i32, v: &Value, stderr: &str, want: &str, method: &str) {
+    assert_eq!(v["decision"], want, "{method}: {v}\n{stderr}");
+    assert_eq!(v["method"], method, "{v}");
+    assert_eq!(
+        code,
+        if want == "SAME" { 0 } else { 1 },
+        "exit code of {want}"
+    );
+}
+
+/// The default probe meets a server that fails on token-id prompts (HTTP 500) and whose echo
+/// scores each token by the next position's distribution (llama-cpp-python 0.3.36): it
+/// records both with the evidence, falls back to logprobs, and decides SAME for the weights
+/// the server runs; `--chat` and `--method text` agree. Forcing the misaligned echo is refused
+/// with the reason.
+#[test]
+fn llama_cpp_server_same_weights_are_same_by_every_method_it_supports() {
+    let server = LlamaServer::start(&model_path(SMOL));
+    let dir = tempfile::tempdir().unwrap();
+
+    let t = Instant::now();
+    let (code, v, err) = audit(SMOL, &server.url, dir.path(), &[]);
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
+    let probes: Vec<&str> = v["endpoint"]["probes"]
+        .as_array()
+        .expect("probes recorded")
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        probes
+            .iter()
+            .any(|p| p.starts_with("echo (") && p.contains("HTTP 500")),
+        "the token-id echo's failure is recorded with the server's status: {probes:?}"
+    );
+    assert!(
+        probes
+            .iter()
+            .any(|p| p.starts_with("echo-text (") && p.contains("misaligned")),
+        "the text echo's misalignment is recorded: {probes:?}"
+    );
+    assert_eq!(v["endpoint"]["logprobs_field"], "logprobs: N");
+    assert!(v["mean"].as_f64().unwrap() < 0.02, "{v}");
+    eprintln!(
+        "default probe: logprobs, SAME in {} queries, {:.0} s, {} tokens, mean {:.4}",
+        v["queries"],
+        t.elapsed().as_secs_f64(),
+        v["tokens_used"],
+        v["mean"].as_f64().unwrap()
+    );
+
+    let (code, _, err) = audit(SMOL, &server.url, dir.path(), &["--method", "echo-text"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("misaligned"), "{err}");
+
+    for (extra, method) in [
+        (&["--chat"][..], "logprobs"),
+        (&["--method", "text"][..], "text"),
+    ] {
+        let t = Instant::now();
+        let (code, v, err) = audit(SMOL, &server.url, dir.path(), extra);
+        assert_verdict(code, &v, &err, "SAME", method);
+        eprintln!(
+            "{extra:?}: SAME in {} queries, {:.0} s, {} tokens",
+            v["queries"],
+            t.elapsed().as_secs_f64(),
+            v["tokens_used"]
+        );
+    }
+}
+
+/// A smaller sibling served in place of the claimed model: llama.cpp serves Qwen2.5-Coder
+/// 0.5B, the claim is 1.5B (the same tokenizer, so every method can read the answers). The
+/// default probe decides DIFFERENT; the 0.5B claim itself is SAME.
+#[test]
+fn llama_cpp_server_serving_a_smaller_sibling_is_different() {
+    let server = LlamaServer::start(&model_path(QWEN05));
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &[]);
+    assert_verdict(code, &v, &err, "DIFFERENT", "logprobs");
+    eprintln!(
+        "1.5B claimed, 0.5B served: DIFFERENT in {} queries, {:.0} s, {} tokens",
+        v["queries"],
+        t.elapsed().as_secs_f64(),
+        v["tokens_used"]
+    );
+    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &[]);
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
+}
+
+/// A server that answers one request at a time (llama-cpp-python's holds a lock around its
+/// model), with the client's timeout at three times its answer time: five requests at once
+/// would wait five answers, time out and be retried behind the abandoned ones. The audit
+/// narrows its window instead, and its retries stay few. The timeout is set from this
+/// machine's measured answer time, not a fixed figure.
+#[test]
+fn a_server_that_answers_one_at_a_time_is_not_pushed_into_timeouts() {
+    let server = LlamaServer::start(&model_path(SMOL));
+    let dir = tempfile::tempdir().unwrap();
+    // The slowest of three requests like the audit's (32 tokens with 20 alternatives).
+    let http = reqwest::blocking::Client::new();
+    let answer = (0..3)
+        .map(|i| {
+            let t = Instant::now();
+            let r = http
+                .post(format!("{}/v1/completions", server.url))
+                .json(&serde_json::json!({
+                    "prompt": format!("Write a list of {} animals:", 5 + i),
+                    "max_tokens": 32, "temperature": 0, "logprobs": 20,
+                    "repeat_penalty": 1.0,
+                }))
+                .send()
+                .unwrap();
+            assert!(r.status().is_success());
+            t.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max);
+    let timeout = format!("{:.2}", (2.5 * answer).max(0.5));
+    let (code, v, err) = audit(
+        SMOL,
+        &server.url,
+        dir.path(),
+        &[
+            "--method",
+            "logprobs",
+            "--concurrency",
+            "8",
+            "--timeout",
+            &timeout,
+            "--max-queries",
+            "40",
+        ],
+    );
+    assert!(code == 0 || code == 3, "{v}\n{err}");
+    assert_eq!(v["method"], "logprobs");
+    let q = v["queries"].as_u64().unwrap();
+    let retries = v["retries"].as_u64().unwrap();
+    eprintln!("answer {answer:.2} s, timeout {timeout} s: {q} queries, {retries} retries");
+    assert!(
+        retries <= q / 4,
+        "{retries} retries in {q} queries: timeouts cascaded\n{err}"
+    );
+}
+
+/// A vendor's gateway in front of llama.cpp's server that applies a repetition penalty of its
+/// own (llama.cpp's real one, set in every request it forwards), whatever the client asked.
+struct PenaltyGateway {
+    url: String,
+}
+
+impl PenaltyGateway {
+    fn start(upstream: &str, penalty: f64) -> PenaltyGateway {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let up = upstream.clone();
+                std::thread::spawn(move || {
+                    // The request: head, then content-length bytes of body.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let (head, body) = loop {
+                        let Ok(n) = conn.read(&mut chunk) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            let Ok(n) = conn.read(&mut chunk) else { return };
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        break (head, buf[end + 4..end + 4 + len].to_vec());
+                    };
+                    let body = match serde_json::from_slice::<Value>(&body) {
+                        Ok(mut v) if v.is_object() => {
+                            v["repeat_penalty"] = serde_json::json!(penalty);
+                            serde_json::to_vec(&v).unwrap()
+                        }
+                        _ => body,
+                    };
+                    let mut out = String::new();
+                    for line in head.lines() {
+                        let l = line.to_lowercase();
+                        if !l.starts_with("content-length:") && !l.starts_with("connection:") {
+                            out.push_str(line);
+                            out.push_str("\r\n");
+                        }
+                    }
+                    out.push_str(&format!(
+                        "content-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    ));
+                    let Ok(mut u) = std::net::TcpStream::connect(&up) else {
+                        return;
+                    };
+                    if u.write_all(out.as_bytes())
+                        .and_then(|_| u.write_all(&body))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut resp = Vec::new();
+                    let _ = u.read_to_end(&mut resp);
+                    let _ = conn.write_all(&resp);
+                });
+            }
+        });
+        PenaltyGateway { url }
+    }
+}
+
+/// Decoding the client did not ask for is reported beside the verdict, not taken for another
+/// model: behind a gateway that applies a repetition penalty of 1.3, the logprobs audit of the
+/// very weights is SAME, and says the endpoint picked tokens its own numbers rank lower; the
+/// same audit straight to the server says decoding is as requested. The prompt tokens the
+/// server reports are the reference's count of what was sent.
+#[test]
+fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_another_model() {
+    let server = LlamaServer::start(&model_path(SMOL));
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--method", "logprobs", "--mode", "quick"];
+    let (code, v, err) = audit(SMOL, &server.url, dir.path(), &args);
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
+    assert_eq!(v["decoding"]["off_greedy"], 0, "{v}");
+    assert!(v["decoding"]["steps"].as_u64().unwrap() > 50, "{v}");
+    let f = v["findings"].as_array().unwrap();
+    assert!(
+        f[0].as_str().unwrap().starts_with("decoding as requested"),
+        "{f:?}"
+    );
+    assert!(
+        f[1].as_str()
+            .unwrap()
+            .contains("as the reference counts them"),
+        "{f:?}"
+    );
+
+    let gateway = PenaltyGateway::start(&server.url, 1.3);
+    let (code, v, err) = audit(SMOL, &gateway.url, dir.path(), &args);
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
+    let f = v["findings"].as_array().unwrap();
+    assert!(
+        f[0].as_str()
+            .unwrap()
+            .starts_with("decoding differs from requested"),
+        "{f:?}\n{v}"
+    );
+    eprintln!(
+        "behind a 1.3 penalty: SAME in {} queries; off greedy at {} of {} steps",
+        v["queries"], v["decoding"]["off_greedy"], v["decoding"]["steps"]
+    );
+}
