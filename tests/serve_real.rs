@@ -36,25 +36,7 @@ fn audit_file(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> (i32, Value, String) {
-    let r = reference.display().to_string();
-    let d = dir.display().to_string();
-    let mut args = vec![
-        "audit",
-        "--ref",
-        &r,
-        "--endpoint",
-        url,
-        "--model",
-        "vendor",
-        "--json",
-        "--transcripts",
-        &d,
-    ];
-    args.extend_from_slice(extra);
-    let o = pot(&args);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    (o.status.code().unwrap_or(-1), v, stderr)
+    common::audit(reference, url, dir, extra)
 }
 
 fn assert_verdict(code: i32, v: &Value, stderr: &str, want: &str, method: &str) {

@@ -11,7 +11,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{model_path, QWEN05, QWEN15, SMOL};
@@ -104,31 +104,9 @@ impl Drop for LlamaServer {
     }
 }
 
-fn pot(args: &[&str]) -> Output {
-    common::pot().args(args).output().expect("pot runs")
-}
-
 /// `pot audit --json` of `url` against the fetched model `reference`: exit code, outcome, stderr.
 fn audit(reference: &str, url: &str, dir: &Path, extra: &[&str]) -> (i32, Value, String) {
-    let r = model_path(reference).display().to_string();
-    let d = dir.display().to_string();
-    let mut args = vec![
-        "audit",
-        "--ref",
-        &r,
-        "--endpoint",
-        url,
-        "--model",
-        "served",
-        "--json",
-        "--transcripts",
-        &d,
-    ];
-    args.extend_from_slice(extra);
-    let o = pot(&args);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    (o.status.code().unwrap_or(-1), v, stderr)
+    common::audit(&model_path(reference), url, dir, extra)
 }
 
 fn assert_verdict(code: i32, v: &Value, stderr: &str, want: &str, method: &str) {

@@ -121,25 +121,18 @@ impl Common {
                 "only n = 1 is supported; send several requests",
             ));
         }
-        for (name, v) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
+        // Each penalty at its neutral value (OpenAI's additive ones 0, llama.cpp's and vLLM's
+        // multiplicative ones 1) is no penalty; anything else asks for decoding pot does not do.
+        for (name, v, none) in [
+            ("presence_penalty", self.presence_penalty, 0.0),
+            ("frequency_penalty", self.frequency_penalty, 0.0),
+            ("repeat_penalty", self.repeat_penalty, 1.0),
+            ("repetition_penalty", self.repetition_penalty, 1.0),
         ] {
-            if v.is_some_and(|x| x != 0.0) {
+            if v.is_some_and(|x| x != none) {
                 return Err(ApiError::invalid(
                     name,
-                    format!("{name} is not supported (pot applies no penalties); send 0 or leave it out"),
-                ));
-            }
-        }
-        for (name, v) in [
-            ("repeat_penalty", self.repeat_penalty),
-            ("repetition_penalty", self.repetition_penalty),
-        ] {
-            if v.is_some_and(|x| x != 1.0) {
-                return Err(ApiError::invalid(
-                    name,
-                    format!("{name} is not supported (pot applies no penalties); send 1 or leave it out"),
+                    format!("{name} is not supported (pot applies no penalties); send {none} or leave it out"),
                 ));
             }
         }

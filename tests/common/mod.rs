@@ -162,3 +162,32 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// `pot audit --json` of the endpoint at `url` (model name "vendor") against the reference
+/// file, transcripts in `dir`: the exit code, the parsed outcome (`Null` when none) and stderr.
+pub fn audit(
+    reference: &Path,
+    url: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let o = pot()
+        .arg("audit")
+        .arg("--ref")
+        .arg(reference)
+        .args([
+            "--endpoint",
+            url,
+            "--model",
+            "vendor",
+            "--json",
+            "--transcripts",
+        ])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("pot runs");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code().unwrap_or(-1), v, stderr)
+}
