@@ -182,13 +182,15 @@ fn llama_cpp_server_same_weights_are_same_by_every_method_it_supports() {
 
 /// A smaller sibling served in place of the claimed model: llama.cpp serves Qwen2.5-Coder
 /// 0.5B, the claim is 1.5B (the same tokenizer, so every method can read the answers). The
-/// default probe decides DIFFERENT; the 0.5B claim itself is SAME.
+/// default probe decides DIFFERENT; the 0.5B claim itself is SAME (quick mode).
 #[test]
 fn llama_cpp_server_serving_a_smaller_sibling_is_different() {
     let server = LlamaServer::start(&model_path(QWEN05));
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &[]);
+    // Quick mode (K = 16): the claim is far off, and the suite's time is the budget's.
+    let quick = ["--mode", "quick"];
+    let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &quick);
     assert_verdict(code, &v, &err, "DIFFERENT", "logprobs");
     eprintln!(
         "1.5B claimed, 0.5B served: DIFFERENT in {} queries, {:.0} s, {} tokens",
@@ -196,7 +198,7 @@ fn llama_cpp_server_serving_a_smaller_sibling_is_different() {
         t.elapsed().as_secs_f64(),
         v["tokens_used"]
     );
-    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &[]);
+    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &quick);
     assert_verdict(code, &v, &err, "SAME", "logprobs");
 }
 
