@@ -285,7 +285,7 @@ pub(crate) struct AuditArgs {
     /// Stop (resumably) once the endpoint reports this many tokens used.
     #[arg(long)]
     pub(crate) max_total_tokens: Option<u64>,
-    /// Most requests in flight at once. pot starts at two and finds what the endpoint
+    /// Most requests in flight at once. pot starts at one and finds what the endpoint
     /// sustains: a retried or slow answer (over a third of --timeout) halves it, quick ones
     /// grow it back, so a server that answers one request at a time is not pushed into
     /// timeouts.
