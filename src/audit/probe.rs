@@ -254,17 +254,7 @@ impl EndpointCandidate {
         reference: &mut dyn Reference,
     ) -> Result<Outcome, RunError> {
         let greedy = serde_json::to_value(crate::openai::CompletionRequest {
-            common: crate::openai::Common {
-                model: Some(self.endpoint.config().model.clone()),
-                max_tokens: Some(ALIGNMENT_TOKENS as i64),
-                temperature: Some(0.0),
-                top_p: Some(1.0),
-                n: Some(1),
-                seed: Some(0),
-                repeat_penalty: self.penalty_fields.then_some(1.0),
-                repetition_penalty: self.penalty_fields.then_some(1.0),
-                ..Default::default()
-            },
+            common: self.greedy(ALIGNMENT_TOKENS),
             prompt: Some(serde_json::json!(PROBE_TEXT)),
             ..Default::default()
         })

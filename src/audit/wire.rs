@@ -91,13 +91,12 @@ impl EndpointCandidate {
         }
     }
 
-    /// The request for a challenge: `ids` for echo (prompt + continuation as token ids), else
-    /// the text (for echo-text, prompt + continuation). Every sampling parameter is explicit,
-    /// so no server default can change the decoding.
-    pub(super) fn request(&self, prompt: &str, ids: Option<&[u32]>) -> Value {
-        let mut common = Common {
+    /// The fields every request carries: greedy decoding of up to `max_tokens`, every
+    /// sampling parameter explicit, so that no server default can change the decoding.
+    pub(super) fn greedy(&self, max_tokens: usize) -> Common {
+        Common {
             model: Some(self.endpoint.config().model.clone()),
-            max_tokens: Some(self.k as i64),
+            max_tokens: Some(max_tokens as i64),
             temperature: Some(0.0),
             top_p: Some(1.0),
             n: Some(1),
@@ -110,7 +109,14 @@ impl EndpointCandidate {
             seed: Some(0),
             stream: false,
             ..Default::default()
-        };
+        }
+    }
+
+    /// The request for a challenge: `ids` for echo (prompt + continuation as token ids), else
+    /// the text (for echo-text, prompt + continuation). Every sampling parameter is explicit,
+    /// so no server default can change the decoding.
+    pub(super) fn request(&self, prompt: &str, ids: Option<&[u32]>) -> Value {
+        let mut common = self.greedy(self.k);
         let top = self.top as i64;
         let (logprobs, top_logprobs) = match (self.method, self.spelling) {
             (Method::Text, _) | (_, Spelling::None) => (None, None),
