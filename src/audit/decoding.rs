@@ -27,23 +27,32 @@ pub const GREEDY_SLACK: f64 = 0.01;
 /// two steps): one near-tie is not a decoding rule.
 pub const OFF_GREEDY_SHARE: f64 = 0.01;
 
+/// Whether `token` is, within [`GREEDY_SLACK`], the most likely of the entry `p` reports
+/// (its own token, or one of its alternatives); `false` when the entry does not list it.
+pub(super) fn is_most_likely(p: &EndpointPosition, token: Option<u32>) -> bool {
+    let best = p
+        .top
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let lp = if token == p.token {
+        Some(p.logprob)
+    } else {
+        p.top.iter().find(|(t, _)| *t == token).map(|(_, l)| *l)
+    };
+    best.is_finite() && lp.is_some_and(|l| l >= best - GREEDY_SLACK)
+}
+
 /// The steps of an answer that can be checked, and those off greedy.
 pub(super) fn greedy_steps(positions: &[EndpointPosition]) -> (u64, u64) {
-    let mut steps = 0;
-    let mut off = 0;
-    for p in positions {
-        let best = p
-            .top
-            .iter()
-            .map(|(_, l)| *l)
-            .fold(f64::NEG_INFINITY, f64::max);
-        // A step counts when at least one other token was reported beside the picked one.
-        if p.top.iter().any(|(t, _)| *t != p.token) && best.is_finite() {
-            steps += 1;
-            if p.logprob < best - GREEDY_SLACK {
-                off += 1;
-            }
-        }
+    // A step counts when at least one other token was reported beside the picked one.
+    let checked = positions
+        .iter()
+        .filter(|p| p.top.iter().any(|(t, _)| *t != p.token));
+    let (mut steps, mut off) = (0, 0);
+    for p in checked {
+        steps += 1;
+        off += u64::from(!is_most_likely(p, p.token));
     }
     (steps, off)
 }

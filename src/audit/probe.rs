@@ -302,25 +302,17 @@ impl EndpointCandidate {
         // (aligned), or is the next token (shifted by one)? Near-ties may flip a position
         // or two either way (the echo is one batched pass, the continuation was generated
         // step by step); a shifted echo is shifted at nearly every position.
-        let top1 = |p: &crate::score::EndpointPosition, t: Option<u32>| {
-            let best = p
-                .top
-                .iter()
-                .map(|(_, l)| *l)
-                .fold(f64::NEG_INFINITY, f64::max);
-            let lp = if t == p.token {
-                Some(p.logprob)
-            } else {
-                p.top.iter().find(|(x, _)| *x == t).map(|(_, l)| *l)
-            };
-            lp.is_some_and(|l| best.is_finite() && l >= best - super::decoding::GREEDY_SLACK)
-        };
+        use super::decoding::is_most_likely;
         let n = a.positions.len();
-        let aligned = a.positions.iter().filter(|p| top1(p, p.token)).count();
+        let aligned = a
+            .positions
+            .iter()
+            .filter(|p| is_most_likely(p, p.token))
+            .count();
         let shifted = a
             .positions
             .windows(2)
-            .filter(|w| w[1].token != w[0].token && top1(&w[0], w[1].token))
+            .filter(|w| w[1].token != w[0].token && is_most_likely(&w[0], w[1].token))
             .count();
         if a.positions
             .iter()

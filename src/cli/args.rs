@@ -289,7 +289,7 @@ pub(crate) struct AuditArgs {
     /// sustains: a retried or slow answer (over a third of --timeout) halves it, quick ones
     /// grow it back, so a server that answers one request at a time is not pushed into
     /// timeouts.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = pot::audit::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) concurrency: u16,
     /// Seconds before one HTTP attempt times out.
     #[arg(long, default_value_t = 120.0)]
