@@ -202,6 +202,48 @@ fn llama_cpp_server_serving_a_smaller_sibling_is_different() {
     assert_verdict(code, &v, &err, "SAME", "logprobs");
 }
 
+/// The reference is not on the auditor's machine (`--ref-endpoint`): `pot serve` stands for the
+/// model maker's API, llama.cpp's server is the vendor. The verdicts are the ones a local
+/// reference gives: the same weights SAME (audit mode, through the probed method), a 1.5B claim
+/// against the 0.5B served DIFFERENT, and the verdict says what was trusted.
+#[test]
+fn a_trusted_endpoint_as_the_reference_gives_the_same_verdicts() {
+    let vendor = LlamaServer::start(&model_path(QWEN05));
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = model_path(QWEN05);
+    for (claimed, mode, want) in [(QWEN05, "audit", "SAME"), (QWEN15, "quick", "DIFFERENT")] {
+        let maker = common::Server::start(claimed, &[]);
+        let t = Instant::now();
+        let o = common::pot()
+            .arg("audit")
+            .args(["--ref-endpoint", &maker.url, "--ref-model", "vendor"])
+            .arg("--ref-tokenizer")
+            .arg(&tokenizer)
+            .args(["--endpoint", &vendor.url, "--model", "vendor", "--json"])
+            .args(["--mode", mode, "--transcripts"])
+            .arg(dir.path())
+            .output()
+            .expect("pot runs");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        assert_verdict(o.status.code().unwrap_or(-1), &v, &err, want, "logprobs");
+        let trusted = v["trusted"]
+            .as_str()
+            .expect("the verdict says what was trusted");
+        assert!(trusted.contains(&maker.url), "{trusted}");
+        assert_eq!(v["reference"]["arch"], "endpoint", "{v}");
+        assert!(v["trusted_tokens_used"].as_u64().unwrap() > 0, "{v}");
+        eprintln!(
+            "trusted {claimed}, served {QWEN05}: {want} in {} queries, {:.0} s, vendor {} tokens, trusted {} tokens, mean {:.4}",
+            v["queries"],
+            t.elapsed().as_secs_f64(),
+            v["tokens_used"],
+            v["trusted_tokens_used"],
+            v["mean"].as_f64().unwrap()
+        );
+    }
+}
+
 /// A server that answers one request at a time (llama-cpp-python's holds a lock around its
 /// model), with the client's timeout at three times its answer time: five requests at once
 /// would wait five answers, time out and be retried behind the abandoned ones. The audit

@@ -35,6 +35,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::LoadOptions;
 pub mod decoding;
 mod probe;
+pub mod trusted;
 mod wire;
 use wire::{Answer, Echoed, Vocab};
 
@@ -136,10 +137,25 @@ impl Spelling {
 /// Most requests in flight at once, unless told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
+/// What the vendor's endpoint is compared with.
+#[derive(Clone, Debug)]
+pub enum ReferenceSource {
+    /// The claimed model's file, folder or cached id, run here.
+    Model(String),
+    /// A trusted endpoint serving the claimed model (`--ref-endpoint`), and the model file or
+    /// folder whose tokenizer and chat template it uses (no weights are read).
+    Endpoint {
+        /// The trusted endpoint.
+        endpoint: EndpointConfig,
+        /// Where its tokenizer is read.
+        tokenizer: String,
+    },
+}
+
 /// Everything an audit needs.
 pub struct AuditConfig {
-    /// Reference model spec (what the vendor claims to serve).
-    pub reference: String,
+    /// What the vendor claims to serve.
+    pub reference: ReferenceSource,
     /// The endpoint.
     pub endpoint: EndpointConfig,
     /// Forced method (`None`: the best the endpoint supports).
@@ -180,6 +196,12 @@ pub struct AuditOutcome {
     /// What [`AuditOutcome::decoding`] found, one line each.
     #[serde(default)]
     pub findings: Vec<String>,
+    /// When the reference is a trusted endpoint: what was trusted, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted: Option<String>,
+    /// Tokens the trusted endpoint reported using, this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_tokens_used: Option<u64>,
 }
 
 /// An OpenAI-compatible endpoint as a run's candidate: its answers read in the reference's
@@ -208,7 +230,29 @@ impl EndpointCandidate {
     /// method, or the best one it supports (echo, logprobs, text), with as many alternatives
     /// per token as it accepts (up to `top_logprobs`).
     pub fn connect(cfg: &AuditConfig, reference: &mut dyn Reference) -> Result<Self, RunError> {
-        let endpoint = Endpoint::new(cfg.endpoint.clone())?;
+        Self::open(
+            &cfg.endpoint,
+            cfg.method,
+            cfg.top_logprobs,
+            cfg.run.k,
+            cfg.concurrency,
+            cfg.max_total_tokens,
+            reference,
+        )
+    }
+
+    /// [`EndpointCandidate::connect`] from its parts: continuations of `k` tokens, at most
+    /// `concurrency` requests at once, stopping at `max_total_tokens`.
+    fn open(
+        endpoint_cfg: &EndpointConfig,
+        method: Option<Method>,
+        top_logprobs: usize,
+        k: usize,
+        concurrency: usize,
+        max_total_tokens: Option<u64>,
+        reference: &mut dyn Reference,
+    ) -> Result<Self, RunError> {
+        let endpoint = Endpoint::new(endpoint_cfg.clone())?;
         let tokenizer = reference.tokenizer()?;
         let mut cand = EndpointCandidate {
             vocab: Vocab::new(tokenizer),
@@ -217,13 +261,13 @@ impl EndpointCandidate {
             spelling: Spelling::None,
             top: 0,
             penalty_fields: true,
-            pacer: Pacer::new(1, cfg.concurrency, cfg.endpoint.timeout),
-            k: cfg.run.k,
+            pacer: Pacer::new(1, concurrency, endpoint_cfg.timeout),
+            k,
             stop_ids: tokenizer.stop_ids.clone(),
             info: EndpointInfo {
-                url: cfg.endpoint.url.clone(),
-                model: cfg.endpoint.model.clone(),
-                api: if cfg.endpoint.chat {
+                url: endpoint_cfg.url.clone(),
+                model: endpoint_cfg.model.clone(),
+                api: if endpoint_cfg.chat {
                     "chat"
                 } else {
                     "completions"
@@ -236,13 +280,13 @@ impl EndpointCandidate {
                 probes: Vec::new(),
                 models: None,
             },
-            max_total_tokens: cfg.max_total_tokens,
+            max_total_tokens,
             tokens_used: 0,
             retries: 0,
             decoding: Default::default(),
         };
         cand.info.models = cand.endpoint.get("/models").ok().map(|e| e.body);
-        cand.info.probes = cand.detect(cfg.method, cfg.top_logprobs, reference)?;
+        cand.info.probes = cand.detect(method, top_logprobs, reference)?;
         for p in &cand.info.probes {
             tracing::info!("not {p}");
         }
@@ -502,13 +546,19 @@ impl Candidate for EndpointCandidate {
             if sc.kl.is_empty() && sc.top1_agree.is_empty() && sc.note.is_none() {
                 // No evidence must never pass for agreement: an answer with no tokens counts as
                 // agreeing only when it stopped at once and the reference would have too.
-                let ends_here = a.stopped
-                    && rows
-                        .as_ref()
-                        .and_then(|r| r.first())
-                        .is_some_and(|r| stop_ids.contains(&crate::model::argmax(r)));
-                if ends_here {
+                // The reference ends at once: its continuation is empty (echo), or its first
+                // row puts an end token first or is unknown (a trusted endpoint that stopped).
+                let reference_ends = match (&sides, self.method.echoes()) {
+                    (Some(s), true) => s[i].continuation_ids.is_empty(),
+                    _ => rows.as_ref().and_then(|r| r.first()).is_some_and(|r| {
+                        r.is_empty() || stop_ids.contains(&crate::model::argmax(r))
+                    }),
+                };
+                if a.stopped && reference_ends {
                     sc.note = Some("the endpoint stopped at once, as the reference would".into());
+                } else if reference_ends {
+                    sc.score = score::UNSCORABLE;
+                    sc.note = Some("the endpoint went on where the reference stops".into());
                 } else {
                     sc.score = score::UNSCORABLE;
                     sc.note = Some("the endpoint returned no tokens".into());
@@ -547,21 +597,57 @@ impl Candidate for EndpointCandidate {
 
 /// Run (or resume) an audit to a decision.
 pub fn run(cfg: &AuditConfig, progress: Progress<'_>) -> Result<AuditOutcome, RunError> {
-    let opts = LoadOptions {
-        kernels: cfg.run.kernels,
-    };
-    let mut reference = LocalModel::open(&cfg.reference, opts, true)?;
-    if cfg.endpoint.chat && reference.model()?.chat_template.is_none() {
-        return Err(RunError::Unsupported {
-            url: cfg.endpoint.url.clone(),
-            what: format!(
-                "--chat needs the reference's chat template to know what the endpoint's model sees, and {} has none; audit through completions instead",
-                reference.identity().path
-            ),
-        });
+    let no_template = |what: &str| {
+        RunError::Unsupported {
+        url: cfg.endpoint.url.clone(),
+        what: format!(
+            "--chat needs the reference's chat template to know what the endpoint's model sees, and {what} has none; audit through completions instead"
+        ),
     }
-    let mut candidate = EndpointCandidate::connect(cfg, &mut reference)?;
-    let out = crate::run::run(&cfg.run, &mut reference, &mut candidate, None, progress)?;
+    };
+    match &cfg.reference {
+        ReferenceSource::Model(spec) => {
+            let opts = LoadOptions {
+                kernels: cfg.run.kernels,
+            };
+            let mut reference = LocalModel::open(spec, opts, true)?;
+            if cfg.endpoint.chat && reference.model()?.chat_template.is_none() {
+                return Err(no_template(&reference.identity().path));
+            }
+            audit_against(cfg, &mut reference, None, progress)
+        }
+        ReferenceSource::Endpoint {
+            endpoint,
+            tokenizer,
+        } => {
+            let mut trusted_cfg = endpoint.clone();
+            trusted_cfg.chat = cfg.endpoint.chat;
+            let mut reference = trusted::TrustedEndpoint::connect(
+                &trusted_cfg,
+                tokenizer,
+                cfg.top_logprobs,
+                cfg.run.k,
+                cfg.concurrency,
+            )?;
+            if cfg.endpoint.chat && !reference.has_chat_template() {
+                return Err(no_template(tokenizer));
+            }
+            let trusted = reference.trusted();
+            let mut out = audit_against(cfg, &mut reference, Some(trusted), progress)?;
+            out.trusted_tokens_used = Some(reference.usage().0);
+            Ok(out)
+        }
+    }
+}
+
+fn audit_against(
+    cfg: &AuditConfig,
+    reference: &mut dyn Reference,
+    trusted: Option<String>,
+    progress: Progress<'_>,
+) -> Result<AuditOutcome, RunError> {
+    let mut candidate = EndpointCandidate::connect(cfg, reference)?;
+    let out = crate::run::run(&cfg.run, reference, &mut candidate, None, progress)?;
     let (tokens_used, retries) = candidate.usage();
     Ok(AuditOutcome {
         summary: out.summary,
@@ -573,5 +659,7 @@ pub fn run(cfg: &AuditConfig, progress: Progress<'_>) -> Result<AuditOutcome, Ru
         stopped: out.stopped,
         findings: candidate.decoding.findings(),
         decoding: candidate.decoding,
+        trusted,
+        trusted_tokens_used: None,
     })
 }

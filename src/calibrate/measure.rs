@@ -200,7 +200,7 @@ fn endpoint_entry(
     };
     let out = audit::run(
         &AuditConfig {
-            reference: source.display().to_string(),
+            reference: audit::ReferenceSource::Model(source.display().to_string()),
             endpoint: endpoint.clone(),
             method: None,
             top_logprobs: ENDPOINT_TOP,

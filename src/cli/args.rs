@@ -261,8 +261,26 @@ pub(crate) struct CalibrateArgs {
 #[derive(Args)]
 pub(crate) struct AuditArgs {
     /// Reference model (what the vendor claims to serve): GGUF file, folder, or cached id.
-    #[arg(long = "ref")]
-    pub(crate) reference: String,
+    #[arg(long = "ref", required_unless_present = "ref_endpoint")]
+    pub(crate) reference: Option<String>,
+    /// A trusted endpoint serving the claimed model (the model maker's own API), instead of
+    /// --ref: it continues each challenge greedily with its top log-probabilities and the vendor
+    /// is compared with that, by the same challenges and test. Nothing checks the trusted
+    /// endpoint itself; the verdict says what was trusted. Positions where the vendor's greedy
+    /// path leaves the trusted one are not scored (the trusted endpoint cannot be
+    /// teacher-forced on the vendor's tokens).
+    #[arg(long, conflicts_with = "reference", requires_all = ["ref_model", "ref_tokenizer"], value_name = "URL")]
+    pub(crate) ref_endpoint: Option<String>,
+    /// Model name to request from --ref-endpoint.
+    #[arg(long, requires = "ref_endpoint", value_name = "NAME")]
+    pub(crate) ref_model: Option<String>,
+    /// Environment variable holding --ref-endpoint's API key.
+    #[arg(long, requires = "ref_endpoint", value_name = "VAR")]
+    pub(crate) ref_api_key_env: Option<String>,
+    /// A model file or folder of the claimed model (any quantization) whose tokenizer and chat
+    /// template the prompts are read with; its weights are not read.
+    #[arg(long, requires = "ref_endpoint", value_name = "MODEL")]
+    pub(crate) ref_tokenizer: Option<String>,
     /// Base URL of the endpoint (with or without /v1), e.g. http://127.0.0.1:8080.
     #[arg(long)]
     pub(crate) endpoint: String,

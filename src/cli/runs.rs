@@ -36,18 +36,35 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
             bail!("{name} must be a positive number of seconds");
         }
     }
-    let run = a.run.files()?;
-    let cfg = pot::audit::AuditConfig {
-        reference: a.reference.clone(),
-        endpoint: pot::openai::EndpointConfig {
-            url: a.endpoint.clone(),
-            model: a.model.clone(),
+    let endpoint = |url: &str, model: &str, key: Option<&str>| -> Result<_> {
+        Ok(pot::openai::EndpointConfig {
+            url: url.to_string(),
+            model: model.to_string(),
             chat: a.chat,
-            api_key: api_key_from_env(a.api_key_env.as_deref())?,
+            api_key: api_key_from_env(key)?,
             timeout: std::time::Duration::from_secs_f64(a.timeout),
             retries: a.retries,
             max_backoff: std::time::Duration::from_secs_f64(a.max_backoff),
+        })
+    };
+    let reference = match (&a.reference, &a.ref_endpoint) {
+        (Some(spec), _) => pot::audit::ReferenceSource::Model(spec.clone()),
+        (None, Some(url)) => pot::audit::ReferenceSource::Endpoint {
+            endpoint: endpoint(
+                url,
+                a.ref_model.as_deref().unwrap_or_default(),
+                a.ref_api_key_env.as_deref(),
+            )?,
+            tokenizer: a.ref_tokenizer.clone().unwrap_or_default(),
         },
+        (None, None) => {
+            bail!("pass --ref MODEL, or --ref-endpoint URL with --ref-model and --ref-tokenizer")
+        }
+    };
+    let run = a.run.files()?;
+    let cfg = pot::audit::AuditConfig {
+        reference,
+        endpoint: endpoint(&a.endpoint, &a.model, a.api_key_env.as_deref())?,
         method: a.method,
         top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
         run: run.cleanup_on_error(a.run.spec(&run))?,
@@ -67,11 +84,14 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
         if let Some(why) = &out.stopped {
             outln!("  stopped before a verdict: {why}")?;
         }
-        outln!(
-            "  reference {} (weights {})",
-            out.reference.path,
-            &out.reference.weight_hash[..16]
-        )?;
+        match &out.trusted {
+            Some(what) => outln!("  trusted   {what}")?,
+            None => outln!(
+                "  reference {} (weights {})",
+                out.reference.path,
+                &out.reference.weight_hash[..16]
+            )?,
+        }
         outln!(
             "  endpoint  {} model {:?}; {} tokens used, {} retries",
             out.endpoint.url,

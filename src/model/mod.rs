@@ -262,12 +262,79 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
 
 /// Only the tokenizer of a model (no weights are read).
 pub fn load_tokenizer(spec: &str) -> Result<Tokenizer, ModelError> {
-    let path = resolve(spec)?;
-    if hf::is_hf_folder(&path) {
-        hf::HfFolder::open(&path)?.tokenizer()
-    } else {
-        gguf::GgufFile::open(&path)?.tokenizer()
+    Ok(TextSide::load(spec)?.tokenizer)
+}
+
+/// What a model reads and writes as text, without its weights: its tokenizer and chat
+/// template (for a reference served elsewhere, whose prompts pot must still tokenize).
+pub struct TextSide {
+    /// The spec the user gave.
+    pub spec: String,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its chat template, when it ships one.
+    pub chat_template: Option<chat::ChatTemplate>,
+}
+
+impl TextSide {
+    /// The tokenizer and chat template of a model file or folder (no weights are read).
+    pub fn load(spec: &str) -> Result<Self, ModelError> {
+        let path = resolve(spec)?;
+        let (tokenizer, template) = if hf::is_hf_folder(&path) {
+            let folder = hf::HfFolder::open(&path)?;
+            (folder.tokenizer()?, folder.chat_template())
+        } else {
+            let file = gguf::GgufFile::open(&path)?;
+            (file.tokenizer()?, file.chat_template())
+        };
+        Ok(Self::new(spec, &path, tokenizer, template))
     }
+
+    fn new(spec: &str, path: &Path, tokenizer: Tokenizer, template: Option<String>) -> Self {
+        let token_text = |id: Option<u32>| {
+            id.map(|i| String::from_utf8_lossy(&tokenizer.token_bytes(i)).into_owned())
+                .unwrap_or_default()
+        };
+        let chat_template = template.map(|src| {
+            chat::ChatTemplate::new(
+                src,
+                path.display().to_string(),
+                token_text(tokenizer.bos_id),
+                token_text(tokenizer.eos),
+            )
+        });
+        Self {
+            spec: spec.to_string(),
+            tokenizer,
+            chat_template,
+        }
+    }
+
+    /// The prompt token ids of a chat: the messages rendered with the model's own template,
+    /// the assistant's turn opened. A BOS the template writes is not doubled.
+    pub fn chat_prompt(&self, messages: &[chat::Message]) -> Result<Vec<u32>, ModelError> {
+        let t = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| ModelError::NoChatTemplate {
+                spec: self.spec.clone(),
+            })?;
+        chat_ids(&self.tokenizer, t, messages)
+    }
+}
+
+/// A chat's prompt ids: rendered by `template`, a BOS it writes not doubled.
+fn chat_ids(
+    tokenizer: &Tokenizer,
+    template: &chat::ChatTemplate,
+    messages: &[chat::Message],
+) -> Result<Vec<u32>, ModelError> {
+    let text = template.render(messages)?;
+    let body = match (tokenizer.bos, template.bos()) {
+        (Some(_), b) if !b.is_empty() => text.strip_prefix(b).unwrap_or(&text),
+        _ => &text,
+    };
+    tokenizer.encode(body)
 }
 
 impl Model {
@@ -289,25 +356,14 @@ impl Model {
                 file.chat_template(),
             )
         };
-        let token_text = |id: Option<u32>| {
-            id.map(|i| String::from_utf8_lossy(&tokenizer.token_bytes(i)).into_owned())
-                .unwrap_or_default()
-        };
-        let chat_template = template.map(|src| {
-            chat::ChatTemplate::new(
-                src,
-                path.display().to_string(),
-                token_text(tokenizer.bos_id),
-                token_text(tokenizer.eos),
-            )
-        });
+        let text = TextSide::new(spec, &path, tokenizer, template);
         decoder.f16_attention = opts.kernels == Kernels::Quantized;
         Ok(Self {
             spec: spec.to_string(),
             path,
-            tokenizer,
+            tokenizer: text.tokenizer,
             decoder,
-            chat_template,
+            chat_template: text.chat_template,
         })
     }
 
@@ -320,12 +376,7 @@ impl Model {
             .ok_or_else(|| ModelError::NoChatTemplate {
                 spec: self.spec.clone(),
             })?;
-        let text = t.render(messages)?;
-        let body = match (self.tokenizer.bos, t.bos()) {
-            (Some(_), b) if !b.is_empty() => text.strip_prefix(b).unwrap_or(&text),
-            _ => &text,
-        };
-        self.tokenizer.encode(body)
+        chat_ids(&self.tokenizer, t, messages)
     }
 
     fn inference_err(&self, e: candle_core::Error) -> ModelError {
@@ -481,9 +532,10 @@ pub struct Continuation {
 
 /// Index of the largest value (the first one on ties, like llama.cpp's greedy sampler).
 pub fn argmax(row: &[f32]) -> u32 {
+    // Entries a reference does not know (NaN: a trusted endpoint's unlisted tokens) never win.
     let mut best = 0usize;
     for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
+        if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
             best = i;
         }
     }

@@ -56,6 +56,24 @@ pub struct ReferenceSide {
 }
 
 impl ReferenceSide {
+    /// A reference side from rows computed elsewhere (a trusted endpoint's report).
+    pub fn from_rows(
+        prompt: String,
+        prompt_ids: Vec<u32>,
+        continuation_ids: Vec<u32>,
+        continuation_text: String,
+        logprobs: Vec<Vec<f32>>,
+    ) -> Self {
+        Self {
+            prompt,
+            prompt_ids,
+            continuation_ids,
+            continuation_text,
+            logprobs,
+            bpb: None,
+        }
+    }
+
     /// The reference's log-probability rows at the continuation positions (KL scoring).
     pub fn reference_rows(&self) -> &[Vec<f32>] {
         &self.logprobs
@@ -144,6 +162,11 @@ pub struct EndpointPosition {
 /// coarsened to the partition {each token the endpoint reported, everything else}. By the
 /// data-processing inequality this is at most the full KL, and it is 0 when both
 /// distributions agree; it needs nothing the endpoint did not report.
+///
+/// A reference that is itself an endpoint knows only its own top tokens: the others are NaN
+/// in its row, and a token the endpoint reported but the reference did not joins "everything
+/// else" on both sides, so the partition is {tokens both reported, everything else} and the
+/// same two properties hold.
 pub fn coarse_kl(p_row: &[f32], pos: &EndpointPosition) -> f64 {
     let mut seen: Vec<u32> = Vec::with_capacity(pos.top.len() + 1);
     let mut total = 0.0;
@@ -156,7 +179,7 @@ pub fn coarse_kl(p_row: &[f32], pos: &EndpointPosition) -> f64 {
         .chain(pos.top.iter().copied());
     for (id, lq) in reported {
         let Some(id) = id else { continue };
-        if seen.contains(&id) || id as usize >= p_row.len() {
+        if seen.contains(&id) || id as usize >= p_row.len() || p_row[id as usize].is_nan() {
             continue;
         }
         seen.push(id);
@@ -178,14 +201,16 @@ pub fn coarse_kl(p_row: &[f32], pos: &EndpointPosition) -> f64 {
 
 /// Endpoint KL scoring of one challenge: reference rows and the endpoint's positions, aligned.
 pub fn endpoint_kl_score(ref_rows: &[Vec<f32>], positions: &[EndpointPosition]) -> ChallengeScore {
-    let kl: Vec<f64> = ref_rows
-        .iter()
-        .zip(positions)
-        .map(|(p, e)| coarse_kl(p, e))
-        .collect();
-    let top1_agree = ref_rows
-        .iter()
-        .zip(positions)
+    // Positions where the reference has no row (empty: a trusted endpoint's continuation
+    // left the endpoint's path before them) are not scored.
+    let known = || {
+        ref_rows
+            .iter()
+            .zip(positions)
+            .filter(|(p, _)| !p.is_empty())
+    };
+    let kl: Vec<f64> = known().map(|(p, e)| coarse_kl(p, e)).collect();
+    let top1_agree = known()
         .map(|(p, e)| {
             let best = e
                 .top
@@ -215,12 +240,15 @@ pub fn text_mismatch_score(
     tokens: &[u32],
     stop_ids: Option<&[u32]>,
 ) -> ChallengeScore {
+    // Rows the reference does not have (empty) are not scored.
     let mut agree: Vec<bool> = rows
         .iter()
         .zip(tokens)
+        .filter(|(r, _)| !r.is_empty())
         .map(|(r, &t)| argmax(r) == t)
         .collect();
-    if let (Some(stops), Some(r)) = (stop_ids, rows.get(tokens.len())) {
+    let last = rows.get(tokens.len()).filter(|r| !r.is_empty());
+    if let (Some(stops), Some(r)) = (stop_ids, last) {
         agree.push(stops.contains(&argmax(r)));
     }
     let misses = agree.iter().filter(|a| !**a).count();
@@ -530,6 +558,49 @@ mod tests {
             (last - full).abs() < 1e-5,
             "the whole vocabulary reported gives the full KL"
         );
+    }
+
+    #[test]
+    fn a_reference_that_knows_only_its_top_tokens_compares_on_tokens_both_reported() {
+        // The reference reports its top 3 of 6 (the rest NaN); the endpoint its top 3.
+        let p = log_softmax(&[2.0, 1.5, 1.0, 0.2, 0.1, -1.0]);
+        let known = |row: &[f32], n: usize| {
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+            let mut out = vec![f32::NAN; row.len()];
+            for &i in &idx[..n] {
+                out[i] = row[i];
+            }
+            (out, idx)
+        };
+        let (p_top, _) = known(&p, 3);
+        let report = |q: &[f32]| {
+            let (_, idx) = known(q, 3);
+            EndpointPosition {
+                token: Some(idx[0] as u32),
+                logprob: q[idx[0]] as f64,
+                top: idx[..3]
+                    .iter()
+                    .map(|&i| (Some(i as u32), q[i] as f64))
+                    .collect(),
+            }
+        };
+        assert!(coarse_kl(&p_top, &report(&p)) < 1e-6, "same distribution");
+        // Another distribution whose top 3 overlap the reference's in two tokens: the third
+        // joins "everything else" on both sides, and the result is the KL on {0, 1, rest}.
+        let q = log_softmax(&[1.0, 2.0, -1.0, 1.5, 0.1, 0.0]);
+        let c = coarse_kl(&p_top, &report(&q));
+        let (p0, p1) = (p[0].exp() as f64, p[1].exp() as f64);
+        let (q0, q1) = (q[0].exp() as f64, q[1].exp() as f64);
+        let (pr, qr) = (1.0 - p0 - p1, 1.0 - q0 - q1);
+        let want = p0 * (p0 / q0).ln() + p1 * (p1 / q1).ln() + pr * (pr / qr).ln();
+        assert!((c - want).abs() < 1e-5, "{c} vs {want}");
+        assert!(c <= kl(&p, &q) + 1e-9);
+        assert_eq!(argmax(&p_top), 0, "unknown entries never win");
+        // A position the reference has no row for is not scored.
+        let s = endpoint_kl_score(&[p_top.clone(), Vec::new()], &[report(&q), report(&p)]);
+        assert_eq!(s.kl.len(), 1);
+        assert!((s.score - want).abs() < 1e-5);
     }
 
     #[test]

@@ -40,6 +40,8 @@
 //!
 //! This room is pure: no models, no I/O.
 
+pub mod detector;
+
 use serde::{Deserialize, Serialize};
 
 /// Challenges per stratification cycle (the number of families).
