@@ -24,6 +24,7 @@ pub mod diff;
 pub mod evidence;
 pub mod identity;
 pub mod model;
+pub mod monitor;
 pub mod openai;
 pub mod report;
 pub mod run;

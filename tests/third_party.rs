@@ -298,22 +298,23 @@ fn a_server_that_answers_one_at_a_time_is_not_pushed_into_timeouts() {
     );
 }
 
-/// A vendor's gateway in front of llama.cpp's server that applies a repetition penalty of its
-/// own (llama.cpp's real one, set in every request it forwards), whatever the client asked.
-struct PenaltyGateway {
+/// A vendor's gateway in front of servers nobody here wrote: each request's JSON body may be
+/// rewritten, and the gateway chooses the server it goes to (`route` gets the body and answers
+/// the upstream's base URL).
+struct Gateway {
     url: String,
 }
 
-impl PenaltyGateway {
-    fn start(upstream: &str, penalty: f64) -> PenaltyGateway {
+impl Gateway {
+    fn start(route: impl Fn(&mut Value) -> String + Send + Sync + 'static) -> Gateway {
         use std::io::{Read, Write};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let upstream = upstream.trim_start_matches("http://").to_string();
+        let route = std::sync::Arc::new(route);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let up = upstream.clone();
+                let route = route.clone();
                 std::thread::spawn(move || {
                     // The request: head, then content-length bytes of body.
                     let mut buf = Vec::new();
@@ -346,12 +347,13 @@ impl PenaltyGateway {
                         }
                         break (head, buf[end + 4..end + 4 + len].to_vec());
                     };
-                    let body = match serde_json::from_slice::<Value>(&body) {
-                        Ok(mut v) if v.is_object() => {
-                            v["repeat_penalty"] = serde_json::json!(penalty);
-                            serde_json::to_vec(&v).unwrap()
-                        }
-                        _ => body,
+                    let mut v = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+                    let up = route(&mut v);
+                    let up = up.trim_start_matches("http://").to_string();
+                    let body = if v.is_null() {
+                        body
+                    } else {
+                        serde_json::to_vec(&v).unwrap()
                     };
                     let mut out = String::new();
                     for line in head.lines() {
@@ -380,7 +382,19 @@ impl PenaltyGateway {
                 });
             }
         });
-        PenaltyGateway { url }
+        Gateway { url }
+    }
+
+    /// A gateway that applies a repetition penalty of its own (llama.cpp's real one, set in
+    /// every request it forwards), whatever the client asked.
+    fn with_penalty(upstream: &str, penalty: f64) -> Gateway {
+        let upstream = upstream.to_string();
+        Gateway::start(move |v| {
+            if v.is_object() {
+                v["repeat_penalty"] = serde_json::json!(penalty);
+            }
+            upstream.clone()
+        })
     }
 }
 
@@ -410,7 +424,7 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
         "{f:?}"
     );
 
-    let gateway = PenaltyGateway::start(&server.url, 1.3);
+    let gateway = Gateway::with_penalty(&server.url, 1.3);
     let (code, v, err) = audit(SMOL, &gateway.url, dir.path(), &args);
     assert_verdict(code, &v, &err, "SAME", "logprobs");
     let f = v["findings"].as_array().unwrap();
@@ -424,4 +438,166 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
         "behind a 1.3 penalty: SAME in {} queries; off greedy at {} of {} steps",
         v["queries"], v["decoding"]["off_greedy"], v["decoding"]["steps"]
     );
+}
+
+/// A silent swap halfway, caught by `pot monitor`: a gateway serves the claimed Qwen 1.5B
+/// (llama.cpp's server) and, from a moment the test picks, the cheaper 0.5B in its place. The
+/// watch survives a restart (its rounds and detector carry over), raises the alert within a
+/// few rounds of the swap (JSON line, webhook, exit 1), and the alert stands on the next start.
+#[test]
+fn a_swap_to_a_cheaper_model_halfway_is_caught_by_the_monitor() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let claimed = LlamaServer::start(&model_path(QWEN15));
+    let cheaper = LlamaServer::start(&model_path(QWEN05));
+    let swapped = Arc::new(AtomicBool::new(false));
+    let gateway = {
+        let (claimed, cheaper, swapped) =
+            (claimed.url.clone(), cheaper.url.clone(), swapped.clone());
+        Gateway::start(move |_| {
+            if swapped.load(Ordering::SeqCst) {
+                cheaper.clone()
+            } else {
+                claimed.clone()
+            }
+        })
+    };
+    // A webhook that keeps the first body POSTed to it.
+    let hook = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_url = format!("http://{}/alert", hook.local_addr().unwrap());
+    let hooked = std::thread::spawn(move || {
+        let (mut c, _) = hook.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = c.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    return String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                }
+            }
+        }
+        String::new()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let monitor = |extra: &[&str]| {
+        let mut c = common::pot();
+        c.arg("monitor")
+            .arg("--ref")
+            .arg(model_path(QWEN15))
+            .args(["--endpoint", &gateway.url, "--model", "vendor", "--json"])
+            // The probe is tested elsewhere; llama.cpp's server answers logprobs best.
+            .args([
+                "--every", "0s", "--k", "16", "--method", "logprobs", "--state",
+            ])
+            .arg(state.path())
+            .args(extra);
+        c
+    };
+    let lines = |out: &[u8]| -> Vec<Value> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON lines"))
+            .collect()
+    };
+
+    // An honest stretch, then the watch stops (a restart).
+    let t = Instant::now();
+    let o = monitor(&["--rounds", "2"]).output().unwrap();
+    let first = lines(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{first:?}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rounds: Vec<&Value> = first.iter().filter(|e| e["event"] == "round").collect();
+    assert_eq!(rounds.len(), 2, "{first:?}");
+    assert!(rounds
+        .iter()
+        .all(|r| r["log10_statistic"].as_f64().unwrap() < r["log10_threshold"].as_f64().unwrap()));
+    let honest_tokens: u64 = rounds.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
+    eprintln!(
+        "honest session: 2 rounds, {honest_tokens} tokens, {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The watch resumes; after its first round the gateway swaps the model.
+    let t = Instant::now();
+    let mut child = monitor(&["--rounds", "10", "--webhook", &hook_url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut events = Vec::new();
+    let mut swap_round = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let e: Value = serde_json::from_str(&line.unwrap()).expect("a JSON line");
+        if e["event"] == "started" {
+            assert_eq!(
+                e["rounds"], 2,
+                "the restart picks up the stored rounds: {e}"
+            );
+        }
+        if e["event"] == "round" && swap_round.is_none() {
+            swapped.store(true, Ordering::SeqCst);
+            swap_round = Some(e["round"].as_u64().unwrap() + 1);
+        }
+        events.push(e);
+    }
+    let status = child.wait().unwrap();
+    let alert = events
+        .iter()
+        .find(|e| e["event"] == "alert")
+        .unwrap_or_else(|| panic!("no alert: {events:?}"));
+    assert_eq!(status.code(), Some(1), "{events:?}");
+    let swap_round = swap_round.unwrap();
+    let alert_round = alert["round"].as_u64().unwrap();
+    assert!(
+        alert_round >= swap_round,
+        "no alert before the swap: {events:?}"
+    );
+    let delay = alert_round + 1 - swap_round;
+    assert!(
+        delay <= 3,
+        "caught {delay} rounds after the swap: {events:?}"
+    );
+    let swapped_tokens: u64 = events
+        .iter()
+        .filter(|e| e["event"] == "round" && e["round"].as_u64().unwrap() >= swap_round)
+        .map(|e| e["tokens"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "swap after round {}: alert in round {alert_round}, {delay} rounds ({} challenges, {swapped_tokens} tokens) after the swap, {:.0} s",
+        swap_round - 1,
+        delay * 5,
+        t.elapsed().as_secs_f64()
+    );
+    let posted: Value =
+        serde_json::from_str(&hooked.join().unwrap()).expect("the webhook got JSON");
+    assert_eq!(posted["round"], alert["round"], "{posted}");
+
+    // The alert stands.
+    let o = monitor(&[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let again = lines(&o.stdout);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["event"], "alert");
+    assert_eq!(again[0]["round"], alert["round"]);
 }

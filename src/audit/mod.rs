@@ -595,49 +595,90 @@ impl Candidate for EndpointCandidate {
     }
 }
 
+/// The reference an audit or a watch compares with: a model run here, or a trusted endpoint.
+pub enum OpenedReference {
+    /// A model file, folder or cached id.
+    Local(Box<LocalModel>),
+    /// A trusted endpoint (`--ref-endpoint`).
+    Trusted(Box<trusted::TrustedEndpoint>),
+}
+
+impl OpenedReference {
+    /// Open what `cfg.reference` names, checked against what the audit needs (a chat
+    /// template for `--chat`).
+    pub fn open(cfg: &AuditConfig) -> Result<Self, RunError> {
+        let no_template = |what: &str| {
+            RunError::Unsupported {
+            url: cfg.endpoint.url.clone(),
+            what: format!(
+                "--chat needs the reference's chat template to know what the endpoint's model sees, and {what} has none; audit through completions instead"
+            ),
+        }
+        };
+        match &cfg.reference {
+            ReferenceSource::Model(spec) => {
+                let opts = LoadOptions {
+                    kernels: cfg.run.kernels,
+                };
+                let mut reference = LocalModel::open(spec, opts, true)?;
+                if cfg.endpoint.chat && reference.model()?.chat_template.is_none() {
+                    return Err(no_template(&reference.identity().path));
+                }
+                Ok(Self::Local(Box::new(reference)))
+            }
+            ReferenceSource::Endpoint {
+                endpoint,
+                tokenizer,
+            } => {
+                let mut trusted_cfg = endpoint.clone();
+                trusted_cfg.chat = cfg.endpoint.chat;
+                let reference = trusted::TrustedEndpoint::connect(
+                    &trusted_cfg,
+                    tokenizer,
+                    cfg.top_logprobs,
+                    cfg.run.k,
+                    cfg.concurrency,
+                )?;
+                if cfg.endpoint.chat && !reference.has_chat_template() {
+                    return Err(no_template(tokenizer));
+                }
+                Ok(Self::Trusted(Box::new(reference)))
+            }
+        }
+    }
+
+    /// As a run's reference.
+    pub fn as_reference(&mut self) -> &mut dyn Reference {
+        match self {
+            Self::Local(m) => m.as_mut(),
+            Self::Trusted(t) => t.as_mut(),
+        }
+    }
+
+    /// What was trusted, when the reference is an endpoint.
+    pub fn trusted(&self) -> Option<String> {
+        match self {
+            Self::Local(_) => None,
+            Self::Trusted(t) => Some(t.trusted()),
+        }
+    }
+
+    /// Tokens the trusted endpoint reported using, when the reference is one.
+    pub fn trusted_tokens(&self) -> Option<u64> {
+        match self {
+            Self::Local(_) => None,
+            Self::Trusted(t) => Some(t.usage().0),
+        }
+    }
+}
+
 /// Run (or resume) an audit to a decision.
 pub fn run(cfg: &AuditConfig, progress: Progress<'_>) -> Result<AuditOutcome, RunError> {
-    let no_template = |what: &str| {
-        RunError::Unsupported {
-        url: cfg.endpoint.url.clone(),
-        what: format!(
-            "--chat needs the reference's chat template to know what the endpoint's model sees, and {what} has none; audit through completions instead"
-        ),
-    }
-    };
-    match &cfg.reference {
-        ReferenceSource::Model(spec) => {
-            let opts = LoadOptions {
-                kernels: cfg.run.kernels,
-            };
-            let mut reference = LocalModel::open(spec, opts, true)?;
-            if cfg.endpoint.chat && reference.model()?.chat_template.is_none() {
-                return Err(no_template(&reference.identity().path));
-            }
-            audit_against(cfg, &mut reference, None, progress)
-        }
-        ReferenceSource::Endpoint {
-            endpoint,
-            tokenizer,
-        } => {
-            let mut trusted_cfg = endpoint.clone();
-            trusted_cfg.chat = cfg.endpoint.chat;
-            let mut reference = trusted::TrustedEndpoint::connect(
-                &trusted_cfg,
-                tokenizer,
-                cfg.top_logprobs,
-                cfg.run.k,
-                cfg.concurrency,
-            )?;
-            if cfg.endpoint.chat && !reference.has_chat_template() {
-                return Err(no_template(tokenizer));
-            }
-            let trusted = reference.trusted();
-            let mut out = audit_against(cfg, &mut reference, Some(trusted), progress)?;
-            out.trusted_tokens_used = Some(reference.usage().0);
-            Ok(out)
-        }
-    }
+    let mut reference = OpenedReference::open(cfg)?;
+    let trusted = reference.trusted();
+    let mut out = audit_against(cfg, reference.as_reference(), trusted, progress)?;
+    out.trusted_tokens_used = reference.trusted_tokens();
+    Ok(out)
 }
 
 fn audit_against(

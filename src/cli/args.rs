@@ -39,6 +39,12 @@ pub(crate) enum Command {
     Diff(Box<DiffArgs>),
     /// Decide whether an OpenAI-compatible endpoint serves the model it claims (black box).
     Audit(Box<AuditArgs>),
+    /// Watch an OpenAI-compatible endpoint over time: every --every, a round of keyed
+    /// challenges scored as `pot audit` scores them feeds a change detector kept in an
+    /// embedded store; it survives restarts and raises an alert (a JSON line, --webhook, exit
+    /// code 1) when the endpoint stops serving the reference. Exit codes: 0 no alert (after
+    /// --rounds), 1 alert (now or standing in the store), 2 error.
+    Monitor(Box<MonitorArgs>),
     /// Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming);
     /// with --node-key, also sign receipts of its work and open steps for audits.
     Serve(Box<ServeArgs>),
@@ -260,6 +266,19 @@ pub(crate) struct CalibrateArgs {
 
 #[derive(Args)]
 pub(crate) struct AuditArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Stop (resumably) once the endpoint reports this many tokens used.
+    #[arg(long)]
+    pub(crate) max_total_tokens: Option<u64>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// What an audit or a watch compares: the endpoint, and the reference (a model here, or a
+/// trusted endpoint), with how to reach both.
+#[derive(Args)]
+pub(crate) struct TargetArgs {
     /// Reference model (what the vendor claims to serve): GGUF file, folder, or cached id.
     #[arg(long = "ref", required_unless_present = "ref_endpoint")]
     pub(crate) reference: Option<String>,
@@ -300,9 +319,6 @@ pub(crate) struct AuditArgs {
     /// written anywhere).
     #[arg(long, value_name = "VAR")]
     pub(crate) api_key_env: Option<String>,
-    /// Stop (resumably) once the endpoint reports this many tokens used.
-    #[arg(long)]
-    pub(crate) max_total_tokens: Option<u64>,
     /// Most requests in flight at once. pot starts at one and finds what the endpoint
     /// sustains: a retried or slow answer (over a third of --timeout) halves it, quick ones
     /// grow it back, so a server that answers one request at a time is not pushed into
@@ -318,8 +334,81 @@ pub(crate) struct AuditArgs {
     /// Longest wait between two attempts, seconds (Retry-After is honoured up to this).
     #[arg(long, default_value_t = 60.0)]
     pub(crate) max_backoff: f64,
+}
+
+#[derive(Args)]
+pub(crate) struct MonitorArgs {
     #[command(flatten)]
-    pub(crate) run: RunArgs,
+    pub(crate) target: TargetArgs,
+    /// Folder of the watch: its store (watch.redb: every round, the detector's state, the
+    /// alert) and its challenge key (watch.key, owner-only). Run again with the same folder
+    /// to resume after a restart.
+    #[arg(long, default_value = "watch")]
+    pub(crate) state: PathBuf,
+    /// Time from one round's start to the next (e.g. 30s, 15m, 1h, 1d).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub(crate) every: std::time::Duration,
+    /// Cycles of five challenges (one per family) per round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) cycles_per_round: u32,
+    /// Skip rounds while the tokens the endpoint reported over the last 24 hours, plus one
+    /// round's, would pass this.
+    #[arg(long, value_name = "N")]
+    pub(crate) budget_tokens_per_day: Option<u64>,
+    /// Average run length to a false alert, in cycles, while the endpoint serves the reference
+    /// (the alert threshold). A swap to another model is caught within about
+    /// log10(ARL)/3 + 1 cycles.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub(crate) arl: f64,
+    /// Stop after this many rounds in this session (exit 0 if no alert); default: watch until
+    /// an alert.
+    #[arg(long, value_name = "N")]
+    pub(crate) rounds: Option<u64>,
+    /// POST each alert as JSON to this URL.
+    #[arg(long, value_name = "URL")]
+    pub(crate) webhook: Option<String>,
+    /// Preset of margins and K (as for audit).
+    #[arg(long, value_parser = choice::<Mode>(), default_value = "audit")]
+    pub(crate) mode: Mode,
+    /// Margins from this calibration of the reference (as for audit).
+    #[arg(long, value_name = "CAL.json")]
+    pub(crate) margins: Option<PathBuf>,
+    /// Continuation tokens per challenge (mode default).
+    #[arg(long)]
+    pub(crate) k: Option<usize>,
+    /// Matrix kernels of a local reference.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// JSON lines: one per event (started, round, skipped, webhook), and the alert.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A duration such as 90s, 15m, 1h or 1d (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 30s, 15m, 1h or 1d"))?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use ms, s, m, h or d"
+            ))
+        }
+    };
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("{s:?}: a duration is a non-negative number"));
+    }
+    Ok(std::time::Duration::from_secs_f64(n * scale))
 }
 
 #[derive(Args)]

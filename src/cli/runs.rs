@@ -31,45 +31,16 @@ pub(super) fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
 
 pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let bundle = a.run.bundle_plan()?;
-    for (name, v) in [("--timeout", a.timeout), ("--max-backoff", a.max_backoff)] {
-        if !(v > 0.0 && v.is_finite()) {
-            bail!("{name} must be a positive number of seconds");
-        }
-    }
-    let endpoint = |url: &str, model: &str, key: Option<&str>| -> Result<_> {
-        Ok(pot::openai::EndpointConfig {
-            url: url.to_string(),
-            model: model.to_string(),
-            chat: a.chat,
-            api_key: api_key_from_env(key)?,
-            timeout: std::time::Duration::from_secs_f64(a.timeout),
-            retries: a.retries,
-            max_backoff: std::time::Duration::from_secs_f64(a.max_backoff),
-        })
-    };
-    let reference = match (&a.reference, &a.ref_endpoint) {
-        (Some(spec), _) => pot::audit::ReferenceSource::Model(spec.clone()),
-        (None, Some(url)) => pot::audit::ReferenceSource::Endpoint {
-            endpoint: endpoint(
-                url,
-                a.ref_model.as_deref().unwrap_or_default(),
-                a.ref_api_key_env.as_deref(),
-            )?,
-            tokenizer: a.ref_tokenizer.clone().unwrap_or_default(),
-        },
-        (None, None) => {
-            bail!("pass --ref MODEL, or --ref-endpoint URL with --ref-model and --ref-tokenizer")
-        }
-    };
+    let (reference, endpoint) = a.target.configs()?;
     let run = a.run.files()?;
     let cfg = pot::audit::AuditConfig {
         reference,
-        endpoint: endpoint(&a.endpoint, &a.model, a.api_key_env.as_deref())?,
-        method: a.method,
-        top_logprobs: a.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
+        endpoint,
+        method: a.target.method,
+        top_logprobs: a.target.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
         run: run.cleanup_on_error(a.run.spec(&run))?,
         max_total_tokens: a.max_total_tokens,
-        concurrency: a.concurrency.into(),
+        concurrency: a.target.concurrency.into(),
     };
     let bar = Bar::new(a.run.n_max(), a.run.json);
     let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
@@ -334,4 +305,84 @@ pub(super) fn cmd_report(results: PathBuf, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_monitor(a: MonitorArgs) -> Result<ExitCode> {
+    if !(a.arl > 1.0 && a.arl.is_finite()) {
+        bail!("--arl must be a number of cycles above 1");
+    }
+    let (reference, endpoint) = a.target.configs()?;
+    let k = a.k.unwrap_or(a.mode.k());
+    if k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let run = pot::run::RunSpec {
+        mode: a.mode,
+        overrides: Default::default(),
+        k,
+        calibration: a
+            .margins
+            .as_ref()
+            .map(|p| pot::calibrate::Calibration::read(p))
+            .transpose()?,
+        margins_from_calibration: a.margins.is_some(),
+        calibration_store: Some(calibration_store()),
+        kernels: a.kernels.into(),
+        // The watch's own key and run id replace these.
+        key: ChallengeKey::generate(),
+        run_id: String::new(),
+        transcript: PathBuf::new(),
+        resume: false,
+    };
+    let cfg = pot::monitor::MonitorConfig {
+        audit: pot::audit::AuditConfig {
+            reference,
+            endpoint,
+            method: a.target.method,
+            top_logprobs: a.target.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
+            run,
+            max_total_tokens: None,
+            concurrency: a.target.concurrency.into(),
+        },
+        state: a.state.clone(),
+        every: a.every,
+        cycles_per_round: a.cycles_per_round as usize,
+        budget_tokens_per_day: a.budget_tokens_per_day,
+        arl: a.arl,
+        rounds: a.rounds,
+        webhook: a.webhook.clone(),
+    };
+    let json = a.json;
+    let mut print = |e: &pot::monitor::Event| {
+        use pot::monitor::Event;
+        let line = if json {
+            serde_json::to_string(e).expect("events serialize")
+        } else {
+            match e {
+                Event::Started { store, rounds, method, gamma, clip, arl } => format!(
+                    "watching by {method} ({rounds} rounds in {store}); alert when scores rise above γ = {gamma} (clipped at {clip}), average run length to a false alert {arl} cycles"
+                ),
+                Event::Round { round, first, challenges, mean, log10_statistic, log10_threshold, tokens, seconds } => format!(
+                    "round {round}: challenges {first}..{}, mean {mean:.4}, log10 statistic {log10_statistic:.2} (alert at {log10_threshold:.2}), {tokens} tokens, {seconds:.1} s",
+                    first + *challenges as u64
+                ),
+                Event::Skipped { reason } => format!("round skipped: {reason}"),
+                Event::Webhook { error } => format!("webhook failed: {error}"),
+            }
+        };
+        // A closed stdout must not stop the watch; the store keeps everything.
+        let _ = outln!("{line}");
+    };
+    let ended = pot::monitor::watch(cfg, &mut print)?;
+    match &ended.alert {
+        Some(alert) => {
+            if json {
+                outln!("{}", serde_json::to_string(alert)?)?;
+            } else {
+                outln!("ALERT (round {}): {}", alert.round, alert.message)?;
+            }
+            Ok(ExitCode::from(1))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
 }

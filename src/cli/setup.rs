@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use pot::run::files::RunFiles;
 
-use super::args::RunArgs;
+use super::args::{RunArgs, TargetArgs};
 
 impl RunArgs {
     /// The bundle's path and signing key, checked before any work is done.
@@ -125,4 +125,50 @@ pub(crate) fn api_key_from_env(var: Option<&str>) -> Result<Option<String>> {
         })
     })
     .transpose()
+}
+
+impl TargetArgs {
+    /// The reference and the endpoint, as the library takes them (API keys read from the
+    /// environment now, so a missing one fails before any work).
+    pub(crate) fn configs(
+        &self,
+    ) -> Result<(pot::audit::ReferenceSource, pot::openai::EndpointConfig)> {
+        for (name, v) in [
+            ("--timeout", self.timeout),
+            ("--max-backoff", self.max_backoff),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("{name} must be a positive number of seconds");
+            }
+        }
+        let endpoint = |url: &str, model: &str, key: Option<&str>| -> Result<_> {
+            Ok(pot::openai::EndpointConfig {
+                url: url.to_string(),
+                model: model.to_string(),
+                chat: self.chat,
+                api_key: api_key_from_env(key)?,
+                timeout: std::time::Duration::from_secs_f64(self.timeout),
+                retries: self.retries,
+                max_backoff: std::time::Duration::from_secs_f64(self.max_backoff),
+            })
+        };
+        let reference = match (&self.reference, &self.ref_endpoint) {
+            (Some(spec), _) => pot::audit::ReferenceSource::Model(spec.clone()),
+            (None, Some(url)) => pot::audit::ReferenceSource::Endpoint {
+                endpoint: endpoint(
+                    url,
+                    self.ref_model.as_deref().unwrap_or_default(),
+                    self.ref_api_key_env.as_deref(),
+                )?,
+                tokenizer: self.ref_tokenizer.clone().unwrap_or_default(),
+            },
+            (None, None) => {
+                bail!(
+                    "pass --ref MODEL, or --ref-endpoint URL with --ref-model and --ref-tokenizer"
+                )
+            }
+        };
+        let endpoint = endpoint(&self.endpoint, &self.model, self.api_key_env.as_deref())?;
+        Ok((reference, endpoint))
+    }
 }
