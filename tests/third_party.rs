@@ -204,7 +204,7 @@ fn llama_cpp_server_serving_a_smaller_sibling_is_different() {
 
 /// The reference is not on the auditor's machine (`--ref-endpoint`): `pot serve` stands for the
 /// model maker's API, llama.cpp's server is the vendor. The verdicts are the ones a local
-/// reference gives: the same weights SAME (audit mode, through the probed method), a 1.5B claim
+/// reference gives: the same weights SAME (audit mode, by logprobs), a 1.5B claim
 /// against the 0.5B served DIFFERENT, and the verdict says what was trusted.
 #[test]
 fn a_trusted_endpoint_as_the_reference_gives_the_same_verdicts() {
@@ -219,8 +219,9 @@ fn a_trusted_endpoint_as_the_reference_gives_the_same_verdicts() {
             .args(["--ref-endpoint", &maker.url, "--ref-model", "vendor"])
             .arg("--ref-tokenizer")
             .arg(&tokenizer)
+            // The probe is tested above; llama.cpp's server answers logprobs best.
             .args(["--endpoint", &vendor.url, "--model", "vendor", "--json"])
-            .args(["--mode", mode, "--transcripts"])
+            .args(["--method", "logprobs", "--mode", mode, "--transcripts"])
             .arg(dir.path())
             .output()
             .expect("pot runs");
@@ -241,6 +242,108 @@ fn a_trusted_endpoint_as_the_reference_gives_the_same_verdicts() {
             v["trusted_tokens_used"],
             v["mean"].as_f64().unwrap()
         );
+    }
+}
+
+/// A reference pack (`pot reference build`) audits without the model on the auditor's
+/// machine: packs of the 0.5B and of the 1.5B (quick mode, K = 16, as the suite's sibling audits)
+/// against llama.cpp's server of the 0.5B give SAME and DIFFERENT, as a local reference does; a pack with one bit
+/// flipped is refused, and so is the wrong challenge key.
+#[test]
+fn a_reference_pack_audits_without_the_model() {
+    let vendor = LlamaServer::start(&model_path(QWEN05));
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("challenge.key");
+    let auditor = dir.path().join("auditor.key");
+    for (args, file) in [
+        (&["--out"][..], &key),
+        (&["--auditor", "--out"][..], &auditor),
+    ] {
+        let o = common::pot()
+            .arg("keygen")
+            .args(args)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let tokenizer = model_path(QWEN05);
+    for (claimed, mode, n, want) in [
+        (QWEN05, "quick", "15", "SAME"),
+        (QWEN15, "quick", "10", "DIFFERENT"),
+    ] {
+        let pack = dir.path().join(format!("{claimed}.pack"));
+        let t = Instant::now();
+        let o = common::pot()
+            .args(["reference", "build", "--ref"])
+            .arg(model_path(claimed))
+            .arg("--key-file")
+            .arg(&key)
+            .args(["-n", n, "--mode", mode, "--json", "--auditor-key"])
+            .arg(&auditor)
+            .arg("-o")
+            .arg(&pack)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let built: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let build_s = t.elapsed().as_secs_f64();
+        let audit = |pack: &Path, key: &Path| {
+            common::pot()
+                .arg("audit")
+                .arg("--ref-pack")
+                .arg(pack)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--ref-tokenizer")
+                .arg(&tokenizer)
+                .args([
+                    "--endpoint",
+                    &vendor.url,
+                    "--model",
+                    "vendor",
+                    "--method",
+                    "logprobs",
+                ])
+                .args(["--json", "--mode", mode, "--transcripts"])
+                .arg(dir.path())
+                .output()
+                .unwrap()
+        };
+        let t = Instant::now();
+        let o = audit(&pack, &key);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        assert_verdict(o.status.code().unwrap_or(-1), &v, &err, want, "logprobs");
+        assert!(v["trusted"].as_str().unwrap().contains("signed by"), "{v}");
+        assert_eq!(v["reference"]["weight_hash"].as_str().unwrap().len(), 64);
+        eprintln!(
+            "pack of {claimed} ({} challenges, {} bytes, {:.0} bytes each, built in {build_s:.0} s): {want} in {} queries, {:.0} s, {} tokens",
+            built["challenges"], built["bytes"], built["bytes_per_challenge"].as_f64().unwrap(),
+            v["queries"], t.elapsed().as_secs_f64(), v["tokens_used"]
+        );
+        if want == "SAME" {
+            let mut bytes = std::fs::read(&pack).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            let tampered = dir.path().join("tampered.pack");
+            std::fs::write(&tampered, bytes).unwrap();
+            let o = audit(&tampered, &key);
+            assert_eq!(o.status.code(), Some(2));
+            assert!(String::from_utf8_lossy(&o.stderr).contains("signature does not match"));
+            let other = dir.path().join("other.key");
+            assert!(common::pot()
+                .arg("keygen")
+                .arg("--out")
+                .arg(&other)
+                .output()
+                .unwrap()
+                .status
+                .success());
+            let o = audit(&pack, &other);
+            assert_eq!(o.status.code(), Some(2));
+            assert!(String::from_utf8_lossy(&o.stderr).contains("key-file the pack was built with"));
+        }
     }
 }
 

@@ -34,6 +34,8 @@ use crate::identity::Identity;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::LoadOptions;
 pub mod decoding;
+pub mod pack;
+mod paths;
 mod probe;
 pub mod trusted;
 mod wire;
@@ -149,6 +151,16 @@ pub enum ReferenceSource {
         endpoint: EndpointConfig,
         /// Where its tokenizer is read.
         tokenizer: String,
+    },
+    /// A reference pack (`pot reference build`), and the model file or folder whose tokenizer
+    /// and chat template it was built with.
+    Pack {
+        /// The pack.
+        path: std::path::PathBuf,
+        /// Where its tokenizer is read.
+        tokenizer: String,
+        /// The key it must be signed by, when one is required.
+        signer: Option<crate::commit::keys::NodePublic>,
     },
 }
 
@@ -601,6 +613,8 @@ pub enum OpenedReference {
     Local(Box<LocalModel>),
     /// A trusted endpoint (`--ref-endpoint`).
     Trusted(Box<trusted::TrustedEndpoint>),
+    /// A reference pack (`--ref-pack`).
+    Pack(Box<pack::PackReference>, String),
 }
 
 impl OpenedReference {
@@ -644,6 +658,51 @@ impl OpenedReference {
                 }
                 Ok(Self::Trusted(Box::new(reference)))
             }
+            ReferenceSource::Pack {
+                path,
+                tokenizer,
+                signer,
+            } => {
+                let body =
+                    pack::open(path, signer.as_ref()).map_err(|e| RunError::Pack(Box::new(e)))?;
+                let h = &body.header;
+                let what = format!(
+                    "the reference is the pack {} of {} (weights {}), {} challenges of K = {} built {} and signed by {}",
+                    path.display(),
+                    h.reference.path,
+                    &h.reference.weight_hash[..16.min(h.reference.weight_hash.len())],
+                    h.challenges,
+                    h.k,
+                    h.created,
+                    h.signer
+                );
+                if h.key_commitment != cfg.run.key.commitment() || h.run_id != cfg.run.run_id {
+                    return Err(RunError::Unsupported {
+                        url: path.display().to_string(),
+                        what: "the audit's challenge key or run id is not the pack's: pass the --key-file the pack was built with (the run id is taken from the pack)".into(),
+                    });
+                }
+                if h.chat != cfg.endpoint.chat {
+                    return Err(RunError::Unsupported {
+                        url: path.display().to_string(),
+                        what: format!(
+                            "the pack was built {} --chat; audit the same way or build another pack",
+                            if h.chat { "with" } else { "without" }
+                        ),
+                    });
+                }
+                if h.k != cfg.run.k {
+                    return Err(RunError::Unsupported {
+                        url: path.display().to_string(),
+                        what: format!(
+                            "the pack holds continuations of K = {}; audit with --k {}",
+                            h.k, h.k
+                        ),
+                    });
+                }
+                let reference = pack::PackReference::new(body, path, tokenizer)?;
+                Ok(Self::Pack(Box::new(reference), what))
+            }
         }
     }
 
@@ -652,6 +711,7 @@ impl OpenedReference {
         match self {
             Self::Local(m) => m.as_mut(),
             Self::Trusted(t) => t.as_mut(),
+            Self::Pack(p, _) => p.as_mut(),
         }
     }
 
@@ -660,13 +720,14 @@ impl OpenedReference {
         match self {
             Self::Local(_) => None,
             Self::Trusted(t) => Some(t.trusted()),
+            Self::Pack(_, what) => Some(what.clone()),
         }
     }
 
     /// Tokens the trusted endpoint reported using, when the reference is one.
     pub fn trusted_tokens(&self) -> Option<u64> {
         match self {
-            Self::Local(_) => None,
+            Self::Local(_) | Self::Pack(..) => None,
             Self::Trusted(t) => Some(t.usage().0),
         }
     }

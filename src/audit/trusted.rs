@@ -18,10 +18,9 @@
 //! The prompts are tokenized, and chat prompts rendered, with the tokenizer and chat template
 //! of a model file or folder the auditor holds (`--ref-tokenizer`; no weights are read).
 
-use std::collections::HashMap;
-
 use sha2::{Digest, Sha256};
 
+use super::paths::{prompt_ids, KnownPaths, Path, SparseRow};
 use super::{EndpointCandidate, Method};
 use crate::identity::Identity;
 use crate::model::tokenizer::Tokenizer;
@@ -32,19 +31,6 @@ use crate::score::{ReferenceSide, ScoreKind};
 
 /// Domain tag of a trusted endpoint's identity hash.
 const TRUSTED_TAG: &str = "pot/trusted-endpoint/v1";
-
-/// A token's log-probability, by id, as the trusted endpoint reported it.
-type SparseRow = Vec<(u32, f32)>;
-
-/// The trusted endpoint's greedy path from one prompt.
-struct Path {
-    /// Its tokens.
-    ids: Vec<u32>,
-    /// Its text.
-    text: String,
-    /// Its reported alternatives before each token.
-    rows: Vec<SparseRow>,
-}
 
 /// A model's text side standing in for the reference while the trusted endpoint is probed
 /// (the probe reads answers through the tokenizer only).
@@ -81,23 +67,13 @@ impl Reference for TextOnly<'_> {
     }
 }
 
-fn prompt_ids(text: &TextSide, prompt: &str, chat: bool) -> Result<Vec<u32>, RunError> {
-    Ok(if chat {
-        text.chat_prompt(&[crate::run::user_message(prompt)])?
-    } else {
-        text.tokenizer.encode(prompt)?
-    })
-}
-
 /// A trusted endpoint as a run's reference.
 pub struct TrustedEndpoint {
     text: TextSide,
     identity: Identity,
     endpoint: EndpointCandidate,
-    /// The prompts handed out, by their token ids.
-    prompts: HashMap<Vec<u32>, String>,
-    /// The trusted endpoint's greedy paths, by prompt ids.
-    paths: HashMap<Vec<u32>, Path>,
+    /// The trusted endpoint's greedy paths.
+    paths: KnownPaths,
 }
 
 impl TrustedEndpoint {
@@ -149,11 +125,10 @@ impl TrustedEndpoint {
             e => e,
         })?;
         Ok(Self {
+            paths: KnownPaths::new(text.tokenizer.vocab_size()),
             text,
             identity,
             endpoint,
-            prompts: HashMap::new(),
-            paths: HashMap::new(),
         })
     }
 
@@ -185,7 +160,7 @@ impl TrustedEndpoint {
     fn walk(&mut self, prompts: &[(Vec<u32>, String)]) -> Result<(), RunError> {
         let todo: Vec<&(Vec<u32>, String)> = prompts
             .iter()
-            .filter(|(ids, _)| !self.paths.contains_key(ids))
+            .filter(|(ids, _)| !self.paths.has(ids))
             .collect();
         if todo.is_empty() {
             return Ok(());
@@ -238,17 +213,6 @@ impl TrustedEndpoint {
         }
         Ok(())
     }
-
-    /// A reported row as the runs read rows: the vocabulary's width, NaN where not reported.
-    fn dense(&self, row: &SparseRow) -> Vec<f32> {
-        let mut out = vec![f32::NAN; self.text.tokenizer.vocab_size()];
-        for &(id, lp) in row {
-            if let Some(x) = out.get_mut(id as usize) {
-                *x = lp;
-            }
-        }
-        out
-    }
 }
 
 impl Reference for TrustedEndpoint {
@@ -262,7 +226,7 @@ impl Reference for TrustedEndpoint {
 
     fn prompt_ids(&mut self, prompt: &str, chat: bool) -> Result<Vec<u32>, RunError> {
         let ids = prompt_ids(&self.text, prompt, chat)?;
-        self.prompts.insert(ids.clone(), prompt.to_string());
+        self.paths.prompt(&ids, prompt);
         Ok(ids)
     }
 
@@ -281,11 +245,7 @@ impl Reference for TrustedEndpoint {
         self.walk(&keyed)?;
         Ok(keyed
             .into_iter()
-            .map(|(ids, prompt)| {
-                let path = &self.paths[&ids];
-                let rows = path.rows.iter().map(|r| self.dense(r)).collect();
-                ReferenceSide::from_rows(prompt, ids, path.ids.clone(), path.text.clone(), rows)
-            })
+            .map(|(ids, prompt)| self.paths.side(&prompt, ids).expect("walked"))
             .collect())
     }
 
@@ -296,50 +256,16 @@ impl Reference for TrustedEndpoint {
         seqs: &[&[u32]],
         from: &[usize],
     ) -> Result<Vec<Vec<Vec<f32>>>, RunError> {
-        // Each sequence's prompt: the longest prompt handed out that it starts with.
-        let mut keyed = Vec::with_capacity(seqs.len());
-        for (seq, &f) in seqs.iter().zip(from) {
-            let prompt = self
-                .prompts
-                .iter()
-                .filter(|(ids, _)| ids.len() <= f + 1 && seq.starts_with(ids))
-                .max_by_key(|(ids, _)| ids.len())
-                .map(|(ids, p)| (ids.clone(), p.clone()));
-            match prompt {
-                Some(k) => keyed.push(k),
-                None => {
-                    return Err(RunError::Unsupported {
-                        url: self.endpoint.info().url.clone(),
-                        what: "a trusted endpoint gives rows only after the prompts of this run's challenges".into(),
-                    })
-                }
-            }
-        }
+        let keyed = self
+            .paths
+            .prompts_of(seqs, from)
+            .ok_or_else(|| RunError::Unsupported {
+                url: self.endpoint.info().url.clone(),
+                what:
+                    "a trusted endpoint gives rows only after the prompts of this run's challenges"
+                        .into(),
+            })?;
         self.walk(&keyed)?;
-        Ok(seqs
-            .iter()
-            .zip(from)
-            .zip(&keyed)
-            .map(|((seq, &f), (ids, _))| {
-                let path = &self.paths[ids];
-                let plen = ids.len();
-                (f..seq.len())
-                    .map(|p| {
-                        // Row r is the trusted endpoint's before its token r, after the prompt
-                        // and its own tokens 0..r; it holds where the sequence is that path.
-                        let r = (p + 1).checked_sub(plen);
-                        match r {
-                            Some(r)
-                                if r < path.rows.len()
-                                    && path.ids.get(..r) == Some(&seq[plen..=p]) =>
-                            {
-                                self.dense(&path.rows[r])
-                            }
-                            _ => Vec::new(),
-                        }
-                    })
-                    .collect()
-            })
-            .collect())
+        Ok(self.paths.rows(seqs, from, &keyed))
     }
 }

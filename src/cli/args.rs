@@ -190,6 +190,58 @@ pub(crate) enum Command {
     /// the table and which rungs stand clear of the floor; -o writes it as JSON for
     /// `--margins` and for the served-precision line of every verdict.
     Calibrate(Box<CalibrateArgs>),
+    /// Reference packs: `pot reference build` computes the reference's side of N keyed
+    /// challenges where the model runs, signed, for `pot audit --ref-pack` anywhere.
+    #[command(subcommand)]
+    Reference(ReferenceCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ReferenceCommand {
+    /// Build a pack: the reference continues each of the run's first N challenges greedily by
+    /// K tokens, keeping its top alternatives at each position; the whole is signed with an
+    /// auditor key. The pack reveals its prompts: it is as secret as the key.
+    Build(Box<ReferenceBuildArgs>),
+}
+
+#[derive(Args)]
+pub(crate) struct ReferenceBuildArgs {
+    /// The reference model.
+    #[arg(long = "ref")]
+    pub(crate) reference: String,
+    /// The challenge key (`pot keygen --out FILE`); audits with the pack need it too.
+    #[arg(long)]
+    pub(crate) key_file: PathBuf,
+    /// Challenges (indices 0..N): an audit can use at most this many.
+    #[arg(short, default_value_t = 200)]
+    pub(crate) n: usize,
+    /// Preset whose K the pack uses (audits with it use the same mode).
+    #[arg(long, value_parser = choice::<Mode>(), default_value = "audit")]
+    pub(crate) mode: Mode,
+    /// Continuation tokens per challenge (mode default).
+    #[arg(long)]
+    pub(crate) k: Option<usize>,
+    /// Render prompts with the chat template (for audits through --chat).
+    #[arg(long)]
+    pub(crate) chat: bool,
+    /// Alternatives kept per position.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) top: usize,
+    /// Run id of the challenges (default: time and random suffix).
+    #[arg(long)]
+    pub(crate) run_id: Option<String>,
+    /// The auditor's signing key (`pot keygen --auditor --out FILE`).
+    #[arg(long)]
+    pub(crate) auditor_key: PathBuf,
+    /// Where to write the pack (must not exist).
+    #[arg(short, long)]
+    pub(crate) out: PathBuf,
+    /// Matrix kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// JSON output.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -280,7 +332,7 @@ pub(crate) struct AuditArgs {
 #[derive(Args)]
 pub(crate) struct TargetArgs {
     /// Reference model (what the vendor claims to serve): GGUF file, folder, or cached id.
-    #[arg(long = "ref", required_unless_present = "ref_endpoint")]
+    #[arg(long = "ref", required_unless_present_any = ["ref_endpoint", "ref_pack"])]
     pub(crate) reference: Option<String>,
     /// A trusted endpoint serving the claimed model (the model maker's own API), instead of
     /// --ref: it continues each challenge greedily with its top log-probabilities and the vendor
@@ -288,17 +340,33 @@ pub(crate) struct TargetArgs {
     /// endpoint itself; the verdict says what was trusted. Positions where the vendor's greedy
     /// path leaves the trusted one are not scored (the trusted endpoint cannot be
     /// teacher-forced on the vendor's tokens).
-    #[arg(long, conflicts_with = "reference", requires_all = ["ref_model", "ref_tokenizer"], value_name = "URL")]
+    #[arg(long, conflicts_with_all = ["reference", "ref_pack"], requires_all = ["ref_model", "ref_tokenizer"], value_name = "URL")]
     pub(crate) ref_endpoint: Option<String>,
+    /// A reference pack (`pot reference build`) instead of --ref: the reference's side of the
+    /// first N challenges, computed where the model runs and signed. Needs the --key-file it
+    /// was built with (the run id is the pack's) and --ref-tokenizer; positions off the
+    /// reference's path are not scored, as with --ref-endpoint. A pack reveals its prompts:
+    /// keep it secret, and use it against one vendor.
+    #[arg(
+        long,
+        conflicts_with = "reference",
+        requires = "ref_tokenizer",
+        value_name = "PACK"
+    )]
+    pub(crate) ref_pack: Option<PathBuf>,
+    /// The public key (hex, or a file holding it) --ref-pack must be signed by.
+    #[arg(long, requires = "ref_pack", value_name = "PUBKEY")]
+    pub(crate) ref_pack_signer: Option<String>,
     /// Model name to request from --ref-endpoint.
     #[arg(long, requires = "ref_endpoint", value_name = "NAME")]
     pub(crate) ref_model: Option<String>,
     /// Environment variable holding --ref-endpoint's API key.
     #[arg(long, requires = "ref_endpoint", value_name = "VAR")]
     pub(crate) ref_api_key_env: Option<String>,
-    /// A model file or folder of the claimed model (any quantization) whose tokenizer and chat
-    /// template the prompts are read with; its weights are not read.
-    #[arg(long, requires = "ref_endpoint", value_name = "MODEL")]
+    /// With --ref-endpoint or --ref-pack: a model file or folder of the claimed model (any
+    /// quantization) whose tokenizer and chat template the prompts are read with; its weights
+    /// are not read.
+    #[arg(long, value_name = "MODEL")]
     pub(crate) ref_tokenizer: Option<String>,
     /// Base URL of the endpoint (with or without /v1), e.g. http://127.0.0.1:8080.
     #[arg(long)]

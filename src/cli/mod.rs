@@ -62,6 +62,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => cmd_diff(*a),
         Command::Audit(a) => cmd_audit(*a),
         Command::Monitor(a) => cmd_monitor(*a),
+        Command::Reference(c) => cmd_reference(c),
         Command::Serve(a) => cmd_serve(*a),
         Command::Verify(a) => cmd_verify(*a),
         Command::Bundle(b) => cmd_bundle(b),

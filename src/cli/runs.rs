@@ -32,13 +32,30 @@ pub(super) fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
 pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let bundle = a.run.bundle_plan()?;
     let (reference, endpoint) = a.target.configs()?;
-    let run = a.run.files()?;
+    // A pack fixes the run id, K and the most challenges.
+    let pack = match &a.target.ref_pack {
+        Some(p) => Some(pot::audit::pack::open(p, None)?.header),
+        None => None,
+    };
+    let run = match &pack {
+        Some(h) => a.run.files_for_pack(&h.run_id)?,
+        None => a.run.files()?,
+    };
+    let mut spec = run.cleanup_on_error(a.run.spec(&run))?;
+    if let Some(h) = &pack {
+        if a.run.k.is_none() {
+            spec.k = h.k;
+        }
+        let budget = a.run.n_max().min(h.challenges);
+        spec.overrides.n_max = Some(budget);
+        spec.overrides.n_min = spec.overrides.n_min.map(|n| n.min(budget));
+    }
     let cfg = pot::audit::AuditConfig {
         reference,
         endpoint,
         method: a.target.method,
         top_logprobs: a.target.top_logprobs.min(pot::serve::api::MAX_TOP_LOGPROBS),
-        run: run.cleanup_on_error(a.run.spec(&run))?,
+        run: spec,
         max_total_tokens: a.max_total_tokens,
         concurrency: a.target.concurrency.into(),
     };
@@ -131,7 +148,7 @@ pub(super) fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
         BundleCommand::Verify { path, pubkey, json } => {
             let pinned = match &pubkey {
                 None => None,
-                Some(p) => Some(read_pubkey(p)?),
+                Some(p) => Some(read_pubkey("--pubkey", p)?),
             };
             let r = pot::evidence::verify(&path, pinned.as_ref())?;
             if json {
@@ -308,6 +325,9 @@ pub(super) fn cmd_report(results: PathBuf, json: bool) -> Result<ExitCode> {
 }
 
 pub(super) fn cmd_monitor(a: MonitorArgs) -> Result<ExitCode> {
+    if a.target.ref_pack.is_some() {
+        bail!("--ref-pack is for pot audit: a watch draws fresh challenges every round; use --ref or --ref-endpoint");
+    }
     if !(a.arl > 1.0 && a.arl.is_finite()) {
         bail!("--arl must be a number of cycles above 1");
     }
@@ -385,4 +405,62 @@ pub(super) fn cmd_monitor(a: MonitorArgs) -> Result<ExitCode> {
         }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+pub(super) fn cmd_reference(c: ReferenceCommand) -> Result<ExitCode> {
+    let ReferenceCommand::Build(a) = c;
+    let k = a.k.unwrap_or(a.mode.k());
+    if k == 0 || a.n == 0 || a.top == 0 {
+        bail!("-n, --k and --top must be at least 1");
+    }
+    let signer = pot::commit::keys::AuditorKey::read(&a.auditor_key)?;
+    let run_id = a.run_id.clone().unwrap_or_else(new_run_id);
+    let key = ChallengeKey::read(&a.key_file)?.for_run(&run_id);
+    if a.out.exists() {
+        bail!(
+            "{}: exists already; choose another output path",
+            a.out.display()
+        );
+    }
+    let opts = LoadOptions {
+        kernels: a.kernels.into(),
+    };
+    let mut reference = pot::run::local::LocalModel::open(&a.reference, opts, true)?;
+    let identity = pot::run::Reference::identity(&reference).clone();
+    let model = reference.model()?;
+    let cfg = pot::audit::pack::BuildConfig {
+        key,
+        run_id,
+        n: a.n,
+        k,
+        chat: a.chat,
+        top: a.top,
+        out: a.out.clone(),
+    };
+    let t = std::time::Instant::now();
+    let built = pot::audit::pack::build(&cfg, &signer, model, identity, &mut |done| {
+        if !a.json {
+            eprint!("\rpot: {done}/{} challenges", a.n);
+        }
+    })?;
+    if !a.json {
+        eprintln!();
+    }
+    if a.json {
+        outln!("{}", serde_json::to_string(&built)?)?;
+    } else {
+        outln!(
+            "wrote {} ({} bytes, {} challenges, {:.0} bytes each, {:.0} s); run id {}, signed by {}",
+            built.path,
+            built.bytes,
+            built.challenges,
+            built.bytes_per_challenge,
+            t.elapsed().as_secs_f64(),
+            built.run_id,
+            built.signer
+        )?;
+        outln!("audit with: pot audit --ref-pack {} --key-file {} --ref-tokenizer {} --endpoint URL --model NAME", built.path, a.key_file.display(), a.reference)?;
+        outln!("the pack reveals its prompts: keep it as secret as the key")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

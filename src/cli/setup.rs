@@ -89,6 +89,24 @@ impl RunArgs {
             &self.transcripts,
         )?)
     }
+
+    /// The files of an audit by a reference pack: the pack's run id and the key it was built
+    /// with, and a transcript name of its own (a pack may be audited more than once).
+    pub(crate) fn files_for_pack(&self, run_id: &str) -> Result<RunFiles> {
+        let Some(key) = &self.key_file else {
+            bail!("--ref-pack needs the --key-file the pack was built with");
+        };
+        if self.run_id.is_some() || self.resume.is_some() {
+            bail!("--ref-pack takes the run id from the pack; drop --run-id and --resume");
+        }
+        let mut files = RunFiles::prepare(Some(key), Some(run_id), None, &self.transcripts)?;
+        let mut n = 2;
+        while files.transcript.exists() {
+            files.transcript = self.transcripts.join(format!("{run_id}.{n}.ndjson"));
+            n += 1;
+        }
+        Ok(files)
+    }
 }
 
 /// The folder of stored calibrations: $POT_CALIBRATIONS, else ~/.cache/pot/calibrations.
@@ -103,16 +121,16 @@ pub(crate) fn calibration_store() -> PathBuf {
 }
 
 /// An Ed25519 public key given as 64 hex digits or as a file holding them.
-pub(crate) fn read_pubkey(arg: &str) -> Result<pot::commit::keys::NodePublic> {
+pub(crate) fn read_pubkey(flag: &str, arg: &str) -> Result<pot::commit::keys::NodePublic> {
     let text = if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
         arg.to_string()
     } else {
         std::fs::read_to_string(arg).map_err(|e| {
-            anyhow::anyhow!("--pubkey {arg}: neither 64 hex digits nor a readable file holding them ({e}); pass the public key `pot keygen --auditor` printed")
+            anyhow::anyhow!("{flag} {arg}: neither 64 hex digits nor a readable file holding them ({e}); pass the public key `pot keygen --auditor` printed")
         })?
     };
     pot::commit::keys::NodePublic::from_hex(text.trim())
-        .with_context(|| format!("--pubkey {arg}: not an Ed25519 public key (64 hex digits, as `pot keygen --auditor` prints)"))
+        .with_context(|| format!("{flag} {arg}: not an Ed25519 public key (64 hex digits, as `pot keygen --auditor` prints)"))
 }
 
 /// The API key in the variable `--api-key-env` names, if it names one.
@@ -152,17 +170,34 @@ impl TargetArgs {
                 max_backoff: std::time::Duration::from_secs_f64(self.max_backoff),
             })
         };
-        let reference = match (&self.reference, &self.ref_endpoint) {
-            (Some(spec), _) => pot::audit::ReferenceSource::Model(spec.clone()),
-            (None, Some(url)) => pot::audit::ReferenceSource::Endpoint {
+        let tokenizer = || {
+            self.ref_tokenizer.clone().ok_or_else(|| {
+                anyhow::anyhow!("--ref-endpoint and --ref-pack need --ref-tokenizer MODEL (a file or folder of the claimed model; no weights are read)")
+            })
+        };
+        if self.ref_tokenizer.is_some() && self.reference.is_some() {
+            bail!("--ref-tokenizer is for --ref-endpoint and --ref-pack; --ref reads its own tokenizer");
+        }
+        let reference = match (&self.reference, &self.ref_endpoint, &self.ref_pack) {
+            (Some(spec), _, _) => pot::audit::ReferenceSource::Model(spec.clone()),
+            (None, None, Some(path)) => pot::audit::ReferenceSource::Pack {
+                path: path.clone(),
+                tokenizer: tokenizer()?,
+                signer: self
+                    .ref_pack_signer
+                    .as_deref()
+                    .map(|k| read_pubkey("--ref-pack-signer", k))
+                    .transpose()?,
+            },
+            (None, Some(url), _) => pot::audit::ReferenceSource::Endpoint {
                 endpoint: endpoint(
                     url,
                     self.ref_model.as_deref().unwrap_or_default(),
                     self.ref_api_key_env.as_deref(),
                 )?,
-                tokenizer: self.ref_tokenizer.clone().unwrap_or_default(),
+                tokenizer: tokenizer()?,
             },
-            (None, None) => {
+            (None, None, None) => {
                 bail!(
                     "pass --ref MODEL, or --ref-endpoint URL with --ref-model and --ref-tokenizer"
                 )

@@ -313,22 +313,26 @@ impl TextSide {
     /// The prompt token ids of a chat: the messages rendered with the model's own template,
     /// the assistant's turn opened. A BOS the template writes is not doubled.
     pub fn chat_prompt(&self, messages: &[chat::Message]) -> Result<Vec<u32>, ModelError> {
-        let t = self
-            .chat_template
-            .as_ref()
-            .ok_or_else(|| ModelError::NoChatTemplate {
-                spec: self.spec.clone(),
-            })?;
-        chat_ids(&self.tokenizer, t, messages)
+        chat_ids(
+            &self.spec,
+            &self.tokenizer,
+            self.chat_template.as_ref(),
+            messages,
+        )
     }
 }
 
-/// A chat's prompt ids: rendered by `template`, a BOS it writes not doubled.
+/// A chat's prompt ids: rendered by the template of the model `spec` names, a BOS it writes
+/// not doubled.
 fn chat_ids(
+    spec: &str,
     tokenizer: &Tokenizer,
-    template: &chat::ChatTemplate,
+    template: Option<&chat::ChatTemplate>,
     messages: &[chat::Message],
 ) -> Result<Vec<u32>, ModelError> {
+    let template = template.ok_or_else(|| ModelError::NoChatTemplate {
+        spec: spec.to_string(),
+    })?;
     let text = template.render(messages)?;
     let body = match (tokenizer.bos, template.bos()) {
         (Some(_), b) if !b.is_empty() => text.strip_prefix(b).unwrap_or(&text),
@@ -370,13 +374,12 @@ impl Model {
     /// The prompt token ids of a chat: the messages rendered with the model's own template,
     /// the assistant's turn opened. A BOS the template writes is not doubled.
     pub fn chat_prompt(&self, messages: &[chat::Message]) -> Result<Vec<u32>, ModelError> {
-        let t = self
-            .chat_template
-            .as_ref()
-            .ok_or_else(|| ModelError::NoChatTemplate {
-                spec: self.spec.clone(),
-            })?;
-        chat_ids(&self.tokenizer, t, messages)
+        chat_ids(
+            &self.spec,
+            &self.tokenizer,
+            self.chat_template.as_ref(),
+            messages,
+        )
     }
 
     fn inference_err(&self, e: candle_core::Error) -> ModelError {

@@ -184,6 +184,9 @@ pub enum RunError {
     /// The run's files: its key, its transcripts folder.
     #[error(transparent)]
     Files(#[from] files::FilesError),
+    /// A reference pack.
+    #[error(transparent)]
+    Pack(Box<crate::audit::pack::PackError>),
 }
 
 /// Progress callback: status after each challenge.
