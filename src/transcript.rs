@@ -86,7 +86,8 @@ pub struct EndpointInfo {
     /// N`); empty for text, and in transcripts from before it was recorded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub logprobs_field: String,
-    /// Whether requests carry `repeat_penalty: 1` and `repetition_penalty: 1` (off where the
+    /// Whether requests carry llama.cpp's sampler fields at neutral values (`repeat_penalty`
+    /// and `repetition_penalty` 1, `min_p` 0, `top_k` 0 or the one asked for; off where the
     /// endpoint refused them).
     #[serde(default)]
     pub penalty_fields: bool,
@@ -95,6 +96,9 @@ pub struct EndpointInfo {
     pub probes: Vec<String>,
     /// What the endpoint said about itself (`/v1/models`), when it answered.
     pub models: Option<serde_json::Value>,
+    /// The sampling asked for, when not greedy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::score::sampled::Sampling>,
 }
 
 /// One finished challenge.
@@ -461,7 +465,7 @@ pub fn resume(
     header.ladder = h.ladder.clone();
     let mut prior_elapsed = 0.0;
     for q in &loaded.queries {
-        test.push(q.score.score);
+        test.push_score(&q.score);
         prior_elapsed += q.seconds;
     }
     if let Some(v) = loaded.verdict {

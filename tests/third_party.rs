@@ -545,6 +545,93 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
     );
 }
 
+/// Mandated sampling (temperature 1, top_p 0.95, as some first-party APIs require), against
+/// llama.cpp's server, which keeps 40 tokens and cuts below 5 % of the most likely unless told
+/// otherwise (pot sends top_k 0 and min_p 0):
+/// * log-probabilities compare distributions, so the claimed weights are SAME at T = 1, and
+///   their sampled tokens follow the reference at the settings (the decoding check);
+/// * a gateway that samples at 0.5 whatever the client asked stays SAME, and the decoding
+///   check says the decoding differs from what was requested;
+/// * text only: the sampled tokens' PITs and surprises under the reference call the 1.5B
+///   sibling DIFFERENT, and leave the claimed weights UNDECIDED (α = 0.001 makes a false
+///   DIFFERENT a one-in-a-thousand event, as the decoding check's threshold of 1000 does).
+#[test]
+fn sampled_audits_tell_another_model_from_another_decoding() {
+    let claimed = LlamaServer::start(&model_path(QWEN05));
+    let sibling = LlamaServer::start(&model_path(QWEN15));
+    let dir = tempfile::tempdir().unwrap();
+    let sampled = ["--temperature", "1", "--top-p", "0.95", "--mode", "quick"];
+    let with = |more: &[&'static str]| -> Vec<&'static str> { [&sampled[..], more].concat() };
+
+    let (code, v, err) = audit(
+        QWEN05,
+        &claimed.url,
+        dir.path(),
+        &with(&["--method", "logprobs"]),
+    );
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
+    assert_eq!(v["endpoint"]["sampling"]["temperature"], 1.0, "{v}");
+    assert!(
+        v["decoding"]["sampled_tokens"].as_u64().unwrap() >= 50,
+        "{v}"
+    );
+    let f = v["findings"][0].as_str().unwrap();
+    assert!(f.starts_with("decoding as requested"), "{f}");
+    eprintln!(
+        "T = 1, logprobs: SAME in {} queries, {} tokens; {f}",
+        v["queries"], v["tokens_used"]
+    );
+
+    let upstream = claimed.url.clone();
+    let gateway = Gateway::start(move |v| {
+        if v.is_object() {
+            v["temperature"] = serde_json::json!(0.5);
+        }
+        upstream.clone()
+    });
+    let (code, v, err) = audit(
+        QWEN05,
+        &gateway.url,
+        dir.path(),
+        &with(&["--method", "logprobs"]),
+    );
+    assert_verdict(code, &v, &err, "SAME", "logprobs");
+    let f = v["findings"][0].as_str().unwrap();
+    assert!(f.starts_with("decoding differs from requested"), "{f}\n{v}");
+    eprintln!(
+        "T = 1 asked, 0.5 served: SAME in {} queries; {f}",
+        v["queries"]
+    );
+
+    // Audit mode (K = 32, α = 0.01, up to 200 challenges): room for keys whose prompts end
+    // answers early.
+    let (code, v, err) = audit(
+        QWEN05,
+        &sibling.url,
+        dir.path(),
+        &["--temperature", "1", "--top-p", "0.95", "--method", "text"],
+    );
+    assert_verdict(code, &v, &err, "DIFFERENT", "text");
+    assert_eq!(v["score_kind"], "sampled-text", "{v}");
+    eprintln!(
+        "T = 1, text, 1.5B for 0.5B: DIFFERENT in {} queries, {} tokens, e-value 10^{:.2} over {} outcomes",
+        v["queries"], v["tokens_used"], v["uniformity"][0].as_f64().unwrap(), v["uniformity"][1]
+    );
+
+    let (code, v, err) = audit(
+        QWEN05,
+        &claimed.url,
+        dir.path(),
+        &with(&["--method", "text", "--alpha", "0.001"]),
+    );
+    assert_eq!(v["decision"], "UNDECIDED", "{v}\n{err}");
+    assert_eq!(code, 3, "exit code of UNDECIDED");
+    eprintln!(
+        "T = 1, text, the claimed weights: UNDECIDED after {} queries, {} tokens, e-value 10^{:.2} over {} outcomes",
+        v["queries"], v["tokens_used"], v["uniformity"][0].as_f64().unwrap(), v["uniformity"][1]
+    );
+}
+
 /// A silent swap halfway, caught by `pot monitor`: a gateway serves the claimed Qwen 1.5B
 /// (llama.cpp's server) and, from a moment the test picks, the cheaper 0.5B in its place. The
 /// watch survives a restart (its rounds and detector carry over), raises the alert within a

@@ -15,7 +15,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::score::sampled::Sampling;
 use crate::score::EndpointPosition;
+use crate::stats::uniformity::Uniformity;
+
+/// The e-value at which sampled tokens are said not to follow the requested settings (a
+/// false finding has probability at most 1/this, by Ville's inequality).
+pub const SAMPLED_E: f64 = 1000.0;
 
 /// Nats by which a picked token may trail the best alternative reported before the step
 /// counts as not greedy: above the rounding of log-probabilities written as text and the
@@ -70,12 +76,40 @@ pub struct DecodingCheck {
     pub prompt_surplus: Option<(i64, i64)>,
     /// Sum of those surpluses (for the mean).
     pub prompt_surplus_sum: i64,
+    /// The sampling asked for, when not greedy: the endpoint's sampled tokens are then
+    /// checked against the reference at those settings (their PITs) instead of for greed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
+    /// Sampled tokens checked.
+    #[serde(default)]
+    pub sampled_tokens: u64,
+    /// Their mean PIT (1/2 when they follow the reference at the settings).
+    #[serde(default)]
+    pub mean_pit: f64,
+    /// log10 of the uniformity e-value of their PITs.
+    #[serde(default)]
+    pub log10_e: f64,
+    #[serde(skip)]
+    pits: Uniformity,
 }
 
 impl DecodingCheck {
     pub(super) fn add_steps(&mut self, (steps, off): (u64, u64)) {
         self.steps += steps;
         self.off_greedy += off;
+    }
+
+    pub(super) fn add_pits(&mut self, pits: &[f64], surprises: &[f64]) {
+        let n = self.sampled_tokens as f64;
+        let sum: f64 = pits.iter().sum();
+        self.sampled_tokens += pits.len() as u64;
+        if self.sampled_tokens > 0 {
+            self.mean_pit = (self.mean_pit * n + sum) / self.sampled_tokens as f64;
+        }
+        for (&u, &s) in pits.iter().zip(surprises) {
+            self.pits.push_outcome(u, s);
+        }
+        self.log10_e = self.pits.log_e() / std::f64::consts::LN_10;
     }
 
     pub(super) fn add_prompt(&mut self, reported: u64, counted: usize) {
@@ -88,15 +122,33 @@ impl DecodingCheck {
         });
     }
 
-    /// Whether the endpoint decoded otherwise than requested, by the greedy check.
+    /// Whether the endpoint decoded otherwise than requested: by the greedy check, or, when
+    /// sampling was asked for, by its sampled tokens' PITs.
     pub fn decoding_differs(&self) -> bool {
+        if self.sampling.is_some() {
+            return self.log10_e >= SAMPLED_E.log10();
+        }
         self.off_greedy >= 2 && self.off_greedy as f64 >= OFF_GREEDY_SHARE * self.steps as f64
     }
 
     /// The findings, one line each ("decoding as requested", or what differs).
     pub fn findings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.steps == 0 {
+        if let Some(s) = &self.sampling {
+            out.push(if self.sampled_tokens == 0 {
+                format!("decoding: not checked ({}; the method samples nothing the reference can place)", s.describe())
+            } else if self.decoding_differs() {
+                format!(
+                    "decoding differs from requested: the {} sampled tokens do not follow the reference at {} (mean PIT {:.3}, e-value 10^{:.1}; a penalty, another temperature or truncation the client did not ask for); the verdict compares distributions and stands",
+                    self.sampled_tokens, s.describe(), self.mean_pit, self.log10_e
+                )
+            } else {
+                format!(
+                    "decoding as requested, as far as {} sampled tokens show: they follow the reference at {} (mean PIT {:.3}, e-value 10^{:.1})",
+                    self.sampled_tokens, s.describe(), self.mean_pit, self.log10_e
+                )
+            });
+        } else if self.steps == 0 {
             out.push("decoding: not checked (the answers report no alternatives)".into());
         } else if self.decoding_differs() {
             out.push(format!(

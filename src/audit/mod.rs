@@ -45,6 +45,7 @@ use crate::openai::pace::Pacer;
 use crate::openai::{ClientError, Endpoint, EndpointConfig};
 use crate::run::local::LocalModel;
 use crate::run::{Candidate, Progress, Reference, RunError, RunSpec, Scored, Summary};
+use crate::score::sampled::{self, Sampling};
 use crate::score::{self, ChallengeScore, ReferenceSide, ScoreKind};
 use crate::transcript::{self, EndpointInfo};
 
@@ -106,9 +107,13 @@ impl Method {
         matches!(self, Method::Echo | Method::EchoText)
     }
 
-    fn score_kind(self) -> ScoreKind {
+    /// How its answers are scored, at `sampling`: text sampled at a temperature above 0 by
+    /// the PITs of its tokens, every other method as at temperature 0 (log-probabilities
+    /// compare distributions, which the decoding does not change).
+    fn score_kind(self, sampling: &Sampling) -> ScoreKind {
         match self {
             Method::Echo | Method::EchoText | Method::Logprobs => ScoreKind::EndpointKl,
+            Method::Text if sampling.sampled() => ScoreKind::SampledText,
             Method::Text => ScoreKind::TextMismatch,
         }
     }
@@ -180,6 +185,8 @@ pub struct AuditConfig {
     pub max_total_tokens: Option<u64>,
     /// Most requests in flight at once (fewer while the endpoint is slow or failing).
     pub concurrency: usize,
+    /// The decoding asked for (greedy unless the endpoint requires sampling).
+    pub sampling: Sampling,
 }
 
 /// The outcome of an audit.
@@ -229,6 +236,7 @@ pub struct EndpointCandidate {
     penalty_fields: bool,
     pacer: Pacer,
     k: usize,
+    sampling: Sampling,
     stop_ids: Vec<u32>,
     info: EndpointInfo,
     max_total_tokens: Option<u64>,
@@ -246,20 +254,21 @@ impl EndpointCandidate {
             &cfg.endpoint,
             cfg.method,
             cfg.top_logprobs,
-            cfg.run.k,
+            (cfg.run.k, cfg.sampling),
             cfg.concurrency,
             cfg.max_total_tokens,
             reference,
         )
     }
 
-    /// [`EndpointCandidate::connect`] from its parts: continuations of `k` tokens, at most
-    /// `concurrency` requests at once, stopping at `max_total_tokens`.
+    /// [`EndpointCandidate::connect`] from its parts: continuations of `k` tokens decoded as
+    /// `sampling` asks, at most `concurrency` requests at once, stopping at
+    /// `max_total_tokens`.
     fn open(
         endpoint_cfg: &EndpointConfig,
         method: Option<Method>,
         top_logprobs: usize,
-        k: usize,
+        (k, sampling): (usize, Sampling),
         concurrency: usize,
         max_total_tokens: Option<u64>,
         reference: &mut dyn Reference,
@@ -275,6 +284,7 @@ impl EndpointCandidate {
             penalty_fields: true,
             pacer: Pacer::new(1, concurrency, endpoint_cfg.timeout),
             k,
+            sampling,
             stop_ids: tokenizer.stop_ids.clone(),
             info: EndpointInfo {
                 url: endpoint_cfg.url.clone(),
@@ -291,6 +301,7 @@ impl EndpointCandidate {
                 penalty_fields: false,
                 probes: Vec::new(),
                 models: None,
+                sampling: sampling.sampled().then_some(sampling),
             },
             max_total_tokens,
             tokens_used: 0,
@@ -306,6 +317,13 @@ impl EndpointCandidate {
         (cand.info.method, cand.info.top_logprobs) = (cand.method.name().into(), cand.top);
         cand.info.logprobs_field = cand.spelling.wire().into();
         cand.info.penalty_fields = cand.penalty_fields;
+        if sampling.top_k > 0 && !cand.penalty_fields {
+            return Err(RunError::Unsupported {
+                url: endpoint_cfg.url.clone(),
+                what: "the endpoint refuses top_k (with llama.cpp's other sampler fields): audit without --top-k, at the settings it applies".into(),
+            });
+        }
+        cand.decoding.sampling = cand.sampling.sampled().then_some(cand.sampling);
         Ok(cand)
     }
 
@@ -437,11 +455,12 @@ impl Candidate for EndpointCandidate {
         let i = &self.info;
         matches!(recorded, transcript::Candidate::Endpoint(e) if e.url == i.url && e.model == i.model
             && e.api == i.api && e.method == i.method && e.top_logprobs == i.top_logprobs
+            && e.sampling == i.sampling
             && (e.logprobs_field.is_empty() || e.logprobs_field == i.logprobs_field))
     }
 
     fn score_kind(&self, _reference: &Identity) -> ScoreKind {
-        self.method.score_kind()
+        self.method.score_kind(&self.sampling)
     }
 
     /// Echo scores the reference's continuations (with its full rows, as in `pot diff`);
@@ -530,12 +549,14 @@ impl Candidate for EndpointCandidate {
         for (i, ((a, exchange, attempts), rows)) in answers.into_iter().zip(rows).enumerate() {
             let mut sc = match (&a.note, self.method, &sides, &rows) {
                 (Some(note), _, _, _) => ChallengeScore {
-                    kind: self.method.score_kind(),
+                    kind: self.method.score_kind(&self.sampling),
                     score: score::UNSCORABLE,
                     kl: Vec::new(),
                     top1_agree: Vec::new(),
                     bpb: None,
                     note: Some(note.clone()),
+                    pit: Vec::new(),
+                    surprise: Vec::new(),
                 },
                 (None, Method::Echo | Method::EchoText, _, Some(r)) => {
                     score::endpoint_kl_score(r, &a.positions)
@@ -544,6 +565,16 @@ impl Candidate for EndpointCandidate {
                     score::endpoint_kl_score(s[i].reference_rows(), &a.positions)
                 }
                 (None, Method::Logprobs, _, Some(r)) => score::endpoint_kl_score(r, &a.positions),
+                (None, Method::Text, _, Some(r)) if self.sampling.sampled() => {
+                    sampled::sampled_text_score(
+                        r,
+                        &a.tokens,
+                        a.stopped,
+                        stop_ids,
+                        &self.sampling,
+                        &chs[i].prompt,
+                    )
+                }
                 (None, Method::Text, _, Some(r)) => score::text_mismatch_score(
                     r,
                     &a.tokens,
@@ -555,7 +586,11 @@ impl Candidate for EndpointCandidate {
                 sc.score = score::UNSCORABLE;
                 sc.note = Some("the endpoint's numbers give no finite score".into());
             }
-            if sc.kl.is_empty() && sc.top1_agree.is_empty() && sc.note.is_none() {
+            if sc.kl.is_empty()
+                && sc.top1_agree.is_empty()
+                && sc.pit.is_empty()
+                && sc.note.is_none()
+            {
                 // No evidence must never pass for agreement: an answer with no tokens counts as
                 // agreeing only when it stopped at once and the reference would have too.
                 // The reference ends at once: its continuation is empty (echo), or its first
@@ -583,9 +618,27 @@ impl Candidate for EndpointCandidate {
                 ),
                 None => (a.tokens.clone(), a.text.clone()),
             };
-            if self.method == Method::Logprobs && a.note.is_none() {
-                self.decoding
-                    .add_steps(decoding::greedy_steps(&a.positions));
+            match (&rows, self.method, &a.note) {
+                (Some(r), Method::Logprobs, None) if self.sampling.sampled() => {
+                    // The endpoint's own tokens, sampled: do they follow the reference at the
+                    // settings asked? (Its log-probabilities cannot tell: servers report the
+                    // model's, before temperature and truncation.)
+                    let stop_listed = a.tokens.last().is_some_and(|t| stop_ids.contains(t));
+                    let s = sampled::sampled_text_score(
+                        r,
+                        &a.tokens,
+                        a.stopped && !stop_listed,
+                        stop_ids,
+                        &self.sampling,
+                        &chs[i].prompt,
+                    );
+                    self.decoding.add_pits(&s.pit, &s.surprise);
+                }
+                (_, Method::Logprobs, None) => {
+                    self.decoding
+                        .add_steps(decoding::greedy_steps(&a.positions));
+                }
+                _ => {}
             }
             if let Some(reported) = a.prompt_tokens {
                 let counted = match &requests[i].echo {
@@ -749,8 +802,21 @@ fn audit_against(
     progress: Progress<'_>,
 ) -> Result<AuditOutcome, RunError> {
     let mut candidate = EndpointCandidate::connect(cfg, reference)?;
+    if candidate.method == Method::Text && cfg.sampling.sampled() && trusted.is_some() {
+        return Err(RunError::Unsupported {
+            url: cfg.endpoint.url.clone(),
+            what: "the endpoint answers with text only, and sampled text is tested against the reference's whole distribution, which a trusted endpoint or a pack does not give: audit with --ref, or at temperature 0".into(),
+        });
+    }
     let out = crate::run::run(&cfg.run, reference, &mut candidate, None, progress)?;
     let (tokens_used, retries) = candidate.usage();
+    let mut findings = candidate.decoding.findings();
+    if candidate.method == Method::Text && cfg.sampling.sampled() {
+        findings[0] = format!(
+            "decoding: not separable from the model by text alone at {}: the verdict tests the sampled text against the reference at those settings, and a decoding the client did not ask for fails it as another model does",
+            cfg.sampling.describe()
+        );
+    }
     Ok(AuditOutcome {
         summary: out.summary,
         method: candidate.method.name().into(),
@@ -759,7 +825,7 @@ fn audit_against(
         tokens_used,
         retries,
         stopped: out.stopped,
-        findings: candidate.decoding.findings(),
+        findings,
         decoding: candidate.decoding,
         trusted,
         trusted_tokens_used: None,

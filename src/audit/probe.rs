@@ -17,10 +17,11 @@
 //!   whatever the shape;
 //! * when no method works, the error names every method and why it failed.
 //!
-//! Requests carry `repeat_penalty: 1` and `repetition_penalty: 1` besides OpenAI's own
-//! penalties of 0: llama.cpp's server applies 1.1 unless told otherwise, and vLLM, TGI and
-//! mlx-lm read the second name. A server that refuses fields it does not know is asked without
-//! them from the first shape they fail on.
+//! Requests carry `repeat_penalty: 1`, `repetition_penalty: 1`, `top_k: 0` (or the one asked
+//! for) and `min_p: 0` besides OpenAI's own penalties of 0: llama.cpp's server applies a
+//! penalty of 1.1, keeps 40 tokens and cuts below 5 % of the most likely unless told
+//! otherwise, and vLLM, TGI and mlx-lm read the second name. A server that refuses fields it
+//! does not know is asked without them from the first shape they fail on.
 //!
 //! What was tried before the method chosen is kept in the transcript (`probes`).
 
@@ -153,7 +154,7 @@ impl EndpointCandidate {
         match self.try_shape(probe, reference)? {
             Outcome::Works => {
                 tried.push(format!(
-                    "{} with repeat_penalty and repetition_penalty of 1: {why}",
+                    "{} with llama.cpp's sampler fields (repeat_penalty, repetition_penalty, top_k, min_p): {why}",
                     self.shape()
                 ));
                 Ok(Outcome::Works)
@@ -254,7 +255,7 @@ impl EndpointCandidate {
         reference: &mut dyn Reference,
     ) -> Result<Outcome, RunError> {
         let greedy = serde_json::to_value(crate::openai::CompletionRequest {
-            common: self.greedy(ALIGNMENT_TOKENS),
+            common: self.decoding(ALIGNMENT_TOKENS, PROBE_TEXT),
             prompt: Some(serde_json::json!(PROBE_TEXT)),
             ..Default::default()
         })

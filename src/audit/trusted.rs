@@ -112,7 +112,7 @@ impl TrustedEndpoint {
             cfg,
             Some(Method::Logprobs),
             top,
-            k,
+            (k, crate::score::sampled::Sampling::GREEDY),
             concurrency,
             None,
             &mut TextOnly(&text, &identity),

@@ -10,7 +10,7 @@ use crate::openai::{
     ChatRequest, Choice, Common, Completion, CompletionRequest, Logprobs, LogprobsField,
     WireMessage,
 };
-use crate::score::EndpointPosition;
+use crate::score::{sampled, EndpointPosition};
 
 /// The reference's vocabulary by the bytes each token stands for, to read the endpoint's
 /// tokens (which come as strings, `bytes:\xNN` spellings, or byte lists).
@@ -91,22 +91,33 @@ impl EndpointCandidate {
         }
     }
 
-    /// The fields every request carries: greedy decoding of up to `max_tokens`, every
-    /// sampling parameter explicit, so that no server default can change the decoding.
-    pub(super) fn greedy(&self, max_tokens: usize) -> Common {
+    /// The fields every request carries: the audit's decoding (greedy unless sampling was
+    /// asked for) of up to `max_tokens`, every sampling parameter explicit, so that no server
+    /// default can change the decoding. `seed_of`: sampled requests carry a seed of their own
+    /// (one fixed seed would draw every answer with the same random numbers).
+    pub(super) fn decoding(&self, max_tokens: usize, seed_of: &str) -> Common {
+        let s = &self.sampling;
+        let seed = if s.sampled() {
+            (sampled::jitter(seed_of, usize::MAX) * (1u64 << 31) as f64) as i64
+        } else {
+            0
+        };
         Common {
             model: Some(self.endpoint.config().model.clone()),
             max_tokens: Some(max_tokens as i64),
-            temperature: Some(0.0),
-            top_p: Some(1.0),
+            temperature: Some(s.temperature),
+            top_p: Some(s.top_p),
             n: Some(1),
             presence_penalty: Some(0.0),
             frequency_penalty: Some(0.0),
-            // Servers that know no repetition penalty by these names ignore them, or refuse
-            // them (the probe then leaves them out).
+            // Servers that know no such fields ignore them, or refuse them (the probe then
+            // leaves them out): llama.cpp's server otherwise applies a repetition penalty of
+            // 1.1, keeps the 40 most likely tokens and cuts below 5 % of the most likely.
             repeat_penalty: self.penalty_fields.then_some(1.0),
             repetition_penalty: self.penalty_fields.then_some(1.0),
-            seed: Some(0),
+            top_k: self.penalty_fields.then_some(s.top_k as i64),
+            min_p: self.penalty_fields.then_some(0.0),
+            seed: Some(seed),
             stream: false,
             ..Default::default()
         }
@@ -116,7 +127,7 @@ impl EndpointCandidate {
     /// the text (for echo-text, prompt + continuation). Every sampling parameter is explicit,
     /// so no server default can change the decoding.
     pub(super) fn request(&self, prompt: &str, ids: Option<&[u32]>) -> Value {
-        let mut common = self.greedy(self.k);
+        let mut common = self.decoding(self.k, prompt);
         let top = self.top as i64;
         let (logprobs, top_logprobs) = match (self.method, self.spelling) {
             (Method::Text, _) | (_, Spelling::None) => (None, None),

@@ -207,6 +207,7 @@ fn endpoint_entry(
             run,
             max_total_tokens: None,
             concurrency: audit::DEFAULT_CONCURRENCY,
+            sampling: Default::default(),
         },
         &mut |_| {},
     )

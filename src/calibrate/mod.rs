@@ -236,7 +236,9 @@ impl Entry {
         let s = match kind {
             ScoreKind::Kl => &self.scores,
             ScoreKind::EndpointKl => &self.endpoint_scores,
-            ScoreKind::BitsPerByte | ScoreKind::TextMismatch => return None,
+            ScoreKind::BitsPerByte | ScoreKind::TextMismatch | ScoreKind::SampledText => {
+                return None
+            }
         };
         // An endpoint entry has no full-KL scores (a server reports top alternatives only).
         (!s.is_empty()).then_some(s.as_slice())

@@ -383,6 +383,23 @@ pub(crate) struct TargetArgs {
     /// Alternatives per token to ask for (lowered when the endpoint refuses).
     #[arg(long, default_value_t = 20)]
     pub(crate) top_logprobs: usize,
+    /// Temperature to audit at (default 0: greedy), for APIs that refuse 0 or mandate
+    /// sampling. Log-probability methods compare distributions and hold at any temperature;
+    /// their sampled tokens are then checked against the reference at these settings, beside
+    /// the verdict. Text-only answers are tested by the PITs of their tokens under the
+    /// reference at these settings: DIFFERENT when they are not uniform (error ≤ α), else
+    /// UNDECIDED, never SAME. The reference applies temperature, then --top-k, then --top-p
+    /// (OpenAI, vLLM); llama.cpp truncates first, which differs unless one of them is off.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub(crate) temperature: f64,
+    /// Nucleus to audit at, with --temperature: the fewest most likely tokens holding this
+    /// share of the probability.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub(crate) top_p: f64,
+    /// Only the K most likely tokens, with --temperature (0: off). Not OpenAI's field: an
+    /// endpoint that refuses it cannot be audited with it.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub(crate) top_k: usize,
     /// Environment variable holding the endpoint's API key (sent as a bearer token, never
     /// written anywhere).
     #[arg(long, value_name = "VAR")]

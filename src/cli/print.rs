@@ -112,6 +112,13 @@ pub(crate) fn print_summary(s: &pot::run::Summary, how: Option<&str>) -> Result<
     } else {
         outln!("  served: not placed on a quantization ladder (no calibration of the reference: pot calibrate --ref REF)")?;
     }
+    if let Some((log10_e, n)) = s.uniformity {
+        return outln!(
+            "  DIFFERENT means the {n} sampled tokens' PITs under the reference are not uniform: e-value 10^{log10_e:.2}, decided at 10^{:.2}, wrong with probability at most α = {}; there is no SAME for sampled text (UNDECIDED: no evidence against the reference within the budget)",
+            (1.0 / p.alpha).log10(),
+            p.alpha
+        );
+    }
     outln!(
         "  SAME means mean score (clipped at B) below δ = {}, DIFFERENT above γ = {}, each wrong with probability at most α = {}",
         p.delta, p.gamma, p.alpha
@@ -133,6 +140,9 @@ pub(crate) fn score_unit(kind: pot::score::ScoreKind) -> &'static str {
         ScoreKind::BitsPerByte => "bits per byte apart",
         ScoreKind::EndpointKl => "nats of KL per token, on the endpoint's reported tokens",
         ScoreKind::TextMismatch => "share of tokens that are not the reference's first choice",
+        ScoreKind::SampledText => {
+            "mean PIT of the sampled tokens under the reference (1/2 when it samples the reference)"
+        }
     }
 }
 

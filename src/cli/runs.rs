@@ -32,6 +32,7 @@ pub(super) fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
 pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let bundle = a.run.bundle_plan()?;
     let (reference, endpoint) = a.target.configs()?;
+    let sampling = a.target.sampling()?;
     // A pack fixes the run id, K and the most challenges.
     let pack = match &a.target.ref_pack {
         Some(p) => Some(pot::audit::pack::open(p, None)?.header),
@@ -58,6 +59,7 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
         run: spec,
         max_total_tokens: a.max_total_tokens,
         concurrency: a.target.concurrency.into(),
+        sampling,
     };
     let bar = Bar::new(a.run.n_max(), a.run.json);
     let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
@@ -332,6 +334,7 @@ pub(super) fn cmd_monitor(a: MonitorArgs) -> Result<ExitCode> {
         bail!("--arl must be a number of cycles above 1");
     }
     let (reference, endpoint) = a.target.configs()?;
+    let sampling = a.target.sampling()?;
     let k = a.k.unwrap_or(a.mode.k());
     if k == 0 {
         bail!("--k must be at least 1");
@@ -363,6 +366,7 @@ pub(super) fn cmd_monitor(a: MonitorArgs) -> Result<ExitCode> {
             run,
             max_total_tokens: None,
             concurrency: a.target.concurrency.into(),
+            sampling,
         },
         state: a.state.clone(),
         every: a.every,

@@ -146,6 +146,20 @@ pub(crate) fn api_key_from_env(var: Option<&str>) -> Result<Option<String>> {
 }
 
 impl TargetArgs {
+    /// The decoding to audit at.
+    pub(crate) fn sampling(&self) -> Result<pot::score::sampled::Sampling> {
+        let s = pot::score::sampled::Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+        };
+        s.validate().map_err(|e| anyhow::anyhow!(e))?;
+        if s.sampled() && self.ref_pack.is_some() {
+            bail!("--ref-pack holds greedy continuations: a sampled audit (--temperature above 0) needs --ref or --ref-endpoint");
+        }
+        Ok(s)
+    }
+
     /// The reference and the endpoint, as the library takes them (API keys read from the
     /// environment now, so a missing one fails before any work).
     pub(crate) fn configs(

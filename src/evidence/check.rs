@@ -323,8 +323,8 @@ fn scores(parsed: &Records) -> Outcome {
 /// `bounds`: the test replayed on the scores gives each line's mean and bounds; the test is
 /// returned for the decision.
 fn bounds(parsed: &Records) -> Result<(SequentialTest, Outcome), String> {
-    let mut test =
-        SequentialTest::new(parsed.header.params).map_err(|e| format!("transcript line 1: {e}"))?;
+    let mut test = SequentialTest::for_kind(parsed.header.params, parsed.header.score_kind)
+        .map_err(|e| format!("transcript line 1: {e}"))?;
     let mut bad = Vec::new();
     for (line, q) in &parsed.queries {
         if test.decision().is_some() {
@@ -333,7 +333,7 @@ fn bounds(parsed: &Records) -> Result<(SequentialTest, Outcome), String> {
             ));
             break;
         }
-        test.push(q.score.score);
+        test.push_score(&q.score);
         let st = test.status();
         if (st.mean, st.lower, st.upper) != (q.mean, q.lower, q.upper) {
             bad.push(format!(

@@ -205,6 +205,13 @@ pub fn watch(mut cfg: MonitorConfig, on: &mut dyn FnMut(&Event)) -> Result<Ended
     let mut candidate = EndpointCandidate::connect(&cfg.audit, reference.as_reference())?;
     let identity = reference.as_reference().identity().clone();
     let kind = candidate.score_kind(&identity);
+    if kind == crate::score::ScoreKind::SampledText {
+        return Err(RunError::Unsupported {
+            url: cfg.audit.endpoint.url.clone(),
+            what: "the endpoint answers with text only, and sampled text is tested for uniformity, which gives no score for the detector to watch; watch it at temperature 0, or an endpoint with log-probabilities".into(),
+        }
+        .into());
+    }
     let calibration = cfg.audit.run.calibration_for(&identity)?;
     let params = cfg.audit.run.params(kind, calibration.as_ref())?;
     let info = candidate.info().clone();

@@ -105,6 +105,14 @@ pub struct Common {
     /// The same under the name vLLM, TGI, SGLang and mlx-lm use (1 is none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f64>,
+    /// Only the k most likely tokens (not OpenAI's; llama.cpp, vLLM, TGI; 0 is off, and
+    /// llama.cpp's server keeps 40 unless told otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    /// Tokens below this share of the most likely one's probability are cut (not OpenAI's;
+    /// 0 is off, and llama.cpp's server cuts at 0.05 unless told otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
     /// Logit biases by token id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<serde_json::Map<String, Value>>,

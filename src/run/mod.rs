@@ -141,6 +141,10 @@ pub struct Summary {
     pub transcript: String,
     /// Key commitment.
     pub key_commitment: String,
+    /// Sampled-text runs: log10 of the uniformity e-value of the PITs (DIFFERENT at
+    /// log10(1/α)) and how many PITs it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uniformity: Option<(f64, u64)>,
 }
 
 /// How a run ended.
@@ -206,7 +210,7 @@ pub fn run(
     let kind = candidate.score_kind(reference.identity());
     let calibration = spec.calibration_for(reference.identity())?;
     let params = spec.params(kind, calibration.as_ref())?;
-    let mut test = SequentialTest::new(params)?;
+    let mut test = SequentialTest::for_kind(params, kind)?;
     let mut header = spec.header(
         kind,
         params,
@@ -280,7 +284,7 @@ pub fn run(
             tracing::debug!("challenges {}..: candidate {t_cand:.2} s", test.n());
             let seconds = t_ref / n as f64 + t_cand / chs.len() as f64;
             for (ch, s) in chs.into_iter().zip(scored) {
-                test.push(s.score.score);
+                test.push_score(&s.score);
                 let st = test.status();
                 writer.append(&Query {
                     record: "query".into(),

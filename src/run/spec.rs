@@ -52,6 +52,9 @@ pub const ENDPOINT_SHARE: f64 = 0.8;
 const KL_MARGINS: (f64, f64) = (0.005, 0.01);
 /// (γ, δ) on what an endpoint reports: [`KL_MARGINS`] × [`ENDPOINT_SHARE`].
 const ENDPOINT_MARGINS: (f64, f64) = (0.004, 0.008);
+/// (γ, δ) of sampled-text runs, on the mean PIT (1/2 under the reference; its sequence on
+/// [0, 1] is reported, and the uniformity e-process decides).
+const PIT_MARGINS: (f64, f64) = (0.5, 0.5);
 /// (γ, δ) of scores that only tell other models apart, and of the quick mode.
 const COARSE_MARGINS: (f64, f64) = (0.05, 0.1);
 
@@ -64,6 +67,8 @@ impl Mode {
             Mode::Extended => (0.001, 2 * CYCLE, 1000),
         };
         let (gamma, delta) = match (self, kind) {
+            // The mean PIT's sequence is reported; the uniformity e-process decides.
+            (_, ScoreKind::SampledText) => PIT_MARGINS,
             (Mode::Quick, _) | (_, ScoreKind::BitsPerByte | ScoreKind::TextMismatch) => {
                 COARSE_MARGINS
             }
@@ -270,6 +275,9 @@ impl RunSpec {
             run_id: self.run_id.clone(),
             transcript: self.transcript.display().to_string(),
             key_commitment: self.key.commitment(),
+            uniformity: test
+                .uniformity()
+                .map(|u| (u.log_e() / std::f64::consts::LN_10, u.n())),
         }
     }
 }
@@ -289,6 +297,7 @@ mod tests {
                 ScoreKind::EndpointKl,
                 ScoreKind::BitsPerByte,
                 ScoreKind::TextMismatch,
+                ScoreKind::SampledText,
             ] {
                 mode.params(kind).validate().unwrap();
             }

@@ -18,6 +18,8 @@
 //! them together: the reference generates for all of them in lockstep (one matrix product per
 //! step for the whole group), the candidate scores all of them in one teacher-forced pass.
 
+pub mod sampled;
+
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
@@ -37,6 +39,11 @@ pub enum ScoreKind {
     /// Endpoint audits with text only: the share of the endpoint's greedy tokens that are not
     /// the reference's most likely token, teacher-forced on the endpoint's own text.
     TextMismatch,
+    /// Endpoint audits with text only, sampled at a temperature above 0: the PIT of each of
+    /// the endpoint's tokens under the reference's distribution at the requested settings
+    /// ([`sampled`]); the score is their mean (1/2 for the reference), the decision the
+    /// uniformity e-process's (`stats::uniformity`).
+    SampledText,
 }
 
 /// What the reference pass leaves for the candidate pass.
@@ -99,6 +106,13 @@ pub struct ChallengeScore {
     /// Why a score is what it is, when that is not the usual computation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The PIT of each sampled outcome under the reference at the requested settings
+    /// (sampled-text scoring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pit: Vec<f64>,
+    /// The surprise of each, in [−1, 1] ([`sampled::Placed::surprise`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub surprise: Vec<f64>,
 }
 
 impl ChallengeScore {
@@ -128,14 +142,27 @@ impl ChallengeScore {
                 let misses = self.top1_agree.iter().filter(|a| !**a).count();
                 Ok(misses as f64 / self.top1_agree.len() as f64)
             }
+            ScoreKind::SampledText if !self.pit.is_empty() => {
+                if self.pit.iter().any(|u| !(0.0..=1.0).contains(u)) {
+                    return Err("a PIT outside [0, 1]".into());
+                }
+                if !self.surprise.is_empty() && self.surprise.len() != self.pit.len()
+                    || self.surprise.iter().any(|s| !(-1.0..=1.0).contains(s))
+                {
+                    return Err("surprises that are not one in [-1, 1] per PIT".into());
+                }
+                Ok(sampled::mean_or_half(&self.pit))
+            }
             ScoreKind::Kl => Err("a KL score without its per-position KL".into()),
-            ScoreKind::EndpointKl | ScoreKind::TextMismatch => match (&self.note, self.score) {
-                (None, _) => Err("a score with no detail and no note saying why".into()),
-                (Some(_), s) if s == UNSCORABLE || s == 0.0 => Ok(s),
-                (Some(_), s) => Err(format!(
-                    "a score of {s} with no detail (only {UNSCORABLE} or 0 can stand without)"
-                )),
-            },
+            ScoreKind::EndpointKl | ScoreKind::TextMismatch | ScoreKind::SampledText => {
+                match (&self.note, self.score) {
+                    (None, _) => Err("a score with no detail and no note saying why".into()),
+                    (Some(_), s) if s == UNSCORABLE || s == 0.0 => Ok(s),
+                    (Some(_), s) => Err(format!(
+                        "a score of {s} with no detail (only {UNSCORABLE} or 0 can stand without)"
+                    )),
+                }
+            }
         }
     }
 }
@@ -229,6 +256,8 @@ pub fn endpoint_kl_score(ref_rows: &[Vec<f32>], positions: &[EndpointPosition]) 
         top1_agree,
         bpb: None,
         note: None,
+        pit: Vec::new(),
+        surprise: Vec::new(),
     }
 }
 
@@ -263,6 +292,8 @@ pub fn text_mismatch_score(
         top1_agree: agree,
         bpb: None,
         note: None,
+        pit: Vec::new(),
+        surprise: Vec::new(),
     }
 }
 
@@ -388,7 +419,9 @@ pub fn reference_pass(
                     Some(bits_per_byte(reference, prompt, &continuation_text)?),
                 ),
                 // Endpoint kinds score elsewhere (audit); keep the rows.
-                ScoreKind::EndpointKl | ScoreKind::TextMismatch => (c.logprobs, None),
+                ScoreKind::EndpointKl | ScoreKind::TextMismatch | ScoreKind::SampledText => {
+                    (c.logprobs, None)
+                }
             };
             Ok(ReferenceSide {
                 prompt: prompt.clone(),
@@ -453,6 +486,8 @@ pub fn candidate_pass(
                     top1_agree: Vec::new(),
                     bpb: Some((bpb_ref, bpb_cand)),
                     note: None,
+                    pit: Vec::new(),
+                    surprise: Vec::new(),
                 })
             }
         })
@@ -500,6 +535,8 @@ pub fn kl_score(lp: &[Vec<f32>], lq: &[Vec<f32>]) -> ChallengeScore {
         top1_agree,
         bpb: None,
         note: None,
+        pit: Vec::new(),
+        surprise: Vec::new(),
     }
 }
 

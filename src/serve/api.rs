@@ -128,13 +128,20 @@ impl Common {
             ("frequency_penalty", self.frequency_penalty, 0.0),
             ("repeat_penalty", self.repeat_penalty, 1.0),
             ("repetition_penalty", self.repetition_penalty, 1.0),
+            ("min_p", self.min_p, 0.0),
         ] {
             if v.is_some_and(|x| x != none) {
                 return Err(ApiError::invalid(
                     name,
-                    format!("{name} is not supported (pot applies no penalties); send {none} or leave it out"),
+                    format!("{name} is not supported (pot applies no penalties or cuts); send {none} or leave it out"),
                 ));
             }
+        }
+        if self.top_k.is_some_and(|k| k > 0) {
+            return Err(ApiError::invalid(
+                "top_k",
+                "top_k is not supported (pot samples from the whole nucleus); send 0 or leave it out",
+            ));
         }
         if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(ApiError::invalid(

@@ -41,6 +41,7 @@
 //! This room is pure: no models, no I/O.
 
 pub mod detector;
+pub mod uniformity;
 
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +280,8 @@ pub struct SequentialTest {
     different: Side,
     /// The SAME test: refuting μ ≥ δ.
     same: Side,
+    /// Sampled-text runs: the uniformity e-process on the PITs, which alone decides.
+    uniformity: Option<uniformity::Uniformity>,
     decision: Option<Decision>,
 }
 
@@ -330,8 +333,42 @@ impl SequentialTest {
             scores: Vec::new(),
             different: Side::new(params.gamma / params.clip, true, betting),
             same: Side::new(params.delta / params.clip, false, betting),
+            uniformity: None,
             decision: None,
         })
+    }
+
+    /// The test of a run scored as `kind`: the betting test on the mean score, or, for
+    /// sampled text, the uniformity e-process on the PITs ([`uniformity`]), which declares
+    /// DIFFERENT at `1/α` and never SAME (the mean-score sequence is still reported).
+    pub fn for_kind(params: TestParams, kind: crate::score::ScoreKind) -> Result<Self, ParamError> {
+        let mut t = Self::new(params)?;
+        if kind == crate::score::ScoreKind::SampledText {
+            t.uniformity = Some(uniformity::Uniformity::new());
+        }
+        Ok(t)
+    }
+
+    /// The uniformity e-process, in sampled-text runs.
+    pub fn uniformity(&self) -> Option<&uniformity::Uniformity> {
+        self.uniformity.as_ref()
+    }
+
+    /// Add one challenge: its score, and in sampled-text runs its PITs and surprises (an
+    /// unscorable challenge there counts as one outcome at the far end: PIT 1, surprise −1). The verdict once reached.
+    pub fn push_score(&mut self, s: &crate::score::ChallengeScore) -> Option<Decision> {
+        if let Some(u) = self.uniformity.as_mut() {
+            if s.pit.is_empty() && s.score >= crate::score::UNSCORABLE {
+                u.push_outcome(1.0, -1.0);
+            }
+            for (i, &x) in s.pit.iter().enumerate() {
+                match s.surprise.get(i) {
+                    Some(&v) => u.push_outcome(x, v),
+                    None => u.push(x),
+                }
+            }
+        }
+        self.push(s.score)
     }
 
     /// Parameters.
@@ -374,7 +411,11 @@ impl SequentialTest {
         let cycle_end = n % CYCLE == 0;
         self.different.push(x, cycle_end);
         self.same.push(x, cycle_end);
-        if self.decision.is_none() && cycle_end && n >= p.n_min {
+        if let Some(u) = &self.uniformity {
+            if self.decision.is_none() && n >= p.n_min && u.log_e() >= (1.0 / p.alpha).ln() {
+                self.decision = Some(Decision::Different);
+            }
+        } else if self.decision.is_none() && cycle_end && n >= p.n_min {
             let threshold = (1.0 / p.alpha).ln();
             let wd = self.different.log_wealth();
             let ws = self.same.log_wealth();
@@ -401,8 +442,14 @@ impl SequentialTest {
             mean: ci.mean,
             lower: ci.lower,
             upper: ci.upper,
-            log10_wealth_different: self.different.log_wealth() / ln10,
-            log10_wealth_same: self.same.log_wealth() / ln10,
+            log10_wealth_different: match &self.uniformity {
+                Some(u) => u.log_e() / ln10,
+                None => self.different.log_wealth() / ln10,
+            },
+            log10_wealth_same: match &self.uniformity {
+                Some(_) => 0.0,
+                None => self.same.log_wealth() / ln10,
+            },
             decision: self.decision,
         }
     }

@@ -249,3 +249,55 @@ fn audit_margins_decide_the_floor_same_and_4_bit_copies_different_within_20() {
         assert!(share >= 0.99, "mean {mean}: {want:?} within 20 in {share}");
     }
 }
+
+/// A sampled-text run decides by the uniformity e-process alone: never SAME (PITs that look
+/// uniform prove nothing in particular), DIFFERENT once the outcomes are far enough from the
+/// reference's, UNDECIDED at the budget otherwise; an unscorable challenge counts as an
+/// outcome at the far end.
+#[test]
+fn sampled_text_runs_decide_by_the_e_process_and_never_say_same() {
+    use crate::score::{ChallengeScore, ScoreKind, UNSCORABLE};
+    let p = crate::run::Mode::Quick.params(ScoreKind::SampledText);
+    let challenge = |pit: Vec<f64>, surprise: Vec<f64>| ChallengeScore {
+        kind: ScoreKind::SampledText,
+        score: crate::score::sampled::mean_or_half(&pit),
+        kl: Vec::new(),
+        top1_agree: Vec::new(),
+        bpb: None,
+        note: None,
+        pit,
+        surprise,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Uniform PITs, centred surprises: the budget runs out, UNDECIDED.
+    let mut t = SequentialTest::for_kind(p, ScoreKind::SampledText).unwrap();
+    let mut d = None;
+    while d.is_none() {
+        let pits: Vec<f64> = (0..16).map(|_| rng.gen::<f64>()).collect();
+        let surprises: Vec<f64> = (0..16).map(|_| rng.gen::<f64>() - 0.5).collect();
+        d = t.push_score(&challenge(pits, surprises));
+    }
+    assert_eq!(d, Some(Decision::Undecided));
+    assert_eq!(t.n(), p.n_max);
+    // Surprises below the reference's own (another model's draws): DIFFERENT, early.
+    let mut t = SequentialTest::for_kind(p, ScoreKind::SampledText).unwrap();
+    let mut d = None;
+    while d.is_none() {
+        let pits: Vec<f64> = (0..16).map(|_| rng.gen::<f64>()).collect();
+        let surprises: Vec<f64> = (0..16).map(|_| rng.gen::<f64>() - 0.6).collect();
+        d = t.push_score(&challenge(pits, surprises));
+    }
+    assert_eq!(d, Some(Decision::Different));
+    assert!(t.n() < 20, "{}", t.n());
+    // Unscorable challenges alone reach DIFFERENT too.
+    let mut t = SequentialTest::for_kind(p, ScoreKind::SampledText).unwrap();
+    let mut unscorable = challenge(Vec::new(), Vec::new());
+    unscorable.score = UNSCORABLE;
+    unscorable.note = Some("the endpoint returned no tokens".into());
+    let mut d = None;
+    while d.is_none() {
+        d = t.push_score(&unscorable);
+    }
+    assert_eq!(d, Some(Decision::Different));
+    assert!(t.n() < 20, "{}", t.n());
+}
