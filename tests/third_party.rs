@@ -504,7 +504,9 @@ impl Gateway {
 /// Decoding the client did not ask for is reported beside the verdict, not taken for another
 /// model: behind a gateway that applies a repetition penalty of 1.3, the logprobs audit of the
 /// very weights is SAME, and says the endpoint picked tokens its own numbers rank lower; the
-/// same audit straight to the server says decoding is as requested. The prompt tokens the
+/// same audit straight to the server says decoding is as requested. The text audit, which
+/// sees no log-probabilities, is SAME too (it scores only positions a penalty cannot change)
+/// and finds the penalty's pattern behind the gateway, none without it. The prompt tokens the
 /// server reports are the reference's count of what was sent.
 #[test]
 fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_another_model() {
@@ -543,6 +545,23 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
         "behind a 1.3 penalty: SAME in {} queries; off greedy at {} of {} steps",
         v["queries"], v["decoding"]["off_greedy"], v["decoding"]["steps"]
     );
+
+    // Text only: the positions a penalty can change are left out of the score, and the
+    // departures there show its pattern.
+    let text = ["--method", "text", "--mode", "quick"];
+    let (code, v, err) = audit(SMOL, &gateway.url, dir.path(), &text);
+    assert_verdict(code, &v, &err, "SAME", "text");
+    let f = v["findings"][0].as_str().unwrap();
+    assert!(f.starts_with("decoding differs from requested"), "{f}\n{v}");
+    assert!(f.contains("penalty"), "{f}");
+    eprintln!(
+        "text behind a 1.3 penalty: SAME in {} queries; {f}",
+        v["queries"]
+    );
+    let (code, v, err) = audit(SMOL, &server.url, dir.path(), &text);
+    assert_verdict(code, &v, &err, "SAME", "text");
+    let f = v["findings"][0].as_str().unwrap();
+    assert!(f.starts_with("decoding: no penalty's pattern"), "{f}\n{v}");
 }
 
 /// Mandated sampling (temperature 1, top_p 0.95, as some first-party APIs require), against

@@ -8,6 +8,13 @@
 //!   repetition penalty, a temperature floor, sampling. That is "decoding differs from
 //!   requested", and the verdict stands: the scores compare distributions, which a decoding
 //!   rule does not change.
+//! * **Penalty pattern** (text answers at temperature 0): text scoring leaves out positions
+//!   where the reference's first choice had already appeared (a penalty can only lower
+//!   tokens already seen, so only there can it change a greedy pick); how often the endpoint
+//!   departs there, against elsewhere, shows a penalty's pattern.
+//! * **Sampled tokens** (the logprobs method at a temperature above 0): their PITs and
+//!   surprises under the reference at the requested settings, by the e-process of
+//!   `stats::uniformity`: "decoding differs" at an e-value of [`SAMPLED_E`].
 //! * **Prompt accounting**: the endpoint's `usage.prompt_tokens` against the reference
 //!   tokenizer's count of what was sent (the chat template rendered, for chat). A surplus on
 //!   every answer means the endpoint read more than was sent (an injected system prompt,
@@ -18,6 +25,13 @@ use serde::{Deserialize, Serialize};
 use crate::score::sampled::Sampling;
 use crate::score::EndpointPosition;
 use crate::stats::uniformity::Uniformity;
+
+/// Fewest departures at repeat positions, and their rate against the rest, before text
+/// answers are said to show a penalty's pattern (a description, not a test: the verdict does
+/// not depend on it, since repeat positions are never scored).
+pub const PENALTY_MISSES: u64 = 3;
+/// See [`PENALTY_MISSES`].
+pub const PENALTY_RATIO: f64 = 3.0;
 
 /// The e-value at which sampled tokens are said not to follow the requested settings (a
 /// false finding has probability at most 1/this, by Ville's inequality).
@@ -91,6 +105,20 @@ pub struct DecodingCheck {
     pub log10_e: f64,
     #[serde(skip)]
     pits: Uniformity,
+    /// Text answers at temperature 0: positions scored (the reference's first choice not
+    /// yet seen), and those where the endpoint picked otherwise.
+    #[serde(default)]
+    pub text_positions: u64,
+    /// Misses among them.
+    #[serde(default)]
+    pub text_misses: u64,
+    /// Positions a penalty could explain (the reference's first choice already seen), not
+    /// scored.
+    #[serde(default)]
+    pub repeat_positions: u64,
+    /// Misses among them.
+    #[serde(default)]
+    pub repeat_misses: u64,
 }
 
 impl DecodingCheck {
@@ -110,6 +138,23 @@ impl DecodingCheck {
             self.pits.push_outcome(u, s);
         }
         self.log10_e = self.pits.log_e() / std::f64::consts::LN_10;
+    }
+
+    pub(super) fn add_text(&mut self, scored: &[bool], repeats: crate::score::RepeatPositions) {
+        self.text_positions += scored.len() as u64;
+        self.text_misses += scored.iter().filter(|a| !**a).count() as u64;
+        self.repeat_positions += repeats.positions;
+        self.repeat_misses += repeats.misses;
+    }
+
+    /// Whether text answers show a penalty's pattern: the endpoint leaves the reference's
+    /// first choice where that token had already appeared (at least [`PENALTY_MISSES`] times)
+    /// [`PENALTY_RATIO`] times as often as elsewhere.
+    pub fn penalty_pattern(&self) -> bool {
+        let rate = |m: u64, n: u64| if n == 0 { 0.0 } else { m as f64 / n as f64 };
+        let elsewhere = rate(self.text_misses, self.text_positions).max(0.01);
+        self.repeat_misses >= PENALTY_MISSES
+            && rate(self.repeat_misses, self.repeat_positions) >= PENALTY_RATIO * elsewhere
     }
 
     pub(super) fn add_prompt(&mut self, reported: u64, counted: usize) {
@@ -147,6 +192,22 @@ impl DecodingCheck {
                     "decoding as requested, as far as {} sampled tokens show: they follow the reference at {} (mean PIT {:.3}, e-value 10^{:.1})",
                     self.sampled_tokens, s.describe(), self.mean_pit, self.log10_e
                 )
+            });
+        } else if self.steps == 0 && self.text_positions + self.repeat_positions > 0 {
+            let pct = |m: u64, n: u64| 100.0 * m as f64 / n.max(1) as f64;
+            let counts = format!(
+                "the endpoint left the reference's first choice at {} of {} positions where that token had already appeared ({:.1} %), and at {} of {} elsewhere ({:.1} %)",
+                self.repeat_misses,
+                self.repeat_positions,
+                pct(self.repeat_misses, self.repeat_positions),
+                self.text_misses,
+                self.text_positions,
+                pct(self.text_misses, self.text_positions)
+            );
+            out.push(if self.penalty_pattern() {
+                format!("decoding differs from requested: {counts}: the pattern of a repetition, presence or frequency penalty; those positions are not scored, and the verdict stands")
+            } else {
+                format!("decoding: no penalty's pattern in the text ({counts}); positions where the reference's first choice had appeared are not scored")
             });
         } else if self.steps == 0 {
             out.push("decoding: not checked (the answers report no alternatives)".into());

@@ -19,7 +19,11 @@
 //! * **text**: the endpoint's greedy text only; the reference is teacher-forced on its own
 //!   tokenization of that text. Score: the share of positions where the endpoint's token is not
 //!   the reference's most likely one (and, when the endpoint stopped on an end token, whether
-//!   the reference would have ended there too). Coarser, so it needs more queries.
+//!   the reference would have ended there too), over the positions where that most likely
+//!   token had not yet appeared: a penalty the server applies regardless cannot change those.
+//!   Coarser, so it needs more queries. At a temperature above 0 (`--temperature`), the
+//!   sampled tokens' PITs and surprises under the reference at the settings instead
+//!   ([`crate::score::sampled`]).
 //!
 //! Every sampling parameter is sent explicitly (temperature 0, top_p 1, n 1, no penalties, a
 //! fixed seed). The endpoint's raw responses go into the transcript, the API key never does.
@@ -575,11 +579,16 @@ impl Candidate for EndpointCandidate {
                         &chs[i].prompt,
                     )
                 }
-                (None, Method::Text, _, Some(r)) => score::text_mismatch_score(
-                    r,
-                    &a.tokens,
-                    a.stopped.then_some(stop_ids.as_slice()),
-                ),
+                (None, Method::Text, _, Some(r)) => {
+                    let (s, repeats) = score::text_mismatch_score(
+                        r,
+                        &a.tokens,
+                        a.stopped.then_some(stop_ids.as_slice()),
+                        &prompt_ids[i],
+                    );
+                    self.decoding.add_text(&s.top1_agree, repeats);
+                    s
+                }
                 _ => unreachable!("rows exist for every method that needs them"),
             };
             if !sc.score.is_finite() {

@@ -261,27 +261,65 @@ pub fn endpoint_kl_score(ref_rows: &[Vec<f32>], positions: &[EndpointPosition]) 
     }
 }
 
+/// Positions of a text answer that a penalty could explain: the reference's first choice
+/// had already appeared (in the prompt or the answer so far).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepeatPositions {
+    /// Such positions.
+    pub positions: u64,
+    /// Those where the endpoint's token was not the reference's first choice.
+    pub misses: u64,
+}
+
 /// Text scoring of one challenge: `rows[j]` is the reference's distribution before
 /// `tokens[j]`; when the endpoint said it stopped on an end token, one more row follows the
 /// last token and should put an end token first (`stop_ids`).
+///
+/// Only positions whose reference first choice has not yet appeared in `context` (the
+/// prompt's tokens) or the answer so far are scored. Repetition, presence and frequency
+/// penalties (and llama.cpp's DRY) only lower tokens already seen, so at the scored positions
+/// a greedy endpoint that applies any of them picks what the reference picks: a server
+/// default the client could not turn off never becomes a mismatch. The other positions are
+/// counted apart ([`RepeatPositions`]) for the decoding check.
 pub fn text_mismatch_score(
     rows: &[Vec<f32>],
     tokens: &[u32],
     stop_ids: Option<&[u32]>,
-) -> ChallengeScore {
-    // Rows the reference does not have (empty) are not scored.
-    let mut agree: Vec<bool> = rows
-        .iter()
-        .zip(tokens)
-        .filter(|(r, _)| !r.is_empty())
-        .map(|(r, &t)| argmax(r) == t)
-        .collect();
-    let last = rows.get(tokens.len()).filter(|r| !r.is_empty());
-    if let (Some(stops), Some(r)) = (stop_ids, last) {
-        agree.push(stops.contains(&argmax(r)));
+    context: &[u32],
+) -> (ChallengeScore, RepeatPositions) {
+    let mut seen: std::collections::HashSet<u32> = context.iter().copied().collect();
+    let mut repeats = RepeatPositions::default();
+    // Every position judged, and whether a penalty could explain it.
+    let mut judged: Vec<(bool, bool)> = Vec::with_capacity(tokens.len() + 1);
+    let mut judge =
+        |r: &Vec<f32>, ok: &dyn Fn(u32) -> bool, seen: &std::collections::HashSet<u32>| {
+            // Rows the reference does not have (empty) are not scored.
+            if !r.is_empty() {
+                let first = argmax(r);
+                judged.push((ok(first), seen.contains(&first)));
+            }
+        };
+    for (r, &t) in rows.iter().zip(tokens) {
+        judge(r, &|first| first == t, &seen);
+        seen.insert(t);
+    }
+    if let (Some(stops), Some(r)) = (stop_ids, rows.get(tokens.len())) {
+        judge(r, &|first| stops.contains(&first), &seen);
+    }
+    // An answer whose every position is a repeat one is scored whole: a challenge with
+    // tokens is never left without evidence.
+    let all_repeats = judged.iter().all(|(_, repeat)| *repeat);
+    let mut agree = Vec::with_capacity(judged.len());
+    for (ok, repeat) in judged {
+        if repeat && !all_repeats {
+            repeats.positions += 1;
+            repeats.misses += u64::from(!ok);
+        } else {
+            agree.push(ok);
+        }
     }
     let misses = agree.iter().filter(|a| !**a).count();
-    ChallengeScore {
+    let score = ChallengeScore {
         kind: ScoreKind::TextMismatch,
         score: if agree.is_empty() {
             0.0
@@ -294,7 +332,8 @@ pub fn text_mismatch_score(
         note: None,
         pit: Vec::new(),
         surprise: Vec::new(),
-    }
+    };
+    (score, repeats)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -647,10 +686,41 @@ mod tests {
             log_softmax(&[0.0, 3.0, 0.0]),
             log_softmax(&[0.0, 0.0, 3.0]),
         ];
-        let s = text_mismatch_score(&rows, &[0, 2], Some(&[2]));
-        assert_eq!(s.top1_agree, vec![true, false, true]);
-        assert!((s.score - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(text_mismatch_score(&rows, &[0, 1], None).score, 0.0);
+        let (s, rep) = text_mismatch_score(&rows, &[0, 2], Some(&[2]), &[]);
+        assert_eq!(s.top1_agree, vec![true, false]);
+        assert!((s.score - 1.0 / 2.0).abs() < 1e-12);
+        // The stop row's first choice (2) had appeared: a repeat position, not scored.
+        assert_eq!(
+            rep,
+            RepeatPositions {
+                positions: 1,
+                misses: 0
+            }
+        );
+        assert_eq!(text_mismatch_score(&rows, &[0, 1], None, &[]).0.score, 0.0);
+    }
+
+    /// A penalty demotes only tokens already seen: where the reference's first choice had
+    /// appeared (in the prompt or the answer), the endpoint's other pick is counted apart and
+    /// never scored.
+    #[test]
+    fn text_mismatch_leaves_repeat_positions_to_the_decoding_check() {
+        let rows = vec![
+            log_softmax(&[3.0, 0.0, 0.0, 0.0]),
+            log_softmax(&[0.0, 3.0, 0.0, 0.0]),
+            log_softmax(&[3.0, 0.0, 0.0, 0.0]),
+        ];
+        // Prompt holds token 1; the endpoint writes 0, 2, 3 (penalizing 1, then 0).
+        let (s, rep) = text_mismatch_score(&rows, &[0, 2, 3], None, &[1]);
+        assert_eq!(s.top1_agree, vec![true]);
+        assert_eq!(s.score, 0.0);
+        assert_eq!(
+            rep,
+            RepeatPositions {
+                positions: 2,
+                misses: 2
+            }
+        );
     }
 
     #[test]
