@@ -571,6 +571,8 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
 ///   their sampled tokens follow the reference at the settings (the decoding check);
 /// * a gateway that samples at 0.5 whatever the client asked stays SAME, and the decoding
 ///   check says the decoding differs from what was requested;
+/// * a gateway that samples at 1 when a greedy text audit asks for 0 is not called
+///   DIFFERENT: the text fits the reference sampled (UNDECIDED at α = 0.001, and said so);
 /// * text only: the sampled tokens' PITs and surprises under the reference call the 1.5B
 ///   sibling DIFFERENT, and leave the claimed weights UNDECIDED (α = 0.001 makes a false
 ///   DIFFERENT a one-in-a-thousand event, as the decoding check's threshold of 1000 does).
@@ -622,6 +624,32 @@ fn sampled_audits_tell_another_model_from_another_decoding() {
         v["queries"]
     );
 
+    // Greedy asked, sampled at 1 by the gateway, text only: the text departs from the
+    // reference's first choices but fits its samples, so it is not DIFFERENT.
+    let upstream = claimed.url.clone();
+    let sampling = Gateway::start(move |v| {
+        if v.is_object() {
+            v["temperature"] = serde_json::json!(1.0);
+        }
+        upstream.clone()
+    });
+    let (code, v, err) = audit(
+        QWEN05,
+        &sampling.url,
+        dir.path(),
+        &[
+            "--method", "text", "--mode", "quick", "--alpha", "0.001", "--n-max", "30",
+        ],
+    );
+    assert_eq!(v["decision"], "UNDECIDED", "{v}\n{err}");
+    assert_eq!(code, 3, "exit code of UNDECIDED");
+    let f = v["findings"][0].as_str().unwrap();
+    assert!(f.contains("may sample although temperature 0"), "{f}\n{v}");
+    eprintln!(
+        "T = 0 asked, 1 served, text: UNDECIDED after {} queries; {f}",
+        v["queries"]
+    );
+
     // Audit mode (K = 32, α = 0.01, up to 200 challenges): room for keys whose prompts end
     // answers early.
     let (code, v, err) = audit(
@@ -641,7 +669,7 @@ fn sampled_audits_tell_another_model_from_another_decoding() {
         QWEN05,
         &claimed.url,
         dir.path(),
-        &with(&["--method", "text", "--alpha", "0.001"]),
+        &with(&["--method", "text", "--alpha", "0.001", "--n-max", "30"]),
     );
     assert_eq!(v["decision"], "UNDECIDED", "{v}\n{err}");
     assert_eq!(code, 3, "exit code of UNDECIDED");

@@ -119,6 +119,15 @@ pub struct DecodingCheck {
     /// Misses among them.
     #[serde(default)]
     pub repeat_misses: u64,
+    /// Text answers at temperature 0: tokens placed against the reference sampled at
+    /// [`crate::score::sampled::SAMPLED_FIT`], and log10 of the e-value against that fit.
+    #[serde(default)]
+    pub fit_tokens: u64,
+    /// See [`DecodingCheck::fit_tokens`].
+    #[serde(default)]
+    pub fit_log10_e: f64,
+    #[serde(skip)]
+    fit: Uniformity,
 }
 
 impl DecodingCheck {
@@ -145,6 +154,23 @@ impl DecodingCheck {
         self.text_misses += scored.iter().filter(|a| !**a).count() as u64;
         self.repeat_positions += repeats.positions;
         self.repeat_misses += repeats.misses;
+    }
+
+    pub(super) fn add_fit(&mut self, pits: &[f64], surprises: &[f64]) {
+        for (&u, &s) in pits.iter().zip(surprises) {
+            self.fit.push_outcome(u, s);
+        }
+        self.fit_tokens += pits.len().min(surprises.len()) as u64;
+        self.fit_log10_e = self.fit.log_e() / std::f64::consts::LN_10;
+    }
+
+    /// Whether text answers at temperature 0 look sampled: over a tenth of the scored
+    /// positions depart from the reference's first choice, and the text has not refuted the
+    /// reference sampled at [`crate::score::sampled::SAMPLED_FIT`] (e-value under 10).
+    pub fn looks_sampled(&self) -> bool {
+        self.fit_tokens > 0
+            && self.text_misses as f64 > 0.1 * self.text_positions as f64
+            && self.fit_log10_e < 1.0
     }
 
     /// Whether text answers show a penalty's pattern: the endpoint leaves the reference's
@@ -204,7 +230,9 @@ impl DecodingCheck {
                 self.text_positions,
                 pct(self.text_misses, self.text_positions)
             );
-            out.push(if self.penalty_pattern() {
+            out.push(if self.looks_sampled() {
+                format!("decoding differs from requested: {counts}, and the text fits the reference sampled at temperature 1 (e-value 10^{:.2} against that over {} tokens): the endpoint may sample although temperature 0 was asked, and DIFFERENT is withheld while that fit stands (audit it with --temperature 1 to test it so)", self.fit_log10_e, self.fit_tokens)
+            } else if self.penalty_pattern() {
                 format!("decoding differs from requested: {counts}: the pattern of a repetition, presence or frequency penalty; those positions are not scored, and the verdict stands")
             } else {
                 format!("decoding: no penalty's pattern in the text ({counts}); positions where the reference's first choice had appeared are not scored")

@@ -161,15 +161,16 @@ pub enum ReferenceSource {
         /// Where its tokenizer is read.
         tokenizer: String,
     },
-    /// A reference pack (`pot reference build`), and the model file or folder whose tokenizer
-    /// and chat template it was built with.
+    /// A reference pack (`pot reference build`), already opened and its signature checked
+    /// ([`pack::open`]), and the model file or folder whose tokenizer and chat template it
+    /// was built with.
     Pack {
-        /// The pack.
+        /// Where the pack was read.
         path: std::path::PathBuf,
+        /// Its body.
+        body: Box<pack::PackBody>,
         /// Where its tokenizer is read.
         tokenizer: String,
-        /// The key it must be signed by, when one is required.
-        signer: Option<crate::commit::keys::NodePublic>,
     },
 }
 
@@ -580,13 +581,25 @@ impl Candidate for EndpointCandidate {
                     )
                 }
                 (None, Method::Text, _, Some(r)) => {
-                    let (s, repeats) = score::text_mismatch_score(
+                    let (mut s, repeats) = score::text_mismatch_score(
                         r,
                         &a.tokens,
                         a.stopped.then_some(stop_ids.as_slice()),
                         &prompt_ids[i],
                     );
+                    // The same text against the reference sampled as a server that ignores
+                    // temperature 0 would: DIFFERENT needs that refuted too.
+                    let fit = sampled::sampled_text_score(
+                        r,
+                        &a.tokens,
+                        a.stopped,
+                        stop_ids,
+                        &sampled::SAMPLED_FIT,
+                        &chs[i].prompt,
+                    );
+                    (s.pit, s.surprise) = (fit.pit, fit.surprise);
                     self.decoding.add_text(&s.top1_agree, repeats);
+                    self.decoding.add_fit(&s.pit, &s.surprise);
                     s
                 }
                 _ => unreachable!("rows exist for every method that needs them"),
@@ -722,11 +735,10 @@ impl OpenedReference {
             }
             ReferenceSource::Pack {
                 path,
+                body,
                 tokenizer,
-                signer,
             } => {
-                let body =
-                    pack::open(path, signer.as_ref()).map_err(|e| RunError::Pack(Box::new(e)))?;
+                let body = body.as_ref().clone();
                 let h = &body.header;
                 let what = format!(
                     "the reference is the pack {} of {} (weights {}), {} challenges of K = {} built {} and signed by {}",

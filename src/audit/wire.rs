@@ -93,15 +93,12 @@ impl EndpointCandidate {
 
     /// The fields every request carries: the audit's decoding (greedy unless sampling was
     /// asked for) of up to `max_tokens`, every sampling parameter explicit, so that no server
-    /// default can change the decoding. `seed_of`: sampled requests carry a seed of their own
-    /// (one fixed seed would draw every answer with the same random numbers).
+    /// default can change the decoding. `seed_of`: each request carries a seed of its own
+    /// (one fixed seed would draw every sampled answer with the same random numbers, and a
+    /// server may sample although temperature 0 was asked).
     pub(super) fn decoding(&self, max_tokens: usize, seed_of: &str) -> Common {
         let s = &self.sampling;
-        let seed = if s.sampled() {
-            (sampled::jitter(seed_of, usize::MAX) * (1u64 << 31) as f64) as i64
-        } else {
-            0
-        };
+        let seed = (sampled::jitter(seed_of, usize::MAX) * (1u64 << 31) as f64) as i64;
         Common {
             model: Some(self.endpoint.config().model.clone()),
             max_tokens: Some(max_tokens as i64),

@@ -34,9 +34,9 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let (reference, endpoint) = a.target.configs()?;
     let sampling = a.target.sampling()?;
     // A pack fixes the run id, K and the most challenges.
-    let pack = match &a.target.ref_pack {
-        Some(p) => Some(pot::audit::pack::open(p, None)?.header),
-        None => None,
+    let pack = match &reference {
+        pot::audit::ReferenceSource::Pack { body, .. } => Some(body.header.clone()),
+        _ => None,
     };
     let run = match &pack {
         Some(h) => a.run.files_for_pack(&h.run_id)?,

@@ -194,15 +194,20 @@ impl TargetArgs {
         }
         let reference = match (&self.reference, &self.ref_endpoint, &self.ref_pack) {
             (Some(spec), _, _) => pot::audit::ReferenceSource::Model(spec.clone()),
-            (None, None, Some(path)) => pot::audit::ReferenceSource::Pack {
-                path: path.clone(),
-                tokenizer: tokenizer()?,
-                signer: self
+            (None, None, Some(path)) => {
+                let signer = self
                     .ref_pack_signer
                     .as_deref()
                     .map(|k| read_pubkey("--ref-pack-signer", k))
-                    .transpose()?,
-            },
+                    .transpose()?;
+                // Opened once, here: its signature is checked before its body is read.
+                let body = pot::audit::pack::open(path, signer.as_ref())?;
+                pot::audit::ReferenceSource::Pack {
+                    path: path.clone(),
+                    body: Box::new(body),
+                    tokenizer: tokenizer()?,
+                }
+            }
             (None, Some(url), _) => pot::audit::ReferenceSource::Endpoint {
                 endpoint: endpoint(
                     url,

@@ -97,6 +97,14 @@ pub enum Outcome {
     Stop,
 }
 
+/// The sampling a greedy text answer is also checked against: OpenAI's and vLLM's defaults
+/// (temperature 1, top_p 1), what a server that ignores `temperature: 0` would do.
+pub const SAMPLED_FIT: Sampling = Sampling {
+    temperature: 1.0,
+    top_p: 1.0,
+    top_k: 0,
+};
+
 /// Nats at which a sampled outcome's surprise is clipped ([`Placed::surprise`]).
 pub const SURPRISE_CLIP: f64 = 10.0;
 

@@ -282,6 +282,9 @@ pub struct SequentialTest {
     same: Side,
     /// Sampled-text runs: the uniformity e-process on the PITs, which alone decides.
     uniformity: Option<uniformity::Uniformity>,
+    /// Greedy text runs whose scores carry the fit of the text to the reference sampled at
+    /// [`crate::score::sampled::SAMPLED_FIT`]: DIFFERENT then also needs that fit refuted.
+    sampled_fit: Option<uniformity::Uniformity>,
     decision: Option<Decision>,
 }
 
@@ -334,6 +337,7 @@ impl SequentialTest {
             different: Side::new(params.gamma / params.clip, true, betting),
             same: Side::new(params.delta / params.clip, false, betting),
             uniformity: None,
+            sampled_fit: None,
             decision: None,
         })
     }
@@ -354,9 +358,29 @@ impl SequentialTest {
         self.uniformity.as_ref()
     }
 
+    /// Greedy text runs: the e-process against "the text is the reference sampled at
+    /// [`crate::score::sampled::SAMPLED_FIT`]".
+    pub fn sampled_fit(&self) -> Option<&uniformity::Uniformity> {
+        self.sampled_fit.as_ref()
+    }
+
     /// Add one challenge: its score, and in sampled-text runs its PITs and surprises (an
-    /// unscorable challenge there counts as one outcome at the far end: PIT 1, surprise −1). The verdict once reached.
+    /// unscorable challenge there counts as one outcome at the far end: PIT 1, surprise −1).
+    /// In greedy text runs, PITs and surprises are the text's fit to the reference sampled at
+    /// [`crate::score::sampled::SAMPLED_FIT`]: from the first challenge that carries them,
+    /// DIFFERENT also needs their e-process to refute that fit (a server that samples
+    /// although temperature 0 was asked is not another model). Requiring a second test to
+    /// reject as well only removes DIFFERENT verdicts, so its error stays at most α.
+    /// The verdict once reached.
     pub fn push_score(&mut self, s: &crate::score::ChallengeScore) -> Option<Decision> {
+        if s.kind == crate::score::ScoreKind::TextMismatch && !s.pit.is_empty() {
+            let f = self
+                .sampled_fit
+                .get_or_insert_with(uniformity::Uniformity::new);
+            for (&x, &v) in s.pit.iter().zip(&s.surprise) {
+                f.push_outcome(x, v);
+            }
+        }
         if let Some(u) = self.uniformity.as_mut() {
             if s.pit.is_empty() && s.score >= crate::score::UNSCORABLE {
                 u.push_outcome(1.0, -1.0);
@@ -421,7 +445,11 @@ impl SequentialTest {
             let ws = self.same.log_wealth();
             // Both can cross only when μ lies between γ and δ, where either verdict is right;
             // the larger wealth (stronger evidence) wins.
-            if wd >= threshold && wd >= ws {
+            let refuted = self
+                .sampled_fit
+                .as_ref()
+                .is_none_or(|f| f.log_e() >= threshold);
+            if wd >= threshold && wd >= ws && refuted {
                 self.decision = Some(Decision::Different);
             } else if ws >= threshold {
                 self.decision = Some(Decision::Same);

@@ -301,3 +301,45 @@ fn sampled_text_runs_decide_by_the_e_process_and_never_say_same() {
     assert_eq!(d, Some(Decision::Different));
     assert!(t.n() < 20, "{}", t.n());
 }
+
+/// Greedy text whose scores carry its fit to the reference sampled at temperature 1: text
+/// that departs from the reference's first choices but fits its samples (a server sampling
+/// although 0 was asked) is never DIFFERENT; text that departs and does not fit (another
+/// model's greedy choices, sharper than samples) is.
+#[test]
+fn greedy_text_that_fits_the_reference_sampled_is_not_different() {
+    use crate::score::{ChallengeScore, ScoreKind};
+    let p = crate::run::Mode::Quick.params(ScoreKind::TextMismatch);
+    let challenge = |surprise_shift: f64, rng: &mut rand::rngs::StdRng| ChallengeScore {
+        kind: ScoreKind::TextMismatch,
+        score: 0.5,
+        kl: Vec::new(),
+        top1_agree: vec![true, false],
+        bpb: None,
+        note: None,
+        pit: (0..16).map(|_| rng.gen::<f64>()).collect(),
+        surprise: (0..16)
+            .map(|_| rng.gen::<f64>() * 0.4 - 0.2 + surprise_shift)
+            .collect(),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let run = |shift: f64, rng: &mut rand::rngs::StdRng| {
+        let mut t = SequentialTest::for_kind(p, ScoreKind::TextMismatch).unwrap();
+        loop {
+            if let Some(d) = t.push_score(&challenge(shift, rng)) {
+                return (d, t.n());
+            }
+        }
+    };
+    assert_eq!(run(0.0, &mut rng), (Decision::Undecided, p.n_max));
+    let (d, n) = run(0.15, &mut rng);
+    assert_eq!(d, Decision::Different);
+    assert!(n <= 10, "{n}");
+    // Scores without the fit decide as before.
+    let mut t = SequentialTest::for_kind(p, ScoreKind::TextMismatch).unwrap();
+    let mut d = None;
+    while d.is_none() {
+        d = t.push(0.5);
+    }
+    assert_eq!((d, t.n()), (Some(Decision::Different), CYCLE));
+}
