@@ -488,13 +488,14 @@ impl Gateway {
         Gateway { url }
     }
 
-    /// A gateway that applies a repetition penalty of its own (llama.cpp's real one, set in
-    /// every request it forwards), whatever the client asked.
-    fn with_penalty(upstream: &str, penalty: f64) -> Gateway {
+    /// A gateway that sets `field` to `value` in every request it forwards, whatever the
+    /// client asked (a repetition penalty of its own, llama.cpp's real one; its own
+    /// temperature).
+    fn forcing(upstream: &str, field: &'static str, value: f64) -> Gateway {
         let upstream = upstream.to_string();
         Gateway::start(move |v| {
             if v.is_object() {
-                v["repeat_penalty"] = serde_json::json!(penalty);
+                v[field] = serde_json::json!(value);
             }
             upstream.clone()
         })
@@ -531,7 +532,7 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
         "{f:?}"
     );
 
-    let gateway = Gateway::with_penalty(&server.url, 1.3);
+    let gateway = Gateway::forcing(&server.url, "repeat_penalty", 1.3);
     let (code, v, err) = audit(SMOL, &gateway.url, dir.path(), &args);
     assert_verdict(code, &v, &err, "SAME", "logprobs");
     let f = v["findings"].as_array().unwrap();
@@ -603,13 +604,7 @@ fn sampled_audits_tell_another_model_from_another_decoding() {
         v["queries"], v["tokens_used"]
     );
 
-    let upstream = claimed.url.clone();
-    let gateway = Gateway::start(move |v| {
-        if v.is_object() {
-            v["temperature"] = serde_json::json!(0.5);
-        }
-        upstream.clone()
-    });
+    let gateway = Gateway::forcing(&claimed.url, "temperature", 0.5);
     let (code, v, err) = audit(
         QWEN05,
         &gateway.url,
@@ -626,13 +621,7 @@ fn sampled_audits_tell_another_model_from_another_decoding() {
 
     // Greedy asked, sampled at 1 by the gateway, text only: the text departs from the
     // reference's first choices but fits its samples, so it is not DIFFERENT.
-    let upstream = claimed.url.clone();
-    let sampling = Gateway::start(move |v| {
-        if v.is_object() {
-            v["temperature"] = serde_json::json!(1.0);
-        }
-        upstream.clone()
-    });
+    let sampling = Gateway::forcing(&claimed.url, "temperature", 1.0);
     let (code, v, err) = audit(
         QWEN05,
         &sampling.url,
