@@ -604,12 +604,14 @@ fn sampled_audits_tell_another_model_from_another_decoding() {
         v["queries"], v["tokens_used"]
     );
 
+    // At least 20 challenges of 32 tokens: enough sampled tokens for the check (10 quick-mode
+    // challenges gave 110-156, and an e-value of 10^1.8 to 10^3.7 against the 10^3 needed).
     let gateway = Gateway::forcing(&claimed.url, "temperature", 0.5);
     let (code, v, err) = audit(
         QWEN05,
         &gateway.url,
         dir.path(),
-        &with(&["--method", "logprobs"]),
+        &with(&["--method", "logprobs", "--k", "32", "--n-min", "20"]),
     );
     assert_verdict(code, &v, &err, "SAME", "logprobs");
     let f = v["findings"][0].as_str().unwrap();

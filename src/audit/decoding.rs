@@ -166,11 +166,13 @@ impl DecodingCheck {
 
     /// Whether text answers at temperature 0 look sampled: over a tenth of the scored
     /// positions depart from the reference's first choice, and the text has not refuted the
-    /// reference sampled at [`crate::score::sampled::SAMPLED_FIT`] (e-value under 10).
+    /// reference sampled at [`crate::score::sampled::SAMPLED_FIT`] (e-value under
+    /// [`SAMPLED_E`], so text that is so sampled is said not to fit with probability at most
+    /// 1/[`SAMPLED_E`]).
     pub fn looks_sampled(&self) -> bool {
         self.fit_tokens > 0
             && self.text_misses as f64 > 0.1 * self.text_positions as f64
-            && self.fit_log10_e < 1.0
+            && self.fit_log10_e < SAMPLED_E.log10()
     }
 
     /// Whether text answers show a penalty's pattern: the endpoint leaves the reference's

@@ -371,8 +371,13 @@ impl SequentialTest {
     /// DIFFERENT also needs their e-process to refute that fit (a server that samples
     /// although temperature 0 was asked is not another model). Requiring a second test to
     /// reject as well only removes DIFFERENT verdicts, so its error stays at most α.
-    /// The verdict once reached.
+    /// After a verdict, only the score is kept. The verdict once reached.
     pub fn push_score(&mut self, s: &crate::score::ChallengeScore) -> Option<Decision> {
+        // The e-processes stop where the verdict was reached: the e-value reported is the
+        // one that decided (challenges of the same group still come in after it).
+        if self.decision.is_some() {
+            return self.push(s.score);
+        }
         if s.kind == crate::score::ScoreKind::TextMismatch && !s.pit.is_empty() {
             let f = self
                 .sampled_fit
