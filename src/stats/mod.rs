@@ -358,12 +358,6 @@ impl SequentialTest {
         self.uniformity.as_ref()
     }
 
-    /// Greedy text runs: the e-process against "the text is the reference sampled at
-    /// [`crate::score::sampled::SAMPLED_FIT`]".
-    pub fn sampled_fit(&self) -> Option<&uniformity::Uniformity> {
-        self.sampled_fit.as_ref()
-    }
-
     /// Add one challenge: its score, and in sampled-text runs its PITs and surprises (an
     /// unscorable challenge there counts as one outcome at the far end: PIT 1, surprise −1).
     /// In greedy text runs, PITs and surprises are the text's fit to the reference sampled at
