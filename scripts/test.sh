@@ -2,7 +2,7 @@
 # The whole test suite: unit tests, statistics simulations, and the real-model integration
 # tests (engine vs llama.cpp, pot diff verdicts, resume after kill, bad input, pot serve and
 # pot audit: verdicts by every method, a misbehaving endpoint, 64 clients, the openai client,
-# and audits of llama.cpp's own server).
+# audits of llama.cpp's own server, and MLX checkpoints against the MLX runtime).
 #
 #   scripts/test.sh
 #
@@ -31,5 +31,13 @@ if ! "$llama/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
     "$llama/bin/pip" install --quiet 'llama-cpp-python[server]==0.3.36'
 fi
 export POT_LLAMA_PYTHON="$llama/bin/python"
+# The MLX runtime (mlx[cpu] and mlx-lm, wheels from PyPI) converts and runs the MLX checkpoints
+# pot reads natively: a venv beside the models, made once (about a minute).
+mlx="${POT_MLX_VENV:-$HOME/.cache/pot/mlx-venv}"
+if ! "$mlx/bin/python" -c "import mlx.core, mlx_lm" 2>/dev/null; then
+  python3 -m venv "$mlx"
+  "$mlx/bin/pip" install --quiet 'mlx[cpu]==0.32.4' 'mlx-lm==0.32.2'
+fi
+export POT_MLX_PYTHON="$mlx/bin/python"
 # One test at a time: the integration tests load models of several GB each.
 cargo test --release -- --test-threads=1

@@ -157,11 +157,19 @@ fn folder_fingerprint(dir: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     let mut parameters = 0u64;
     let mut sig = Vec::new();
     for (name, dtype, shape, bytes) in folder.raw_tensors() {
-        parameters += shape.iter().product::<usize>() as u64;
         hash_tensor(&mut h, &name, &dtype, &shape, bytes);
+        // An MLX layer's packed weight counts (and is signed) as its values; its scales and
+        // biases are part of it.
+        let Some(count) = folder.value_count(&name, &shape)? else {
+            continue;
+        };
+        parameters += count;
         if tlsh {
-            let v: Vec<f32> = folder
-                .tensor(&name)?
+            let Some(values) = folder.values(&name)? else {
+                continue;
+            };
+            let shape = values.dims().to_vec();
+            let v: Vec<f32> = values
                 .flatten_all()
                 .and_then(|t| t.to_vec1())
                 .map_err(|e| ModelError::Corrupt {

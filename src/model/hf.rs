@@ -1,16 +1,21 @@
 //! Hugging Face folders: `config.json`, `tokenizer.json` and `*.safetensors` of the same
 //! decoder families as the GGUF files (llama, qwen2, qwen3).
 //!
-//! Hugging Face checkpoints store weights unquantized (f32, f16 or bf16); pot computes on them
-//! in f32 whichever kernels are asked for. The layouts differ from GGUF in two ways that
+//! Hugging Face checkpoints store weights unquantized (f32, f16 or bf16): f16 and bf16 stay
+//! 16-bit under [`Kernels::Quantized`] (pot's 16-bit kernel), everything is widened to f32
+//! under [`Kernels::Dense`]. MLX checkpoints are such folders with affine-quantized layers
+//! ([`super::mlx`]). The layouts differ from GGUF in two ways that
 //! matter: tensor names, and Llama's query/key rows, which llama.cpp's converter permutes so
 //! that GGUF Llama uses interleaved RoPE while Hugging Face Llama uses NeoX-style RoPE.
 //! [`export`] writes a GGUF model as such a folder (undoing that permutation), which is how
 //! the tests check this loader against the GGUF path on real weights.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -18,8 +23,10 @@ use serde_json::Value;
 use super::arch::{block, Arch};
 use super::decoder::{Block, Config, Decoder, Embedding, GemmaConfig, Linear, RmsNorm, RopeStyle};
 use super::gguf::GgufFile;
+use super::mlx::{self, Quantization};
+use super::q8::Q8Matrix;
 use super::tokenizer::Tokenizer;
-use super::ModelError;
+use super::{Kernels, ModelError};
 
 /// Whether `dir` looks like a Hugging Face model folder.
 pub fn is_hf_folder(dir: &Path) -> bool {
@@ -282,28 +289,183 @@ impl HfFolder {
         Ok(RmsNorm::new(w, cfg.rms_eps))
     }
 
-    /// Assemble the decoder (f32 weights).
-    pub fn decoder(&self) -> Result<Decoder, ModelError> {
+    /// The quantization `config.json` declares (MLX checkpoints), if any.
+    pub fn quantization(&self) -> Result<Option<Quantization>, ModelError> {
+        Quantization::from_config(&self.config_json, &self.dir.join("config.json"))
+    }
+
+    /// The raw view of a stored tensor.
+    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>, ModelError> {
+        self.st.get(name).map_err(|_| ModelError::MissingTensor {
+            path: self.dir.display().to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// The weight matrix of layer `module` (its name without `.weight`), held for `kernels`:
+    /// MLX's affine quants on pot's Q4_1 kernel, f16/bf16 on pot's 16-bit kernel, f32 as is;
+    /// everything widened to f32 under [`Kernels::Dense`].
+    fn matrix(
+        &self,
+        module: &str,
+        quant: Option<&Quantization>,
+        kernels: Kernels,
+    ) -> Result<Matrix, ModelError> {
+        let wname = format!("{module}.weight");
+        let sname = format!("{module}.scales");
+        if self.st.get(&sname).is_ok() {
+            let err = |why: String| mlx::shape_error(&self.dir, module, why);
+            let scheme = quant.and_then(|q| q.scheme(module)).ok_or_else(|| {
+                err("has scales, but config.json declares no quantization for it".into())
+            })?;
+            let view = self.view(&wname)?;
+            let (n, words) = match (view.dtype(), view.shape()) {
+                (safetensors::Dtype::U32, &[n, w]) => (n, w),
+                (dt, shape) => {
+                    return Err(err(format!(
+                        "packed weight is {dt:?} {shape:?}, not a uint32 matrix"
+                    )))
+                }
+            };
+            if (words * 32) % scheme.bits as usize != 0 {
+                return Err(err(format!(
+                    "{words} words do not hold whole {}-bit values",
+                    scheme.bits
+                )));
+            }
+            let k = words * 32 / scheme.bits as usize;
+            let vec = |name: &str| -> Result<Vec<f32>, ModelError> {
+                let t = self.tensor(&format!("{module}.{name}"))?;
+                let dims = t.dims().to_vec();
+                if dims != [n, k / scheme.group] {
+                    return Err(err(format!(
+                        "{name} are {dims:?}, not [{n}, {}] for {k} inputs in groups of {}",
+                        k / scheme.group,
+                        scheme.group
+                    )));
+                }
+                t.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| corrupt(&self.dir, e))
+            };
+            let (scales, biases) = (vec("scales")?, vec("biases")?);
+            let m = mlx::matrix(view.data(), n, k, scheme, &scales, &biases).ok_or_else(|| {
+                err(format!(
+                    "{n} × {k} at {} bits in groups of {} does not fit its tensors",
+                    scheme.bits, scheme.group
+                ))
+            })?;
+            return Ok(match kernels {
+                Kernels::Quantized => Matrix::Affine(Arc::new(m)),
+                Kernels::Dense => {
+                    let ids: Vec<u32> = (0..n as u32).collect();
+                    let rows = m.rows(&ids).map_err(|e| corrupt(&self.dir, e))?;
+                    Matrix::Dense(
+                        Tensor::from_vec(rows, (n, k), &Device::Cpu)
+                            .map_err(|e| corrupt(&self.dir, e))?,
+                    )
+                }
+            });
+        }
+        let view = self.view(&wname)?;
+        let half = match view.dtype() {
+            safetensors::Dtype::F16 => Some(GgmlDType::F16),
+            safetensors::Dtype::BF16 => Some(GgmlDType::BF16),
+            _ => None,
+        };
+        match (half, view.shape()) {
+            (Some(dt), &[n, k]) if kernels == Kernels::Quantized => {
+                let q = QStorage::from_data(Cow::Borrowed(view.data()), &Device::Cpu, dt)
+                    .and_then(|s| QTensor::new(s, (n, k)))
+                    .map_err(|e| corrupt(&self.dir, format!("tensor {wname}: {e}")))?;
+                Ok(Matrix::Half(q))
+            }
+            _ => Ok(Matrix::Dense(self.tensor(&wname)?)),
+        }
+    }
+
+    /// How many values tensor `name` of `shape` holds as the model sees it: an MLX layer's
+    /// packed weight its unpacked count, `None` for its scales and biases.
+    pub fn value_count(&self, name: &str, shape: &[usize]) -> Result<Option<u64>, ModelError> {
+        let packed = |module: &str| self.st.get(&format!("{module}.scales")).is_ok();
+        if let Some(module) = name
+            .strip_suffix(".scales")
+            .or_else(|| name.strip_suffix(".biases"))
+        {
+            if packed(module) {
+                return Ok(None);
+            }
+        }
+        let n = shape.iter().product::<usize>() as u64;
+        if let Some(module) = name.strip_suffix(".weight").filter(|m| packed(m)) {
+            if let Some(scheme) = self.quantization()?.and_then(|q| q.scheme(module)) {
+                return Ok(Some(n * 32 / scheme.bits as u64));
+            }
+        }
+        Ok(Some(n))
+    }
+
+    /// A tensor as the model's values: an MLX layer's packed `weight` dequantized to f32,
+    /// `None` for its `scales` and `biases` (part of that weight), any other tensor as f32.
+    pub fn values(&self, name: &str) -> Result<Option<Tensor>, ModelError> {
+        let packed = |module: &str| self.st.get(&format!("{module}.scales")).is_ok();
+        if let Some(module) = name
+            .strip_suffix(".scales")
+            .or_else(|| name.strip_suffix(".biases"))
+        {
+            if packed(module) {
+                return Ok(None);
+            }
+        }
+        if let Some(module) = name.strip_suffix(".weight").filter(|m| packed(m)) {
+            let quant = self.quantization()?;
+            return match self.matrix(module, quant.as_ref(), Kernels::Dense)? {
+                Matrix::Dense(t) => Ok(Some(t)),
+                _ => unreachable!("dense kernels widen every matrix"),
+            };
+        }
+        self.tensor(name).map(Some)
+    }
+
+    /// Assemble the decoder, its matrices held for `kernels`: MLX quants on pot's affine kernel,
+    /// f16/bf16 on its 16-bit kernel, f32 as stored (all widened to f32 under dense kernels).
+    pub fn decoder(&self, kernels: Kernels) -> Result<Decoder, ModelError> {
         let cfg = self.config()?;
+        let quant = self.quantization()?;
+        let quant = quant.as_ref();
         let map = |e: candle_core::Error| corrupt(&self.dir, super::candle_message(&e));
-        let embed = self.tensor("model.embed_tokens.weight")?;
+        let linear = |m: Matrix, bias: Option<Tensor>| -> Result<Linear, ModelError> {
+            Ok(match m {
+                Matrix::Dense(w) => Linear::from_dense(w, bias),
+                Matrix::Affine(a) => Linear::from_product(Box::new(a), bias),
+                Matrix::Half(q) => Linear::from_qtensor(q, bias, kernels).map_err(map)?,
+            })
+        };
+        let (embed, tied_output) = match self.matrix("model.embed_tokens", quant, kernels)? {
+            Matrix::Affine(a) => (Embedding::Affine(a.clone()), Matrix::Affine(a)),
+            Matrix::Half(q) => {
+                let d = q.dequantize(&Device::Cpu).map_err(map)?;
+                (Embedding::Dense(d.clone()), Matrix::Dense(d))
+            }
+            Matrix::Dense(d) => (Embedding::Dense(d.clone()), Matrix::Dense(d)),
+        };
         let output = if cfg.tied_embeddings {
-            Linear::from_dense(embed.clone(), None)
+            linear(tied_output, None)?
         } else {
-            Linear::from_dense(self.tensor("lm_head.weight")?, None)
+            linear(self.matrix("lm_head", quant, kernels)?, None)?
         };
         let norm = self.norm("model.norm.weight", &cfg)?;
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("model.layers.{i}");
             let lin = |name: &str, bias: bool| -> Result<Linear, ModelError> {
-                let w = self.tensor(&format!("{p}.{name}.weight"))?;
+                let w = self.matrix(&format!("{p}.{name}"), quant, kernels)?;
                 let b = if bias {
                     Some(self.tensor(&format!("{p}.{name}.bias"))?)
                 } else {
                     None
                 };
-                Ok(Linear::from_dense(w, b))
+                linear(w, b)
             };
             let norm_of = |name: &str| self.norm(&format!("{p}.{name}.weight"), &cfg);
             let qkv_bias = cfg.arch.qkv_bias();
@@ -335,8 +497,18 @@ impl HfFolder {
                 down: lin(block::DOWN.hf, false)?,
             });
         }
-        Decoder::new(cfg, Embedding::Dense(embed), blocks, norm, output).map_err(map)
+        Decoder::new(cfg, embed, blocks, norm, output).map_err(map)
     }
+}
+
+/// A weight matrix as [`HfFolder::matrix`] holds it.
+enum Matrix {
+    /// f32.
+    Dense(Tensor),
+    /// MLX affine quants on pot's Q4_1 kernel.
+    Affine(Arc<Q8Matrix>),
+    /// f16 or bf16, as stored.
+    Half(QTensor),
 }
 
 /// Undo llama.cpp's query/key row permutation of GGUF Llama: rows `(head, pair, 2)` back to
@@ -429,7 +601,13 @@ pub fn export(gguf: &Path, out: &Path) -> Result<(), ModelError> {
         )?;
         w(
             "tokenizer_config.json",
-            serde_json::json!({ "add_bos_token": data.add_bos && data.bos.is_some() }).to_string(),
+            // The class makes transformers (and mlx-lm) read tokenizer.json as written, rather
+            // than rebuild a family's own pre-tokenizer.
+            serde_json::json!({
+                "add_bos_token": data.add_bos && data.bos.is_some(),
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            })
+            .to_string(),
         )?;
         w(
             "tokenizer.json",

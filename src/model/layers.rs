@@ -78,6 +78,14 @@ impl Linear {
         })
     }
 
+    /// On one of pot's own kernels (an MLX checkpoint's affine matrix).
+    pub fn from_product(w: Box<dyn crate::model::q8::Product>, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Pot(w),
+            bias,
+        }
+    }
+
     /// From a dense f32 tensor.
     pub fn from_dense(w: Tensor, bias: Option<Tensor>) -> Self {
         Self {
@@ -167,6 +175,8 @@ pub enum Embedding {
     Dense(Tensor),
     /// Quantized rows (the file's encoding); only the looked-up rows are dequantized.
     Quantized(Arc<QTensor>),
+    /// Affine-quantized rows (an MLX checkpoint's), dequantized on lookup.
+    Affine(Arc<crate::model::q8::Q8Matrix>),
 }
 
 impl Embedding {
@@ -174,6 +184,11 @@ impl Embedding {
         match self {
             Embedding::Dense(t) => t.index_select(ids, 0),
             Embedding::Quantized(q) => q.embedding(ids),
+            Embedding::Affine(m) => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let (_, k) = m.dims();
+                Tensor::from_vec(m.rows(&ids)?, (ids.len(), k), &Device::Cpu)
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod half;
 pub mod hf;
 pub mod kq;
 pub mod layers;
+pub mod mlx;
 pub mod q8;
 pub mod spm;
 pub mod tiny;
@@ -99,6 +100,15 @@ pub enum ModelError {
         path: String,
         /// `general.architecture`.
         arch: String,
+    },
+    /// A weight encoding pot does not read (another tool's quantization, an MLX mode or
+    /// width it has no kernel for); the message names what it reads instead.
+    #[error("{path}: {what}")]
+    UnsupportedEncoding {
+        /// File or folder.
+        path: String,
+        /// What is unsupported, and what to pass instead.
+        what: String,
     },
     /// A tokenizer pot cannot build.
     #[error("{path}: unsupported tokenizer: {what}")]
@@ -349,7 +359,7 @@ impl Model {
             let folder = hf::HfFolder::open(&path)?;
             (
                 folder.tokenizer()?,
-                folder.decoder()?,
+                folder.decoder(opts.kernels)?,
                 folder.chat_template(),
             )
         } else {

@@ -17,6 +17,12 @@ pub trait Product: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 }
 
+impl<T: Product + ?Sized> Product for std::sync::Arc<T> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        (**self).forward(x)
+    }
+}
+
 impl Product for Q8Matrix {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         by_rows(x, self.n, |rows, m| Ok(self.matmul(rows, m)))
@@ -61,8 +67,14 @@ pub struct Q8Matrix {
     scales: Vec<f32>,
     /// Per block minimum (Q4_1), as f32.
     mins: Option<Vec<f32>>,
-    /// Per block 32 quants: i8 for Q8_0, 0..=15 for Q4_1.
+    /// Per block 32 quants: i8 for Q8_0 (and 8-bit affine), 0..=15 for Q4_1, `0..2^bits` for
+    /// affine weights of at most 7 bits.
     quants: Vec<u8>,
+    /// Whether the quants are i8 (multiplied with the sign trick) rather than unsigned.
+    signed: bool,
+    /// Whether activations stay f32 (MLX's arithmetic: weights dequantized in registers)
+    /// instead of being rounded to 8 bits (llama.cpp's).
+    f32_activations: bool,
 }
 
 /// One weight row (one output column): its block scales, block minima (Q4_1) and quants.
@@ -71,6 +83,7 @@ struct Column<'a> {
     scales: &'a [f32],
     mins: Option<&'a [f32]>,
     quants: &'a [u8],
+    signed: bool,
 }
 
 /// Activations rounded to 8 bits: per row and block, a scale (f16-rounded), 32 quants and
@@ -100,6 +113,8 @@ impl Q8Matrix {
             scales,
             mins: None,
             quants,
+            signed: true,
+            f32_activations: false,
         })
     }
 
@@ -125,6 +140,8 @@ impl Q8Matrix {
             scales,
             mins: Some(mins),
             quants,
+            signed: false,
+            f32_activations: false,
         })
     }
 
@@ -154,20 +171,125 @@ impl Q8Matrix {
             scales,
             mins: Some(mins),
             quants,
+            signed: false,
+            f32_activations: false,
         })
+    }
+
+    /// From affine quants (MLX's encoding: `w = scale · q + bias` per group of `group`
+    /// values along a row, `q` in `0..2^bits`, one per byte) of an `(n, k)` matrix, with one
+    /// scale and bias per group. A group of 32·g values is g blocks of 32 with the same scale
+    /// and bias, so this is Q4_1's arithmetic with `bits`-bit quants: exact for up to 7 bits.
+    /// 8-bit quants are stored as `q − 128` (i8) with the bias moved to `bias + 128 · scale`,
+    /// which keeps the integer products within the kernel's 16-bit pairs.
+    pub fn from_affine(
+        n: usize,
+        k: usize,
+        bits: u32,
+        group: usize,
+        mut quants: Vec<u8>,
+        scales: &[f32],
+        biases: &[f32],
+    ) -> Option<Self> {
+        let groups = n * k / group.max(1);
+        if group == 0
+            || group % QK != 0
+            || k % group != 0
+            || !(1..=8).contains(&bits)
+            || quants.len() != n * k
+            || scales.len() != groups
+            || biases.len() != groups
+        {
+            return None;
+        }
+        let per = group / QK;
+        let signed = bits == 8;
+        let mut s32 = Vec::with_capacity(n * k / QK);
+        let mut m32 = Vec::with_capacity(n * k / QK);
+        for (&s, &b) in scales.iter().zip(biases) {
+            let b = if signed { b + 128.0 * s } else { b };
+            s32.extend(std::iter::repeat_n(s, per));
+            m32.extend(std::iter::repeat_n(b, per));
+        }
+        if signed {
+            for q in &mut quants {
+                *q ^= 0x80;
+            }
+        }
+        Some(Self {
+            n,
+            k,
+            scales: s32,
+            mins: Some(m32),
+            quants,
+            signed,
+            f32_activations: false,
+        })
+    }
+
+    /// The same matrix multiplied as MLX multiplies it: activations stay f32 and each weight
+    /// block is dequantized in registers (`scale · Σ q·x + bias · Σ x`), so the products are
+    /// those of the dequantized f32 weights up to summation order. llama.cpp's 8-bit
+    /// activations would move SmolLM2's log-probabilities by ~0.1 nats against MLX's.
+    pub fn with_f32_activations(mut self) -> Self {
+        self.f32_activations = true;
+        self
+    }
+
+    /// `(n, k)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Rows `ids` of the matrix, dequantized to f32 (row-major, `ids.len() × k`): an
+    /// embedding table's lookup.
+    pub fn rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let (n, k) = (self.n, self.k);
+        let nb = k / QK;
+        let mut out = Vec::with_capacity(ids.len() * k);
+        for &id in ids {
+            let r = id as usize;
+            if r >= n {
+                candle_core::bail!("token id {r} is outside the embedding table of {n} rows");
+            }
+            for b in 0..nb {
+                let d = self.scales[r * nb + b];
+                let m = self.mins.as_ref().map_or(0.0, |v| v[r * nb + b]);
+                let q = &self.quants[r * k + b * QK..r * k + (b + 1) * QK];
+                if self.signed {
+                    out.extend(q.iter().map(|&q| d * (q as i8 as f32) + m));
+                } else {
+                    out.extend(q.iter().map(|&q| d * q as f32 + m));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "activation shape");
-        let a = quantize_rows(x, m, k, self.mins.is_some());
         let nb = k / QK;
+        if self.f32_activations {
+            let sums: Vec<f32> = x.chunks_exact(QK).map(|b| b.iter().sum()).collect();
+            return products(n, m, |c, r0, out| {
+                let col = Column {
+                    scales: &self.scales[c * nb..(c + 1) * nb],
+                    mins: self.mins.as_ref().map(|v| &v[c * nb..(c + 1) * nb]),
+                    quants: &self.quants[c * k..(c + 1) * k],
+                    signed: self.signed,
+                };
+                dot_rows_f32(col, x, &sums, k, r0, out);
+            });
+        }
+        let a = quantize_rows(x, m, k, self.mins.is_some());
         products(n, m, |c, r0, out| {
             let col = Column {
                 scales: &self.scales[c * nb..(c + 1) * nb],
                 mins: self.mins.as_ref().map(|v| &v[c * nb..(c + 1) * nb]),
                 quants: &self.quants[c * k..(c + 1) * k],
+                signed: self.signed,
             };
             dot_rows(col, &a, r0, out);
         })
@@ -265,6 +387,7 @@ fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
         scales: ws,
         mins,
         quants: wq,
+        signed,
     } = col;
     let nb = ws.len();
     for (j, o) in out.iter_mut().enumerate() {
@@ -275,13 +398,13 @@ fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
             let w = &wq[b * QK..(b + 1) * QK];
             let blk = r * nb + b;
             let q = &a.quants[blk * QK..(blk + 1) * QK];
-            let s: i32 = match mins {
-                None => w
-                    .iter()
+            let s: i32 = if signed {
+                w.iter()
                     .zip(q)
                     .map(|(&x, &y)| x as i8 as i32 * y as i32)
-                    .sum(),
-                Some(_) => w.iter().zip(q).map(|(&x, &y)| x as i32 * y as i32).sum(),
+                    .sum()
+            } else {
+                w.iter().zip(q).map(|(&x, &y)| x as i32 * y as i32).sum()
             };
             acc += ws[b] * a.scales[blk] * s as f32;
             if let Some(m) = mins {
@@ -289,6 +412,38 @@ fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
             }
         }
         *o = acc + acc_min;
+    }
+}
+
+/// Dot products of one weight row with f32 activation rows `r0..r0 + out.len()` (at most 4)
+/// of length `k`, whose per-block sums are `sums`: per block, `scale · Σ q·x + min · Σ x`.
+fn dot_rows_f32(col: Column<'_>, x: &[f32], sums: &[f32], k: usize, r0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected; slices are in bounds by construction.
+            unsafe { avx2::dot_rows_f32(col, x, sums, k, r0, out) };
+            return;
+        }
+    }
+    let nb = col.scales.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        let r = r0 + j;
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let w = &col.quants[b * QK..(b + 1) * QK];
+            let xs = &x[r * k + b * QK..r * k + (b + 1) * QK];
+            let dot: f32 = if col.signed {
+                w.iter().zip(xs).map(|(&q, &v)| q as i8 as f32 * v).sum()
+            } else {
+                w.iter().zip(xs).map(|(&q, &v)| q as f32 * v).sum()
+            };
+            acc += col.scales[b] * dot;
+            if let Some(m) = col.mins {
+                acc += m[b] * sums[r * nb + b];
+            }
+        }
+        *o = acc;
     }
 }
 
@@ -313,12 +468,69 @@ pub(super) mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// Eight quants from `p` as f32 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn widen(p: *const u8, signed: bool) -> __m256 {
+        let v = _mm_loadl_epi64(p as *const __m128i);
+        _mm256_cvtepi32_ps(if signed {
+            _mm256_cvtepi8_epi32(v)
+        } else {
+            _mm256_cvtepu8_epi32(v)
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows_f32(
+        col: Column<'_>,
+        x: &[f32],
+        sums: &[f32],
+        k: usize,
+        r0: usize,
+        out: &mut [f32],
+    ) {
+        let Column {
+            scales: ws,
+            mins,
+            quants: wq,
+            signed,
+        } = col;
+        let (nb, rows) = (ws.len(), out.len().min(4));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_min = [0f32; 4];
+        let xp = x.as_ptr();
+        for b in 0..nb {
+            let q = wq.as_ptr().add(b * QK);
+            let w = [
+                widen(q, signed),
+                widen(q.add(8), signed),
+                widen(q.add(16), signed),
+                widen(q.add(24), signed),
+            ];
+            let d = _mm256_set1_ps(*ws.get_unchecked(b));
+            for (j, acc) in acc.iter_mut().enumerate().take(rows) {
+                let xb = xp.add((r0 + j) * k + b * QK);
+                let mut dot = _mm256_mul_ps(w[0], _mm256_loadu_ps(xb));
+                dot = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb.add(8)), dot);
+                dot = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb.add(16)), dot);
+                dot = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb.add(24)), dot);
+                *acc = _mm256_fmadd_ps(d, dot, *acc);
+                if let Some(m) = mins {
+                    acc_min[j] += *m.get_unchecked(b) * *sums.get_unchecked((r0 + j) * nb + b);
+                }
+            }
+        }
+        for (j, o) in out.iter_mut().enumerate().take(rows) {
+            *o = hsum(acc[j]) + acc_min[j];
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
         let Column {
             scales: ws,
             mins,
             quants: wq,
+            signed,
         } = col;
         let (nb, rows) = (ws.len(), out.len().min(4));
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -328,20 +540,13 @@ pub(super) mod avx2 {
         for b in 0..nb {
             let x = _mm256_loadu_si256(wq.as_ptr().add(b * QK) as *const __m256i);
             let wd = *ws.get_unchecked(b);
-            // Q8_0: |x| and the sign moved onto y; Q4_1: x is unsigned already.
-            let ax = if mins.is_some() {
-                x
-            } else {
-                _mm256_sign_epi8(x, x)
-            };
+            // Q8_0 (and 8-bit affine): |x| and the sign moved onto y; Q4_1: x is unsigned
+            // already (at most 7 bits, so maddubs's pairs of u8 × i8 cannot saturate i16).
+            let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
             for (j, acc) in acc.iter_mut().enumerate().take(rows) {
                 let blk = (r0 + j) * nb + b;
                 let y = _mm256_loadu_si256(aq.add(blk * QK) as *const __m256i);
-                let sy = if mins.is_some() {
-                    y
-                } else {
-                    _mm256_sign_epi8(y, x)
-                };
+                let sy = if signed { _mm256_sign_epi8(y, x) } else { y };
                 let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
                 let d = _mm256_set1_ps(wd * *a.scales.get_unchecked(blk));
                 *acc = _mm256_fmadd_ps(d, dot, *acc);

@@ -52,12 +52,27 @@ const STOP_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<e
 /// Identity of a `tokenizers` pipeline: SHA-256 over its canonical JSON (the vocabulary in id
 /// order, merges, pre-tokenizer, added tokens) with the BOS it prepends and its end ids. A GGUF
 /// byte-level BPE and the `tokenizer.json` pot writes for it hash the same, so such a pair is
-/// compared token by token.
+/// compared token by token. A post-processor that does nothing (a template of the sequence
+/// alone, no special tokens: what transformers writes when it saves a tokenizer that had
+/// none, as mlx-lm's converter does) hashes as none, so an MLX checkpoint's tokenizer is its
+/// source's.
 pub fn pipeline_hash(
     inner: &tokenizers::Tokenizer,
     bos: Option<u32>,
     eos: &[u32],
 ) -> Result<String, ModelError> {
+    let stripped;
+    let inner = if inner
+        .get_post_processor()
+        .is_some_and(post_processor_is_noop)
+    {
+        let mut t = inner.clone();
+        t.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        stripped = t;
+        &stripped
+    } else {
+        inner
+    };
     let canonical = serde_json::json!({
         "tokenizer_json": inner.to_string(false).map_err(|source| ModelError::Tokenize { action: "be written as JSON for its hash", source })?,
         "bos": bos,
@@ -66,6 +81,24 @@ pub fn pipeline_hash(
     Ok(hex::encode(Sha256::digest(
         canonical.to_string().as_bytes(),
     )))
+}
+
+/// Whether a post-processor leaves a single sequence as it is: a template of `$A` alone with
+/// no special tokens.
+fn post_processor_is_noop(pp: &tokenizers::PostProcessorWrapper) -> bool {
+    let tokenizers::PostProcessorWrapper::Template(_) = pp else {
+        return false;
+    };
+    let Ok(v) = serde_json::to_value(pp) else {
+        return false;
+    };
+    let single_is_a = v["single"]
+        .as_array()
+        .is_some_and(|s| s.len() == 1 && s[0]["Sequence"]["id"] == "A");
+    let no_specials = v["special_tokens"]
+        .as_object()
+        .is_some_and(|m| m.is_empty());
+    single_is_a && no_specials
 }
 
 /// Token ids that end generation: the end-of-sequence id and the chat formats' end tokens.

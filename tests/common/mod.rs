@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod agreement;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -190,4 +192,92 @@ pub fn audit(
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
     (o.status.code().unwrap_or(-1), v, stderr)
+}
+
+/// The Python that runs the MLX runtime (`mlx[cpu]` and `mlx-lm`): `POT_MLX_PYTHON`, else
+/// `~/.cache/pot/mlx-venv/bin/python` (scripts/test.sh makes that venv once from PyPI).
+pub fn mlx_python() -> PathBuf {
+    match std::env::var_os("POT_MLX_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/pot/mlx-venv/bin/python"),
+    }
+}
+
+/// Where checkpoints derived for the MLX tests are kept between runs (beside the models).
+fn mlx_dir() -> PathBuf {
+    let dir = models_dir().join("derived-mlx-v1");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `make(partial)` writes a derived folder once; it is kept as `name` (renamed from a
+/// temporary name, so a killed test leaves no half folder).
+fn derive_folder(name: &str, make: impl FnOnce(&Path)) -> PathBuf {
+    let out = mlx_dir().join(name);
+    if !out.is_dir() {
+        let part = mlx_dir().join(format!(".{name}.part-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&part);
+        make(&part);
+        std::fs::rename(&part, &out).unwrap();
+    }
+    out
+}
+
+/// A fetched GGUF model as a Hugging Face folder (`pot export-hf`), kept as `name`.
+pub fn hf_folder(model: &str, name: &str) -> PathBuf {
+    let src = model_path(model);
+    derive_folder(name, |part| {
+        let o = pot()
+            .args(["export-hf", "-o"])
+            .arg(part)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    })
+}
+
+/// An MLX checkpoint made by mlx-lm's own converter (`mlx_lm.convert ARGS`) from the Hugging
+/// Face folder `hf`, kept as `name`.
+pub fn mlx_convert(hf: &Path, name: &str, args: &[&str]) -> PathBuf {
+    derive_folder(name, |part| {
+        let o = Command::new(mlx_python())
+            .args(["-m", "mlx_lm", "convert", "--hf-path"])
+            .arg(hf)
+            .arg("--mlx-path")
+            .arg(part)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; run scripts/test.sh (it makes the MLX venv) or set POT_MLX_PYTHON",
+                    mlx_python().display()
+                )
+            });
+        assert!(
+            o.status.success(),
+            "mlx_lm.convert {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    })
+}
+
+/// The MLX runtime's token ids and logits for `texts` on `model` (scripts/mlx-yardstick.py),
+/// written as a fixture file in `dir`.
+pub fn mlx_fixture(model: &Path, texts: &[&str], dir: &Path) -> PathBuf {
+    let mut c = Command::new(mlx_python());
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mlx-yardstick.py"))
+        .arg(model);
+    for t in texts {
+        c.arg("--text").arg(t);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.join(format!(
+        "{}.mlx.json",
+        model.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&out, &o.stdout).unwrap();
+    out
 }
