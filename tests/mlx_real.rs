@@ -21,7 +21,8 @@ use serde_json::Value;
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The texts of the llama.cpp fixture: prose, code, digits, accents, emoji and CJK, spaces.
+/// Six texts of the llama.cpp fixture: prose, code, digits, accents, spaces and tabs, emoji and
+/// CJK (the MLX runtime takes about a second a text on this CPU).
 fn texts() -> Vec<String> {
     let fx: Value = serde_json::from_str(
         &std::fs::read_to_string(
@@ -36,6 +37,9 @@ fn texts() -> Vec<String> {
         .unwrap()
         .iter()
         .map(|c| c["text"].as_str().unwrap().to_string())
+        .enumerate()
+        .filter(|(i, _)| [0, 1, 3, 4, 5, 6].contains(i))
+        .map(|(_, t)| t)
         .collect()
 }
 

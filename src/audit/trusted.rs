@@ -106,6 +106,7 @@ impl TrustedEndpoint {
             weight_hash: hash,
             config_hash: String::new(),
             tokenizer_hash,
+            vocab_hash: text.tokenizer.vocab_hash(),
             tlsh: None,
         };
         let endpoint = EndpointCandidate::open(

@@ -89,7 +89,7 @@ pub(crate) enum Command {
     },
     /// Show a model's token ids for a text.
     Tokenize {
-        /// Model: GGUF file, folder holding one, or cached Hugging Face id.
+        /// Model: GGUF file, Hugging Face or MLX folder, or Hugging Face id (org/name[:FILE|:Q4_K_M]; cached, else downloaded).
         model: String,
         /// Text to tokenize.
         #[arg(long)]
@@ -100,7 +100,7 @@ pub(crate) enum Command {
     },
     /// Show the top-K next tokens after every position of a text.
     Logits {
-        /// Model: GGUF file, folder holding one, or cached Hugging Face id.
+        /// Model: GGUF file, Hugging Face or MLX folder, or Hugging Face id (org/name[:FILE|:Q4_K_M]; cached, else downloaded).
         model: String,
         /// Text.
         #[arg(long)]
@@ -246,7 +246,7 @@ pub(crate) struct ReferenceBuildArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(crate) enum KernelArg {
-    /// The file's quantization, multiplied as llama.cpp does (8-bit activations): small, fast.
+    /// The file's quantization, multiplied as its runtime does (GGUF: llama.cpp's 8-bit activations; MLX: f32 activations): small, fast.
     Quantized,
     /// Weights dequantized to f32: exact arithmetic on the stored weights, 4-8x the memory.
     Dense,
@@ -498,7 +498,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Model: GGUF file, folder, or cached Hugging Face id.
+    /// Model: GGUF file, Hugging Face or MLX folder, or Hugging Face id (cached, else downloaded).
     #[arg(long)]
     pub(crate) model: String,
     /// Name clients put in "model" (default: the file's stem).
@@ -551,7 +551,7 @@ pub(crate) struct VerifyArgs {
     /// The provider's base URL (e.g. http://127.0.0.1:8080).
     #[arg(long)]
     pub(crate) endpoint: String,
-    /// The claimed model, your own copy: GGUF file, folder, or cached Hugging Face id.
+    /// The claimed model, your own copy: GGUF file, Hugging Face or MLX folder, or Hugging Face id (cached, else downloaded).
     #[arg(long)]
     pub(crate) model: String,
     /// Router key (`pot keygen --router`): the VRF that picks audited steps.
@@ -637,7 +637,7 @@ pub(crate) enum BundleCommand {
 
 #[derive(Args)]
 pub(crate) struct DiffArgs {
-    /// Reference model (what was paid for): GGUF file, folder, or cached Hugging Face id.
+    /// Reference model (what was paid for): GGUF file, Hugging Face or MLX folder, or Hugging Face id (cached, else downloaded).
     #[arg(long = "ref")]
     pub(crate) reference: String,
     /// Candidate model (what is served).

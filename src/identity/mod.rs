@@ -54,6 +54,10 @@ pub struct Identity {
     pub config_hash: String,
     /// Hash of the tokenizer.
     pub tokenizer_hash: String,
+    /// Hash of the vocabulary alone ([`crate::model::Tokenizer::vocab_hash`]; empty in
+    /// identities recorded before it was).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vocab_hash: String,
     /// TLSH of the weight signature (only from [`fingerprint`] with `tlsh = true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tlsh: Option<String>,
@@ -104,7 +108,8 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     let p = path.display().to_string();
     let g = GgufFile::open(path)?;
     let cfg = g.config()?;
-    let tokenizer_hash = g.tokenizer()?.hash;
+    let tokenizer = g.tokenizer()?;
+    let (tokenizer_hash, vocab_hash) = (tokenizer.hash.clone(), tokenizer.vocab_hash());
     let config_hash = config_hash(&cfg);
     let mut names: Vec<&String> = g.content.tensor_infos.keys().collect();
     names.sort();
@@ -139,6 +144,7 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
         weight_hash,
         config_hash,
         tokenizer_hash,
+        vocab_hash,
         tlsh,
     })
 }
@@ -150,7 +156,8 @@ pub fn fingerprint(path: &Path, tlsh: bool) -> Result<Identity, ModelError> {
 fn folder_fingerprint(dir: &Path, tlsh: bool) -> Result<Identity, ModelError> {
     let folder = crate::model::hf::HfFolder::open(dir)?;
     let cfg = folder.config()?;
-    let tokenizer_hash = folder.tokenizer()?.hash;
+    let tokenizer = folder.tokenizer()?;
+    let (tokenizer_hash, vocab_hash) = (tokenizer.hash.clone(), tokenizer.vocab_hash());
     let config_hash = config_hash(&cfg);
     let mut h = Sha256::new();
     h.update(WEIGHT_TAG);
@@ -206,6 +213,7 @@ fn folder_fingerprint(dir: &Path, tlsh: bool) -> Result<Identity, ModelError> {
         weight_hash,
         config_hash,
         tokenizer_hash,
+        vocab_hash,
         tlsh: if tlsh {
             Some(tlsh_of(dir, &sig)?)
         } else {

@@ -138,9 +138,10 @@ impl Config {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// The stored encoding, multiplied as llama.cpp does (activations rounded to 8 bits
-    /// before each product with quantized weights, to the weight's type with f16 and bf16
-    /// weights). Weights stay as small as the file: quick to load, and the fastest here
+    /// The stored encoding, multiplied as its runtime does: GGUF as llama.cpp (activations
+    /// rounded to 8 bits before each product with quantized weights, to the weight's type
+    /// with f16 and bf16 weights), MLX checkpoints as MLX (f32 activations against the
+    /// quants). Weights stay as small as the file: quick to load, and the fastest here
     /// (BENCHMARKS.md).
     #[default]
     Quantized,

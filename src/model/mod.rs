@@ -1,8 +1,8 @@
 //! Models: load a checkpoint, tokenize, score sequences by teacher forcing, and generate.
 //!
-//! A model is named by a path (a GGUF file, or a Hugging Face folder of config.json,
-//! tokenizer.json and *.safetensors) or a Hugging Face id looked up in the local
-//! Hugging Face cache (pot never downloads: the machines it audits from are often offline).
+//! A model is named by a path (a GGUF file, or a Hugging Face or MLX folder of config.json,
+//! tokenizer.json and *.safetensors) or a Hugging Face id, found in the local hub cache or
+//! downloaded on demand ([`hub`]).
 //! This room owns the engine; it knows nothing of challenges, scores or decisions.
 
 pub mod arch;
@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod half;
 pub mod hf;
+pub mod hub;
 pub mod kq;
 pub mod layers;
 pub mod mlx;
@@ -242,30 +243,19 @@ pub fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
             }),
         };
     }
-    let looks_like_id =
-        spec.split('/').count() == 2 && !spec.contains(['\\', ':']) && !spec.starts_with('.');
-    if !looks_like_id {
-        return Err(ModelError::NotFound {
+    match hub::HubSpec::parse(spec) {
+        Some(id) => {
+            let got = hub::fetch(&id)?;
+            if got.is_dir() {
+                resolve(&got.display().to_string())
+            } else {
+                Ok(got)
+            }
+        }
+        None => Err(ModelError::NotFound {
             spec: spec.into(),
-            reason: "no such file or folder; pass a GGUF file, a Hugging Face folder, or a Hugging Face id (org/name)"
+            reason: "no such file or folder; pass a GGUF file, a Hugging Face or MLX folder, or a Hugging Face id (org/name, org/name:FILE, org/name:Q4_K_M)"
                 .into(),
-        });
-    }
-    let cache = hf_hub::Cache::from_env();
-    let repo_dir = cache
-        .path()
-        .join(format!("models--{}", spec.replace('/', "--")));
-    let snapshot = std::fs::read_to_string(repo_dir.join("refs").join("main"))
-        .ok()
-        .map(|c| repo_dir.join("snapshots").join(c.trim()));
-    match snapshot {
-        Some(dir) if dir.is_dir() => resolve(&dir.display().to_string()),
-        _ => Err(ModelError::NotFound {
-            spec: spec.into(),
-            reason: format!(
-                "not a local path, and the Hugging Face id is not in the local cache ({}); pot does not download models: fetch it where the hub is reachable (huggingface-cli download {spec}) and copy the cache, or pass a model file or folder",
-                repo_dir.display()
-            ),
         }),
     }
 }

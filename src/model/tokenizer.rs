@@ -397,4 +397,21 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
+
+    /// Identity of the vocabulary alone: SHA-256 over every id's bytes, in id order. Two
+    /// tokenizers with this hash equal read every id as the same text, whatever their
+    /// normalizers and pre-tokenizers; a model fed the other's ids can be compared with it
+    /// row by row. (transformers rebuilds Qwen's tokenizer with an NFC normalizer and its own
+    /// spelling of the split regex when it saves it, as mlx-lm's converter does: the pipeline
+    /// hashes then differ, the vocabularies not.)
+    pub fn vocab_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"pot/vocabulary/v1");
+        for id in 0..self.vocab_size as u32 {
+            let b = self.token_bytes(id);
+            h.update((b.len() as u32).to_le_bytes());
+            h.update(&b);
+        }
+        hex::encode(h.finalize())
+    }
 }

@@ -344,11 +344,14 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
-/// Whether two models can be compared token by token: same tokenizer, same output rows.
+/// Whether two models can be compared token by token: the same vocabulary (so the
+/// candidate, fed the reference's token ids, reads the same text) and the same output rows.
+/// Tokenizers that split text differently over one vocabulary still compare token by token:
+/// the candidate never tokenizes anything in a KL score.
 pub fn kind_for(reference: &Identity, candidate: &Identity) -> ScoreKind {
-    if reference.tokenizer_hash == candidate.tokenizer_hash
-        && reference.vocab_size == candidate.vocab_size
-    {
+    let same_vocabulary = reference.tokenizer_hash == candidate.tokenizer_hash
+        || (!reference.vocab_hash.is_empty() && reference.vocab_hash == candidate.vocab_hash);
+    if same_vocabulary && reference.vocab_size == candidate.vocab_size {
         ScoreKind::Kl
     } else {
         ScoreKind::BitsPerByte

@@ -264,20 +264,36 @@ pub fn mlx_convert(hf: &Path, name: &str, args: &[&str]) -> PathBuf {
 }
 
 /// The MLX runtime's token ids and logits for `texts` on `model` (scripts/mlx-yardstick.py),
-/// written as a fixture file in `dir`.
+/// as a fixture file: in `dir`, or kept beside a derived checkpoint (the MLX runtime takes about
+/// a second a text here), under a name that changes with the texts and the script.
 pub fn mlx_fixture(model: &Path, texts: &[&str], dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mlx-yardstick.py");
+    let mut h = Sha256::new();
+    h.update(std::fs::read(&script).unwrap());
+    for t in texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    let key = hex::encode(&h.finalize()[..8]);
+    let name = model.file_name().unwrap().to_string_lossy().into_owned();
+    let out = if model.parent() == Some(mlx_dir().as_path()) {
+        mlx_dir().join(format!("{name}.mlx-{key}.json"))
+    } else {
+        dir.join(format!("{name}.mlx.json"))
+    };
+    if out.is_file() {
+        return out;
+    }
     let mut c = Command::new(mlx_python());
-    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mlx-yardstick.py"))
-        .arg(model);
+    c.arg(&script).arg(model);
     for t in texts {
         c.arg("--text").arg(t);
     }
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = dir.join(format!(
-        "{}.mlx.json",
-        model.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&out, &o.stdout).unwrap();
+    let part = out.with_extension(format!("part-{}", std::process::id()));
+    std::fs::write(&part, &o.stdout).unwrap();
+    std::fs::rename(&part, &out).unwrap();
     out
 }
