@@ -384,47 +384,48 @@ impl HfFolder {
         }
     }
 
+    /// What tensor `name` is to an MLX layer: part of a packed weight (its scales or biases),
+    /// the packed weight of layer `module`, or a tensor of its own.
+    fn part(&self, name: &str) -> Part {
+        let packed = |module: &str| self.st.get(&format!("{module}.scales")).is_ok();
+        let side = name
+            .strip_suffix(".scales")
+            .or_else(|| name.strip_suffix(".biases"));
+        match (side, name.strip_suffix(".weight")) {
+            (Some(m), _) if packed(m) => Part::ScalesOrBiases,
+            (_, Some(m)) if packed(m) => Part::Packed(m.to_string()),
+            _ => Part::Plain,
+        }
+    }
+
     /// How many values tensor `name` of `shape` holds as the model sees it: an MLX layer's
     /// packed weight its unpacked count, `None` for its scales and biases.
     pub fn value_count(&self, name: &str, shape: &[usize]) -> Result<Option<u64>, ModelError> {
-        let packed = |module: &str| self.st.get(&format!("{module}.scales")).is_ok();
-        if let Some(module) = name
-            .strip_suffix(".scales")
-            .or_else(|| name.strip_suffix(".biases"))
-        {
-            if packed(module) {
-                return Ok(None);
-            }
-        }
         let n = shape.iter().product::<usize>() as u64;
-        if let Some(module) = name.strip_suffix(".weight").filter(|m| packed(m)) {
-            if let Some(scheme) = self.quantization()?.and_then(|q| q.scheme(module)) {
-                return Ok(Some(n * 32 / scheme.bits as u64));
+        Ok(match self.part(name) {
+            Part::ScalesOrBiases => None,
+            Part::Packed(module) => {
+                let bits = self.quantization()?.and_then(|q| q.scheme(&module));
+                Some(bits.map_or(n, |s| n * 32 / s.bits as u64))
             }
-        }
-        Ok(Some(n))
+            Part::Plain => Some(n),
+        })
     }
 
     /// A tensor as the model's values: an MLX layer's packed `weight` dequantized to f32,
     /// `None` for its `scales` and `biases` (part of that weight), any other tensor as f32.
     pub fn values(&self, name: &str) -> Result<Option<Tensor>, ModelError> {
-        let packed = |module: &str| self.st.get(&format!("{module}.scales")).is_ok();
-        if let Some(module) = name
-            .strip_suffix(".scales")
-            .or_else(|| name.strip_suffix(".biases"))
-        {
-            if packed(module) {
-                return Ok(None);
+        match self.part(name) {
+            Part::ScalesOrBiases => Ok(None),
+            Part::Packed(module) => {
+                let quant = self.quantization()?;
+                match self.matrix(&module, quant.as_ref(), Kernels::Dense)? {
+                    Matrix::Dense(t) => Ok(Some(t)),
+                    _ => unreachable!("dense kernels widen every matrix"),
+                }
             }
+            Part::Plain => self.tensor(name).map(Some),
         }
-        if let Some(module) = name.strip_suffix(".weight").filter(|m| packed(m)) {
-            let quant = self.quantization()?;
-            return match self.matrix(module, quant.as_ref(), Kernels::Dense)? {
-                Matrix::Dense(t) => Ok(Some(t)),
-                _ => unreachable!("dense kernels widen every matrix"),
-            };
-        }
-        self.tensor(name).map(Some)
     }
 
     /// Assemble the decoder, its matrices held for `kernels`: MLX quants on pot's affine kernel,
@@ -499,6 +500,13 @@ impl HfFolder {
         }
         Decoder::new(cfg, embed, blocks, norm, output).map_err(map)
     }
+}
+
+/// What a stored tensor is to an MLX layer ([`HfFolder::part`]).
+enum Part {
+    ScalesOrBiases,
+    Packed(String),
+    Plain,
 }
 
 /// A weight matrix as [`HfFolder::matrix`] holds it.

@@ -165,7 +165,7 @@ pub fn fetch(spec: &HubSpec) -> Result<PathBuf, ModelError> {
     got.map_err(|e| match e {
         DownloadError::Hub(e) => not_cached(format!(
             "downloading it from {endpoint} failed ({}): check the id and the network (HF_ENDPOINT for a mirror, HF_TOKEN for a gated model, HF_HUB_OFFLINE=1 to stay offline), or pass a model file or folder",
-            one_line(&e)
+            crate::with_causes(&e).replace('\n', " ")
         )),
         DownloadError::Choose(why) => ModelError::NotFound {
             spec: spec.display(),
@@ -173,21 +173,6 @@ pub fn fetch(spec: &HubSpec) -> Result<PathBuf, ModelError> {
         },
         DownloadError::Other(why) => not_cached(why),
     })
-}
-
-/// An error as one line, its causes joined.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s.replace('\n', " ")
 }
 
 enum DownloadError {
