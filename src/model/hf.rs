@@ -39,6 +39,8 @@ pub struct HfFolder {
     config_json: Value,
     files: Vec<PathBuf>,
     st: MmapedSafetensors,
+    /// config.json's quantization, parsed on first use.
+    quant: std::sync::OnceLock<Option<Quantization>>,
 }
 
 /// GGUF tensor name → Hugging Face name in a model of family `arch` (`None`: not one of its
@@ -108,6 +110,7 @@ impl HfFolder {
             config_json,
             files,
             st,
+            quant: std::sync::OnceLock::new(),
         })
     }
 
@@ -290,8 +293,12 @@ impl HfFolder {
     }
 
     /// The quantization `config.json` declares (MLX checkpoints), if any.
-    pub fn quantization(&self) -> Result<Option<Quantization>, ModelError> {
-        Quantization::from_config(&self.config_json, &self.dir.join("config.json"))
+    pub fn quantization(&self) -> Result<Option<&Quantization>, ModelError> {
+        if let Some(q) = self.quant.get() {
+            return Ok(q.as_ref());
+        }
+        let q = Quantization::from_config(&self.config_json, &self.dir.join("config.json"))?;
+        Ok(self.quant.get_or_init(|| q).as_ref())
     }
 
     /// The raw view of a stored tensor.
@@ -418,8 +425,7 @@ impl HfFolder {
         match self.part(name) {
             Part::ScalesOrBiases => Ok(None),
             Part::Packed(module) => {
-                let quant = self.quantization()?;
-                match self.matrix(&module, quant.as_ref(), Kernels::Dense)? {
+                match self.matrix(&module, self.quantization()?, Kernels::Dense)? {
                     Matrix::Dense(t) => Ok(Some(t)),
                     _ => unreachable!("dense kernels widen every matrix"),
                 }
@@ -433,7 +439,6 @@ impl HfFolder {
     pub fn decoder(&self, kernels: Kernels) -> Result<Decoder, ModelError> {
         let cfg = self.config()?;
         let quant = self.quantization()?;
-        let quant = quant.as_ref();
         let map = |e: candle_core::Error| corrupt(&self.dir, super::candle_message(&e));
         let linear = |m: Matrix, bias: Option<Tensor>| -> Result<Linear, ModelError> {
             Ok(match m {
