@@ -10,7 +10,9 @@ Needs the llama-cpp-python package (`pip install llama-cpp-python`, a C++ build 
 25 minutes); scripts/bench.sh runs this only where it is installed.
 
 Usage: scripts/llamacpp-yardstick.py [MODELS_DIR]
-       scripts/llamacpp-yardstick.py --speed FILE...   (speed only, with peak RSS, for any GGUF)
+       scripts/llamacpp-yardstick.py --speed FILE...   (speed only, with peak RSS, for any GGUF;
+                                                    scoring = one pass of 256 tokens keeping
+                                                    every position's logits)
 """
 import json
 import math
@@ -69,7 +71,23 @@ def speed(path):
     t = time.time()
     for tok in toks[16:80]:
         llm.eval([tok])
-    return prompt, 64 / (time.time() - t)
+    gen = 64 / (time.time() - t)
+    del llm
+    return prompt, gen
+
+
+def scoring(path, n=256):
+    """Tokens/s of one pass over n tokens keeping every position's logits (logits_all), as
+    pot scores a text in a diff; `pot bench`'s scoring figure."""
+    llm = Llama(model_path=path, n_ctx=512, n_threads=2, n_batch=512, logits_all=True,
+                verbose=False)
+    toks = list(range(1000, 1000 + n))
+    llm.reset()
+    llm.eval(toks)  # warm-up
+    llm.reset()
+    t = time.time()
+    llm.eval(toks)
+    return n / (time.time() - t)
 
 
 if len(sys.argv) > 1 and sys.argv[1] == "--speed":
@@ -77,8 +95,9 @@ if len(sys.argv) > 1 and sys.argv[1] == "--speed":
     for path in sys.argv[2:]:
         pe, gen = speed(path)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        sc = scoring(path)
         print(f"llama.cpp {os.path.basename(path)}: prompt-eval {pe:.1f} tok/s, "
-              f"generation {gen:.1f} tok/s, peak RSS {rss:.2f} GB")
+              f"generation {gen:.1f} tok/s, peak RSS {rss:.2f} GB, scoring {sc:.1f} tok/s")
     sys.exit(0)
 
 for model, fixture in PAIRS:

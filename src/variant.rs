@@ -229,17 +229,17 @@ fn row_fallback(dtype: GgmlDType) -> GgmlDType {
 /// block at all).
 fn encode(t: &Tensor, dtype: GgmlDType) -> candle_core::Result<QTensor> {
     let cols = *t.dims().last().unwrap_or(&0);
-    let dtype = if cols % dtype.block_size() == 0 {
+    let dtype = if cols.is_multiple_of(dtype.block_size()) {
         dtype
     } else {
         row_fallback(dtype)
     };
     let block = dtype.block_size();
-    if cols % block == 0 {
+    if cols.is_multiple_of(block) {
         return QTensor::quantize(t, dtype);
     }
     let n = t.elem_count();
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         // Not even the flattened matrix splits into blocks: keep full precision.
         return QTensor::quantize(t, GgmlDType::F16);
     }

@@ -25,9 +25,25 @@ fn check(model_file: &str, fixture: &str, kernels: Kernels) -> Agreement {
 /// mean |Δ| 0.061 / 0.052 / 0.075 (SmolLM2 / 0.5B / 1.5B; `scripts/llamacpp-yardstick.py`).
 /// Rounding 8-bit activations makes logits move by ~0.05 nats between two correct engines,
 /// and every miss here is a near-tie (llama.cpp's top two within 0.13 nats).
+///
+/// Where pot's top-1 token differs, the fixture's top two must lie within `NEAR_TIE` nats: a
+/// miss at a near-tie is that noise (the order of pot's f32 sums moves which ties flip: the
+/// many-row tile kernels of `src/model/tiles.rs` flipped three more on the 0.5B than the
+/// few-row kernels had), a miss at a clear gap would be a fault.
 fn assert_agrees(a: &Agreement, top1: f64, mean: f64) {
     assert_agrees_within(a, 10, top1, mean);
+    assert!(
+        a.widest_miss <= NEAR_TIE,
+        "a top-1 miss where the fixture's top two are {} nats apart (> {NEAR_TIE})",
+        a.widest_miss
+    );
 }
+
+/// Top-two gaps (nats) within which two correct 8-bit engines may rank differently. Each
+/// logit moves by up to 0.5-0.8 nats between them (the max |Δ| printed), so a rank can flip
+/// where the two lie closer than that; measured, pot's misses lie within 0.19 (0.5B) and 0.17
+/// (SmolLM2) nats with the tile kernels, llama.cpp's own against its fixtures within 0.13.
+const NEAR_TIE: f64 = 0.25;
 
 /// All `prompts` checked, top-1 agreement at least `top1` (a fraction of all positions), mean
 /// |Δ log-softmax| at most `mean` nats.
@@ -65,8 +81,9 @@ fn smollm2_matches_llama_cpp() {
         "smollm2-135m-instruct-q4_1.llamacpp.json",
     );
     assert_dense_agrees(&check(f.0, f.1, Kernels::Dense));
-    // Measured: 165/166, mean 0.099.
-    assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.98, 0.105);
+    // Measured: 165/166, mean 0.099; 163/166, 0.102 (one-pass attention); 163/166, 0.106
+    // (tile kernels).
+    assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.98, 0.11);
 }
 
 #[test]
@@ -76,8 +93,9 @@ fn qwen_05b_matches_llama_cpp() {
         "qwen2.5-coder-0.5b-instruct-q4_k_m.llamacpp.json",
     );
     assert_dense_agrees(&check(f.0, f.1, Kernels::Dense));
-    // Measured: 132/134, mean 0.060.
-    assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.98, 0.07);
+    // Measured: 132/134, mean 0.060; 133/134, 0.064 (one-pass attention); 130/134 (97.0%),
+    // 0.061 with the tile kernels, every miss at a near-tie (as llama.cpp itself on the 1.5B).
+    assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.97, 0.07);
 }
 
 #[test]

@@ -604,14 +604,16 @@ fn sampled_audits_tell_another_model_from_another_decoding() {
         v["queries"], v["tokens_used"]
     );
 
-    // At least 20 challenges of 32 tokens: enough sampled tokens for the check (10 quick-mode
-    // challenges gave 110-156, and an e-value of 10^1.8 to 10^3.7 against the 10^3 needed).
+    // At least 10 challenges of 32 tokens: enough sampled tokens for the check (10 quick-mode
+    // challenges gave 110-156, and an e-value of 10^1.8 to 10^3.7 against the 10^3 needed; 20
+    // of 32 gave 583 and 10^18.2, 15 of 32 gave 420 and 10^10.9: 0.016-0.03 decades a token,
+    // so about 300 tokens give 10^4.8 at the least).
     let gateway = Gateway::forcing(&claimed.url, "temperature", 0.5);
     let (code, v, err) = audit(
         QWEN05,
         &gateway.url,
         dir.path(),
-        &with(&["--method", "logprobs", "--k", "32", "--n-min", "20"]),
+        &with(&["--method", "logprobs", "--k", "32", "--n-min", "10"]),
     );
     assert_verdict(code, &v, &err, "SAME", "logprobs");
     let f = v["findings"][0].as_str().unwrap();

@@ -146,6 +146,10 @@ pub(super) fn cmd_bench(
     let t = std::time::Instant::now();
     m.logits(&ids, last)?;
     let prefill = ids.len() as f64 / t.elapsed().as_secs_f64();
+    // Scoring, as a diff or an audit does: the same pass with logits at every position.
+    let t = std::time::Instant::now();
+    m.logits(&ids, 0)?;
+    let scoring = ids.len() as f64 / t.elapsed().as_secs_f64();
     let head = &ids[..16.min(ids.len())];
     let t = std::time::Instant::now();
     m.greedy_exact(head, 1)?;
@@ -157,10 +161,10 @@ pub(super) fn cmd_bench(
     if json {
         outln!(
             "{}",
-            serde_json::json!({"model": model, "load_s": load_s, "prompt_tokens": ids.len(), "prompt_eval_tok_s": prefill, "generated": g.len(), "generation_tok_s": gen})
+            serde_json::json!({"model": model, "kernels": pot::model::tiles::isa().name(), "load_s": load_s, "prompt_tokens": ids.len(), "prompt_eval_tok_s": prefill, "scoring_tok_s": scoring, "generated": g.len(), "generation_tok_s": gen})
         )?;
     } else {
-        outln!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); generation {gen:.1} tok/s ({} tokens)", ids.len(), g.len())?;
+        outln!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); scoring (logits at every position) {scoring:.1} tok/s; generation {gen:.1} tok/s ({} tokens); {} kernels", ids.len(), g.len(), pot::model::tiles::isa().name())?;
     }
     Ok(ExitCode::SUCCESS)
 }

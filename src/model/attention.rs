@@ -158,9 +158,46 @@ enum Keys<'a> {
 }
 
 /// One query row against its visible keys; `p` is scratch of at least `kv` values (`kvp` for
-/// transposed keys), `y` the output.
+/// transposed keys), `y` the output. Compiled twice: for AVX2 with FMA, chosen when the CPU has
+/// them (`tiles::isa`), and portable.
 #[allow(clippy::too_many_arguments)]
 fn row(
+    q: &[f32],
+    keys: Keys<'_>,
+    values: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    round_f16: bool,
+    p: &mut [f32],
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::tiles::isa() >= super::tiles::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (tiles::isa).
+        return unsafe { row_avx2(q, keys, values, mask, scale, round_f16, p, y) };
+    }
+    row_body(q, keys, values, mask, scale, round_f16, p, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_avx2(
+    q: &[f32],
+    keys: Keys<'_>,
+    values: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    round_f16: bool,
+    p: &mut [f32],
+    y: &mut [f32],
+) {
+    row_body(q, keys, values, mask, scale, round_f16, p, y)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_body(
     q: &[f32],
     keys: Keys<'_>,
     values: &[f32],
@@ -200,7 +237,7 @@ fn row(
     for pj in p[lo..hi].iter_mut() {
         *pj -= max;
     }
-    super::vexp::exp_in_place(&mut p[lo..hi]);
+    super::vexp::exp_slice(&mut p[lo..hi]);
     if let Some(m) = mask {
         for (pj, &mj) in p[lo..hi].iter_mut().zip(&m[lo..hi]) {
             if mj == f32::NEG_INFINITY {
@@ -220,6 +257,7 @@ fn row(
 
 /// `s[j - lo] = q · key j` for keys `lo..hi` of `kt` (`(head_dim, kvp)`, rows padded to whole
 /// blocks; `s` holds up to `kvp - lo`), a block of keys at a time with their sums in registers.
+#[inline(always)]
 fn scores(q: &[f32], kt: &[f32], kvp: usize, lo: usize, hi: usize, s: &mut [f32]) {
     let mut j = lo;
     while j < hi {
@@ -242,6 +280,7 @@ fn scores(q: &[f32], kt: &[f32], kvp: usize, lo: usize, hi: usize, s: &mut [f32]
 }
 
 /// An f32 dot product in eight lanes (vectorized by the compiler), then the lanes summed.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -261,6 +300,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y = Σ_j w[j] · values[j]` (`values` `(n, head_dim)` rows), a block of columns at a time
 /// with their sums in registers.
+#[inline(always)]
 fn weigh(w: &[f32], values: &[f32], y: &mut [f32]) {
     let hd = y.len();
     let mut c0 = 0;

@@ -101,7 +101,7 @@ impl Config {
                 return Some(format!("{what} {v} is outside 1..={max}"));
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Some(format!(
                 "head size {} is odd (RoPE rotates pairs)",
                 self.head_dim

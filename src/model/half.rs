@@ -277,16 +277,7 @@ fn widen(kind: Kind, src: &[u16], dst: &mut [f32]) {
 
 /// Whether the vector kernels run here: x86-64 with AVX2, FMA and F16C.
 pub fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::tiles::isa() >= super::tiles::Isa::Avx2
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -10,15 +10,15 @@
 //! (sub-block scales unpacked once at load), each weight vector is decoded once for up to four
 //! activation rows, and tiles of columns go to candle's worker pool (`q8::products`).
 //!
-//! For many activation rows at once (teacher forcing, prompt evaluation) candle's repacked
-//! tiles are faster, so from `MANY_ROWS` rows on the product goes to candle; pot's kernel
-//! reads the file's blocks in place, so the two paths share one copy of the weights (candle
-//! builds its tiles only when first asked for many rows).
+//! For many activation rows at once (teacher forcing, prompt evaluation, scoring every
+//! position) the product goes to the tile kernels (`tiles`), which decode a tile of columns
+//! once for all rows; they also cover Q2_K, Q3_K and Q5_K. What pot has no kernel for on a
+//! CPU (few rows of Q2_K, Q3_K or Q5_K; anything without AVX2) goes to candle's.
 //!
-//! Only x86-64 with AVX2 and FMA runs pot's kernels (`available`); elsewhere candle's are used.
+//! pot's kernels run on x86-64 with AVX2 and FMA (`available`, chosen at run time).
 
 use super::q8::{by_rows, products, Product};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use std::sync::Arc;
 
@@ -30,23 +30,14 @@ const Q4K_BYTES: usize = 144;
 /// GGUF Q6_K block: 128 bytes of low nibbles, 64 bytes of high bit pairs, 16 i8 sub-block
 /// scales, f16 d.
 const Q6K_BYTES: usize = 210;
-/// From this many activation rows on, candle's repacked tiles multiply faster than pot's
-/// kernel (BENCHMARKS.md).
-const MANY_ROWS: usize = 8;
-
-/// Which k-quant a matrix holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Q4K,
-    Q6K,
-}
+use super::tiles::{self, KQuant, MANY_ROWS};
 
 /// A Q4_K or Q6_K weight matrix `(n, k)`: `n` output rows of `k` inputs.
 pub struct KMatrix {
     n: usize,
     k: usize,
-    kind: Kind,
-    /// The file's blocks, row-major; also what candle multiplies for many rows.
+    kind: KQuant,
+    /// The file's blocks, row-major; what every kernel reads.
     weights: Arc<QTensor>,
     candle: QMatMul,
 }
@@ -61,24 +52,14 @@ struct Q8KRows {
 
 /// Whether this CPU runs pot's k-quant kernels.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::tiles::isa() >= super::tiles::Isa::Avx2
 }
 
 impl KMatrix {
     /// A Q4_K or Q6_K CPU tensor `(n, k)` with whole super-blocks per row; `None` otherwise.
     pub fn new(weights: Arc<QTensor>) -> Option<Self> {
-        let (kind, size) = match weights.dtype() {
-            GgmlDType::Q4K => (Kind::Q4K, Q4K_BYTES),
-            GgmlDType::Q6K => (Kind::Q6K, Q6K_BYTES),
-            _ => return None,
-        };
+        let kind = KQuant::of(weights.dtype())?;
+        let size = kind.block_bytes();
         let (n, k) = weights.shape().dims2().ok()?;
         let bytes = weights.data().ok()?.len();
         if !weights.device().is_cpu() || k % QK_K != 0 || bytes != n * k / QK_K * size {
@@ -93,17 +74,39 @@ impl KMatrix {
         })
     }
 
-    /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major. Call only where `available()`.
+    /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major on the tile kernels (many rows). Call
+    /// only where `tiles::available()`.
+    pub fn tiled(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        assert_eq!(x.len(), m * self.k, "activation shape");
+        let data = self.weights.data()?;
+        let a = quantize_q8k(x);
+        let rows = tiles::Rows {
+            quants: &a.qs,
+            scales: &a.d,
+            sums: &[],
+            isums: &[],
+            bsums: &a.bsums,
+        };
+        let row_bytes = self.k / QK_K * self.kind.block_bytes();
+        Ok(tiles::k_product(self.kind, self.n, self.k, m, &rows, |c| {
+            &data[c * row_bytes..(c + 1) * row_bytes]
+        }))
+    }
+
+    /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major on pot's few-row kernel (Q4_K and
+    /// Q6_K). Call only where `available()`.
     pub fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         assert_eq!(x.len(), m * self.k, "activation shape");
         assert!(available(), "k-quant kernels need AVX2 and FMA");
+        assert!(
+            matches!(self.kind, KQuant::Q4K | KQuant::Q6K),
+            "few-row kernel of {:?}",
+            self.kind
+        );
         let data = self.weights.data()?;
         let a = quantize_q8k(x);
         let nb = self.k / QK_K;
-        let size = match self.kind {
-            Kind::Q4K => Q4K_BYTES,
-            Kind::Q6K => Q6K_BYTES,
-        };
+        let size = self.kind.block_bytes();
         Ok(products(self.n, m, |c, r0, out| {
             let col = &data[c * nb * size..(c + 1) * nb * size];
             #[cfg(target_arch = "x86_64")]
@@ -119,10 +122,15 @@ impl KMatrix {
 }
 
 impl Product for KMatrix {
-    /// pot's kernel below `MANY_ROWS` rows, candle's repacked tiles from there on.
+    /// The tile kernels from `MANY_ROWS` rows on, pot's few-row kernel below (Q4_K, Q6_K),
+    /// candle's where pot has none for this CPU.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        if b * t >= MANY_ROWS {
+        let m = b * t;
+        if m >= MANY_ROWS && tiles::available() {
+            return by_rows(x, self.n, |rows, m| self.tiled(rows, m));
+        }
+        if m >= MANY_ROWS || !matches!(self.kind, KQuant::Q4K | KQuant::Q6K) || !available() {
             return self.candle.forward(x);
         }
         by_rows(x, self.n, |rows, m| self.matmul(rows, m))
@@ -155,6 +163,23 @@ fn scales_mins(q: &[u8]) -> [u8; 16] {
 /// magnitude `max` maps to -127 (iscale = -127 / max), quants are rounded half to even and
 /// capped at 127, d = 1 / iscale, and each 16 quants are summed.
 fn quantize_q8k(x: &[f32]) -> Q8KRows {
+    #[cfg(target_arch = "x86_64")]
+    if super::tiles::isa() >= super::tiles::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (tiles::isa).
+        return unsafe { quantize_q8k_avx2(x) };
+    }
+    quantize_q8k_body(x)
+}
+
+/// [`quantize_q8k`] compiled for AVX2 (vector rounding, no library call per value).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_q8k_avx2(x: &[f32]) -> Q8KRows {
+    quantize_q8k_body(x)
+}
+
+#[inline(always)]
+fn quantize_q8k_body(x: &[f32]) -> Q8KRows {
     let blocks = x.len() / QK_K;
     let mut a = Q8KRows {
         d: Vec::with_capacity(blocks),
@@ -192,7 +217,7 @@ fn quantize_q8k(x: &[f32]) -> Q8KRows {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{scales_mins, Kind, Q8KRows, Q4K_BYTES, Q6K_BYTES, QK_K};
+    use super::{scales_mins, KQuant as Kind, Q8KRows, Q4K_BYTES, Q6K_BYTES, QK_K};
     use crate::model::q8::avx2::{hsum, hsum4};
     use std::arch::x86_64::*;
 
@@ -215,6 +240,7 @@ mod avx2 {
             (Kind::Q6K, 2) => q6k::<2>(col, nb, a, r0, out),
             (Kind::Q6K, 3) => q6k::<3>(col, nb, a, r0, out),
             (Kind::Q6K, _) => q6k::<4>(col, nb, a, r0, out),
+            _ => unreachable!("few-row kernel of {kind:?}"),
         }
     }
 
@@ -353,6 +379,45 @@ mod tests {
         for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
             for n in [70, 64] {
                 check(dtype, n);
+            }
+        }
+    }
+
+    /// Every k-quant through `forward`, for 1 to 21 rows: pot's tile kernels from
+    /// `MANY_ROWS` rows on (where this CPU runs them), against candle's products.
+    #[test]
+    fn every_kquant_matches_candles_products_through_forward() {
+        for dtype in [
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let (n, k) = (70, 512);
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 + ((i / k) as f32 * 0.01))
+                .collect();
+            let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = Arc::new(QTensor::quantize(&wt, dtype).unwrap());
+            let mine = KMatrix::new(q.clone()).unwrap();
+            let qm = QMatMul::QTensor(q);
+            for m in [1, 7, 8, 9, 13, 21] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.07 + (i % 7) as f32 * 0.001)
+                    .collect();
+                let want = candle_product(&qm, &x, m, k);
+                let got: Vec<f32> = mine
+                    .forward(&Tensor::from_slice(&x, (1, m, k), &Device::Cpu).unwrap())
+                    .and_then(|y| y.flatten_all()?.to_vec1())
+                    .unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "{dtype:?} m={m} [{i}]: {g} vs {w}"
+                    );
+                }
             }
         }
     }

@@ -21,22 +21,41 @@ pub(crate) enum Weight {
     Dense(Tensor),
     /// The file's quantization, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
-    /// Q8_0 (or Q5_0 re-encoded), Q4_1, Q4_K, Q6_K, F16 and BF16 on CPU, multiplied by
-    /// pot's own kernels (`q8`, `kq`, `half`) with llama.cpp's arithmetic: faster here than
-    /// candle's for these encodings (for Q4_K and Q6_K below 8 activation rows, above which
-    /// `kq` hands the product to candle's repacked tiles), and 16-bit weights stay 16-bit.
+    /// Q8_0 (or Q5_0 re-encoded), Q4_0, Q4_1, Q5_1, the k-quants, F16 and BF16 on CPU,
+    /// multiplied by pot's own kernels (`q8`, `kq`, `tiles`, `half`) with llama.cpp's
+    /// arithmetic, chosen when the program runs: faster than candle's (whose SIMD is chosen
+    /// when it is built), and 16-bit weights stay 16-bit. `kq` hands what pot has no kernel
+    /// for on this CPU (few rows of Q2_K, Q3_K, Q5_K; many rows without AVX-512 VNNI) to
+    /// candle.
     Pot(Box<dyn crate::model::q8::Product>),
 }
 
 /// The quantized weight's kernel: pot's own on CPU where it has one, candle's otherwise.
+///
+/// Without AVX2 (an old x86-64, or aarch64, where pot's kernels are portable Rust) Q8_0, Q4_0
+/// and the k-quants go to candle, whose aarch64 build multiplies them with NEON.
 fn quantized_weight(w: Arc<QTensor>) -> Result<Weight> {
-    use crate::model::kq::{self, KMatrix};
+    use crate::model::kq::KMatrix;
     use crate::model::q8::{Product, Q8Matrix};
-    if w.device().is_cpu() {
+    use crate::model::tiles::{isa, Isa};
+    let candles = matches!(
+        w.dtype(),
+        GgmlDType::Q8_0
+            | GgmlDType::Q4_0
+            | GgmlDType::Q2K
+            | GgmlDType::Q3K
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+    );
+    if w.device().is_cpu() && !(candles && isa() == Isa::Scalar) {
         let (n, k) = w.shape().dims2()?;
         let pot: Option<Box<dyn Product>> = match w.dtype() {
             GgmlDType::Q8_0 => {
                 Q8Matrix::from_q8_0_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
+            }
+            GgmlDType::Q4_0 => {
+                Q8Matrix::from_q4_0_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
             }
             GgmlDType::Q4_1 => {
                 Q8Matrix::from_q4_1_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
@@ -44,7 +63,9 @@ fn quantized_weight(w: Arc<QTensor>) -> Result<Weight> {
             GgmlDType::Q5_1 => {
                 Q8Matrix::from_q5_1_bytes(&w.data()?, n, k).map(|m| Box::new(m) as _)
             }
-            GgmlDType::Q4K | GgmlDType::Q6K if kq::available() => {
+            // Every k-quant: pot's tile kernels for many rows (where the CPU runs them), its
+            // few-row kernel for Q4_K and Q6_K, candle's otherwise.
+            GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
                 KMatrix::new(w.clone()).map(|m| Box::new(m) as _)
             }
             GgmlDType::F16 | GgmlDType::BF16 => {

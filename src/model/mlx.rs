@@ -205,7 +205,7 @@ pub fn matrix(
     scales: &[f32],
     biases: &[f32],
 ) -> Option<Q8Matrix> {
-    if k % scheme.group != 0 || packed.len() * 8 != n * k * scheme.bits as usize {
+    if !k.is_multiple_of(scheme.group) || packed.len() * 8 != n * k * scheme.bits as usize {
         return None;
     }
     let quants = unpack(packed, scheme.bits, n * k)?;

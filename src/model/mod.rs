@@ -19,6 +19,7 @@ pub mod layers;
 pub mod mlx;
 pub mod q8;
 pub mod spm;
+pub mod tiles;
 pub mod tiny;
 pub mod tokenizer;
 pub mod vexp;

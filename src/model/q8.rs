@@ -97,7 +97,7 @@ struct Q8Rows {
 impl Q8Matrix {
     /// From GGUF Q8_0 bytes (per block: f16 scale, 32 × i8) of an `(n, k)` matrix.
     pub fn from_q8_0_bytes(bytes: &[u8], n: usize, k: usize) -> Option<Self> {
-        if k % QK != 0 || bytes.len() != n * k / QK * 34 {
+        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * 34 {
             return None;
         }
         let blocks = n * k / QK;
@@ -118,10 +118,38 @@ impl Q8Matrix {
         })
     }
 
+    /// From GGUF Q4_0 bytes (per block: f16 scale, 16 bytes of nibbles, value `q − 8`: the
+    /// low nibble of byte `j` is value `j`, the high one value `j + 16`). Its quants are
+    /// exactly i8 values in −8..=7, so it multiplies on the Q8_0 kernel: llama.cpp's
+    /// `ggml_vec_dot_q4_0_q8_0` is the same integer dot product against the same Q8_0
+    /// activations, scaled by the same two scales.
+    pub fn from_q4_0_bytes(bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * 18 {
+            return None;
+        }
+        let blocks = n * k / QK;
+        let mut scales = Vec::with_capacity(blocks);
+        let mut quants = Vec::with_capacity(blocks * QK);
+        for b in bytes.chunks_exact(18) {
+            scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            quants.extend(b[2..].iter().map(|q| ((q & 0x0f) as i8 - 8) as u8));
+            quants.extend(b[2..].iter().map(|q| ((q >> 4) as i8 - 8) as u8));
+        }
+        Some(Self {
+            n,
+            k,
+            scales,
+            mins: None,
+            quants,
+            signed: true,
+            f32_activations: false,
+        })
+    }
+
     /// From GGUF Q4_1 bytes (per block: f16 scale, f16 minimum, 16 bytes of nibbles: the low
     /// nibble of byte `j` is value `j`, the high one value `j + 16`) of an `(n, k)` matrix.
     pub fn from_q4_1_bytes(bytes: &[u8], n: usize, k: usize) -> Option<Self> {
-        if k % QK != 0 || bytes.len() != n * k / QK * 20 {
+        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * 20 {
             return None;
         }
         let blocks = n * k / QK;
@@ -150,7 +178,7 @@ impl Q8Matrix {
     /// high nibble with high bit `j + 16`). Its 5-bit quants multiply on the Q4_1 kernel (the
     /// arithmetic of llama.cpp's `ggml_vec_dot_q5_1_q8_1` is the same with 0..=31 quants).
     pub fn from_q5_1_bytes(bytes: &[u8], n: usize, k: usize) -> Option<Self> {
-        if k % QK != 0 || bytes.len() != n * k / QK * 24 {
+        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * 24 {
             return None;
         }
         let blocks = n * k / QK;
@@ -193,8 +221,8 @@ impl Q8Matrix {
     ) -> Option<Self> {
         let groups = n * k / group.max(1);
         if group == 0
-            || group % QK != 0
-            || k % group != 0
+            || !group.is_multiple_of(QK)
+            || !k.is_multiple_of(group)
             || !(1..=8).contains(&bits)
             || quants.len() != n * k
             || scales.len() != groups
@@ -284,6 +312,38 @@ impl Q8Matrix {
             });
         }
         let a = quantize_rows(x, m, k, self.mins.is_some());
+        if m >= super::tiles::MANY_ROWS && super::tiles::available() {
+            let isums: Vec<i32> = if self.signed {
+                a.quants
+                    .chunks_exact(QK)
+                    .map(|b| b.iter().map(|&q| q as i32).sum())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let rows = super::tiles::Rows {
+                quants: &a.quants,
+                scales: &a.scales,
+                sums: &a.sums,
+                isums: &isums,
+                bsums: &[],
+            };
+            return super::tiles::b32_product(
+                n,
+                k,
+                m,
+                &rows,
+                self.signed,
+                self.mins.is_some(),
+                |c| {
+                    (
+                        &self.scales[c * nb..(c + 1) * nb],
+                        self.mins.as_ref().map(|v| &v[c * nb..(c + 1) * nb]),
+                        &self.quants[c * k..(c + 1) * k],
+                    )
+                },
+            );
+        }
         products(n, m, |c, r0, out| {
             let col = Column {
                 scales: &self.scales[c * nb..(c + 1) * nb],
@@ -350,6 +410,23 @@ pub(super) fn products(
 /// 165 of 166 top-1 tokens and the x86 form on 162, with the same mean |Δ log-softmax| (0.100);
 /// against llama.cpp run on this machine, the same. pot keeps the form that agreed more.
 fn quantize_rows(x: &[f32], m: usize, k: usize, sums: bool) -> Q8Rows {
+    #[cfg(target_arch = "x86_64")]
+    if super::tiles::isa() >= super::tiles::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (tiles::isa).
+        return unsafe { quantize_rows_avx2(x, m, k, sums) };
+    }
+    quantize_rows_body(x, m, k, sums)
+}
+
+/// [`quantize_rows`] compiled for AVX2 (vector rounding, no library call per value).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_rows_avx2(x: &[f32], m: usize, k: usize, sums: bool) -> Q8Rows {
+    quantize_rows_body(x, m, k, sums)
+}
+
+#[inline(always)]
+fn quantize_rows_body(x: &[f32], m: usize, k: usize, sums: bool) -> Q8Rows {
     let nb = k / QK;
     let mut rows = Q8Rows {
         scales: Vec::with_capacity(m * nb),
@@ -377,8 +454,8 @@ fn quantize_rows(x: &[f32], m: usize, k: usize, sums: bool) -> Q8Rows {
 fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected; slices are in bounds by construction.
+        if super::tiles::isa() >= super::tiles::Isa::Avx2 {
+            // SAFETY: tiles::isa() detected AVX2 and FMA; slices are in bounds by construction.
             unsafe { avx2::dot_rows(col, a, r0, out) };
             return;
         }
@@ -420,8 +497,8 @@ fn dot_rows(col: Column<'_>, a: &Q8Rows, r0: usize, out: &mut [f32]) {
 fn dot_rows_f32(col: Column<'_>, x: &[f32], sums: &[f32], k: usize, r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected; slices are in bounds by construction.
+        if super::tiles::isa() >= super::tiles::Isa::Avx2 {
+            // SAFETY: tiles::isa() detected AVX2 and FMA; slices are in bounds by construction.
             unsafe { avx2::dot_rows_f32(col, x, sums, k, r0, out) };
             return;
         }
@@ -568,10 +645,16 @@ pub(super) mod tests {
     use candle_core::{Device, Module, Tensor};
 
     /// The same products as candle's Q8_0 and Q4_1 kernels (which follow llama.cpp's), for
-    /// 1, 3 and 7 activation rows.
+    /// 1 to 21 activation rows (every remainder of the row groups of both kernels), over 70
+    /// columns (a partial tile).
     #[test]
     fn matches_candles_products() {
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::Q5_1] {
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_1,
+        ] {
             check(dtype);
         }
     }
@@ -602,11 +685,13 @@ pub(super) mod tests {
         let mine = match dtype {
             GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&bytes, n, k),
             GgmlDType::Q5_1 => Q8Matrix::from_q5_1_bytes(&bytes, n, k),
+            GgmlDType::Q4_0 => Q8Matrix::from_q4_0_bytes(&bytes, n, k),
             _ => Q8Matrix::from_q4_1_bytes(&bytes, n, k),
         }
         .unwrap();
         let qm = QMatMul::from_qtensor(q).unwrap();
-        for m in [1usize, 3, 7] {
+        // From tiles::MANY_ROWS rows on, the tile kernels (where this CPU runs them).
+        for m in [1usize, 3, 7, 8, 13, 21] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.07)
                 .collect();
@@ -614,7 +699,11 @@ pub(super) mod tests {
             let got = mine.matmul(&x, m);
             // Q4_1: candle rounds the activation block sum s = d·Σq as f16(Σq)·f16(d), twice;
             // llama.cpp (and pot) as f16(d·Σq), once. That moves results by ~1e-3 relative.
-            let tol = if dtype == GgmlDType::Q8_0 { 1e-4 } else { 2e-3 };
+            let tol = if matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0) {
+                1e-4
+            } else {
+                2e-3
+            };
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() <= tol * w.abs().max(1.0),

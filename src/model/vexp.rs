@@ -44,8 +44,26 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
-/// `x[i] = e^x[i]` for every value.
+/// `x[i] = e^x[i]` for every value: compiled for AVX2 with FMA when the CPU has them
+/// (`tiles::isa`), portable otherwise.
 pub fn exp_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::tiles::isa() >= super::tiles::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (tiles::isa).
+        return unsafe { exp_avx2(x) };
+    }
+    exp_slice(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_avx2(x: &mut [f32]) {
+    exp_slice(x)
+}
+
+/// [`exp_in_place`]'s loop, inlined into callers compiled for a given CPU.
+#[inline(always)]
+pub(super) fn exp_slice(x: &mut [f32]) {
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for v in c.iter_mut() {
@@ -70,12 +88,29 @@ pub fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
             let (a, b) = (unit * UNIT, n.min((unit + 1) * UNIT));
             // SAFETY: units are disjoint ranges of `out`, each written by one worker.
             let o = unsafe { std::slice::from_raw_parts_mut((dst as *mut f32).add(a), b - a) };
-            for ((o, &gv), &uv) in o.iter_mut().zip(&g[a..b]).zip(&u[a..b]) {
-                *o = gv / (1.0 + exp(-gv)) * uv;
+            #[cfg(target_arch = "x86_64")]
+            if super::tiles::isa() >= super::tiles::Isa::Avx2 {
+                // SAFETY: the CPU has AVX2 and FMA (tiles::isa).
+                unsafe { silu_mul_avx2(o, &g[a..b], &u[a..b]) };
+                continue;
             }
+            silu_mul_body(o, &g[a..b], &u[a..b]);
         }
     });
     out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(o: &mut [f32], g: &[f32], u: &[f32]) {
+    silu_mul_body(o, g, u)
+}
+
+#[inline(always)]
+fn silu_mul_body(o: &mut [f32], g: &[f32], u: &[f32]) {
+    for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+        *o = gv / (1.0 + exp(-gv)) * uv;
+    }
 }
 
 #[cfg(test)]

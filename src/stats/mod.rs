@@ -431,7 +431,7 @@ impl SequentialTest {
         let x = self.scaled(score);
         self.scores.push(score);
         let n = self.scores.len();
-        let cycle_end = n % CYCLE == 0;
+        let cycle_end = n.is_multiple_of(CYCLE);
         self.different.push(x, cycle_end);
         self.same.push(x, cycle_end);
         if let Some(u) = &self.uniformity {

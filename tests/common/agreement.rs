@@ -16,6 +16,10 @@ pub struct Agreement {
     pub top1_same: usize,
     pub mean_abs: f64,
     pub max_abs: f64,
+    /// The widest gap between the other engine's top two logits at a position where pot's
+    /// top-1 token differs (0 when none differs): a miss at a near-tie is rounding noise, a
+    /// miss at a clear gap is not.
+    pub widest_miss: f64,
 }
 
 /// Load `path` with `kernels` and compare it with `fixture` (JSON of another engine: token ids,
@@ -36,6 +40,7 @@ pub fn check_path(path: &Path, fixture: &Path, kernels: Kernels) -> Agreement {
         top1_same: 0,
         mean_abs: 0.0,
         max_abs: 0.0,
+        widest_miss: 0.0,
     };
     let mut sum = 0.0;
     let mut count = 0usize;
@@ -91,6 +96,8 @@ pub fn check_path(path: &Path, fixture: &Path, kernels: Kernels) -> Agreement {
             a.positions += 1;
             if ours_top == ids[0] {
                 a.top1_same += 1;
+            } else {
+                a.widest_miss = a.widest_miss.max(logits[0] - logits[1]);
             }
             if i > 0 {
                 a.later_positions += 1;
@@ -106,8 +113,8 @@ pub fn check_path(path: &Path, fixture: &Path, kernels: Kernels) -> Agreement {
     }
     a.mean_abs = sum / count as f64;
     eprintln!(
-        "{model_file} ({kernels:?} kernels) against {engine}: {} prompts, tokens identical; top-1 {}/{} ({:.1}%), after the first token {}/{}; |Δ log-softmax| over its top-20: mean {:.4}, max {:.4}",
-        a.prompts, a.top1_same, a.positions, 100.0 * a.top1_same as f64 / a.positions as f64, a.later_top1_same, a.later_positions, a.mean_abs, a.max_abs
+        "{model_file} ({kernels:?} kernels) against {engine}: {} prompts, tokens identical; top-1 {}/{} ({:.1}%), after the first token {}/{}; |Δ log-softmax| over its top-20: mean {:.4}, max {:.4}; misses at top-two gaps up to {:.3} nats",
+        a.prompts, a.top1_same, a.positions, 100.0 * a.top1_same as f64 / a.positions as f64, a.later_top1_same, a.later_positions, a.mean_abs, a.max_abs, a.widest_miss
     );
     a
 }
