@@ -585,15 +585,20 @@ pub fn k_product<'w>(
     out
 }
 
+/// Four activation quants from `p` as one i32 (what a kernel broadcasts).
+///
+/// # Safety
+/// `p` must point to at least four readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn word(p: *const i8) -> i32 {
+    (p as *const i32).read_unaligned()
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{B32Tile, KTile, Rows, COLS};
+    use super::{word, B32Tile, KTile, Rows, COLS};
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn word(p: *const i8) -> i32 {
-        (p as *const i32).read_unaligned()
-    }
 
     /// Rows `r0..r0 + R` times one blocks-of-32 tile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
@@ -708,13 +713,8 @@ mod avx2 {
     //! The same kernels on 256-bit registers (8 columns, the tile in two halves), with
     //! llama.cpp's AVX2 arithmetic: `maddubs` pairs of u8 × i8 into i16 (they cannot saturate:
     //! quants are at most 63, or signs are moved onto the activations), then `madd` into i32.
-    use super::{B32Tile, KTile, Rows, COLS};
+    use super::{word, B32Tile, KTile, Rows, COLS};
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn word(p: *const i8) -> i32 {
-        (p as *const i32).read_unaligned()
-    }
 
     /// Rows `r0..r0 + R` times one blocks-of-32 tile.
     #[target_feature(enable = "avx2,fma")]
