@@ -124,3 +124,42 @@ fn tiny_gemma3_matches_llama_cpp() {
     let a = check_path(&path, &fixture, Kernels::Quantized);
     assert_agrees_within(&a, 5, 0.98, 0.02);
 }
+
+/// Weights read in place from the mapped file (the default) compute exactly what the same
+/// weights copied into memory (`POT_MMAP=0`) compute: every in-place kernel (k-quants, f16,
+/// blocks of 32 decoded as read), for a short text (few rows: the one-token kernels) and a
+/// long one (many rows: the tile kernels), top 20 of every position, bit for bit.
+#[test]
+fn mapped_weights_compute_what_copied_weights_compute() {
+    let short = "def f(x):";
+    let long = "The quick brown fox jumps over the lazy dog. In Rust, a slice is a view into \
+                a contiguous sequence of elements, written &[T], and it knows its length.";
+    let models = [
+        common::model_path(common::SMOL),   // Q4_1 blocks, Q8_0 table
+        common::model_path(common::QWEN05), // Q5_0, Q8_0, Q4_K, Q6_K
+        common::model_path(common::QWEN15), // Q4_K, Q6_K
+        common::qwen05_f16(),               // f16
+    ];
+    for model in &models {
+        for text in [short, long] {
+            let run = |mmap: &str| {
+                let out = common::pot()
+                    .env("POT_MMAP", mmap)
+                    .args(["logits", "--json", "--top-k", "20", "--text", text])
+                    .arg(model)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}: {}",
+                    model.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).unwrap()
+            };
+            let (mapped, copied) = (run("1"), run("0"));
+            assert!(mapped.contains("top_logprobs"), "{mapped}");
+            assert_eq!(mapped, copied, "{} on {text:?}", model.display());
+        }
+    }
+}

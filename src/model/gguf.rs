@@ -17,6 +17,12 @@ use super::arch::{block, Arch};
 use super::decoder::{
     fast_encoding, Block, Config, Decoder, Embedding, GemmaConfig, Kernels, Linear, RmsNorm,
 };
+use super::half::HalfMatrix;
+use super::kq::KMatrix;
+use super::layers::MappedRows;
+use super::mapped::{self, Mapped, MappedFile};
+use super::q8::{BlockMatrix, Product};
+use super::tiles::{B32Format, KQuant};
 use super::tokenizer::{GgufTokenizerData, Tokenizer};
 use super::ModelError;
 
@@ -27,6 +33,9 @@ pub struct GgufFile {
     /// Metadata and tensor directory.
     pub content: Content,
     reader: BufReader<File>,
+    /// The whole file, mapped (unless `POT_MMAP=0` or the map failed): k-quant matrices and
+    /// quantized embedding tables are read in place from it.
+    map: Option<MappedFile>,
 }
 
 impl GgufFile {
@@ -96,11 +105,62 @@ impl GgufFile {
                 });
             }
         }
+        let map = if mapped::enabled() {
+            MappedFile::open(reader.get_ref(), path)
+                .map_err(|e| tracing::debug!("{e}; weights are copied instead"))
+                .ok()
+        } else {
+            None
+        };
         Ok(Self {
             path: p,
             content,
             reader,
+            map,
         })
+    }
+
+    /// Tensor `name` in place in the mapped file: its type, shape and bytes.
+    fn mapped(&self, name: &str) -> Option<(GgmlDType, Vec<usize>, Mapped)> {
+        let map = self.map.as_ref()?;
+        let info = self.content.tensor_infos.get(name)?;
+        let dtype = info.ggml_dtype;
+        // The bounds were checked when the file was opened; `slice` checks them again.
+        let bytes = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+        let start =
+            usize::try_from(self.content.tensor_data_offset.checked_add(info.offset)?).ok()?;
+        let bytes = map.slice(start..start.checked_add(bytes)?)?;
+        Some((dtype, info.shape.dims().to_vec(), bytes))
+    }
+
+    /// Matrix `name` read in place by pot's kernels, where the file is mapped, `kernels` keep
+    /// it as stored and pot has an in-place kernel for its type: every k-quant, f16 and bf16,
+    /// and on CPUs with AVX2 the blocks of 32 (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1).
+    fn mapped_matrix(&self, name: &str, kernels: Kernels) -> Option<Box<dyn Product>> {
+        let (dtype, dims, bytes) = self.mapped(name)?;
+        if !kernels.keeps_quantized(dtype) {
+            return None;
+        }
+        let [n, k] = dims[..] else { return None };
+        if let Some(kind) = KQuant::of(dtype) {
+            return KMatrix::mapped(kind, n, k, bytes).map(|m| Box::new(m) as _);
+        }
+        if matches!(dtype, GgmlDType::F16 | GgmlDType::BF16) {
+            return HalfMatrix::mapped(dtype, n, k, bytes).map(|m| Box::new(m) as _);
+        }
+        BlockMatrix::new(B32Format::of(dtype)?, n, k, bytes).map(|m| Box::new(m) as _)
+    }
+
+    /// Embedding table `name` looked up in place, where the file is mapped and the table is
+    /// quantized or 16-bit (whatever the kernels: rows are dequantized from the stored
+    /// encoding, exactly as from a copy).
+    fn mapped_rows(&self, name: &str) -> Option<MappedRows> {
+        let (dtype, dims, bytes) = self.mapped(name)?;
+        if dtype == GgmlDType::F32 {
+            return None;
+        }
+        let [n, k] = dims[..] else { return None };
+        MappedRows::new(dtype, n, k, bytes)
     }
 
     /// A metadata value, or an error naming the missing key.
@@ -355,49 +415,49 @@ impl GgufFile {
         };
         let path = self.path.clone();
         let dense = |t: QTensor| t.dequantize(&Device::Cpu).map_err(|e| map(&path, e));
-        let embed_q = self.tensor("token_embd.weight")?;
-        let embed_quantized = !matches!(
-            embed_q.dtype(),
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-        );
-        let (embed, output) = match cfg.tied_embeddings {
-            true if kernels.keeps_quantized(embed_q.dtype()) => {
-                // Tied: one quantized copy serves as the table and the output projection.
-                let q = Arc::new(fast_encoding(embed_q).map_err(|e| map(&path, e))?);
-                (
-                    Embedding::Quantized(q.clone()),
-                    Linear::from_shared_qtensor(q).map_err(|e| map(&path, e))?,
-                )
-            }
-            true => {
-                // Tied, dense: one f32 copy serves both.
-                let d = dense(embed_q)?;
-                (Embedding::Dense(d.clone()), Linear::from_dense(d, None))
-            }
-            false => {
-                // Untied: look rows up in the stored encoding (exact, and no dense copy of
-                // the table is needed).
-                let embed = if embed_quantized || kernels.keeps_quantized(embed_q.dtype()) {
-                    Embedding::Quantized(Arc::new(embed_q))
+        const EMBED: &str = "token_embd.weight";
+        let mapped_embed = self.mapped_rows(EMBED);
+        let mapped_output = if cfg.tied_embeddings {
+            self.mapped_matrix(EMBED, kernels)
+        } else {
+            self.mapped_matrix("output.weight", kernels)
+        };
+        let (embed, output) = match (mapped_embed, mapped_output) {
+            // Tied or not, both read in place: nothing is copied.
+            (Some(rows), Some(out)) => (Embedding::Mapped(rows), Linear::from_product(out, None)),
+            // The table in place; an untied output (or a tied one whose type pot's kernels
+            // cannot read in place) in memory.
+            (Some(rows), None) => {
+                let name = if cfg.tied_embeddings {
+                    EMBED
                 } else {
-                    Embedding::Dense(dense(embed_q)?)
+                    "output.weight"
                 };
-                let q = self.tensor("output.weight")?;
-                let output = Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?;
-                (embed, output)
+                let q = self.tensor(name)?;
+                let output = if kernels.keeps_quantized(q.dtype()) || !cfg.tied_embeddings {
+                    Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?
+                } else {
+                    Linear::from_dense(dense(q)?, None)
+                };
+                (Embedding::Mapped(rows), output)
             }
+            (None, _) => self.read_embeddings(&cfg, kernels)?,
         };
         let norm = RmsNorm::new(dense(self.tensor("output_norm.weight")?)?, cfg.rms_eps);
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let prefix = format!("blk.{i}");
             let mut lin = |name: &str, bias: bool| -> Result<Linear, ModelError> {
-                let w = self.tensor(&format!("{prefix}.{name}.weight"))?;
+                let name = format!("{prefix}.{name}.weight");
                 let b = if bias {
-                    Some(dense(self.tensor(&format!("{prefix}.{name}.bias"))?)?)
+                    Some(dense(self.tensor(&name.replace(".weight", ".bias"))?)?)
                 } else {
                     None
                 };
+                if let Some(m) = self.mapped_matrix(&name, kernels) {
+                    return Ok(Linear::from_product(m, b));
+                }
+                let w = self.tensor(&name)?;
                 Linear::from_qtensor(w, b, kernels).map_err(|e| map(&path, e))
             };
             let qkv_bias = cfg.arch.qkv_bias();
@@ -443,6 +503,53 @@ impl GgufFile {
             });
         }
         Decoder::new(cfg, embed, blocks, norm, output).map_err(|e| map(&path, e))
+    }
+
+    /// The embedding table and output projection read into memory (the file is not mapped,
+    /// or its table is not quantized).
+    fn read_embeddings(
+        &mut self,
+        cfg: &Config,
+        kernels: Kernels,
+    ) -> Result<(Embedding, Linear), ModelError> {
+        let map = |p: &str, e: candle_core::Error| ModelError::Corrupt {
+            path: p.to_string(),
+            reason: super::candle_message(&e),
+        };
+        let path = self.path.clone();
+        let dense = |t: QTensor| t.dequantize(&Device::Cpu).map_err(|e| map(&path, e));
+        let embed_q = self.tensor("token_embd.weight")?;
+        let embed_quantized = !matches!(
+            embed_q.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
+        Ok(match cfg.tied_embeddings {
+            true if kernels.keeps_quantized(embed_q.dtype()) => {
+                // Tied: one quantized copy serves as the table and the output projection.
+                let q = Arc::new(fast_encoding(embed_q).map_err(|e| map(&path, e))?);
+                (
+                    Embedding::Quantized(q.clone()),
+                    Linear::from_shared_qtensor(q).map_err(|e| map(&path, e))?,
+                )
+            }
+            true => {
+                // Tied, dense: one f32 copy serves both.
+                let d = dense(embed_q)?;
+                (Embedding::Dense(d.clone()), Linear::from_dense(d, None))
+            }
+            false => {
+                // Untied: look rows up in the stored encoding (exact, and no dense copy of
+                // the table is needed).
+                let embed = if embed_quantized || kernels.keeps_quantized(embed_q.dtype()) {
+                    Embedding::Quantized(Arc::new(embed_q))
+                } else {
+                    Embedding::Dense(dense(embed_q)?)
+                };
+                let q = self.tensor("output.weight")?;
+                let output = Linear::from_qtensor(q, None, kernels).map_err(|e| map(&path, e))?;
+                (embed, output)
+            }
+        })
     }
 }
 

@@ -23,6 +23,7 @@
 //! The vector kernels need x86-64 with AVX2, FMA and F16C, detected at run time; elsewhere a
 //! scalar loop computes the same sums in another order.
 
+use super::mapped::{Mapped, Stored};
 use super::q8::{by_rows, Product};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
@@ -67,7 +68,7 @@ pub struct HalfMatrix {
     n: usize,
     k: usize,
     kind: Kind,
-    weights: Arc<QTensor>,
+    weights: Stored,
 }
 
 impl HalfMatrix {
@@ -86,7 +87,25 @@ impl HalfMatrix {
             n,
             k,
             kind,
-            weights,
+            weights: Stored::Tensor(weights),
+        })
+    }
+
+    /// An f16 or bf16 matrix `(n, k)` read in place from a mapped file; `None` unless `bytes`
+    /// holds exactly `n · k` 2-byte-aligned values.
+    pub fn mapped(dtype: GgmlDType, n: usize, k: usize, bytes: Mapped) -> Option<Self> {
+        let kind = match dtype {
+            GgmlDType::F16 => Kind::F16,
+            GgmlDType::BF16 => Kind::Bf16,
+            _ => return None,
+        };
+        let fits = Some(bytes.len()) == n.checked_mul(k).and_then(|v| v.checked_mul(2))
+            && (bytes.as_ptr() as usize).is_multiple_of(2);
+        fits.then_some(Self {
+            n,
+            k,
+            kind,
+            weights: Stored::Mapped(bytes),
         })
     }
 

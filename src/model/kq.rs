@@ -15,12 +15,15 @@
 //! once for all rows; they also cover Q2_K, Q3_K and Q5_K. What pot has no kernel for on a
 //! CPU (few rows of Q2_K, Q3_K or Q5_K; anything without AVX2) goes to candle's.
 //!
-//! pot's kernels run on x86-64 with AVX2 and FMA (`available`, chosen at run time).
+//! pot's kernels run on x86-64 with AVX2 and FMA (`available`, chosen at run time). The
+//! blocks are the file's, in memory or in place in a mapped GGUF file (`mapped`); candle's
+//! kernel, where it is needed, gets a copy made on first use.
 
+use super::mapped::{Mapped, Stored};
 use super::q8::{by_rows, products, Product};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Tensor};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Values per super-block.
 const QK_K: usize = 256;
@@ -32,14 +35,16 @@ const Q4K_BYTES: usize = 144;
 const Q6K_BYTES: usize = 210;
 use super::tiles::{self, KQuant, MANY_ROWS};
 
-/// A Q4_K or Q6_K weight matrix `(n, k)`: `n` output rows of `k` inputs.
+/// A k-quant weight matrix `(n, k)`: `n` output rows of `k` inputs.
 pub struct KMatrix {
     n: usize,
     k: usize,
     kind: KQuant,
     /// The file's blocks, row-major; what every kernel reads.
-    weights: Arc<QTensor>,
-    candle: QMatMul,
+    blocks: Stored,
+    /// candle's product, for what pot has no kernel for on this CPU; over mapped blocks it is
+    /// made (a copy of the blocks) only when first needed.
+    candle: OnceLock<QMatMul>,
 }
 
 /// Activations as llama.cpp's Q8_K: per row and super-block a scale, 256 quants and the sums
@@ -56,29 +61,69 @@ pub fn available() -> bool {
 }
 
 impl KMatrix {
-    /// A Q4_K or Q6_K CPU tensor `(n, k)` with whole super-blocks per row; `None` otherwise.
+    /// A k-quant CPU tensor `(n, k)` with whole super-blocks per row; `None` otherwise.
     pub fn new(weights: Arc<QTensor>) -> Option<Self> {
         let kind = KQuant::of(weights.dtype())?;
-        let size = kind.block_bytes();
         let (n, k) = weights.shape().dims2().ok()?;
         let bytes = weights.data().ok()?.len();
-        if !weights.device().is_cpu() || k % QK_K != 0 || bytes != n * k / QK_K * size {
+        if !weights.device().is_cpu() || !Self::fits(kind, n, k, bytes) {
             return None;
         }
         Some(Self {
             n,
             k,
             kind,
-            candle: QMatMul::QTensor(weights.clone()),
-            weights,
+            candle: OnceLock::from(QMatMul::QTensor(weights.clone())),
+            blocks: Stored::Tensor(weights),
         })
+    }
+
+    /// A k-quant matrix `(n, k)` read in place from a mapped file's `blocks`; `None` unless
+    /// `blocks` holds exactly `n` rows of whole super-blocks.
+    pub fn mapped(kind: KQuant, n: usize, k: usize, blocks: Mapped) -> Option<Self> {
+        if !Self::fits(kind, n, k, blocks.len()) {
+            return None;
+        }
+        Some(Self {
+            n,
+            k,
+            kind,
+            candle: OnceLock::new(),
+            blocks: Stored::Mapped(blocks),
+        })
+    }
+
+    fn fits(kind: KQuant, n: usize, k: usize, bytes: usize) -> bool {
+        k.is_multiple_of(QK_K)
+            && Some(bytes)
+                == n.checked_mul(k / QK_K)
+                    .and_then(|b| b.checked_mul(kind.block_bytes()))
+    }
+
+    /// The blocks, row-major.
+    fn data(&self) -> candle_core::Result<std::borrow::Cow<'_, [u8]>> {
+        self.blocks.data()
+    }
+
+    /// candle's product over these blocks (copied out of the map the first time).
+    fn candle(&self) -> candle_core::Result<&QMatMul> {
+        if let Some(q) = self.candle.get() {
+            return Ok(q);
+        }
+        let storage = candle_core::quantized::QStorage::from_data(
+            self.data()?,
+            &candle_core::Device::Cpu,
+            self.kind.dtype(),
+        )?;
+        let q = QMatMul::QTensor(Arc::new(QTensor::new(storage, (self.n, self.k))?));
+        Ok(self.candle.get_or_init(|| q))
     }
 
     /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major on the tile kernels (many rows). Call
     /// only where `tiles::available()`.
     pub fn tiled(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         assert_eq!(x.len(), m * self.k, "activation shape");
-        let data = self.weights.data()?;
+        let data = self.data()?;
         let a = quantize_q8k(x);
         let rows = tiles::Rows {
             quants: &a.qs,
@@ -103,7 +148,7 @@ impl KMatrix {
             "few-row kernel of {:?}",
             self.kind
         );
-        let data = self.weights.data()?;
+        let data = self.data()?;
         let a = quantize_q8k(x);
         let nb = self.k / QK_K;
         let size = self.kind.block_bytes();
@@ -131,7 +176,7 @@ impl Product for KMatrix {
             return by_rows(x, self.n, |rows, m| self.tiled(rows, m));
         }
         if m >= MANY_ROWS || !matches!(self.kind, KQuant::Q4K | KQuant::Q6K) || !available() {
-            return self.candle.forward(x);
+            return self.candle()?.forward(x);
         }
         by_rows(x, self.n, |rows, m| self.matmul(rows, m))
     }
@@ -431,6 +476,15 @@ mod tests {
         let q = QTensor::quantize(&wt, dtype).unwrap();
         let q = Arc::new(q);
         let mine = KMatrix::new(q.clone()).unwrap();
+        // The same blocks read in place from a mapped file: the same kernels, bit for bit.
+        let kind = KQuant::of(dtype).unwrap();
+        let in_place = KMatrix::mapped(
+            kind,
+            n,
+            k,
+            crate::model::mapped::tests::mapped(&q.data().unwrap()),
+        )
+        .unwrap();
         let qm = QMatMul::QTensor(q);
         // pot's kernel for every row count; through `forward`, candle's from MANY_ROWS on.
         for m in 1..=MANY_ROWS + 1 {
@@ -443,6 +497,14 @@ mod tests {
                 .forward(&Tensor::from_slice(&x, (1, m, k), &Device::Cpu).unwrap())
                 .and_then(|y| y.flatten_all()?.to_vec1())
                 .unwrap();
+            let mapped: Vec<f32> = in_place
+                .forward(&Tensor::from_slice(&x, (1, m, k), &Device::Cpu).unwrap())
+                .and_then(|y| y.flatten_all()?.to_vec1())
+                .unwrap();
+            assert_eq!(
+                mapped, through,
+                "{dtype:?} n={n} m={m}: in place vs in memory"
+            );
             for got in [got, through] {
                 assert_eq!(got.len(), want.len());
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {

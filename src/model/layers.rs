@@ -25,8 +25,9 @@ pub(crate) enum Weight {
     /// multiplied by pot's own kernels (`q8`, `kq`, `tiles`, `half`) with llama.cpp's
     /// arithmetic, chosen when the program runs: faster than candle's (whose SIMD is chosen
     /// when it is built), and 16-bit weights stay 16-bit. `kq` hands what pot has no kernel
-    /// for on this CPU (few rows of Q2_K, Q3_K, Q5_K; many rows without AVX-512 VNNI) to
-    /// candle.
+    /// for on this CPU (few rows of Q2_K, Q3_K, Q5_K; anything without AVX2) to candle. GGUF
+    /// matrices of these types are read in place from the mapped file (`gguf`, `mapped`):
+    /// `kq::KMatrix`, `half::HalfMatrix` and `q8::BlockMatrix` over the file's pages.
     Pot(Box<dyn crate::model::q8::Product>),
 }
 
@@ -198,6 +199,59 @@ pub enum Embedding {
     Quantized(Arc<QTensor>),
     /// Affine-quantized rows (an MLX checkpoint's), dequantized on lookup.
     Affine(Arc<crate::model::q8::Q8Matrix>),
+    /// Quantized rows read in place from a mapped GGUF file: only the looked-up rows are
+    /// read (and paged in) and dequantized, by candle as for [`Embedding::Quantized`].
+    Mapped(MappedRows),
+}
+
+/// A quantized `(n, k)` table in a mapped file, row-major in whole blocks.
+pub struct MappedRows {
+    dtype: GgmlDType,
+    n: usize,
+    k: usize,
+    bytes: crate::model::mapped::Mapped,
+}
+
+impl MappedRows {
+    /// `None` unless `bytes` holds exactly `n` rows of `k` values in whole blocks of `dtype`.
+    pub fn new(
+        dtype: GgmlDType,
+        n: usize,
+        k: usize,
+        bytes: crate::model::mapped::Mapped,
+    ) -> Option<Self> {
+        let (bs, ts) = (dtype.block_size(), dtype.type_size());
+        (k.is_multiple_of(bs) && Some(bytes.len()) == n.checked_mul(k / bs * ts)).then_some(Self {
+            dtype,
+            n,
+            k,
+            bytes,
+        })
+    }
+
+    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let row = self.k / self.dtype.block_size() * self.dtype.type_size();
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        for &id in &ids {
+            let id = id as usize;
+            if id >= self.n {
+                candle_core::bail!("token id {id} is outside the table of {} rows", self.n);
+            }
+            let storage = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(&self.bytes[id * row..(id + 1) * row]),
+                &Device::Cpu,
+                self.dtype,
+            )?;
+            let q = QTensor::new(storage, (1, self.k))?;
+            out.extend(
+                q.dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        Tensor::from_vec(out, (ids.len(), self.k), &Device::Cpu)
+    }
 }
 
 impl Embedding {
@@ -210,6 +264,7 @@ impl Embedding {
                 let (_, k) = m.dims();
                 Tensor::from_vec(m.rows(&ids)?, (ids.len(), k), &Device::Cpu)
             }
+            Embedding::Mapped(m) => m.rows(ids),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod hf;
 pub mod hub;
 pub mod kq;
 pub mod layers;
+pub mod mapped;
 pub mod mlx;
 pub mod q8;
 pub mod spm;

@@ -313,14 +313,7 @@ impl Q8Matrix {
         }
         let a = quantize_rows(x, m, k, self.mins.is_some());
         if m >= super::tiles::MANY_ROWS && super::tiles::available() {
-            let isums: Vec<i32> = if self.signed {
-                a.quants
-                    .chunks_exact(QK)
-                    .map(|b| b.iter().map(|&q| q as i32).sum())
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let isums = a.isums(self.signed);
             let rows = super::tiles::Rows {
                 quants: &a.quants,
                 scales: &a.scales,
@@ -336,7 +329,7 @@ impl Q8Matrix {
                 self.signed,
                 self.mins.is_some(),
                 |c| {
-                    (
+                    super::tiles::B32Column::Split(
                         &self.scales[c * nb..(c + 1) * nb],
                         self.mins.as_ref().map(|v| &v[c * nb..(c + 1) * nb]),
                         &self.quants[c * k..(c + 1) * k],
@@ -353,6 +346,95 @@ impl Q8Matrix {
             };
             dot_rows(col, &a, r0, out);
         })
+    }
+}
+
+impl Q8Rows {
+    /// Per row and block, the sum of the quants (what the tile kernels need for i8 weights,
+    /// `signed`); empty otherwise.
+    fn isums(&self, signed: bool) -> Vec<i32> {
+        if !signed {
+            return Vec::new();
+        }
+        self.quants
+            .chunks_exact(QK)
+            .map(|b| b.iter().map(|&q| q as i32).sum())
+            .collect()
+    }
+}
+
+/// A GGUF blocks-of-32 matrix `(n, k)` (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1) read in place from a
+/// mapped file: the tile kernels decode its blocks as they fill each tile, for any number of
+/// activation rows, with the arithmetic of [`Q8Matrix`] (llama.cpp's). Only where this CPU
+/// runs the tile kernels (AVX2); elsewhere such weights are read into memory.
+pub struct BlockMatrix {
+    n: usize,
+    k: usize,
+    format: super::tiles::B32Format,
+    blocks: super::mapped::Mapped,
+}
+
+impl BlockMatrix {
+    /// `None` unless `blocks` holds exactly `n` rows of `k` values in whole blocks and this
+    /// CPU runs the tile kernels.
+    pub fn new(
+        format: super::tiles::B32Format,
+        n: usize,
+        k: usize,
+        blocks: super::mapped::Mapped,
+    ) -> Option<Self> {
+        let fits = k.is_multiple_of(QK)
+            && Some(blocks.len())
+                == n.checked_mul(k / QK)
+                    .and_then(|b| b.checked_mul(format.block_bytes()));
+        (fits && super::tiles::available()).then_some(Self {
+            n,
+            k,
+            format,
+            blocks,
+        })
+    }
+
+    /// `x (m, k)` row-major → `x · Wᵀ (m, n)` row-major: the tile kernels for many rows; for
+    /// few, [`Q8Matrix`]'s few-row kernel with each block decoded in registers as it is read
+    /// (llama.cpp's `ggml_vec_dot_q5_0_q8_0` and kin).
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "activation shape");
+        let signed = self.format.signed();
+        let a = quantize_rows(x, m, k, !signed);
+        let row = k / QK * self.format.block_bytes();
+        let blocks: &[u8] = &self.blocks;
+        if m < super::tiles::MANY_ROWS {
+            let format = self.format;
+            return products(n, m, |c, r0, out| {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2 (`new` checked tiles::available()); the row holds
+                // `k / 32` whole blocks and `a` rows `r0..r0 + out.len()` of as many.
+                unsafe {
+                    avx2::dot_rows_blocks(format, &blocks[c * row..(c + 1) * row], &a, r0, out)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (c, r0, out, format);
+            });
+        }
+        let isums = a.isums(signed);
+        let rows = super::tiles::Rows {
+            quants: &a.quants,
+            scales: &a.scales,
+            sums: &a.sums,
+            isums: &isums,
+            bsums: &[],
+        };
+        super::tiles::b32_product(n, k, m, &rows, signed, !signed, |c| {
+            super::tiles::B32Column::Blocks(self.format, &blocks[c * row..(c + 1) * row])
+        })
+    }
+}
+
+impl Product for BlockMatrix {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        by_rows(x, self.n, |rows, m| Ok(self.matmul(rows, m)))
     }
 }
 
@@ -526,6 +608,7 @@ fn dot_rows_f32(col: Column<'_>, x: &[f32], sums: &[f32], k: usize, r0: usize, o
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
+    use super::super::tiles::B32Format;
     use super::{Column, Q8Rows, QK};
     use std::arch::x86_64::*;
 
@@ -636,6 +719,100 @@ pub(super) mod avx2 {
             *o = hsum(acc[j]) + acc_min[j];
         }
     }
+
+    /// One GGUF block at `p` → (32 quants, i8 when the format is signed; scale; minimum):
+    /// llama.cpp's `bytes_from_nibbles_32` and `bytes_from_bits_32`, the f16s by F16C.
+    #[inline(always)]
+    unsafe fn block(format: B32Format, p: *const u8) -> (__m256i, f32, f32) {
+        let f16 = |p: *const u8| {
+            let h = std::ptr::read_unaligned(p as *const u16);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+        };
+        // Value i (i < 16) is the low nibble of byte i, value i + 16 its high nibble.
+        let nibbles = |p: *const u8| {
+            let b = _mm_loadu_si128(p as *const __m128i);
+            let both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+        };
+        // 0x10 in byte i where bit i of the 32 high bits is set.
+        let fifth = |p: *const u8| {
+            let x32 = std::ptr::read_unaligned(p as *const u32) as i32;
+            let shuf = _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0,
+            );
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+            let bits = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+            let set = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
+            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        };
+        match format {
+            B32Format::Q8_0 => (_mm256_loadu_si256(p.add(2) as *const __m256i), f16(p), 0.0),
+            B32Format::Q4_0 => {
+                let q = _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8));
+                (q, f16(p), 0.0)
+            }
+            B32Format::Q5_0 => {
+                let q = _mm256_or_si256(nibbles(p.add(6)), fifth(p.add(2)));
+                (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f16(p), 0.0)
+            }
+            B32Format::Q4_1 => (nibbles(p.add(4)), f16(p), f16(p.add(2))),
+            B32Format::Q5_1 => {
+                let q = _mm256_or_si256(nibbles(p.add(8)), fifth(p.add(4)));
+                (q, f16(p), f16(p.add(2)))
+            }
+        }
+    }
+
+    /// [`dot_rows`] over one row of a file's blocks, each decoded in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_rows_blocks(
+        format: B32Format,
+        row: &[u8],
+        a: &Q8Rows,
+        r0: usize,
+        out: &mut [f32],
+    ) {
+        // One copy of the loop per format, each with its decoding inlined.
+        match format {
+            B32Format::Q8_0 => fused(B32Format::Q8_0, row, a, r0, out),
+            B32Format::Q5_0 => fused(B32Format::Q5_0, row, a, r0, out),
+            B32Format::Q4_0 => fused(B32Format::Q4_0, row, a, r0, out),
+            B32Format::Q4_1 => fused(B32Format::Q4_1, row, a, r0, out),
+            B32Format::Q5_1 => fused(B32Format::Q5_1, row, a, r0, out),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn fused(format: B32Format, row: &[u8], a: &Q8Rows, r0: usize, out: &mut [f32]) {
+        let size = format.block_bytes();
+        let signed = format.signed();
+        let (nb, rows) = (row.len() / size, out.len().min(4));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_min = [0f32; 4];
+        let aq = a.quants.as_ptr();
+        let ones = _mm256_set1_epi16(1);
+        for b in 0..nb {
+            let (x, wd, wm) = block(format, row.as_ptr().add(b * size));
+            let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
+            for (j, acc) in acc.iter_mut().enumerate().take(rows) {
+                let blk = (r0 + j) * nb + b;
+                let y = _mm256_loadu_si256(aq.add(blk * QK) as *const __m256i);
+                let sy = if signed { _mm256_sign_epi8(y, x) } else { y };
+                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
+                let d = _mm256_set1_ps(wd * *a.scales.get_unchecked(blk));
+                *acc = _mm256_fmadd_ps(d, dot, *acc);
+                if !signed {
+                    acc_min[j] += wm * *a.sums.get_unchecked(blk);
+                }
+            }
+        }
+        for (j, o) in out.iter_mut().enumerate().take(rows) {
+            *o = hsum(acc[j]) + acc_min[j];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -656,6 +833,61 @@ pub(super) mod tests {
             GgmlDType::Q5_1,
         ] {
             check(dtype);
+        }
+    }
+
+    /// Every blocks-of-32 encoding read in place ([`BlockMatrix`]): bit for bit the products
+    /// of the same weights read into memory ([`Q8Matrix`]; Q5_0 re-encoded as Q8_0), and
+    /// within rounding of candle's, for 1 to 21 rows over a partial tile.
+    #[test]
+    fn blocks_read_in_place_multiply_as_in_memory() {
+        if !crate::model::tiles::available() {
+            return; // in-place blocks of 32 need the tile kernels
+        }
+        let (n, k) = (70, 96);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 + (i % 11) as f32 * 0.002)
+            .collect();
+        let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_1,
+        ] {
+            let q = QTensor::quantize(&wt, dtype).unwrap();
+            let bytes = q.data().unwrap().to_vec();
+            let format = crate::model::tiles::B32Format::of(dtype).unwrap();
+            let in_place =
+                BlockMatrix::new(format, n, k, crate::model::mapped::tests::mapped(&bytes))
+                    .unwrap();
+            let q8 = crate::model::layers::fast_encoding(QTensor::quantize(&wt, dtype).unwrap())
+                .unwrap();
+            let q8b = q8.data().unwrap();
+            let in_memory = match q8.dtype() {
+                GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&q8b, n, k),
+                GgmlDType::Q4_0 => Q8Matrix::from_q4_0_bytes(&q8b, n, k),
+                GgmlDType::Q4_1 => Q8Matrix::from_q4_1_bytes(&q8b, n, k),
+                _ => Q8Matrix::from_q5_1_bytes(&q8b, n, k),
+            }
+            .unwrap();
+            let qm = QMatMul::from_qtensor(q).unwrap();
+            for m in [1usize, 2, 3, 4, 5, 7, 8, 13, 21] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.07)
+                    .collect();
+                let got = in_place.matmul(&x, m);
+                assert_eq!(got, in_memory.matmul(&x, m), "{dtype:?} m={m}");
+                let want = candle_product(&qm, &x, m, k);
+                let tol = if format.signed() { 1e-4 } else { 2e-3 };
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= tol * w.abs().max(1.0),
+                        "{dtype:?} m={m}: {g} vs {w}"
+                    );
+                }
+            }
         }
     }
 

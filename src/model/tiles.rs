@@ -137,8 +137,120 @@ fn over_tiles<T>(n: usize, scratch: impl Fn() -> T + Sync, tile: impl Fn(&mut T,
 // ---------------------------------------------------------------------------------------------
 // Blocks of 32: Q8_0, Q4_1, Q5_1 and affine quants with llama.cpp's 8-bit activations.
 
-/// One weight row of a blocks-of-32 matrix: its block scales, block minima and quants.
-type B32Column<'a> = (&'a [f32], Option<&'a [f32]>, &'a [u8]);
+/// One weight row of a blocks-of-32 matrix.
+#[derive(Clone, Copy)]
+pub enum B32Column<'a> {
+    /// pot's layout: block scales, block minima, quants (one byte each).
+    Split(&'a [f32], Option<&'a [f32]>, &'a [u8]),
+    /// The row's blocks as a GGUF file stores them, read in place.
+    Blocks(B32Format, &'a [u8]),
+}
+
+/// A GGUF encoding in blocks of 32 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum B32Format {
+    /// f16 scale, 32 × i8.
+    Q8_0,
+    /// f16 scale, 32 high bits, 16 bytes of nibbles; value `q − 16`.
+    Q5_0,
+    /// f16 scale, 16 bytes of nibbles; value `q − 8`.
+    Q4_0,
+    /// f16 scale, f16 minimum, 16 bytes of nibbles.
+    Q4_1,
+    /// f16 scale, f16 minimum, 32 high bits, 16 bytes of nibbles.
+    Q5_1,
+}
+
+impl B32Format {
+    /// The encoding of a GGML type, if it is one of these.
+    pub fn of(dtype: candle_core::quantized::GgmlDType) -> Option<Self> {
+        use candle_core::quantized::GgmlDType as T;
+        Some(match dtype {
+            T::Q8_0 => B32Format::Q8_0,
+            T::Q5_0 => B32Format::Q5_0,
+            T::Q4_0 => B32Format::Q4_0,
+            T::Q4_1 => B32Format::Q4_1,
+            T::Q5_1 => B32Format::Q5_1,
+            _ => return None,
+        })
+    }
+
+    /// The GGML type.
+    pub fn dtype(self) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType as T;
+        match self {
+            B32Format::Q8_0 => T::Q8_0,
+            B32Format::Q5_0 => T::Q5_0,
+            B32Format::Q4_0 => T::Q4_0,
+            B32Format::Q4_1 => T::Q4_1,
+            B32Format::Q5_1 => T::Q5_1,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            B32Format::Q8_0 => 34,
+            B32Format::Q5_0 => 22,
+            B32Format::Q4_0 => 18,
+            B32Format::Q4_1 => 20,
+            B32Format::Q5_1 => 24,
+        }
+    }
+
+    /// Whether the quants are i8 (Q8_0's arithmetic) rather than unsigned with a minimum.
+    pub fn signed(self) -> bool {
+        matches!(self, B32Format::Q8_0 | B32Format::Q5_0 | B32Format::Q4_0)
+    }
+
+    /// One block → (scale, minimum, 32 quants: i8 as bytes when signed). The values are
+    /// llama.cpp's: Q5_0 and Q4_0 as the i8 `q − 16` and `q − 8` their dot products use, which
+    /// is how the Q8_0 kernel multiplies them exactly.
+    #[inline(always)]
+    pub fn decode(self, b: &[u8], q: &mut [u8; 32]) -> (f32, f32) {
+        let d = f16(b, 0);
+        let nibbles = |qs: &[u8], q: &mut [u8; 32], off: u8| {
+            for j in 0..16 {
+                q[j] = (qs[j] & 0x0f).wrapping_sub(off);
+                q[j + 16] = (qs[j] >> 4).wrapping_sub(off);
+            }
+        };
+        // Value `i`'s fifth bit is bit `i` of the block's 32 high bits.
+        let high = |qh: u32, q: &mut [u8; 32]| {
+            for (i, v) in q.iter_mut().enumerate() {
+                *v |= (((qh >> i) & 1) as u8) << 4;
+            }
+        };
+        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        match self {
+            B32Format::Q8_0 => {
+                q.copy_from_slice(&b[2..34]);
+                (d, 0.0)
+            }
+            B32Format::Q4_0 => {
+                nibbles(&b[2..18], q, 8);
+                (d, 0.0)
+            }
+            B32Format::Q5_0 => {
+                nibbles(&b[6..22], q, 0);
+                high(word(2), q);
+                for v in q.iter_mut() {
+                    *v = v.wrapping_sub(16);
+                }
+                (d, 0.0)
+            }
+            B32Format::Q4_1 => {
+                nibbles(&b[4..20], q, 0);
+                (d, f16(b, 2))
+            }
+            B32Format::Q5_1 => {
+                nibbles(&b[8..24], q, 0);
+                high(word(4), q);
+                (d, f16(b, 2))
+            }
+        }
+    }
+}
 
 /// A tile of a blocks-of-32 matrix: 16 columns, every block.
 pub struct B32Tile {
@@ -174,7 +286,20 @@ impl B32Tile {
                     }
                 }
             }
-            Some((scales, mins, quants)) => {
+            Some(B32Column::Blocks(format, row)) => {
+                let size = format.block_bytes();
+                let mut q = [0u8; 32];
+                for b in 0..nb {
+                    let (d, m) = format.decode(&row[b * size..(b + 1) * size], &mut q);
+                    self.scales[b * COLS + c] = d;
+                    self.mins[b * COLS + c] = m;
+                    for g in 0..8 {
+                        let at = b * 32 * COLS + g * 4 * COLS + c * 4;
+                        self.w[at..at + 4].copy_from_slice(&q[g * 4..g * 4 + 4]);
+                    }
+                }
+            }
+            Some(B32Column::Split(scales, mins, quants)) => {
                 for b in 0..nb {
                     self.scales[b * COLS + c] = scales[b];
                     self.mins[b * COLS + c] = mins.map_or(0.0, |m| m[b]);
@@ -287,6 +412,18 @@ impl KQuant {
             KQuant::Q4K => 144,
             KQuant::Q5K => 176,
             KQuant::Q6K => 210,
+        }
+    }
+
+    /// The GGML type.
+    pub fn dtype(self) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType as T;
+        match self {
+            KQuant::Q2K => T::Q2K,
+            KQuant::Q3K => T::Q3K,
+            KQuant::Q4K => T::Q4K,
+            KQuant::Q5K => T::Q5K,
+            KQuant::Q6K => T::Q6K,
         }
     }
 
