@@ -7,6 +7,11 @@
 # median pot / llama.cpp ratio per model for BENCHMARKS.md.
 #
 #   scripts/bench-kernels.sh            # POT_ROUNDS=3 rounds by default
+#
+# POT_LLAMA_AVX2_PYTHON names a Python whose llama-cpp-python was built for AVX2 only
+# (CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+# -DGGML_AVX_VNNI=OFF"): each round then also runs it, and the medians compare pot capped at
+# AVX2 with it, which is what an AVX2-only host runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -30,7 +35,20 @@ for f in SmolLM2-135M-Instruct.Q4_1.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
       else POT_ISA=$isa "$pot" --threads 2 bench "$m" --json > /tmp/pot-bk.json; fi
       python3 -c "import json; d=json.load(open('/tmp/pot-bk.json')); print(f\"| $f | pot, {d['kernels']} kernels (round $round) | {d['prompt_eval_tok_s']:.0f} | {d['scoring_tok_s']:.0f} | {d['generation_tok_s']:.1f} |\")"
       [ "$isa" = native ] && cp /tmp/pot-bk.json /tmp/pot-bk-native.json
+      [ "$isa" = avx2 ] && cp /tmp/pot-bk.json /tmp/pot-bk-avx2.json
     done
+    if [ -n "${POT_LLAMA_AVX2_PYTHON:-}" ]; then
+      line=$("$POT_LLAMA_AVX2_PYTHON" scripts/llamacpp-yardstick.py --speed "$m")
+      python3 - "$line" "$f" "$round" >> "$ratios" <<'EOF'
+import json, re, sys
+line, f, rnd = sys.argv[1:]
+pe, gen, sc = (float(re.search(p + r" ([0-9.]+) tok/s", line).group(1))
+               for p in ("prompt-eval", "generation", "scoring"))
+print(f"| {f} | llama.cpp, AVX2-only build (round {rnd}) | {pe:.0f} | {sc:.0f} | {gen:.1f} |", file=sys.stderr)
+d = json.load(open("/tmp/pot-bk-avx2.json"))
+print(f + "@avx2", d["prompt_eval_tok_s"] / pe, d["scoring_tok_s"] / sc, d["generation_tok_s"] / gen)
+EOF
+    fi
     line=$("$py" scripts/llamacpp-yardstick.py --speed "$m")
     python3 - "$line" "$f" "$round" >> "$ratios" <<'EOF'
 import json, re, sys
@@ -52,6 +70,9 @@ for l in open(sys.argv[1]):
     rows.setdefault(f, []).append(tuple(map(float, r)))
 for f, r in rows.items():
     med = [statistics.median(x[i] for x in r) for i in range(3)]
-    print(f"pot / llama.cpp, {f}, median of {len(r)} rounds: prompt-eval {med[0]:.2f}x, "
+    who = "pot / llama.cpp"
+    if f.endswith("@avx2"):
+        f, who = f[:-5], "pot (AVX2) / llama.cpp (AVX2-only build)"
+    print(f"{who}, {f}, median of {len(r)} rounds: prompt-eval {med[0]:.2f}x, "
           f"scoring {med[1]:.2f}x, generation {med[2]:.2f}x")
 EOF

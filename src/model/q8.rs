@@ -692,16 +692,36 @@ pub(super) mod avx2 {
             quants: wq,
             signed,
         } = col;
-        let (nb, rows) = (ws.len(), out.len().min(4));
+        rows_of(ws.len(), signed, a, r0, out, |b| {
+            (
+                _mm256_loadu_si256(wq.as_ptr().add(b * QK) as *const __m256i),
+                *ws.get_unchecked(b),
+                mins.map_or(0.0, |m| *m.get_unchecked(b)),
+            )
+        })
+    }
+
+    /// Weight row · activation rows `r0..r0 + out.len()` (at most 4) over `nb` blocks, block
+    /// `b` of the weight row being `block(b)`: (32 quants, scale, minimum). `signed`: i8
+    /// quants (Q8_0's arithmetic: |x| and the sign moved onto y); else unsigned quants of at
+    /// most 7 bits (so maddubs's pairs of u8 × i8 cannot saturate i16) and each block adds its
+    /// minimum times the activation block's scaled sum.
+    #[inline(always)]
+    unsafe fn rows_of(
+        nb: usize,
+        signed: bool,
+        a: &Q8Rows,
+        r0: usize,
+        out: &mut [f32],
+        block: impl Fn(usize) -> (__m256i, f32, f32),
+    ) {
+        let rows = out.len().min(4);
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut acc_min = [0f32; 4];
         let aq = a.quants.as_ptr();
         let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
-            let x = _mm256_loadu_si256(wq.as_ptr().add(b * QK) as *const __m256i);
-            let wd = *ws.get_unchecked(b);
-            // Q8_0 (and 8-bit affine): |x| and the sign moved onto y; Q4_1: x is unsigned
-            // already (at most 7 bits, so maddubs's pairs of u8 × i8 cannot saturate i16).
+            let (x, wd, wm) = block(b);
             let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
             for (j, acc) in acc.iter_mut().enumerate().take(rows) {
                 let blk = (r0 + j) * nb + b;
@@ -710,8 +730,8 @@ pub(super) mod avx2 {
                 let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
                 let d = _mm256_set1_ps(wd * *a.scales.get_unchecked(blk));
                 *acc = _mm256_fmadd_ps(d, dot, *acc);
-                if let Some(m) = mins {
-                    acc_min[j] += *m.get_unchecked(b) * *a.sums.get_unchecked(blk);
+                if !signed {
+                    acc_min[j] += wm * *a.sums.get_unchecked(blk);
                 }
             }
         }
@@ -788,30 +808,9 @@ pub(super) mod avx2 {
     #[inline(always)]
     unsafe fn fused(format: B32Format, row: &[u8], a: &Q8Rows, r0: usize, out: &mut [f32]) {
         let size = format.block_bytes();
-        let signed = format.signed();
-        let (nb, rows) = (row.len() / size, out.len().min(4));
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut acc_min = [0f32; 4];
-        let aq = a.quants.as_ptr();
-        let ones = _mm256_set1_epi16(1);
-        for b in 0..nb {
-            let (x, wd, wm) = block(format, row.as_ptr().add(b * size));
-            let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
-            for (j, acc) in acc.iter_mut().enumerate().take(rows) {
-                let blk = (r0 + j) * nb + b;
-                let y = _mm256_loadu_si256(aq.add(blk * QK) as *const __m256i);
-                let sy = if signed { _mm256_sign_epi8(y, x) } else { y };
-                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
-                let d = _mm256_set1_ps(wd * *a.scales.get_unchecked(blk));
-                *acc = _mm256_fmadd_ps(d, dot, *acc);
-                if !signed {
-                    acc_min[j] += wm * *a.sums.get_unchecked(blk);
-                }
-            }
-        }
-        for (j, o) in out.iter_mut().enumerate().take(rows) {
-            *o = hsum(acc[j]) + acc_min[j];
-        }
+        rows_of(row.len() / size, format.signed(), a, r0, out, |b| {
+            block(format, row.as_ptr().add(b * size))
+        })
     }
 }
 
@@ -865,13 +864,7 @@ pub(super) mod tests {
             let q8 = crate::model::layers::fast_encoding(QTensor::quantize(&wt, dtype).unwrap())
                 .unwrap();
             let q8b = q8.data().unwrap();
-            let in_memory = match q8.dtype() {
-                GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&q8b, n, k),
-                GgmlDType::Q4_0 => Q8Matrix::from_q4_0_bytes(&q8b, n, k),
-                GgmlDType::Q4_1 => Q8Matrix::from_q4_1_bytes(&q8b, n, k),
-                _ => Q8Matrix::from_q5_1_bytes(&q8b, n, k),
-            }
-            .unwrap();
+            let in_memory = from_gguf_bytes(q8.dtype(), &q8b, n, k).unwrap();
             let qm = QMatMul::from_qtensor(q).unwrap();
             for m in [1usize, 2, 3, 4, 5, 7, 8, 13, 21] {
                 let x: Vec<f32> = (0..m * k)
@@ -888,6 +881,17 @@ pub(super) mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A GGUF blocks-of-32 matrix read into pot's layout.
+    fn from_gguf_bytes(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Option<Q8Matrix> {
+        match dtype {
+            GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(bytes, n, k),
+            GgmlDType::Q4_0 => Q8Matrix::from_q4_0_bytes(bytes, n, k),
+            GgmlDType::Q4_1 => Q8Matrix::from_q4_1_bytes(bytes, n, k),
+            GgmlDType::Q5_1 => Q8Matrix::from_q5_1_bytes(bytes, n, k),
+            _ => None,
         }
     }
 
@@ -914,13 +918,7 @@ pub(super) mod tests {
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&wt, dtype).unwrap();
         let bytes = q.data().unwrap();
-        let mine = match dtype {
-            GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(&bytes, n, k),
-            GgmlDType::Q5_1 => Q8Matrix::from_q5_1_bytes(&bytes, n, k),
-            GgmlDType::Q4_0 => Q8Matrix::from_q4_0_bytes(&bytes, n, k),
-            _ => Q8Matrix::from_q4_1_bytes(&bytes, n, k),
-        }
-        .unwrap();
+        let mine = from_gguf_bytes(dtype, &bytes, n, k).unwrap();
         let qm = QMatMul::from_qtensor(q).unwrap();
         // From tiles::MANY_ROWS rows on, the tile kernels (where this CPU runs them).
         for m in [1usize, 3, 7, 8, 13, 21] {
