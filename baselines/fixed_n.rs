@@ -89,9 +89,7 @@ fn run() -> Result<ExitCode> {
     anyhow::ensure!(a.n > 0 && a.k > 0, "-n and --k must be at least 1");
     anyhow::ensure!((0.0..=1.0).contains(&a.tau), "--tau must lie in [0, 1]");
     let start = Instant::now();
-    let opts = LoadOptions {
-        kernels: Kernels::Quantized,
-    };
+    let opts = LoadOptions::kernels(Kernels::Quantized);
     let r = Model::load(&a.reference, opts).with_context(|| a.reference.clone())?;
     let c = Model::load(&a.candidate, opts).with_context(|| a.candidate.clone())?;
     let key = ChallengeKey::generate();

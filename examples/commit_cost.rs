@@ -105,9 +105,7 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
     let (model, identity) = pot::identity::load_identified(
         std::path::Path::new(&spec),
-        LoadOptions {
-            kernels: Kernels::Quantized,
-        },
+        LoadOptions::kernels(Kernels::Quantized),
     )?;
     let model = Arc::new(model);
     let weight_hash: [u8; 32] = hex::decode(&identity.weight_hash)?
@@ -328,12 +326,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // 4. The router's audit, against each job's generation time.
-    let verifier_model = Model::load(
-        &spec,
-        LoadOptions {
-            kernels: Kernels::Quantized,
-        },
-    )?;
+    let verifier_model = Model::load(&spec, LoadOptions::kernels(Kernels::Quantized))?;
     let mut v = Verifier::new(
         verifier_model,
         weight_hash,

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     };
     let jobs: usize = args.get(2).map_or(Ok(16), |s| s.parse())?;
     let tokens: usize = args.get(3).map_or(Ok(32), |s| s.parse())?;
-    let load = |spec: &str, kernels| Model::load(spec, LoadOptions { kernels });
+    let load = |spec: &str, kernels| Model::load(spec, LoadOptions::kernels(kernels));
     let provider_kernels = match std::env::var("PROVIDER_KERNELS").as_deref() {
         Ok("dense") => Kernels::Dense,
         _ => Kernels::Quantized,

@@ -35,9 +35,7 @@ pub struct DiffOutcome {
 /// Run (or resume) a diff to a decision. Both models are loaded (and both files hashed)
 /// before the transcript exists, unless one is held at a time.
 pub fn run(cfg: &DiffConfig, progress: Progress<'_>) -> Result<DiffOutcome, RunError> {
-    let opts = LoadOptions {
-        kernels: cfg.run.kernels,
-    };
+    let opts = LoadOptions::kernels(cfg.run.kernels);
     let mut both = LocalModel::open_all(
         &[&cfg.reference, &cfg.candidate],
         opts,

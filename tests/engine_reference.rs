@@ -179,3 +179,69 @@ fn mapped_weights_compute_what_copied_weights_compute() {
         }
     }
 }
+
+/// The GPU code path (`--device cuda`/`metal`: candle's kernels only, weights moved to the
+/// device in their GGML encodings, candle's attention and SwiGLU, the embedding rows copied
+/// over) run on the CPU (`--device candle-cpu`), against llama.cpp's outputs: what a GPU run
+/// computes up to its backend's kernels, checked where there is no GPU. The real models'
+/// quantized encodings (Q4_1 + Q8_0, Q4_K/Q5_0/Q6_K/Q8_0) and random-weight Qwen 3 (Q8_0, f16,
+/// Q4_0) and Gemma 3.
+#[test]
+fn the_device_code_path_agrees_with_llama_cpp() {
+    use common::agreement::check_loaded;
+    use pot::model::device::DeviceSpec;
+    use pot::model::LoadOptions;
+    let opts = LoadOptions {
+        kernels: Kernels::Quantized,
+        device: Some(DeviceSpec::CandleCpu),
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (model, fixture, top1, mean) in [
+        (
+            common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "smollm2-135m-instruct-q4_1.llamacpp.json",
+            0.95,
+            0.13,
+        ),
+        (
+            common::model_path("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.llamacpp.json",
+            0.97,
+            0.07,
+        ),
+        (
+            fixtures.join("tiny-qwen3.gguf"),
+            "tiny-qwen3.llamacpp.json",
+            0.97,
+            0.05,
+        ),
+        (
+            fixtures.join("tiny-gemma3.gguf"),
+            "tiny-gemma3.llamacpp.json",
+            0.98,
+            0.02,
+        ),
+    ] {
+        let a = check_loaded(&model, &fixtures.join(fixture), opts);
+        assert!(
+            a.top1_same as f64 >= top1 * a.positions as f64,
+            "{}: top-1 {}/{} below {top1}",
+            model.display(),
+            a.top1_same,
+            a.positions
+        );
+        assert!(
+            a.mean_abs <= mean,
+            "{}: mean |Δ| {}",
+            model.display(),
+            a.mean_abs
+        );
+        // Every miss at a near-tie: a clear gap missed is a wrong computation, not rounding.
+        assert!(
+            a.widest_miss <= 0.5,
+            "{}: missed a top-1 token {} nats clear",
+            model.display(),
+            a.widest_miss
+        );
+    }
+}

@@ -706,9 +706,7 @@ impl OpenedReference {
         };
         match &cfg.reference {
             ReferenceSource::Model(spec) => {
-                let opts = LoadOptions {
-                    kernels: cfg.run.kernels,
-                };
+                let opts = LoadOptions::kernels(cfg.run.kernels);
                 let mut reference = LocalModel::open(spec, opts, true)?;
                 if cfg.endpoint.chat && reference.model()?.chat_template.is_none() {
                     return Err(no_template(&reference.identity().path));

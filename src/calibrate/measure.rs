@@ -39,9 +39,7 @@ pub fn run(
             e,
         )
     })?;
-    let opts = LoadOptions {
-        kernels: cfg.kernels,
-    };
+    let opts = LoadOptions::kernels(cfg.kernels);
     let spec = source.display().to_string();
     let reference = Model::load(&spec, opts)?;
     let catalog = Catalog::load()?;
@@ -85,7 +83,7 @@ pub fn run(
                     Kernels::Quantized => Kernels::Dense,
                     Kernels::Dense => Kernels::Quantized,
                 };
-                let m = Model::load(&spec, LoadOptions { kernels: other })?;
+                let m = Model::load(&spec, LoadOptions::kernels(other))?;
                 let what = format!("the reference on the {} kernels", kernels_name(other));
                 entries.push(measure(
                     progress,

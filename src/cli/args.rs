@@ -28,6 +28,12 @@ pub struct Cli {
     /// Threads for the engine (default: all cores).
     #[arg(long, global = true)]
     pub(crate) threads: Option<usize>,
+    /// Where models run: cpu (pot's own kernels, chosen for this CPU when pot starts),
+    /// cuda[:N] or metal[:N] (a GPU, with candle's kernels; needs a build with
+    /// `--features cuda` or `--features metal`), candle-cpu (the GPU code path on the CPU,
+    /// slower: checks that path where there is no GPU).
+    #[arg(long, global = true, value_name = "DEVICE", default_value = "cpu")]
+    pub(crate) device: pot::model::device::DeviceSpec,
     /// Log what pot does (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

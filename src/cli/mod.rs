@@ -58,6 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         // any model is touched (we are still single-threaded here).
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
+    pot::model::device::set_default(cli.device);
     match cli.command {
         Command::Diff(a) => cmd_diff(*a),
         Command::Audit(a) => cmd_audit(*a),

@@ -29,7 +29,7 @@ pub(super) fn cmd_logits(
     kernels: Kernels,
     json: bool,
 ) -> Result<ExitCode> {
-    let m = Model::load(model, LoadOptions { kernels })?;
+    let m = Model::load(model, LoadOptions::kernels(kernels))?;
     let ids = m.tokenizer.encode(text)?;
     if ids.is_empty() {
         bail!("--text {text:?} has no tokens; give a non-empty text");
@@ -128,12 +128,7 @@ pub(super) fn cmd_bench(
     json: bool,
 ) -> Result<ExitCode> {
     let t0 = std::time::Instant::now();
-    let m = Model::load(
-        &model,
-        LoadOptions {
-            kernels: kernels.into(),
-        },
-    )?;
+    let m = Model::load(&model, LoadOptions::kernels(kernels.into()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(prompt_tokens);
     let mut ids = m.tokenizer.encode(&text)?;

@@ -60,7 +60,7 @@ pub(super) fn cmd_verify(a: VerifyArgs) -> Result<ExitCode> {
     };
     let kernels: Kernels = a.kernels.into();
     let path = pot::model::resolve(&a.model)?;
-    let (model, identity) = pot::identity::load_identified(&path, LoadOptions { kernels })?;
+    let (model, identity) = pot::identity::load_identified(&path, LoadOptions::kernels(kernels))?;
     let weight_hash = pot::commit::keys::parse_hex32(&identity.weight_hash, "weight hash")?;
     if info.weight_hash != identity.weight_hash {
         eprintln!(

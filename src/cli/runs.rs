@@ -426,9 +426,7 @@ pub(super) fn cmd_reference(c: ReferenceCommand) -> Result<ExitCode> {
             a.out.display()
         );
     }
-    let opts = LoadOptions {
-        kernels: a.kernels.into(),
-    };
+    let opts = LoadOptions::kernels(a.kernels.into());
     let mut reference = pot::run::local::LocalModel::open(&a.reference, opts, true)?;
     let identity = pot::run::Reference::identity(&reference).clone();
     let model = reference.model()?;

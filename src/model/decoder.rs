@@ -208,6 +208,12 @@ pub struct Decoder {
     /// key/value cache and f16 products): on with [`Kernels::Quantized`], llama.cpp's
     /// numerics; off with [`Kernels::Dense`], exact f32.
     pub f16_attention: bool,
+    /// Where the blocks run: the CPU with pot's kernels, or a device with candle's
+    /// ([`Decoder::to_device`]).
+    device: Device,
+    /// Whether pot's own CPU attention and SwiGLU run (off on a device, and on the CPU
+    /// through the device path).
+    pot_kernels: bool,
 }
 
 /// RoPE tables `(max_pos, head_dim / 2)`: cos and sin of `pos · scale · base^(−2i/d)`.
@@ -264,7 +270,61 @@ impl Decoder {
             sin,
             local,
             f16_attention: true,
+            device: Device::Cpu,
+            pot_kernels: true,
         })
+    }
+
+    /// The same network on `device`, run by candle's kernels only (`model::device`): every
+    /// matrix, norm and RoPE table moved there once; the embedding table stays in host
+    /// memory and its looked-up rows are copied over. With `Device::Cpu` this is the device
+    /// code path on the CPU (candle's CPU kernels), which checks it where no GPU is.
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        let both = |(c, s): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+            Ok((c.to_device(device)?, s.to_device(device)?))
+        };
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| -> Result<Block> {
+                let norm =
+                    |n: &Option<RmsNorm>| n.as_ref().map(|n| n.to_device(device)).transpose();
+                Ok(Block {
+                    attn_norm: b.attn_norm.to_device(device)?,
+                    wq: b.wq.to_device(device)?,
+                    wk: b.wk.to_device(device)?,
+                    wv: b.wv.to_device(device)?,
+                    wo: b.wo.to_device(device)?,
+                    q_norm: norm(&b.q_norm)?,
+                    k_norm: norm(&b.k_norm)?,
+                    post_attn_norm: norm(&b.post_attn_norm)?,
+                    ffn_norm: b.ffn_norm.to_device(device)?,
+                    post_ffn_norm: norm(&b.post_ffn_norm)?,
+                    gate: b.gate.to_device(device)?,
+                    up: b.up.to_device(device)?,
+                    down: b.down.to_device(device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (cos, sin) = both(&(self.cos, self.sin))?;
+        Ok(Self {
+            config: self.config,
+            embed: self.embed,
+            blocks,
+            norm: self.norm.to_device(device)?,
+            output: self.output.to_device(device)?,
+            cos,
+            sin,
+            local: self.local.as_ref().map(both).transpose()?,
+            f16_attention: self.f16_attention,
+            device: device.clone(),
+            pot_kernels: false,
+        })
+    }
+
+    /// Where the network runs.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Longest sequence this decoder accepts.
@@ -383,13 +443,13 @@ impl Decoder {
             let global = (
                 self.cos.narrow(0, start, t)?,
                 self.sin.narrow(0, start, t)?,
-                attention_mask(t, start, None)?,
+                self.mask(t, start, None)?,
             );
             let sliding = match (&self.local, window) {
                 (Some((cos, sin)), w) => Some((
                     cos.narrow(0, start, t)?,
                     sin.narrow(0, start, t)?,
-                    attention_mask(t, start, w)?,
+                    self.mask(t, start, w)?,
                 )),
                 _ => None,
             };
@@ -403,7 +463,11 @@ impl Decoder {
         }
         let ids: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
-        let mut x = self.embed.rows(&ids)?.unsqueeze(0)?; // (1, rows, d)
+        let mut x = self
+            .embed
+            .rows(&ids)?
+            .to_device(&self.device)?
+            .unsqueeze(0)?; // (1, rows, d)
         if self.config.gemma.is_some() {
             x = (x * (self.config.d_model as f64).sqrt())?;
         }
@@ -458,7 +522,7 @@ impl Decoder {
             let u = block.up.forward(&h)?;
             let au = if self.config.gemma.is_some() {
                 (g.gelu()? * u)?
-            } else if g.device().is_cpu() && g.dtype() == DType::F32 {
+            } else if self.pot_kernels && g.device().is_cpu() && g.dtype() == DType::F32 {
                 let gu = super::q8::with_f32(&g, |g| {
                     super::q8::with_f32(&u, |u| super::vexp::silu_mul(g, u))
                 })??;
@@ -477,6 +541,13 @@ impl Decoder {
             cache.len += chunk.len();
         }
         Ok(x)
+    }
+
+    /// [`attention_mask`] on the decoder's device.
+    fn mask(&self, t: usize, start: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+        attention_mask(t, start, window)?
+            .map(|m| m.to_device(&self.device))
+            .transpose()
     }
 
     /// Self-attention of one chunk `(1, t, ·)` of projected queries, keys and values over its
@@ -531,7 +602,7 @@ impl Decoder {
             .gemma
             .as_ref()
             .map_or(1.0 / (cfg.head_dim as f64).sqrt(), |g| g.attn_scale);
-        if q.device().is_cpu() && q.dtype() == DType::F32 {
+        if self.pot_kernels && q.device().is_cpu() && q.dtype() == DType::F32 {
             let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
             let m = mask.map(flat).transpose()?;
             let dims = super::attention::Dims {

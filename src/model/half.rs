@@ -47,6 +47,13 @@ enum Kind {
 }
 
 impl Kind {
+    fn dtype(self) -> GgmlDType {
+        match self {
+            Kind::F16 => GgmlDType::F16,
+            Kind::Bf16 => GgmlDType::BF16,
+        }
+    }
+
     /// A value rounded to this type, and back.
     fn round(self, v: f32) -> f32 {
         match self {
@@ -171,6 +178,16 @@ impl HalfMatrix {
 }
 
 impl Product for HalfMatrix {
+    fn ggml(
+        &self,
+    ) -> Option<(
+        candle_core::quantized::GgmlDType,
+        usize,
+        usize,
+        std::borrow::Cow<'_, [u8]>,
+    )> {
+        Some((self.kind.dtype(), self.n, self.k, self.weights.data().ok()?))
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         by_rows(x, self.n, |rows, m| self.matmul(rows, m))
     }

@@ -167,6 +167,16 @@ impl KMatrix {
 }
 
 impl Product for KMatrix {
+    fn ggml(
+        &self,
+    ) -> Option<(
+        candle_core::quantized::GgmlDType,
+        usize,
+        usize,
+        std::borrow::Cow<'_, [u8]>,
+    )> {
+        Some((self.kind.dtype(), self.n, self.k, self.blocks.data().ok()?))
+    }
     /// The tile kernels from `MANY_ROWS` rows on, pot's few-row kernel below (Q4_K, Q6_K),
     /// candle's where pot has none for this CPU.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -31,6 +31,46 @@ pub(crate) enum Weight {
     Pot(Box<dyn crate::model::q8::Product>),
 }
 
+impl Weight {
+    /// The same matrix for candle's kernels on `device`: the file's GGML encoding where candle
+    /// multiplies it there (every block-of-32 and k-quant encoding), f32 otherwise (16-bit
+    /// weights, whose products there would round their outputs to 16 bits, and MLX's affine
+    /// quants, which candle has no kernel for).
+    fn to_device(&self, device: &Device) -> Result<Weight> {
+        use candle_core::quantized::QStorage;
+        let encoded = |dtype: GgmlDType, n: usize, k: usize, bytes: &[u8]| -> Result<Weight> {
+            let storage =
+                QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
+            let q = QTensor::new(storage, (n, k))?;
+            if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                return Ok(Weight::Dense(
+                    q.dequantize(&Device::Cpu)?.to_device(device)?,
+                ));
+            }
+            let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), device, dtype)?;
+            Ok(Weight::Quantized(QMatMul::QTensor(Arc::new(QTensor::new(
+                storage,
+                (n, k),
+            )?))))
+        };
+        match self {
+            Weight::Dense(w) => Ok(Weight::Dense(w.to_device(device)?)),
+            Weight::Quantized(QMatMul::QTensor(q)) => {
+                let (n, k) = q.shape().dims2()?;
+                encoded(q.dtype(), n, k, &q.data()?)
+            }
+            Weight::Quantized(QMatMul::Tensor(w)) => Ok(Weight::Dense(w.to_device(device)?)),
+            Weight::Quantized(QMatMul::TensorF16(w)) => Ok(Weight::Dense(
+                w.to_dtype(candle_core::DType::F32)?.to_device(device)?,
+            )),
+            Weight::Pot(m) => match m.ggml() {
+                Some((dtype, n, k, bytes)) => encoded(dtype, n, k, &bytes),
+                None => Ok(Weight::Dense(m.dequantize()?.to_device(device)?)),
+            },
+        }
+    }
+}
+
 /// The quantized weight's kernel: pot's own on CPU where it has one, candle's otherwise.
 ///
 /// Without AVX2 (an old x86-64, or aarch64, where pot's kernels are portable Rust) Q8_0, Q4_0
@@ -116,6 +156,18 @@ impl Linear {
         }
     }
 
+    /// The same layer for candle's kernels on `device` ([`Weight::to_device`]).
+    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_device(device)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.to_device(device))
+                .transpose()?,
+        })
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Quantized(q) => q.forward(x)?,
@@ -186,6 +238,14 @@ impl RmsNorm {
             eps: eps as f32,
         }
     }
+    /// The same norm on `device`.
+    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_device(device)?,
+            eps: self.eps,
+        })
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
     }

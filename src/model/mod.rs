@@ -9,6 +9,7 @@ pub mod arch;
 pub mod attention;
 pub mod chat;
 pub mod decoder;
+pub mod device;
 pub mod generate;
 pub mod gguf;
 pub mod half;
@@ -37,6 +38,14 @@ pub use tokenizer::Tokenizer;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
+    /// The device named by `--device` cannot run the model.
+    #[error("--device {device}: {reason}")]
+    Device {
+        /// The device as given.
+        device: String,
+        /// Why, and the fix.
+        reason: String,
+    },
     /// The path could not be opened or read.
     #[error("{path}: cannot open model file ({source}); check the path")]
     Open {
@@ -181,6 +190,19 @@ pub enum ModelError {
 pub struct LoadOptions {
     /// Which matrix kernels to run.
     pub kernels: Kernels,
+    /// Where to run them; `None`: the process's default (`pot --device`, else pot's CPU
+    /// kernels).
+    pub device: Option<device::DeviceSpec>,
+}
+
+impl LoadOptions {
+    /// These kernels, on the default device.
+    pub fn kernels(kernels: Kernels) -> Self {
+        Self {
+            kernels,
+            device: None,
+        }
+    }
 }
 
 /// A loaded model.
@@ -364,6 +386,17 @@ impl Model {
         };
         let text = TextSide::new(spec, &path, tokenizer, template);
         decoder.f16_attention = opts.kernels == Kernels::Quantized;
+        let on = opts.device.unwrap_or_else(device::default_spec);
+        if let Some(dev) = on.open()? {
+            decoder = decoder.to_device(&dev).map_err(|e| ModelError::Device {
+                device: on.to_string(),
+                reason: format!(
+                    "{}: cannot move the weights there: {}",
+                    path.display(),
+                    candle_message(&e)
+                ),
+            })?;
+        }
         Ok(Self {
             spec: spec.to_string(),
             path,

@@ -9,23 +9,54 @@
 //! are converted once at load, each weight block is loaded once for up to four activation
 //! rows, and columns are split across candle's worker pool.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Result, Tensor};
 
 /// A weight matrix `(n, k)` that multiplies f32 activations on pot's own kernels.
 pub trait Product: Send + Sync {
     /// `x (b, t, k)` → `x · Wᵀ (b, t, n)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The matrix as GGML stores it, `(dtype, n, k, blocks)`, where it holds exactly that
+    /// (what candle's kernels on another device read; `Decoder::to_device`).
+    fn ggml(&self) -> Option<(GgmlDType, usize, usize, std::borrow::Cow<'_, [u8]>)> {
+        None
+    }
+
+    /// The matrix `(n, k)` as f32 on the CPU.
+    fn dequantize(&self) -> Result<Tensor> {
+        match self.ggml() {
+            Some((dtype, n, k, blocks)) => {
+                let storage =
+                    candle_core::quantized::QStorage::from_data(blocks, &Device::Cpu, dtype)?;
+                candle_core::quantized::QTensor::new(storage, (n, k))?.dequantize(&Device::Cpu)
+            }
+            None => candle_core::bail!("this matrix cannot be dequantized"),
+        }
+    }
 }
 
 impl<T: Product + ?Sized> Product for std::sync::Arc<T> {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         (**self).forward(x)
     }
+    fn ggml(&self) -> Option<(GgmlDType, usize, usize, std::borrow::Cow<'_, [u8]>)> {
+        (**self).ggml()
+    }
+    fn dequantize(&self) -> Result<Tensor> {
+        (**self).dequantize()
+    }
 }
 
 impl Product for Q8Matrix {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         by_rows(x, self.n, |rows, m| Ok(self.matmul(rows, m)))
+    }
+    /// Its quants are held split from their scales (and widened to a byte each): no GGML
+    /// encoding, only the values.
+    fn dequantize(&self) -> Result<Tensor> {
+        let ids: Vec<u32> = (0..self.n as u32).collect();
+        Tensor::from_vec(self.rows(&ids)?, (self.n, self.k), &Device::Cpu)
     }
 }
 
@@ -435,6 +466,14 @@ impl BlockMatrix {
 impl Product for BlockMatrix {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         by_rows(x, self.n, |rows, m| Ok(self.matmul(rows, m)))
+    }
+    fn ggml(&self) -> Option<(GgmlDType, usize, usize, std::borrow::Cow<'_, [u8]>)> {
+        Some((
+            self.format.dtype(),
+            self.n,
+            self.k,
+            std::borrow::Cow::Borrowed(&self.blocks),
+        ))
     }
 }
 

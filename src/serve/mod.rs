@@ -143,12 +143,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         }
         (None, _) => None,
     };
-    let (model, identity) = load_identified(
-        &path,
-        LoadOptions {
-            kernels: cfg.kernels,
-        },
-    )?;
+    let (model, identity) = load_identified(&path, LoadOptions::kernels(cfg.kernels))?;
     let model = Arc::new(model);
     let name = cfg.name.clone().unwrap_or_else(|| {
         path.file_stem()

@@ -25,8 +25,14 @@ pub struct Agreement {
 /// Load `path` with `kernels` and compare it with `fixture` (JSON of another engine: token ids,
 /// and per position the top ids, their logits and the row's log-sum-exp), printing the figures.
 pub fn check_path(path: &Path, fixture: &Path, kernels: Kernels) -> Agreement {
+    check_loaded(path, fixture, LoadOptions::kernels(kernels))
+}
+
+/// [`check_path`] with the model loaded by `opts` (kernels and device).
+pub fn check_loaded(path: &Path, fixture: &Path, opts: LoadOptions) -> Agreement {
+    let kernels = opts.kernels;
     let model_file = path.file_name().unwrap().to_string_lossy().into_owned();
-    let model = Model::load(path.to_str().unwrap(), LoadOptions { kernels }).unwrap();
+    let model = Model::load(path.to_str().unwrap(), opts).unwrap();
     let fx: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let engine = fx["engine"]
         .as_str()
