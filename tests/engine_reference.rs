@@ -185,15 +185,22 @@ fn mapped_weights_compute_what_copied_weights_compute() {
 /// over) run on the CPU (`--device candle-cpu`), against llama.cpp's outputs: what a GPU run
 /// computes up to its backend's kernels, checked where there is no GPU. The real models'
 /// quantized encodings (Q4_1 + Q8_0, Q4_K/Q5_0/Q6_K/Q8_0) and random-weight Qwen 3 (Q8_0, f16,
-/// Q4_0) and Gemma 3.
+/// Q4_0) and Gemma 3. `POT_TEST_DEVICE=cuda` (a `--features cuda` build on a GPU machine,
+/// `scripts/gpu-check.sh`) runs the same check on the GPU.
 #[test]
 fn the_device_code_path_agrees_with_llama_cpp() {
     use common::agreement::check_loaded;
     use pot::model::device::DeviceSpec;
     use pot::model::LoadOptions;
+    let device = match std::env::var("POT_TEST_DEVICE") {
+        Ok(d) => d
+            .parse()
+            .expect("POT_TEST_DEVICE names a device (cuda, cuda:1, metal)"),
+        Err(_) => DeviceSpec::CandleCpu,
+    };
     let opts = LoadOptions {
         kernels: Kernels::Quantized,
-        device: Some(DeviceSpec::CandleCpu),
+        device: Some(device),
     };
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     for (model, fixture, top1, mean) in [

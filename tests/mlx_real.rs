@@ -14,9 +14,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::agreement::check_path;
+use common::agreement::{check_loaded, check_path};
 use common::{diff_cmd, hf_folder, mlx_convert, mlx_fixture, model_path};
-use pot::model::Kernels;
+use pot::model::device::DeviceSpec;
+use pot::model::{Kernels, LoadOptions};
 use serde_json::Value;
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -108,9 +109,23 @@ fn mlx_checkpoints_compute_what_the_mlx_runtime_computes() {
         eprintln!("{what}:");
         let q = check_path(&folder, &fixture, Kernels::Quantized);
         let d = check_path(&folder, &fixture, Kernels::Dense);
+        // The GPU code path (`--device`), run on the CPU: affine quants widened to f32 on the
+        // device, candle's attention.
+        let g = check_loaded(
+            &folder,
+            &fixture,
+            LoadOptions {
+                kernels: Kernels::Quantized,
+                device: Some(DeviceSpec::CandleCpu),
+            },
+        );
         // Measured: every top-1 token on every checkpoint with both kernels; mean |Δ| 0.0001
         // (dense) and 0.0014-0.0024 (quantized kernels: f16-rounded attention).
-        for (a, k, mean) in [(&q, "quantized", 0.01), (&d, "dense", 0.001)] {
+        for (a, k, mean) in [
+            (&q, "quantized", 0.01),
+            (&d, "dense", 0.001),
+            (&g, "device path", 0.01),
+        ] {
             assert_eq!(a.prompts, texts.len());
             assert!(
                 a.top1_same as f64 >= 0.98 * a.positions as f64,

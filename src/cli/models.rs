@@ -156,10 +156,10 @@ pub(super) fn cmd_bench(
     if json {
         outln!(
             "{}",
-            serde_json::json!({"model": model, "kernels": pot::model::tiles::isa().name(), "load_s": load_s, "prompt_tokens": ids.len(), "prompt_eval_tok_s": prefill, "scoring_tok_s": scoring, "generated": g.len(), "generation_tok_s": gen})
+            serde_json::json!({"model": model, "kernels": pot::model::device::kernels_in_use(), "load_s": load_s, "prompt_tokens": ids.len(), "prompt_eval_tok_s": prefill, "scoring_tok_s": scoring, "generated": g.len(), "generation_tok_s": gen})
         )?;
     } else {
-        outln!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); scoring (logits at every position) {scoring:.1} tok/s; generation {gen:.1} tok/s ({} tokens); {} kernels", ids.len(), g.len(), pot::model::tiles::isa().name())?;
+        outln!("{model}: load {load_s:.1} s; prompt-eval {prefill:.1} tok/s ({} tokens); scoring (logits at every position) {scoring:.1} tok/s; generation {gen:.1} tok/s ({} tokens); {} kernels", ids.len(), g.len(), pot::model::device::kernels_in_use())?;
     }
     Ok(ExitCode::SUCCESS)
 }

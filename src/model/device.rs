@@ -106,6 +106,15 @@ impl DeviceSpec {
     }
 }
 
+/// The kernels models run on by default, in words: the CPU instruction set pot's kernels
+/// chose, or candle's on a device.
+pub fn kernels_in_use() -> String {
+    match default_spec() {
+        DeviceSpec::Cpu => super::tiles::isa().name().to_string(),
+        d => format!("candle's on {d}"),
+    }
+}
+
 static DEFAULT: OnceLock<DeviceSpec> = OnceLock::new();
 
 /// Set the device models load onto when their [`super::LoadOptions`] name none (`pot

@@ -368,6 +368,9 @@ fn chat_ids(
 impl Model {
     /// Load a model from a path or a cached Hugging Face id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self, ModelError> {
+        // A device this build or machine cannot drive is refused before any weight is read.
+        let on = opts.device.unwrap_or_else(device::default_spec);
+        let device = on.open()?;
         let path = resolve(spec)?;
         let (tokenizer, mut decoder, template) = if hf::is_hf_folder(&path) {
             let folder = hf::HfFolder::open(&path)?;
@@ -386,8 +389,7 @@ impl Model {
         };
         let text = TextSide::new(spec, &path, tokenizer, template);
         decoder.f16_attention = opts.kernels == Kernels::Quantized;
-        let on = opts.device.unwrap_or_else(device::default_spec);
-        if let Some(dev) = on.open()? {
+        if let Some(dev) = device {
             decoder = decoder.to_device(&dev).map_err(|e| ModelError::Device {
                 device: on.to_string(),
                 reason: format!(

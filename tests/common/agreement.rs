@@ -30,7 +30,10 @@ pub fn check_path(path: &Path, fixture: &Path, kernels: Kernels) -> Agreement {
 
 /// [`check_path`] with the model loaded by `opts` (kernels and device).
 pub fn check_loaded(path: &Path, fixture: &Path, opts: LoadOptions) -> Agreement {
-    let kernels = opts.kernels;
+    let kernels = match opts.device {
+        Some(d) => format!("{:?} kernels, device {d}", opts.kernels),
+        None => format!("{:?} kernels", opts.kernels),
+    };
     let model_file = path.file_name().unwrap().to_string_lossy().into_owned();
     let model = Model::load(path.to_str().unwrap(), opts).unwrap();
     let fx: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
@@ -119,7 +122,7 @@ pub fn check_loaded(path: &Path, fixture: &Path, opts: LoadOptions) -> Agreement
     }
     a.mean_abs = sum / count as f64;
     eprintln!(
-        "{model_file} ({kernels:?} kernels) against {engine}: {} prompts, tokens identical; top-1 {}/{} ({:.1}%), after the first token {}/{}; |Δ log-softmax| over its top-20: mean {:.4}, max {:.4}; misses at top-two gaps up to {:.3} nats",
+        "{model_file} ({kernels}) against {engine}: {} prompts, tokens identical; top-1 {}/{} ({:.1}%), after the first token {}/{}; |Δ log-softmax| over its top-20: mean {:.4}, max {:.4}; misses at top-two gaps up to {:.3} nats",
         a.prompts, a.top1_same, a.positions, 100.0 * a.top1_same as f64 / a.positions as f64, a.later_top1_same, a.later_positions, a.mean_abs, a.max_abs, a.widest_miss
     );
     a
