@@ -65,6 +65,12 @@ fn smol_mlx_4bit() -> PathBuf {
     )
 }
 
+/// SmolLM2 in f16 with its tensors aligned (Hugging Face's safetensors writer).
+fn smol_f16_aligned() -> PathBuf {
+    let f16 = mlx_convert(&smol_hf(), "SmolLM2-mlx-f16", &["--dtype", "float16"]);
+    common::hf_resaved(&f16, "SmolLM2-hf-f16")
+}
+
 #[test]
 fn mlx_checkpoints_compute_what_the_mlx_runtime_computes() {
     let texts = texts();
@@ -75,6 +81,14 @@ fn mlx_checkpoints_compute_what_the_mlx_runtime_computes() {
         (
             hf.clone(),
             "the unquantized Hugging Face folder (pot export-hf), f32",
+        ),
+        (
+            mlx_convert(&hf, "SmolLM2-mlx-f16", &["--dtype", "float16"]),
+            "unquantized f16, as MLX writes it (values at odd offsets: copied)",
+        ),
+        (
+            smol_f16_aligned(),
+            "unquantized f16, as Hugging Face writes it (matrices and table read in place)",
         ),
         (smol_mlx_4bit(), "4-bit g64, bf16"),
         (
@@ -237,4 +251,31 @@ fn pot_diff_tells_an_mlx_copy_of_the_same_weights_from_a_cheaper_one() {
     let v = diff(&gguf, &smol_mlx_4bit());
     assert_eq!(v["decision"], "DIFFERENT");
     assert_eq!(v["score_kind"], "kl");
+}
+
+/// A 16-bit folder's matrices and embedding table are read in place from pot's own maps of
+/// its safetensors files (the default), and compute what the same weights copied into memory
+/// (`POT_MMAP=0`) compute, bit for bit.
+#[test]
+fn an_f16_folder_read_in_place_computes_what_a_copy_computes() {
+    let f16 = smol_f16_aligned();
+    for text in ["def f(x):", &texts()[0]] {
+        let run = |mmap: &str| {
+            let out = common::pot()
+                .env("POT_MMAP", mmap)
+                .args(["logits", "--json", "--top-k", "20", "--text", text])
+                .arg(&f16)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let (mapped, copied) = (run("1"), run("0"));
+        assert!(mapped.contains("top_logprobs"), "{mapped}");
+        assert_eq!(mapped, copied, "{text:?}");
+    }
 }

@@ -10,7 +10,6 @@
 //! [`export`] writes a GGUF model as such a folder (undoing that permutation), which is how
 //! the tests check this loader against the GGUF path on real weights.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +22,11 @@ use serde_json::Value;
 use super::arch::{block, Arch};
 use super::decoder::{Block, Config, Decoder, Embedding, GemmaConfig, Linear, RmsNorm, RopeStyle};
 use super::gguf::GgufFile;
+use super::half::HalfMatrix;
+use super::layers::MappedRows;
+use super::mapped::{Mapped, MappedFile};
 use super::mlx::{self, Quantization};
+use super::q8::Product;
 use super::q8::Q8Matrix;
 use super::tokenizer::Tokenizer;
 use super::{Kernels, ModelError};
@@ -39,8 +42,35 @@ pub struct HfFolder {
     config_json: Value,
     files: Vec<PathBuf>,
     st: MmapedSafetensors,
+    /// Every stored tensor's bytes in pot's own maps of the files (empty with `POT_MMAP=0`):
+    /// what 16-bit matrices and embedding tables are read in place from.
+    in_place: HashMap<String, Mapped>,
     /// config.json's quantization, parsed on first use.
     quant: std::sync::OnceLock<Option<Quantization>>,
+}
+
+/// The tensors of a mapped safetensors file: name → its data's byte range in the file
+/// (`None` if the header is not what the format prescribes; candle's reader, which opened
+/// the same files first, reports that).
+fn safetensors_ranges(map: &MappedFile) -> Option<Vec<(String, Mapped)>> {
+    let len = map.slice(0..8)?;
+    let n = usize::try_from(u64::from_le_bytes(len[..8].try_into().ok()?)).ok()?;
+    let base = n.checked_add(8)?;
+    let header: Value = serde_json::from_slice(&map.slice(8..base)?).ok()?;
+    header
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .map(|(name, t)| {
+            let o = t.get("data_offsets")?.as_array()?;
+            let (a, b) = (o.first()?.as_u64()?, o.get(1)?.as_u64()?);
+            let (a, b) = (usize::try_from(a).ok()?, usize::try_from(b).ok()?);
+            Some((
+                name.clone(),
+                map.slice(base.checked_add(a)?..base.checked_add(b)?)?,
+            ))
+        })
+        .collect()
 }
 
 /// GGUF tensor name → Hugging Face name in a model of family `arch` (`None`: not one of its
@@ -105,11 +135,22 @@ impl HfFolder {
         // SAFETY: the files are mapped read-only; pot never writes them while mapped.
         let st = unsafe { MmapedSafetensors::multi(&files) }
             .map_err(|e| corrupt(dir, format!("safetensors: {e}")))?;
+        let mut in_place = HashMap::new();
+        if super::mapped::enabled() {
+            for f in &files {
+                let file = std::fs::File::open(f).map_err(|e| open_err(f, e))?;
+                let map = MappedFile::open(&file, f).map_err(|e| open_err(f, e))?;
+                let tensors = safetensors_ranges(&map)
+                    .ok_or_else(|| corrupt(f, "safetensors header is not readable"))?;
+                in_place.extend(tensors);
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             config_json,
             files,
             st,
+            in_place,
             quant: std::sync::OnceLock::new(),
         })
     }
@@ -382,8 +423,30 @@ impl HfFolder {
         };
         match (half, view.shape()) {
             (Some(dt), &[n, k]) if kernels == Kernels::Quantized => {
-                let q = QStorage::from_data(Cow::Borrowed(view.data()), &Device::Cpu, dt)
-                    .and_then(|s| QTensor::new(s, (n, k)))
+                // Read in place from the mapped file where it is mapped.
+                if let Some(bytes) = self.in_place.get(&wname) {
+                    if let (Some(_), Some(_)) = (
+                        HalfMatrix::mapped(dt, n, k, bytes.clone()),
+                        MappedRows::new(dt, n, k, bytes.clone()),
+                    ) {
+                        return Ok(Matrix::InPlace(dt, n, k, bytes.clone()));
+                    }
+                }
+                // Read value by value: a safetensors header need not be padded (MLX's writer
+                // does not pad it), so the 16-bit values may sit at odd addresses.
+                let bits = view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]));
+                let storage = match dt {
+                    GgmlDType::BF16 => QStorage::Cpu(Box::new(
+                        bits.map(half::bf16::from_bits).collect::<Vec<_>>(),
+                    )),
+                    _ => {
+                        QStorage::Cpu(Box::new(bits.map(half::f16::from_bits).collect::<Vec<_>>()))
+                    }
+                };
+                let q = QTensor::new(storage, (n, k))
                     .map_err(|e| corrupt(&self.dir, format!("tensor {wname}: {e}")))?;
                 Ok(Matrix::Half(q))
             }
@@ -445,15 +508,26 @@ impl HfFolder {
                 Matrix::Dense(w) => Linear::from_dense(w, bias),
                 Matrix::Affine(a) => Linear::from_product(Box::new(a), bias),
                 Matrix::Half(q) => Linear::from_qtensor(q, bias, kernels).map_err(map)?,
+                Matrix::InPlace(dt, n, k, b) => {
+                    Linear::from_product(Matrix::in_place(dt, n, k, b), bias)
+                }
             })
         };
         let (embed, tied_output) = match self.matrix("model.embed_tokens", quant, kernels)? {
             Matrix::Affine(a) => (Embedding::Affine(a.clone()), Matrix::Affine(a)),
+            // Looked up as f32 rows; a tied output stays 16-bit on pot's 16-bit kernel, as
+            // an untied one does (and as the in-place table below).
             Matrix::Half(q) => {
                 let d = q.dequantize(&Device::Cpu).map_err(map)?;
-                (Embedding::Dense(d.clone()), Matrix::Dense(d))
+                (Embedding::Dense(d), Matrix::Half(q))
             }
             Matrix::Dense(d) => (Embedding::Dense(d.clone()), Matrix::Dense(d)),
+            Matrix::InPlace(dt, n, k, b) => (
+                Embedding::Mapped(
+                    MappedRows::new(dt, n, k, b.clone()).expect("checked when it was read"),
+                ),
+                Matrix::InPlace(dt, n, k, b),
+            ),
         };
         let output = if cfg.tied_embeddings {
             linear(tied_output, None)?
@@ -522,6 +596,15 @@ enum Matrix {
     Affine(Arc<Q8Matrix>),
     /// f16 or bf16, as stored.
     Half(QTensor),
+    /// f16 or bf16 `(n, k)`, read in place from the mapped file (checked to fit).
+    InPlace(GgmlDType, usize, usize, Mapped),
+}
+
+impl Matrix {
+    /// The in-place matrix on pot's 16-bit kernel.
+    fn in_place(dt: GgmlDType, n: usize, k: usize, bytes: Mapped) -> Box<dyn Product> {
+        Box::new(HalfMatrix::mapped(dt, n, k, bytes).expect("checked when it was read"))
+    }
 }
 
 /// Undo llama.cpp's query/key row permutation of GGUF Llama: rows `(head, pair, 2)` back to
@@ -644,4 +727,84 @@ fn tempfile_dir(parent: &Path, out: &Path) -> Result<PathBuf, ModelError> {
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     std::fs::create_dir(&tmp).map_err(|e| write_err(&tmp, e))?;
     Ok(tmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file with one f16 matrix, its header padded to `pad` bytes past the
+    /// 8-byte length (the format allows any; Hugging Face's writer pads to 8, MLX's does not).
+    fn write_f16(dir: &Path, values: &[f32], shape: [usize; 2], pad: usize) {
+        let data: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect();
+        let mut header = format!(
+            r#"{{"m.weight":{{"dtype":"F16","shape":[{},{}],"data_offsets":[0,{}]}}}}"#,
+            shape[0],
+            shape[1],
+            data.len()
+        );
+        while header.len() < pad {
+            header.push(' ');
+        }
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(&data);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+    }
+
+    fn values(m: Matrix) -> (bool, Vec<f32>) {
+        match m {
+            Matrix::InPlace(dt, n, k, b) => {
+                let p = Matrix::in_place(dt, n, k, b);
+                (
+                    true,
+                    p.dequantize()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap(),
+                )
+            }
+            Matrix::Half(q) => (
+                false,
+                q.dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+            ),
+            _ => panic!("a 16-bit matrix is held 16-bit"),
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_matrices_are_read_in_place_where_aligned_and_copied_where_not() {
+        let want: Vec<f32> = (0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let want: Vec<f32> = want
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        let aligned = tempfile::tempdir().unwrap();
+        write_f16(aligned.path(), &want, [4, 64], 96);
+        let odd = tempfile::tempdir().unwrap();
+        write_f16(odd.path(), &want, [4, 64], 97);
+        let read = |dir: &Path| {
+            let f = HfFolder::open(dir).unwrap();
+            values(f.matrix("m", None, Kernels::Quantized).unwrap())
+        };
+        let (in_place, got) = read(aligned.path());
+        assert!(in_place || !super::super::mapped::enabled());
+        assert_eq!(got, want);
+        // Values at odd addresses: copied value by value (a 16-bit read of them in place
+        // would be misaligned).
+        let (in_place, got) = read(odd.path());
+        assert!(!in_place);
+        assert_eq!(got, want);
+    }
 }

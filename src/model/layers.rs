@@ -281,12 +281,10 @@ impl MappedRows {
         bytes: crate::model::mapped::Mapped,
     ) -> Option<Self> {
         let (bs, ts) = (dtype.block_size(), dtype.type_size());
-        (k.is_multiple_of(bs) && Some(bytes.len()) == n.checked_mul(k / bs * ts)).then_some(Self {
-            dtype,
-            n,
-            k,
-            bytes,
-        })
+        // Every type but f32 (never mapped as a table) is read through 16-bit fields.
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(2);
+        (aligned && k.is_multiple_of(bs) && Some(bytes.len()) == n.checked_mul(k / bs * ts))
+            .then_some(Self { dtype, n, k, bytes })
     }
 
     fn rows(&self, ids: &Tensor) -> Result<Tensor> {

@@ -238,6 +238,30 @@ pub fn hf_folder(model: &str, name: &str) -> PathBuf {
     })
 }
 
+/// `folder` with its safetensors rewritten by the `safetensors` library (Hugging Face's own
+/// writer, which pads the header so that every tensor is aligned), kept as `name`: MLX's
+/// writer does not pad, so its 16-bit values may sit at odd offsets.
+pub fn hf_resaved(folder: &Path, name: &str) -> PathBuf {
+    derive_folder(name, |part| {
+        let script = r#"
+import os, shutil, sys
+from safetensors.numpy import load_file, save_file
+src, dst = sys.argv[1:]
+shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+for f in os.listdir(src):
+    if f.endswith(".safetensors"):
+        save_file(load_file(os.path.join(src, f)), os.path.join(dst, f), metadata={"format": "pt"})
+"#;
+        let o = Command::new(mlx_python())
+            .args(["-c", script])
+            .arg(folder)
+            .arg(part)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    })
+}
+
 /// An MLX checkpoint made by mlx-lm's own converter (`mlx_lm.convert ARGS`) from the Hugging
 /// Face folder `hf`, kept as `name`.
 pub fn mlx_convert(hf: &Path, name: &str, args: &[&str]) -> PathBuf {
