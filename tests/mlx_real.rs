@@ -156,22 +156,21 @@ fn mlx_checkpoints_compute_what_the_mlx_runtime_computes() {
     }
 }
 
-/// Qwen 3 has no real checkpoint reachable here: a random-weight one (head norms, head_dim
-/// set apart, tied embeddings) as a Hugging Face folder and as mlx-lm's 4-bit conversion,
-/// each against the MLX runtime.
-#[test]
-fn qwen3_on_random_weights_computes_what_the_mlx_runtime_computes() {
+/// Qwen 3 and Gemma 3 have no real checkpoint reachable here: random-weight ones
+/// (`tests/fixtures/make_random_hf.py`) as Hugging Face folders and as mlx-lm's 4-bit
+/// conversions, each against the MLX runtime.
+fn random_weights(arch: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let hf = dir.path().join("qwen3-random");
+    let hf = dir.path().join(format!("{arch}-random"));
     let o = std::process::Command::new(common::mlx_python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_random_hf.py"))
-        .arg("qwen3")
+        .arg(arch)
         .arg(&hf)
         .arg(smol_hf())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let q4 = dir.path().join("qwen3-random-4bit");
+    let q4 = dir.path().join(format!("{arch}-random-4bit"));
     let o = std::process::Command::new(common::mlx_python())
         .args(["-m", "mlx_lm", "convert", "--hf-path"])
         .arg(&hf)
@@ -197,6 +196,19 @@ fn qwen3_on_random_weights_computes_what_the_mlx_runtime_computes() {
             assert!(a.mean_abs <= 0.01, "mean |Δ| {}", a.mean_abs);
         }
     }
+}
+
+/// Qwen 3: head norms, head_dim set apart, tied embeddings.
+#[test]
+fn qwen3_on_random_weights_computes_what_the_mlx_runtime_computes() {
+    random_weights("qwen3");
+}
+
+/// Gemma 3: sliding-window layers with their own RoPE base, 1 + w norms around attention and
+/// MLP, GELU, √d embedding scale, query_pre_attn_scalar.
+#[test]
+fn gemma3_on_random_weights_computes_what_the_mlx_runtime_computes() {
+    random_weights("gemma3");
 }
 
 fn diff(reference: &Path, candidate: &Path) -> Value {

@@ -742,6 +742,8 @@ pub(super) mod avx2 {
     /// speed that way: SmolLM2 generated 21 tok/s against 120).
     trait Blocks {
         unsafe fn block(&self, b: usize) -> (__m256i, f32, f32);
+        /// Whether blocks carry a minimum (then the activation rows carry their sums).
+        fn has_mins(&self) -> bool;
     }
 
     /// Quants, scales and minimums held apart ([`Q8Matrix`]).
@@ -760,6 +762,10 @@ pub(super) mod avx2 {
                 self.mins.map_or(0.0, |m| *m.get_unchecked(b)),
             )
         }
+        #[inline(always)]
+        fn has_mins(&self) -> bool {
+            self.mins.is_some()
+        }
     }
 
     /// A file's blocks of one format, decoded as read ([`BlockMatrix`]).
@@ -774,12 +780,17 @@ pub(super) mod avx2 {
         unsafe fn block(&self, b: usize) -> (__m256i, f32, f32) {
             block(self.format, self.row.add(b * self.size))
         }
+        #[inline(always)]
+        fn has_mins(&self) -> bool {
+            !self.format.signed()
+        }
     }
 
     /// Weight row · activation rows `r0..r0 + out.len()` (at most 4) over `nb` blocks, block
     /// `b` of the weight row being `blocks.block(b)`: (32 quants, scale, minimum). `signed`: i8
     /// quants (Q8_0's arithmetic: |x| and the sign moved onto y); else unsigned quants of at
-    /// most 7 bits (so maddubs's pairs of u8 × i8 cannot saturate i16) and each block adds its
+    /// most 7 bits (so maddubs's pairs of u8 × i8 cannot saturate i16). Where the blocks carry
+    /// minimums (Q4_1, Q5_1, MLX's affine quants, signed 8-bit ones too), each block adds its
     /// minimum times the activation block's scaled sum.
     #[inline(always)]
     unsafe fn rows_of(
@@ -795,6 +806,7 @@ pub(super) mod avx2 {
         let mut acc_min = [0f32; 4];
         let aq = a.quants.as_ptr();
         let ones = _mm256_set1_epi16(1);
+        let mins = blocks.has_mins();
         for b in 0..nb {
             let (x, wd, wm) = blocks.block(b);
             let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
@@ -805,7 +817,7 @@ pub(super) mod avx2 {
                 let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
                 let d = _mm256_set1_ps(wd * *a.scales.get_unchecked(blk));
                 *acc = _mm256_fmadd_ps(d, dot, *acc);
-                if !signed {
+                if mins {
                     acc_min[j] += wm * *a.sums.get_unchecked(blk);
                 }
             }
