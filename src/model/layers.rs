@@ -39,14 +39,13 @@ impl Weight {
     fn to_device(&self, device: &Device) -> Result<Weight> {
         use candle_core::quantized::QStorage;
         let encoded = |dtype: GgmlDType, n: usize, k: usize, bytes: &[u8]| -> Result<Weight> {
-            let storage =
-                QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
-            let q = QTensor::new(storage, (n, k))?;
             if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-                return Ok(Weight::Dense(
-                    q.dequantize(&Device::Cpu)?.to_device(device)?,
-                ));
+                let storage =
+                    QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
+                let w = QTensor::new(storage, (n, k))?.dequantize(&Device::Cpu)?;
+                return Ok(Weight::Dense(w.to_device(device)?));
             }
+            // Straight to the device: no host copy of the blocks first.
             let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), device, dtype)?;
             Ok(Weight::Quantized(QMatMul::QTensor(Arc::new(QTensor::new(
                 storage,
