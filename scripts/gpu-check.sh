@@ -40,7 +40,7 @@ pot="$CARGO_TARGET_DIR/release/pot"
 
 echo "## 1. agreement with llama.cpp on $dev" >> "$summary"
 POT_TEST_DEVICE="$dev" cargo test --release $features --test engine_reference \
-  the_device_code_path -- --nocapture 2>&1 | tee "$out/agreement.log" | grep -E "against|test result" >> "$summary" || true
+  the_device_code_path -- --include-ignored --nocapture 2>&1 | tee "$out/agreement.log" | grep -E "against|test result" >> "$summary" || true
 
 echo "## 2. GPU against pot's CPU kernels" >> "$summary"
 text="The quick brown fox jumps over the lazy dog. In 1969, astronauts landed on the Moon, and the world watched as history was made. def fibonacci(n): return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)"

@@ -104,7 +104,8 @@ fn qwen_15b_matches_llama_cpp() {
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         "qwen2.5-coder-1.5b-instruct-q4_k_m.llamacpp.json",
     );
-    assert_dense_agrees(&check(f.0, f.1, Kernels::Dense));
+    // Dense kernels are checked on SmolLM2 and the 0.5B: widening the 1.5B's weights to f32
+    // (6 GB) and multiplying them would take a minute of the suite for the same code.
     // Measured: 129/134 (96.3%), mean 0.085. The 98% is beyond what llama.cpp
     // itself reproduces of this fixture on this machine (130/134, 97.0%).
     assert_agrees(&check(f.0, f.1, Kernels::Quantized), 0.96, 0.09);
@@ -153,7 +154,6 @@ fn mapped_weights_compute_what_copied_weights_compute() {
     let models = [
         common::model_path(common::SMOL),   // Q4_1 blocks, Q8_0 table
         common::model_path(common::QWEN05), // Q5_0, Q8_0, Q4_K, Q6_K
-        common::model_path(common::QWEN15), // Q4_K, Q6_K
         common::qwen05_f16(),               // f16
     ];
     for model in &models {
@@ -183,12 +183,51 @@ fn mapped_weights_compute_what_copied_weights_compute() {
 /// The GPU code path (`--device cuda`/`metal`: candle's kernels only, weights moved to the
 /// device in their GGML encodings, candle's attention and SwiGLU, the embedding rows copied
 /// over) run on the CPU (`--device candle-cpu`), against llama.cpp's outputs: what a GPU run
-/// computes up to its backend's kernels, checked where there is no GPU. The real models'
-/// quantized encodings (Q4_1 + Q8_0, Q4_K/Q5_0/Q6_K/Q8_0) and random-weight Qwen 3 (Q8_0, f16,
-/// Q4_0) and Gemma 3. `POT_TEST_DEVICE=cuda` (a `--features cuda` build on a GPU machine,
-/// `scripts/gpu-check.sh`) runs the same check on the GPU.
+/// computes up to its backend's kernels, checked where there is no GPU. SmolLM2 (Q4_1 + Q8_0)
+/// and random-weight Qwen 3 (Q8_0, f16, Q4_0) and Gemma 3; the k-quants of Qwen 0.5B (Q4_K,
+/// Q5_0, Q6_K, Q8_0) in the test after it, which `scripts/gpu-check.sh` runs (a minute and a
+/// half on 2 cores through candle's CPU kernels). `POT_TEST_DEVICE=cuda` (a `--features cuda`
+/// build on a GPU machine) runs the same checks on the GPU.
 #[test]
 fn the_device_code_path_agrees_with_llama_cpp() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    device_agreement(&[
+        (
+            common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "smollm2-135m-instruct-q4_1.llamacpp.json",
+            0.95,
+            0.13,
+        ),
+        (
+            fixtures.join("tiny-qwen3.gguf"),
+            "tiny-qwen3.llamacpp.json",
+            0.97,
+            0.05,
+        ),
+        (
+            fixtures.join("tiny-gemma3.gguf"),
+            "tiny-gemma3.llamacpp.json",
+            0.98,
+            0.02,
+        ),
+    ]);
+}
+
+/// [`the_device_code_path_agrees_with_llama_cpp`] on Qwen 0.5B's k-quants.
+#[test]
+#[ignore = "experiment: scripts/gpu-check.sh (or cargo test --release --test engine_reference -- --ignored)"]
+fn the_device_code_path_agrees_with_llama_cpp_on_k_quants() {
+    device_agreement(&[(
+        common::model_path("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.llamacpp.json",
+        0.97,
+        0.07,
+    )]);
+}
+
+/// Each model on `POT_TEST_DEVICE` (default: candle's CPU) against its llama.cpp fixture, with
+/// the least top-1 share and the most mean |Δ| allowed.
+fn device_agreement(models: &[(std::path::PathBuf, &str, f64, f64)]) {
     use common::agreement::check_loaded;
     use pot::model::device::DeviceSpec;
     use pot::model::LoadOptions;
@@ -203,33 +242,8 @@ fn the_device_code_path_agrees_with_llama_cpp() {
         device: Some(device),
     };
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for (model, fixture, top1, mean) in [
-        (
-            common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
-            "smollm2-135m-instruct-q4_1.llamacpp.json",
-            0.95,
-            0.13,
-        ),
-        (
-            common::model_path("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
-            "qwen2.5-coder-0.5b-instruct-q4_k_m.llamacpp.json",
-            0.97,
-            0.07,
-        ),
-        (
-            fixtures.join("tiny-qwen3.gguf"),
-            "tiny-qwen3.llamacpp.json",
-            0.97,
-            0.05,
-        ),
-        (
-            fixtures.join("tiny-gemma3.gguf"),
-            "tiny-gemma3.llamacpp.json",
-            0.98,
-            0.02,
-        ),
-    ] {
-        let a = check_loaded(&model, &fixtures.join(fixture), opts);
+    for (model, fixture, top1, mean) in models {
+        let a = check_loaded(model, &fixtures.join(fixture), opts);
         assert!(
             a.top1_same as f64 >= top1 * a.positions as f64,
             "{}: top-1 {}/{} below {top1}",
@@ -238,7 +252,7 @@ fn the_device_code_path_agrees_with_llama_cpp() {
             a.positions
         );
         assert!(
-            a.mean_abs <= mean,
+            a.mean_abs <= *mean,
             "{}: mean |Δ| {}",
             model.display(),
             a.mean_abs

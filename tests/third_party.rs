@@ -122,8 +122,9 @@ fn assert_verdict(code: i32, v: &Value, stderr: &str, want: &str, method: &str) 
 /// The default probe meets a server that fails on token-id prompts (HTTP 500) and whose echo
 /// scores each token by the next position's distribution (llama-cpp-python 0.3.36): it
 /// records both with the evidence, falls back to logprobs, and decides SAME for the weights
-/// the server runs; `--chat` and `--method text` agree. Forcing the misaligned echo is refused
-/// with the reason.
+/// the server runs; `--chat`, `--method text`, a trusted endpoint and a reference pack as the
+/// reference agree. Forcing the misaligned echo is refused with the reason, and so are a
+/// tampered pack and a pack built with another challenge key.
 #[test]
 fn llama_cpp_server_same_weights_are_same_by_every_method_it_supports() {
     let server = LlamaServer::start(&model_path(SMOL));
@@ -164,8 +165,9 @@ fn llama_cpp_server_same_weights_are_same_by_every_method_it_supports() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("misaligned"), "{err}");
 
+    // Chat answers run longer (the template's tokens, and answers that stop later): quick mode.
     for (extra, method) in [
-        (&["--chat"][..], "logprobs"),
+        (&["--chat", "--mode", "quick"][..], "logprobs"),
         (&["--method", "text"][..], "text"),
     ] {
         let t = Instant::now();
@@ -178,19 +180,171 @@ fn llama_cpp_server_same_weights_are_same_by_every_method_it_supports() {
             v["tokens_used"]
         );
     }
+
+    // The reference is not on the auditor's machine (`--ref-endpoint`): `pot serve` of the same
+    // file stands for the model maker's API, and the verdict is a local reference's, SAME.
+    let maker = common::Server::start(SMOL, &[]);
+    let t = Instant::now();
+    let o = common::pot()
+        .arg("audit")
+        .args(["--ref-endpoint", &maker.url, "--ref-model", "vendor"])
+        .arg("--ref-tokenizer")
+        .arg(model_path(SMOL))
+        .args(["--endpoint", &server.url, "--model", "vendor", "--json"])
+        .args(["--method", "logprobs", "--mode", "quick", "--transcripts"])
+        .arg(dir.path())
+        .output()
+        .expect("pot runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_verdict(o.status.code().unwrap_or(-1), &v, &err, "SAME", "logprobs");
+    assert_trusted_endpoint(&v, &maker.url);
+    eprintln!(
+        "trusted pot serve, llama.cpp serving the same file: SAME in {} queries, {:.0} s, vendor {} tokens, trusted {} tokens, mean {:.4}",
+        v["queries"],
+        t.elapsed().as_secs_f64(),
+        v["tokens_used"],
+        v["trusted_tokens_used"],
+        v["mean"].as_f64().unwrap()
+    );
+
+    // A reference pack of the same file (`pot reference build`: no model on the auditor's
+    // machine) is SAME; the pack with one bit flipped is refused, and so is the wrong key.
+    let keys = PackKeys::new(dir.path());
+    let pack = keys.build(SMOL, 15, dir.path());
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    let tampered = dir.path().join("tampered.pack");
+    std::fs::write(&tampered, bytes).unwrap();
+    let o = pack_audit(&tampered, &keys.challenge, SMOL, &server.url, dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("signature does not match"));
+    let other = dir.path().join("other.key");
+    keygen(&[], &other);
+    let o = pack_audit(&pack, &other, SMOL, &server.url, dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("key-file the pack was built with"));
+    pack_verdict(
+        &pack,
+        &keys.challenge,
+        SMOL,
+        &server.url,
+        dir.path(),
+        "SAME",
+    );
+}
+
+/// `pot keygen ARGS --out FILE`.
+fn keygen(args: &[&str], file: &Path) {
+    let o = common::pot()
+        .arg("keygen")
+        .args(args)
+        .arg("--out")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The challenge key and the auditor's signing key that reference packs are built with.
+struct PackKeys {
+    challenge: PathBuf,
+    auditor: PathBuf,
+}
+
+impl PackKeys {
+    fn new(dir: &Path) -> PackKeys {
+        let keys = PackKeys {
+            challenge: dir.join("challenge.key"),
+            auditor: dir.join("auditor.key"),
+        };
+        keygen(&[], &keys.challenge);
+        keygen(&["--auditor"], &keys.auditor);
+        keys
+    }
+
+    /// `pot reference build` of the fetched `model`, quick mode, `n` challenges, into `dir`.
+    fn build(&self, model: &str, n: usize, dir: &Path) -> PathBuf {
+        let pack = dir.join(format!("{model}.pack"));
+        let t = Instant::now();
+        let o = common::pot()
+            .args(["reference", "build", "--ref"])
+            .arg(model_path(model))
+            .arg("--key-file")
+            .arg(&self.challenge)
+            .args(["-n", &n.to_string(), "--mode", "quick", "--json"])
+            .arg("--auditor-key")
+            .arg(&self.auditor)
+            .arg("-o")
+            .arg(&pack)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let built: Value = serde_json::from_slice(&o.stdout).unwrap();
+        eprintln!(
+            "pack of {model}: {} challenges, {} bytes, {:.0} bytes each, built in {:.0} s",
+            built["challenges"],
+            built["bytes"],
+            built["bytes_per_challenge"].as_f64().unwrap(),
+            t.elapsed().as_secs_f64()
+        );
+        pack
+    }
+}
+
+/// `pot audit --ref-pack PACK` of `url` (logprobs, quick mode), the tokenizer read from `model`.
+fn pack_audit(pack: &Path, key: &Path, model: &str, url: &str, dir: &Path) -> std::process::Output {
+    common::pot()
+        .arg("audit")
+        .arg("--ref-pack")
+        .arg(pack)
+        .arg("--key-file")
+        .arg(key)
+        .arg("--ref-tokenizer")
+        .arg(model_path(model))
+        .args(["--endpoint", url, "--model", "vendor"])
+        .args(["--method", "logprobs", "--mode", "quick", "--json"])
+        .arg("--transcripts")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// [`pack_audit`] and its verdict, which must be `want`.
+fn pack_verdict(pack: &Path, key: &Path, model: &str, url: &str, dir: &Path, want: &str) {
+    let t = Instant::now();
+    let o = pack_audit(pack, key, model, url, dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_verdict(o.status.code().unwrap_or(-1), &v, &err, want, "logprobs");
+    assert!(v["trusted"].as_str().unwrap().contains("signed by"), "{v}");
+    assert_eq!(v["reference"]["weight_hash"].as_str().unwrap().len(), 64);
+    eprintln!(
+        "audit by the pack of {}: {want} in {} queries, {:.0} s, {} tokens",
+        pack.display(),
+        v["queries"],
+        t.elapsed().as_secs_f64(),
+        v["tokens_used"]
+    );
 }
 
 /// A smaller sibling served in place of the claimed model: llama.cpp serves Qwen2.5-Coder
-/// 0.5B, the claim is 1.5B (the same tokenizer, so every method can read the answers). The
-/// default probe decides DIFFERENT; the 0.5B claim itself is SAME (quick mode).
+/// 0.5B, the claim is 1.5B (the same tokenizer, so every method can read the answers). Whatever
+/// stands for the claimed model, the verdict is DIFFERENT: the 1.5B on the auditor's machine, a
+/// trusted endpoint (`--ref-endpoint`: `pot serve` stands for the model maker's API, and the
+/// verdict says what was trusted), or a reference pack (`pot reference build`: no model on the
+/// auditor's machine). Quick mode (K = 16) throughout, and the SAME side of each on SmolLM2
+/// above: llama-cpp-python sorts the whole 152k vocabulary in Python for every token it reports
+/// alternatives for (about 0.2 s a token on 2 cores).
 #[test]
-fn llama_cpp_server_serving_a_smaller_sibling_is_different() {
-    let server = LlamaServer::start(&model_path(QWEN05));
+fn a_smaller_sibling_is_different_against_a_local_model_a_trusted_endpoint_and_a_pack() {
+    let vendor = LlamaServer::start(&model_path(QWEN05));
     let dir = tempfile::tempdir().unwrap();
+    let quick = ["--method", "logprobs", "--mode", "quick"];
+
     let t = Instant::now();
-    // Quick mode (K = 16): the claim is far off, and the suite's time is the budget's.
-    let quick = ["--mode", "quick"];
-    let (code, v, err) = audit(QWEN15, &server.url, dir.path(), &quick);
+    let (code, v, err) = audit(QWEN15, &vendor.url, dir.path(), &quick);
     assert_verdict(code, &v, &err, "DIFFERENT", "logprobs");
     eprintln!(
         "1.5B claimed, 0.5B served: DIFFERENT in {} queries, {:.0} s, {} tokens",
@@ -198,44 +352,34 @@ fn llama_cpp_server_serving_a_smaller_sibling_is_different() {
         t.elapsed().as_secs_f64(),
         v["tokens_used"]
     );
-    let (code, v, err) = audit(QWEN05, &server.url, dir.path(), &quick);
-    assert_verdict(code, &v, &err, "SAME", "logprobs");
-}
 
-/// The reference is not on the auditor's machine (`--ref-endpoint`): `pot serve` stands for the
-/// model maker's API, llama.cpp's server is the vendor. The verdicts are the ones a local
-/// reference gives: the same weights SAME (audit mode, by logprobs), a 1.5B claim
-/// against the 0.5B served DIFFERENT, and the verdict says what was trusted.
-#[test]
-fn a_trusted_endpoint_as_the_reference_gives_the_same_verdicts() {
-    let vendor = LlamaServer::start(&model_path(QWEN05));
-    let dir = tempfile::tempdir().unwrap();
     let tokenizer = model_path(QWEN05);
-    for (claimed, mode, want) in [(QWEN05, "audit", "SAME"), (QWEN15, "quick", "DIFFERENT")] {
-        let maker = common::Server::start(claimed, &[]);
+    {
+        let maker = common::Server::start(QWEN15, &[]);
         let t = Instant::now();
         let o = common::pot()
             .arg("audit")
             .args(["--ref-endpoint", &maker.url, "--ref-model", "vendor"])
             .arg("--ref-tokenizer")
             .arg(&tokenizer)
-            // The probe is tested above; llama.cpp's server answers logprobs best.
             .args(["--endpoint", &vendor.url, "--model", "vendor", "--json"])
-            .args(["--method", "logprobs", "--mode", mode, "--transcripts"])
+            .args(quick)
+            .arg("--transcripts")
             .arg(dir.path())
             .output()
             .expect("pot runs");
         let err = String::from_utf8_lossy(&o.stderr);
         let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        assert_verdict(o.status.code().unwrap_or(-1), &v, &err, want, "logprobs");
-        let trusted = v["trusted"]
-            .as_str()
-            .expect("the verdict says what was trusted");
-        assert!(trusted.contains(&maker.url), "{trusted}");
-        assert_eq!(v["reference"]["arch"], "endpoint", "{v}");
-        assert!(v["trusted_tokens_used"].as_u64().unwrap() > 0, "{v}");
+        assert_verdict(
+            o.status.code().unwrap_or(-1),
+            &v,
+            &err,
+            "DIFFERENT",
+            "logprobs",
+        );
+        assert_trusted_endpoint(&v, &maker.url);
         eprintln!(
-            "trusted {claimed}, served {QWEN05}: {want} in {} queries, {:.0} s, vendor {} tokens, trusted {} tokens, mean {:.4}",
+            "trusted 1.5B, served 0.5B: DIFFERENT in {} queries, {:.0} s, vendor {} tokens, trusted {} tokens, mean {:.4}",
             v["queries"],
             t.elapsed().as_secs_f64(),
             v["tokens_used"],
@@ -243,108 +387,27 @@ fn a_trusted_endpoint_as_the_reference_gives_the_same_verdicts() {
             v["mean"].as_f64().unwrap()
         );
     }
+
+    let keys = PackKeys::new(dir.path());
+    let pack = keys.build(QWEN15, 10, dir.path());
+    pack_verdict(
+        &pack,
+        &keys.challenge,
+        QWEN05,
+        &vendor.url,
+        dir.path(),
+        "DIFFERENT",
+    );
 }
 
-/// A reference pack (`pot reference build`) audits without the model on the auditor's
-/// machine: packs of the 0.5B and of the 1.5B (quick mode, K = 16, as the suite's sibling audits)
-/// against llama.cpp's server of the 0.5B give SAME and DIFFERENT, as a local reference does; a pack with one bit
-/// flipped is refused, and so is the wrong challenge key.
-#[test]
-fn a_reference_pack_audits_without_the_model() {
-    let vendor = LlamaServer::start(&model_path(QWEN05));
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("challenge.key");
-    let auditor = dir.path().join("auditor.key");
-    for (args, file) in [
-        (&["--out"][..], &key),
-        (&["--auditor", "--out"][..], &auditor),
-    ] {
-        let o = common::pot()
-            .arg("keygen")
-            .args(args)
-            .arg(file)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
-    }
-    let tokenizer = model_path(QWEN05);
-    for (claimed, mode, n, want) in [
-        (QWEN05, "quick", "15", "SAME"),
-        (QWEN15, "quick", "10", "DIFFERENT"),
-    ] {
-        let pack = dir.path().join(format!("{claimed}.pack"));
-        let t = Instant::now();
-        let o = common::pot()
-            .args(["reference", "build", "--ref"])
-            .arg(model_path(claimed))
-            .arg("--key-file")
-            .arg(&key)
-            .args(["-n", n, "--mode", mode, "--json", "--auditor-key"])
-            .arg(&auditor)
-            .arg("-o")
-            .arg(&pack)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let built: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let build_s = t.elapsed().as_secs_f64();
-        let audit = |pack: &Path, key: &Path| {
-            common::pot()
-                .arg("audit")
-                .arg("--ref-pack")
-                .arg(pack)
-                .arg("--key-file")
-                .arg(key)
-                .arg("--ref-tokenizer")
-                .arg(&tokenizer)
-                .args([
-                    "--endpoint",
-                    &vendor.url,
-                    "--model",
-                    "vendor",
-                    "--method",
-                    "logprobs",
-                ])
-                .args(["--json", "--mode", mode, "--transcripts"])
-                .arg(dir.path())
-                .output()
-                .unwrap()
-        };
-        let t = Instant::now();
-        let o = audit(&pack, &key);
-        let err = String::from_utf8_lossy(&o.stderr);
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        assert_verdict(o.status.code().unwrap_or(-1), &v, &err, want, "logprobs");
-        assert!(v["trusted"].as_str().unwrap().contains("signed by"), "{v}");
-        assert_eq!(v["reference"]["weight_hash"].as_str().unwrap().len(), 64);
-        eprintln!(
-            "pack of {claimed} ({} challenges, {} bytes, {:.0} bytes each, built in {build_s:.0} s): {want} in {} queries, {:.0} s, {} tokens",
-            built["challenges"], built["bytes"], built["bytes_per_challenge"].as_f64().unwrap(),
-            v["queries"], t.elapsed().as_secs_f64(), v["tokens_used"]
-        );
-        if want == "SAME" {
-            let mut bytes = std::fs::read(&pack).unwrap();
-            let mid = bytes.len() / 2;
-            bytes[mid] ^= 1;
-            let tampered = dir.path().join("tampered.pack");
-            std::fs::write(&tampered, bytes).unwrap();
-            let o = audit(&tampered, &key);
-            assert_eq!(o.status.code(), Some(2));
-            assert!(String::from_utf8_lossy(&o.stderr).contains("signature does not match"));
-            let other = dir.path().join("other.key");
-            assert!(common::pot()
-                .arg("keygen")
-                .arg("--out")
-                .arg(&other)
-                .output()
-                .unwrap()
-                .status
-                .success());
-            let o = audit(&pack, &other);
-            assert_eq!(o.status.code(), Some(2));
-            assert!(String::from_utf8_lossy(&o.stderr).contains("key-file the pack was built with"));
-        }
-    }
+/// An audit whose reference was a trusted endpoint says so.
+fn assert_trusted_endpoint(v: &Value, maker: &str) {
+    let trusted = v["trusted"]
+        .as_str()
+        .expect("the verdict says what was trusted");
+    assert!(trusted.contains(maker), "{trusted}");
+    assert_eq!(v["reference"]["arch"], "endpoint", "{v}");
+    assert!(v["trusted_tokens_used"].as_u64().unwrap() > 0, "{v}");
 }
 
 /// A server that answers one request at a time (llama-cpp-python's holds a lock around its
@@ -580,14 +643,16 @@ fn a_repetition_penalty_the_client_did_not_ask_for_is_reported_not_taken_for_ano
 /// decoding check's threshold of 1000 does).
 #[test]
 fn sampled_audits_tell_another_model_from_the_claimed_one() {
-    let claimed = LlamaServer::start(&model_path(QWEN05));
+    // SmolLM2 for the log-probabilities (its 49k vocabulary costs llama-cpp-python's per-token
+    // sort a third of Qwen's), the Qwen siblings for the text audit.
+    let claimed = LlamaServer::start(&model_path(SMOL));
     let sibling = LlamaServer::start(&model_path(QWEN15));
     let dir = tempfile::tempdir().unwrap();
     let sampled = ["--temperature", "1", "--top-p", "0.95", "--mode", "quick"];
     let with = |more: &[&'static str]| -> Vec<&'static str> { [&sampled[..], more].concat() };
 
     let (code, v, err) = audit(
-        QWEN05,
+        SMOL,
         &claimed.url,
         dir.path(),
         &with(&["--method", "logprobs"]),
@@ -702,18 +767,40 @@ fn sampled_text_audits_of_the_claimed_weights_stay_undecided() {
     );
 }
 
-/// A silent swap halfway, caught by `pot monitor`: a gateway serves the claimed Qwen 1.5B
-/// (llama.cpp's server) and, from a moment the test picks, the cheaper 0.5B in its place. The
-/// watch survives a restart (its rounds and detector carry over), raises the alert within a
-/// few rounds of the swap (JSON line, webhook, exit 1), and the alert stands on the next start.
+/// A silent swap halfway, caught by `pot monitor`: a gateway serves the claimed SmolLM2
+/// (llama.cpp's server) and, from a moment the test picks, its 2-bit copy (`pot variant --to
+/// q2_k`, which llama.cpp loads) in its place. The watch survives a restart (its rounds and
+/// detector carry over), raises the alert within a few rounds of the swap (JSON line, webhook,
+/// exit 1), and the alert stands on the next start. (A swap of Qwen 1.5B to the 0.5B sibling
+/// was caught 2 rounds after it too, in 270 s: the ignored test after this one.)
 #[test]
 fn a_swap_to_a_cheaper_model_halfway_is_caught_by_the_monitor() {
+    let two_bit = common::derived_model(
+        &model_path(SMOL),
+        "smol-q2_k.gguf",
+        &["variant", "--to", "q2_k"],
+    );
+    swap_is_caught(&model_path(SMOL), &two_bit);
+}
+
+/// [`a_swap_to_a_cheaper_model_halfway_is_caught_by_the_monitor`] with Qwen 1.5B swapped to
+/// the 0.5B sibling (about 4.5 minutes: llama-cpp-python's per-token sort over Qwen's
+/// vocabulary).
+#[test]
+#[ignore = "experiment: scripts/experiments-third-party.sh"]
+fn a_swap_to_a_smaller_sibling_halfway_is_caught_by_the_monitor() {
+    swap_is_caught(&model_path(QWEN15), &model_path(QWEN05));
+}
+
+/// `pot monitor` of `claimed` behind a gateway that swaps to `cheaper` after the first round
+/// of the second session.
+fn swap_is_caught(claimed_file: &Path, cheaper_file: &Path) {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let claimed = LlamaServer::start(&model_path(QWEN15));
-    let cheaper = LlamaServer::start(&model_path(QWEN05));
+    let claimed = LlamaServer::start(claimed_file);
+    let cheaper = LlamaServer::start(cheaper_file);
     let swapped = Arc::new(AtomicBool::new(false));
     let gateway = {
         let (claimed, cheaper, swapped) =
@@ -762,7 +849,7 @@ fn a_swap_to_a_cheaper_model_halfway_is_caught_by_the_monitor() {
         let mut c = common::pot();
         c.arg("monitor")
             .arg("--ref")
-            .arg(model_path(QWEN15))
+            .arg(claimed_file)
             .args(["--endpoint", &gateway.url, "--model", "vendor", "--json"])
             // The probe is tested elsewhere; llama.cpp's server answers logprobs best.
             .args([
@@ -779,9 +866,9 @@ fn a_swap_to_a_cheaper_model_halfway_is_caught_by_the_monitor() {
             .collect()
     };
 
-    // An honest stretch, then the watch stops (a restart).
+    // An honest round, then the watch stops (a restart).
     let t = Instant::now();
-    let o = monitor(&["--rounds", "2"]).output().unwrap();
+    let o = monitor(&["--rounds", "1"]).output().unwrap();
     let first = lines(&o.stdout);
     assert_eq!(
         o.status.code(),
@@ -790,13 +877,13 @@ fn a_swap_to_a_cheaper_model_halfway_is_caught_by_the_monitor() {
         String::from_utf8_lossy(&o.stderr)
     );
     let rounds: Vec<&Value> = first.iter().filter(|e| e["event"] == "round").collect();
-    assert_eq!(rounds.len(), 2, "{first:?}");
+    assert_eq!(rounds.len(), 1, "{first:?}");
     assert!(rounds
         .iter()
         .all(|r| r["log10_statistic"].as_f64().unwrap() < r["log10_threshold"].as_f64().unwrap()));
     let honest_tokens: u64 = rounds.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
     eprintln!(
-        "honest session: 2 rounds, {honest_tokens} tokens, {:.0} s",
+        "honest session: 1 round, {honest_tokens} tokens, {:.0} s",
         t.elapsed().as_secs_f64()
     );
 
@@ -813,7 +900,7 @@ fn a_swap_to_a_cheaper_model_halfway_is_caught_by_the_monitor() {
         let e: Value = serde_json::from_str(&line.unwrap()).expect("a JSON line");
         if e["event"] == "started" {
             assert_eq!(
-                e["rounds"], 2,
+                e["rounds"], 1,
                 "the restart picks up the stored rounds: {e}"
             );
         }
