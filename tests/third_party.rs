@@ -330,28 +330,19 @@ fn pack_verdict(pack: &Path, key: &Path, model: &str, url: &str, dir: &Path, wan
 }
 
 /// A smaller sibling served in place of the claimed model: llama.cpp serves Qwen2.5-Coder
-/// 0.5B, the claim is 1.5B (the same tokenizer, so every method can read the answers). Whatever
-/// stands for the claimed model, the verdict is DIFFERENT: the 1.5B on the auditor's machine, a
-/// trusted endpoint (`--ref-endpoint`: `pot serve` stands for the model maker's API, and the
-/// verdict says what was trusted), or a reference pack (`pot reference build`: no model on the
-/// auditor's machine). Quick mode (K = 16) throughout, and the SAME side of each on SmolLM2
+/// 0.5B, the claim is 1.5B (the same tokenizer, so every method can read the answers). When
+/// the claimed model is not on the auditor's machine the verdict is DIFFERENT too: a trusted
+/// endpoint (`--ref-endpoint`: `pot serve` stands for the model maker's API, and the verdict
+/// says what was trusted), or a reference pack (`pot reference build`). (The 1.5B on the
+/// auditor's machine against llama.cpp's 0.5B: the sampled text audit below; against `pot
+/// serve`: tests/serve_real.rs.) Quick mode (K = 16) throughout, and the SAME side of each on SmolLM2
 /// above: llama-cpp-python sorts the whole 152k vocabulary in Python for every token it reports
 /// alternatives for (about 0.2 s a token on 2 cores).
 #[test]
-fn a_smaller_sibling_is_different_against_a_local_model_a_trusted_endpoint_and_a_pack() {
+fn a_smaller_sibling_is_different_against_a_trusted_endpoint_and_a_pack() {
     let vendor = LlamaServer::start(&model_path(QWEN05));
     let dir = tempfile::tempdir().unwrap();
     let quick = ["--method", "logprobs", "--mode", "quick"];
-
-    let t = Instant::now();
-    let (code, v, err) = audit(QWEN15, &vendor.url, dir.path(), &quick);
-    assert_verdict(code, &v, &err, "DIFFERENT", "logprobs");
-    eprintln!(
-        "1.5B claimed, 0.5B served: DIFFERENT in {} queries, {:.0} s, {} tokens",
-        v["queries"],
-        t.elapsed().as_secs_f64(),
-        v["tokens_used"]
-    );
 
     let tokenizer = model_path(QWEN05);
     {
@@ -670,13 +661,13 @@ fn sampled_audits_tell_another_model_from_the_claimed_one() {
         v["queries"], v["tokens_used"]
     );
 
-    // Audit mode (K = 32, α = 0.01, up to 200 challenges): room for keys whose prompts end
-    // answers early.
+    // Quick mode (K = 16, α = 0.05, up to 50 challenges); audit mode decided in 15 (824
+    // tokens) when this test ran it.
     let (code, v, err) = audit(
         QWEN05,
         &sibling.url,
         dir.path(),
-        &["--temperature", "1", "--top-p", "0.95", "--method", "text"],
+        &with(&["--method", "text"]),
     );
     assert_verdict(code, &v, &err, "DIFFERENT", "text");
     assert_eq!(v["score_kind"], "sampled-text", "{v}");
