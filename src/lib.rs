@@ -25,6 +25,7 @@ pub mod evidence;
 pub mod identity;
 pub mod model;
 pub mod monitor;
+pub mod net;
 pub mod openai;
 pub mod report;
 pub mod run;

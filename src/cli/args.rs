@@ -58,6 +58,10 @@ pub(crate) enum Command {
     /// receipt, and re-execute VRF-chosen steps with your own copy of the claimed model.
     /// Exit codes: 0 every job accepted, 1 a job rejected, 2 error.
     Verify(Box<VerifyArgs>),
+    /// Providers and routers on a peer-to-peer network (libp2p: TCP and QUIC, noise, yamux,
+    /// mDNS, Kademlia, gossipsub). A node's peer id is its receipt key.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Write a fresh secret key (file mode 0600): a challenge key by default, a node
     /// (Ed25519) key with --node, a router (sr25519 VRF) key with --router, an auditor
     /// (Ed25519) key with --auditor. The public key of a node, router or auditor key is printed.
@@ -598,6 +602,116 @@ pub(crate) struct VerifyArgs {
     /// Append each job's record (receipt, VRF choice, verdict) to this NDJSON file.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
+    /// JSON summary on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Serve a model to the network: jobs on /pot/job/1 are run, committed and signed as by
+    /// `pot serve --node-key`, openings on /pot/open/1 reveal the steps a router's VRF picks.
+    /// The node advertises its weight hash on Kademlia and announces itself on gossip. Prints
+    /// a JSON line with its peer id and addresses once listening; runs until SIGINT/SIGTERM.
+    Provider(Box<NodeProviderArgs>),
+    /// Find the providers of a model on the network and audit each: fresh secret challenge
+    /// jobs, every receipt checked against the key the provider's peer id names, VRF-chosen
+    /// steps re-executed with your own copy of the model. Exit codes: 0 every job of every
+    /// provider accepted, 1 a job rejected or a provider that could not be audited, 2 error
+    /// (no provider found included).
+    Router(Box<NodeRouterArgs>),
+}
+
+/// Where a node listens and how it finds peers.
+#[derive(Args)]
+pub(crate) struct NetArgs {
+    /// Address to listen on (repeat for more), e.g. /ip4/0.0.0.0/tcp/4001 or
+    /// /ip4/0.0.0.0/udp/4001/quic-v1 (port 0: any free port).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) listen: Vec<String>,
+    /// A peer to join the network through (repeat for more), as a node prints it:
+    /// /ip4/HOST/tcp/PORT/p2p/PEER_ID.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) bootstrap: Vec<String>,
+    /// Do not look for peers on the local network (mDNS).
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// Seconds a job may take before the request fails.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) request_timeout_s: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct NodeProviderArgs {
+    /// Model: GGUF file, Hugging Face or MLX folder, or Hugging Face id (cached, else downloaded).
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Name announced with the model (default: the file's stem).
+    #[arg(long)]
+    pub(crate) model_name: Option<String>,
+    /// Node key (`pot keygen --node`): signs receipts and is the node's peer identity.
+    #[arg(long)]
+    pub(crate) node_key: PathBuf,
+    /// Step store file (created if missing), where committed steps are kept for audits.
+    #[arg(long)]
+    pub(crate) store: PathBuf,
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+    /// Matrix kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// Jobs that may wait for the engine; more are refused.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) max_queue: usize,
+    /// Jobs the engine steps together.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) max_batch: usize,
+    /// Largest max_tokens a job may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) max_tokens_limit: usize,
+    /// Hours committed steps are kept.
+    #[arg(long, default_value_t = 24.0)]
+    pub(crate) retention_hours: f64,
+    /// Byte budget of the step store.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub(crate) store_max_bytes: u64,
+    /// Seconds between announcements on gossip.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) announce_every_s: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct NodeRouterArgs {
+    /// Router key (`pot keygen --router`): the VRF that picks audited steps.
+    #[arg(long)]
+    pub(crate) router_key: PathBuf,
+    /// The claimed model, your own copy: its weight hash is what the router looks for, and
+    /// its steps are re-executed.
+    #[arg(long)]
+    pub(crate) model: String,
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+    /// Seconds to look for providers.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) discover_s: u64,
+    /// Jobs per provider.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) jobs: usize,
+    /// Tokens per job.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) max_tokens: u32,
+    /// Steps audited per job.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) audit_steps: u32,
+    /// Tolerance in nats (default: calibrated for the kernels, 2.0 quantized, 0.02 dense).
+    #[arg(long)]
+    pub(crate) tolerance: Option<f64>,
+    /// Kernels to re-execute with (the providers').
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// Largest distance in seconds between a receipt's time and now.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) window_s: u64,
     /// JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,

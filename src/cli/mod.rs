@@ -66,6 +66,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reference(c) => cmd_reference(c),
         Command::Serve(a) => cmd_serve(*a),
         Command::Verify(a) => cmd_verify(*a),
+        Command::Node(NodeCommand::Provider(a)) => cmd_node_provider(*a),
+        Command::Node(NodeCommand::Router(a)) => cmd_node_router(*a),
         Command::Bundle(b) => cmd_bundle(b),
         Command::Report { results, json } => cmd_report(results, json),
         Command::Calibrate(a) => cmd_calibrate(*a),

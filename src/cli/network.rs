@@ -190,3 +190,161 @@ pub(super) fn cmd_challenges(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The network options and addresses of `pot node`.
+fn net_setup(
+    a: &NetArgs,
+    default_listen: &[&str],
+) -> Result<(
+    pot::net::NetOptions,
+    Vec<libp2p::Multiaddr>,
+    Vec<libp2p::Multiaddr>,
+)> {
+    if a.request_timeout_s == 0 {
+        bail!("--request-timeout-s must be at least 1");
+    }
+    let listen: Vec<String> = if a.listen.is_empty() {
+        default_listen.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.listen.clone()
+    };
+    let listen = listen
+        .iter()
+        .map(|s| pot::net::parse_addr(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bootstrap = a
+        .bootstrap
+        .iter()
+        .map(|s| {
+            let addr = pot::net::parse_addr(s)?;
+            if pot::net::node::peer_of(&addr).is_none() {
+                return Err(pot::net::NetError::NoPeerId(s.clone()));
+            }
+            Ok(addr)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = pot::net::NetOptions {
+        mdns: !a.no_mdns,
+        request_timeout: std::time::Duration::from_secs(a.request_timeout_s),
+        ..Default::default()
+    };
+    Ok((opts, listen, bootstrap))
+}
+
+pub(super) fn cmd_node_provider(a: NodeProviderArgs) -> Result<ExitCode> {
+    if a.max_queue == 0 || a.max_batch == 0 {
+        bail!("--max-queue and --max-batch must be at least 1");
+    }
+    if a.announce_every_s == 0 {
+        bail!("--announce-every-s must be at least 1");
+    }
+    let (net, listen, bootstrap) = net_setup(
+        &a.net,
+        &["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"],
+    )?;
+    pot::net::provider::run(pot::net::provider::ProviderConfig {
+        serve: pot::serve::ServeConfig {
+            model: a.model,
+            name: a.model_name,
+            host: String::new(),
+            port: 0,
+            max_queue: a.max_queue,
+            max_batch: a.max_batch,
+            max_tokens_limit: a.max_tokens_limit,
+            max_body_bytes: 1 << 20,
+            shutdown_grace: std::time::Duration::from_secs(5),
+            kernels: a.kernels.into(),
+            api_key: None,
+            node_key: Some(a.node_key),
+            store: Some(a.store),
+            retention: std::time::Duration::from_secs_f64(a.retention_hours.max(0.0) * 3600.0),
+            store_max_bytes: a.store_max_bytes,
+        },
+        listen,
+        bootstrap,
+        net,
+        announce_every: std::time::Duration::from_secs(a.announce_every_s),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_node_router(a: NodeRouterArgs) -> Result<ExitCode> {
+    use pot::commit::keys::RouterKey;
+    use pot::verify::Verifier;
+    if a.jobs == 0 || a.max_tokens == 0 || a.audit_steps == 0 {
+        bail!("--jobs, --max-tokens and --audit-steps must be at least 1");
+    }
+    let (net, listen, bootstrap) = net_setup(&a.net, &[])?;
+    let router = RouterKey::read(&a.router_key)?;
+    let kernels: Kernels = a.kernels.into();
+    let path = pot::model::resolve(&a.model)?;
+    let (model, identity) = pot::identity::load_identified(&path, LoadOptions::kernels(kernels))?;
+    let weight_hash = pot::commit::keys::parse_hex32(&identity.weight_hash, "weight hash")?;
+    // Replaced by each provider's key (its peer id) before its jobs.
+    let placeholder = pot::commit::keys::NodeKey::generate().public();
+    let mut v = Verifier::new(
+        model,
+        weight_hash,
+        kernels,
+        placeholder,
+        router,
+        a.audit_steps,
+    );
+    if let Some(t) = a.tolerance {
+        if !(t > 0.0 && t.is_finite()) {
+            bail!("--tolerance must be a positive number of nats");
+        }
+        v.tolerance = t;
+    }
+    v.window_ms = a.window_s * 1000;
+    let report = pot::net::router::sweep(
+        pot::net::router::SweepConfig {
+            identity: libp2p::identity::Keypair::generate_ed25519(),
+            listen,
+            bootstrap,
+            net,
+            discover: std::time::Duration::from_secs(a.discover_s),
+            jobs: a.jobs,
+            max_tokens: a.max_tokens,
+        },
+        &mut v,
+    )?;
+    for p in &report.providers {
+        let t = &p.tally;
+        let what = if p.failures.is_empty() && t.rejected == 0 {
+            "ACCEPTED".to_string()
+        } else {
+            format!("REJECTED: {}", p.failures.join("; "))
+        };
+        eprintln!(
+            "provider {}: {}/{} jobs accepted ({} tokens; provider {:.1} s, audits {:.1} s): {what}",
+            p.peer, t.accepted, a.jobs, t.tokens, t.generate_s, t.audit_s
+        );
+    }
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "claimed_weight_hash": identity.weight_hash,
+                "discover_s": report.discover_s,
+                "providers": report.providers,
+                "all_accepted": report.all_accepted(),
+            }))?
+        )?;
+    } else {
+        outln!(
+            "{} providers, {} accepted every job",
+            report.providers.len(),
+            report
+                .providers
+                .iter()
+                .filter(|p| p.failures.is_empty() && p.tally.rejected == 0)
+                .count()
+        )?;
+    }
+    Ok(if report.all_accepted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

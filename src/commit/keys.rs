@@ -108,6 +108,12 @@ impl NodeKey {
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.0.sign(msg).to_bytes()
     }
+
+    /// The same key as a libp2p identity: a node's peer id is its receipt key.
+    pub fn libp2p_keypair(&self) -> libp2p::identity::Keypair {
+        libp2p::identity::Keypair::ed25519_from_bytes(self.0.to_bytes())
+            .expect("an Ed25519 seed is 32 bytes")
+    }
 }
 
 /// An auditor's signing key (Ed25519): it signs evidence bundles. A separate kind from the
@@ -160,6 +166,21 @@ impl NodePublic {
     /// Its 32 bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
+    }
+
+    /// The libp2p peer id of a node with this key.
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&self.to_bytes())
+            .expect("a valid Ed25519 key converts");
+        libp2p::identity::PublicKey::from(key).to_peer_id()
+    }
+
+    /// The key behind a peer id, when the id inlines an Ed25519 key (as every pot node's does).
+    pub fn of_peer(peer: &libp2p::PeerId) -> Option<Self> {
+        let mh = multihash_identity_digest(peer)?;
+        let public = libp2p::identity::PublicKey::try_decode_protobuf(mh).ok()?;
+        let key = public.try_into_ed25519().ok()?;
+        Self::from_bytes(&key.to_bytes()).ok()
     }
 
     /// Whether `sig` is this key's signature of `msg` (strict verification: no malleable or
@@ -215,6 +236,13 @@ impl RouterPublic {
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
     }
+}
+
+/// The digest of an identity multihash (code 0x00): the encoded public key a short peer id
+/// carries inline; `None` for a hashed (SHA-256) peer id.
+fn multihash_identity_digest(peer: &libp2p::PeerId) -> Option<&[u8]> {
+    let mh = peer.as_ref();
+    (mh.code() == 0).then(|| mh.digest())
 }
 
 #[cfg(test)]

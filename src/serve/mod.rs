@@ -15,6 +15,7 @@ pub mod api;
 pub mod engine;
 pub mod proof;
 mod reply;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -125,10 +126,19 @@ pub(crate) struct AppState {
 
 pub(crate) type St = Arc<AppState>;
 
-/// Load the model, listen, and serve until SIGINT or SIGTERM.
-pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
+/// What a server runs with: the model and its identity, the name clients use, and with a
+/// node key the prover and the step store.
+struct Loaded {
+    model: Arc<Model>,
+    identity: Identity,
+    name: String,
+    prover: Option<Arc<Prover>>,
+    store: Option<Arc<Store>>,
+}
+
+/// Read the keys and the store (a bad file is reported before the model loads), then the model.
+fn load(cfg: &ServeConfig) -> Result<Loaded, ServeError> {
     let path = crate::model::resolve(&cfg.model)?;
-    // Keys and the store first: a bad file is reported before the model loads.
     let node_key = cfg.node_key.as_deref().map(NodeKey::read).transpose()?;
     let store = match (&node_key, &cfg.store) {
         (Some(_), Some(p)) => Some(Arc::new(Store::open(
@@ -144,22 +154,11 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         (None, _) => None,
     };
     let (model, identity) = load_identified(&path, LoadOptions::kernels(cfg.kernels))?;
-    let model = Arc::new(model);
     let name = cfg.name.clone().unwrap_or_else(|| {
         path.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| cfg.model.clone())
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| ServeError::Runtime {
-            what: "cannot start the async runtime",
-            source,
-        })?;
-    let grace = cfg.shutdown_grace;
-    let addr = format!("{}:{}", cfg.host, cfg.port);
     let prover = match node_key {
         Some(key) => {
             let weight_hash =
@@ -172,6 +171,34 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
+    Ok(Loaded {
+        model: Arc::new(model),
+        identity,
+        name,
+        prover,
+        store,
+    })
+}
+
+/// Load the model, listen, and serve until SIGINT or SIGTERM.
+pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
+    let Loaded {
+        model,
+        identity,
+        name,
+        prover,
+        store,
+    } = load(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| ServeError::Runtime {
+            what: "cannot start the async runtime",
+            source,
+        })?;
+    let grace = cfg.shutdown_grace;
+    let addr = format!("{}:{}", cfg.host, cfg.port);
     let (state, worker, cancel) = start(model, identity, name, cfg, prover, store);
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -259,7 +286,7 @@ fn start(
     (state, worker, cancel)
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -58,6 +58,16 @@ pub(crate) async fn seal(
     pending: Pending,
     committed: Committed,
 ) -> Result<Value, ApiError> {
+    let receipt = seal_receipt(st, pending, committed).await?;
+    serde_json::to_value(&receipt).map_err(server_error)
+}
+
+/// Sign a finished job's receipt and keep its steps.
+pub(crate) async fn seal_receipt(
+    st: &St,
+    pending: Pending,
+    committed: Committed,
+) -> Result<Receipt, ApiError> {
     let (Some(prover), Some(store)) = (st.prover.clone(), st.store.clone()) else {
         return Err(not_committing());
     };
@@ -73,16 +83,15 @@ pub(crate) async fn seal(
             now,
         )
         .map_err(server_error)?;
-    let json = serde_json::to_value(&receipt).map_err(server_error)?;
     let job = StoredJob {
-        receipt,
+        receipt: receipt.clone(),
         steps: committed.steps,
     };
     tokio::task::spawn_blocking(move || store.put(&job, now))
         .await
         .map_err(server_error)?
         .map_err(server_error)?;
-    Ok(json)
+    Ok(receipt)
 }
 
 /// `GET /v1/pot/node`.
@@ -117,9 +126,9 @@ fn media(req: &Request, h: header::HeaderName) -> Encoding {
 
 async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
     authorize(st, req.headers())?;
-    let Some(store) = st.store.clone() else {
+    if st.store.is_none() {
         return Err(not_committing());
-    };
+    }
     let (input, output) = (
         media(&req, header::CONTENT_TYPE),
         media(&req, header::ACCEPT),
@@ -127,6 +136,17 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
     let body = body_bytes(st, req).await?;
     let r: OpenRequest = wire::decode(&body, input)
         .map_err(|e| ApiError::invalid("body", crate::with_causes(&e)))?;
+    let opening = open_job(st, r).await?;
+    let bytes = wire::encode(&opening, output).map_err(server_error)?;
+    Ok(([(header::CONTENT_TYPE, output.media_type())], bytes).into_response())
+}
+
+/// Open the steps of a stored job that a router's VRF proof picks (at most
+/// [`MAX_OPEN_STEPS`]).
+pub(crate) async fn open_job(st: &St, r: OpenRequest) -> Result<Opening, ApiError> {
+    let Some(store) = st.store.clone() else {
+        return Err(not_committing());
+    };
     if r.version != OPEN_VERSION {
         return Err(ApiError::invalid(
             "version",
@@ -165,11 +185,9 @@ async fn open_inner(st: &St, req: Request) -> Result<Response, ApiError> {
         .verify(&receipt.digest(), receipt.steps)
         .map_err(|e| ApiError::invalid("selection", crate::with_causes(&e)))?;
     let steps = open(&receipt.job_id.0, &job.steps, &indices).map_err(server_error)?;
-    let opening = Opening {
+    Ok(Opening {
         version: OPEN_VERSION,
         job_id: r.job_id,
         steps,
-    };
-    let bytes = wire::encode(&opening, output).map_err(server_error)?;
-    Ok(([(header::CONTENT_TYPE, output.media_type())], bytes).into_response())
+    })
 }

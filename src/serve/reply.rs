@@ -126,7 +126,7 @@ pub(crate) async fn respond(st: St, reply: Reply, rx: UnboundedReceiver<Event>) 
     }
 }
 
-fn engine_failure(msg: String) -> ApiError {
+pub(crate) fn engine_failure(msg: String) -> ApiError {
     ApiError {
         status: 500,
         kind: "server_error",

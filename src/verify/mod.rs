@@ -154,6 +154,14 @@ pub enum VerifyError {
         /// What was wrong with the answer.
         what: String,
     },
+    /// A provider on the network could not be reached, refused, or answered out of protocol.
+    #[error("peer {peer}: {what}")]
+    Peer {
+        /// The peer id.
+        peer: String,
+        /// What happened.
+        what: String,
+    },
     /// The receipt names an arithmetic this router does not run.
     #[error("the provider ran {got:?} kernels and this router re-executes with {have:?}; rerun with --kernels {}", if *got == Kernels::Dense { "dense" } else { "quantized" })]
     Kernels {
