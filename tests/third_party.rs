@@ -183,30 +183,7 @@ fn llama_cpp_server_same_weights_are_same_by_every_method_it_supports() {
 
     // The reference is not on the auditor's machine (`--ref-endpoint`): `pot serve` of the same
     // file stands for the model maker's API, and the verdict is a local reference's, SAME.
-    let maker = common::Server::start(SMOL, &[]);
-    let t = Instant::now();
-    let o = common::pot()
-        .arg("audit")
-        .args(["--ref-endpoint", &maker.url, "--ref-model", "vendor"])
-        .arg("--ref-tokenizer")
-        .arg(model_path(SMOL))
-        .args(["--endpoint", &server.url, "--model", "vendor", "--json"])
-        .args(["--method", "logprobs", "--mode", "quick", "--transcripts"])
-        .arg(dir.path())
-        .output()
-        .expect("pot runs");
-    let err = String::from_utf8_lossy(&o.stderr);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    assert_verdict(o.status.code().unwrap_or(-1), &v, &err, "SAME", "logprobs");
-    assert_trusted_endpoint(&v, &maker.url);
-    eprintln!(
-        "trusted pot serve, llama.cpp serving the same file: SAME in {} queries, {:.0} s, vendor {} tokens, trusted {} tokens, mean {:.4}",
-        v["queries"],
-        t.elapsed().as_secs_f64(),
-        v["tokens_used"],
-        v["trusted_tokens_used"],
-        v["mean"].as_f64().unwrap()
-    );
+    trusted_verdict(SMOL, SMOL, &server.url, dir.path(), "SAME");
 
     // A reference pack of the same file (`pot reference build`: no model on the auditor's
     // machine) is SAME; the pack with one bit flipped is refused, and so is the wrong key.
@@ -335,50 +312,14 @@ fn pack_verdict(pack: &Path, key: &Path, model: &str, url: &str, dir: &Path, wan
 /// endpoint (`--ref-endpoint`: `pot serve` stands for the model maker's API, and the verdict
 /// says what was trusted), or a reference pack (`pot reference build`). (The 1.5B on the
 /// auditor's machine against llama.cpp's 0.5B: the sampled text audit below; against `pot
-/// serve`: tests/serve_real.rs.) Quick mode (K = 16) throughout, and the SAME side of each on SmolLM2
-/// above: llama-cpp-python sorts the whole 152k vocabulary in Python for every token it reports
-/// alternatives for (about 0.2 s a token on 2 cores).
+/// serve`: tests/serve_real.rs.) Quick mode (K = 16) throughout, and the SAME side of each
+/// on SmolLM2 above: llama-cpp-python sorts the whole 152k vocabulary in Python for every
+/// token it reports alternatives for (about 0.2 s a token on 2 cores).
 #[test]
 fn a_smaller_sibling_is_different_against_a_trusted_endpoint_and_a_pack() {
     let vendor = LlamaServer::start(&model_path(QWEN05));
     let dir = tempfile::tempdir().unwrap();
-    let quick = ["--method", "logprobs", "--mode", "quick"];
-
-    let tokenizer = model_path(QWEN05);
-    {
-        let maker = common::Server::start(QWEN15, &[]);
-        let t = Instant::now();
-        let o = common::pot()
-            .arg("audit")
-            .args(["--ref-endpoint", &maker.url, "--ref-model", "vendor"])
-            .arg("--ref-tokenizer")
-            .arg(&tokenizer)
-            .args(["--endpoint", &vendor.url, "--model", "vendor", "--json"])
-            .args(quick)
-            .arg("--transcripts")
-            .arg(dir.path())
-            .output()
-            .expect("pot runs");
-        let err = String::from_utf8_lossy(&o.stderr);
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        assert_verdict(
-            o.status.code().unwrap_or(-1),
-            &v,
-            &err,
-            "DIFFERENT",
-            "logprobs",
-        );
-        assert_trusted_endpoint(&v, &maker.url);
-        eprintln!(
-            "trusted 1.5B, served 0.5B: DIFFERENT in {} queries, {:.0} s, vendor {} tokens, trusted {} tokens, mean {:.4}",
-            v["queries"],
-            t.elapsed().as_secs_f64(),
-            v["tokens_used"],
-            v["trusted_tokens_used"],
-            v["mean"].as_f64().unwrap()
-        );
-    }
-
+    trusted_verdict(QWEN15, QWEN05, &vendor.url, dir.path(), "DIFFERENT");
     let keys = PackKeys::new(dir.path());
     let pack = keys.build(QWEN15, 10, dir.path());
     pack_verdict(
@@ -388,6 +329,36 @@ fn a_smaller_sibling_is_different_against_a_trusted_endpoint_and_a_pack() {
         &vendor.url,
         dir.path(),
         "DIFFERENT",
+    );
+}
+
+/// `pot audit --ref-endpoint` of `url` (logprobs, quick mode) with `pot serve` of `claimed`
+/// standing for the model maker's API and the tokenizer read from `tokenizer`: the verdict must
+/// be `want`, and say what was trusted.
+fn trusted_verdict(claimed: &str, tokenizer: &str, url: &str, dir: &Path, want: &str) {
+    let maker = common::Server::start(claimed, &[]);
+    let t = Instant::now();
+    let o = common::pot()
+        .arg("audit")
+        .args(["--ref-endpoint", &maker.url, "--ref-model", "vendor"])
+        .arg("--ref-tokenizer")
+        .arg(model_path(tokenizer))
+        .args(["--endpoint", url, "--model", "vendor", "--json"])
+        .args(["--method", "logprobs", "--mode", "quick", "--transcripts"])
+        .arg(dir)
+        .output()
+        .expect("pot runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_verdict(o.status.code().unwrap_or(-1), &v, &err, want, "logprobs");
+    assert_trusted_endpoint(&v, &maker.url);
+    eprintln!(
+        "trusted pot serve of {claimed}: {want} in {} queries, {:.0} s, vendor {} tokens, trusted {} tokens, mean {:.4}",
+        v["queries"],
+        t.elapsed().as_secs_f64(),
+        v["tokens_used"],
+        v["trusted_tokens_used"],
+        v["mean"].as_f64().unwrap()
     );
 }
 

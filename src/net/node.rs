@@ -584,119 +584,94 @@ impl Node {
                     }
                 }
             }
-            BehaviourEvent::Job(e) => match e {
-                request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request {
-                        request: Inbound::Message(request),
+            BehaviourEvent::Job(e) => {
+                self.on_exchange(
+                    e,
+                    JOB_PROTOCOL,
+                    |n| &mut n.jobs,
+                    |peer, request, channel| Event::Job {
+                        peer,
+                        request,
                         channel,
-                        ..
-                    } => {
-                        self.emit(Event::Job {
-                            peer,
-                            request,
-                            channel,
-                        })
-                        .await
-                    }
-                    request_response::Message::Request {
-                        request: Inbound::Refused(reason),
+                    },
+                    |reason| JobAnswer::Refused { reason },
+                    |b, ch, a| b.job.send_response(ch, a).is_ok(),
+                )
+                .await
+            }
+            BehaviourEvent::Open(e) => {
+                self.on_exchange(
+                    e,
+                    OPEN_PROTOCOL,
+                    |n| &mut n.opens,
+                    |peer, request, channel| Event::Open {
+                        peer,
+                        request,
                         channel,
-                        ..
-                    } => {
-                        let answer = JobAnswer::Refused {
-                            reason: reason.clone(),
-                        };
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .job
-                            .send_response(channel, answer);
-                        self.refuse(peer, reason).await
-                    }
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        if let Some(reply) = self.jobs.remove(&request_id) {
-                            let _ = reply.send(Ok(response));
-                        }
-                    }
-                },
-                request_response::Event::OutboundFailure {
-                    peer,
-                    request_id,
-                    error,
-                    ..
-                } => {
-                    if let Some(reply) = self.jobs.remove(&request_id) {
-                        let _ = reply.send(Err(NetError::Request {
-                            peer: peer.to_string(),
-                            reason: error.to_string(),
-                        }));
-                    }
-                }
-                request_response::Event::InboundFailure { peer, error, .. } => {
-                    self.refuse(peer, format!("{JOB_PROTOCOL}: {error}")).await
-                }
-                request_response::Event::ResponseSent { .. } => {}
-            },
-            BehaviourEvent::Open(e) => match e {
-                request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request {
-                        request: Inbound::Message(request),
-                        channel,
-                        ..
-                    } => {
-                        self.emit(Event::Open {
-                            peer,
-                            request,
-                            channel,
-                        })
-                        .await
-                    }
-                    request_response::Message::Request {
-                        request: Inbound::Refused(reason),
-                        channel,
-                        ..
-                    } => {
-                        let answer = OpenAnswer::Refused {
-                            reason: reason.clone(),
-                        };
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .open
-                            .send_response(channel, answer);
-                        self.refuse(peer, reason).await
-                    }
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        if let Some(reply) = self.opens.remove(&request_id) {
-                            let _ = reply.send(Ok(response));
-                        }
-                    }
-                },
-                request_response::Event::OutboundFailure {
-                    peer,
-                    request_id,
-                    error,
-                    ..
-                } => {
-                    if let Some(reply) = self.opens.remove(&request_id) {
-                        let _ = reply.send(Err(NetError::Request {
-                            peer: peer.to_string(),
-                            reason: error.to_string(),
-                        }));
-                    }
-                }
-                request_response::Event::InboundFailure { peer, error, .. } => {
-                    self.refuse(peer, format!("{OPEN_PROTOCOL}: {error}")).await
-                }
-                request_response::Event::ResponseSent { .. } => {}
-            },
+                    },
+                    |reason| OpenAnswer::Refused { reason },
+                    |b, ch, a| b.open.send_response(ch, a).is_ok(),
+                )
+                .await
+            }
             _ => {}
+        }
+    }
+
+    /// One request-response protocol's events: requests go to the application, refused ones
+    /// are answered with the reason and held against their sender, and the answers (or
+    /// failures) of the requests this node sent complete them.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_exchange<Req, Resp>(
+        &mut self,
+        e: request_response::Event<Inbound<Req>, Resp>,
+        protocol: libp2p::StreamProtocol,
+        pending: fn(&mut Node) -> &mut HashMap<OutboundRequestId, Reply<Resp>>,
+        deliver: fn(PeerId, Req, ResponseChannel<Resp>) -> Event,
+        refusal: fn(String) -> Resp,
+        respond: fn(&mut Behaviour, ResponseChannel<Resp>, Resp) -> bool,
+    ) {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request: Inbound::Message(request),
+                    channel,
+                    ..
+                } => self.emit(deliver(peer, request, channel)).await,
+                request_response::Message::Request {
+                    request: Inbound::Refused(reason),
+                    channel,
+                    ..
+                } => {
+                    respond(self.swarm.behaviour_mut(), channel, refusal(reason.clone()));
+                    self.refuse(peer, reason).await
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = pending(self).remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = pending(self).remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer: peer.to_string(),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.refuse(peer, format!("{protocol}: {error}")).await
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
