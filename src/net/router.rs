@@ -17,7 +17,7 @@ use super::remote::RemoteProvider;
 use super::NetError;
 use crate::commit::keys::NodePublic;
 use crate::verify::session::{Session, Tally};
-use crate::verify::{Verifier, VerifyError};
+use crate::verify::Verifier;
 
 /// What a sweep needs.
 pub struct SweepConfig {
@@ -75,12 +75,6 @@ pub enum SweepError {
     /// The network.
     #[error(transparent)]
     Net(#[from] NetError),
-    /// The challenges or the claimed model.
-    #[error(transparent)]
-    Verify(#[from] VerifyError),
-    /// The challenge catalog.
-    #[error(transparent)]
-    Challenge(#[from] crate::challenge::ChallengeError),
     /// Nobody serves the model.
     #[error("no provider of weights {0} was found on the network; check --bootstrap, or wait for providers to join (--discover)")]
     NoProviders(String),
