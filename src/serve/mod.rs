@@ -182,13 +182,7 @@ fn load(cfg: &ServeConfig) -> Result<Loaded, ServeError> {
 
 /// Load the model, listen, and serve until SIGINT or SIGTERM.
 pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
-    let Loaded {
-        model,
-        identity,
-        name,
-        prover,
-        store,
-    } = load(&cfg)?;
+    let loaded = load(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -199,7 +193,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         })?;
     let grace = cfg.shutdown_grace;
     let addr = format!("{}:{}", cfg.host, cfg.port);
-    let (state, worker, cancel) = start(model, identity, name, cfg, prover, store);
+    let (state, worker, cancel) = start(loaded, cfg);
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -261,14 +255,14 @@ pub fn run(cfg: ServeConfig) -> Result<(), ServeError> {
 /// The server's state over a loaded model, with its engine worker started: what [`run`]
 /// listens with, and what the tests drive in process through [`router`]. Setting the flag
 /// cancels what the worker holds; dropping every copy of the state ends it.
-fn start(
-    model: Arc<Model>,
-    identity: Identity,
-    name: String,
-    cfg: ServeConfig,
-    prover: Option<Arc<Prover>>,
-    store: Option<Arc<Store>>,
-) -> (St, std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+fn start(loaded: Loaded, cfg: ServeConfig) -> (St, std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+    let Loaded {
+        model,
+        identity,
+        name,
+        prover,
+        store,
+    } = loaded;
     let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(cfg.max_queue);
     let cancel = Arc::new(AtomicBool::new(false));
     let worker = engine::spawn(model.clone(), jobs, cfg.max_batch, cancel.clone());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::api::{ApiError, Settings, MAX_STOP};
 use super::engine::{Event, Finish};
-use super::{load, proof, start, Loaded, ServeConfig, ServeError, St};
+use super::{load, proof, start, ServeConfig, ServeError, St};
 use crate::commit::keys::NodePublic;
 use crate::commit::receipt::{JobRequest, OpenRequest, Opening, Receipt};
 use crate::model::Kernels;
@@ -44,14 +44,7 @@ impl Service {
                 "a provider needs --node-key FILE (make one with `pot keygen --node --out FILE`)",
             ));
         }
-        let Loaded {
-            model,
-            identity,
-            name,
-            prover,
-            store,
-        } = load(&cfg)?;
-        let (st, worker, cancel) = start(model, identity, name, cfg, prover, store);
+        let (st, worker, cancel) = start(load(&cfg)?, cfg);
         Ok((
             Service { st },
             Engine {

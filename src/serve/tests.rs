@@ -55,7 +55,16 @@ async fn the_router_answers_in_process_over_a_tiny_model() {
         retention: Duration::from_secs(60),
         store_max_bytes: 1 << 20,
     };
-    let (state, worker, cancel) = start(Arc::new(model), identity, "tiny".into(), cfg, None, None);
+    let (state, worker, cancel) = start(
+        Loaded {
+            model: Arc::new(model),
+            identity,
+            name: "tiny".into(),
+            prover: None,
+            store: None,
+        },
+        cfg,
+    );
     let app = router(state.clone());
     let call = |method: &str, uri: &str, body: &str| {
         let req = Request::builder()
