@@ -372,7 +372,7 @@ fn main() -> anyhow::Result<()> {
         );
         // Fresh nonces are not needed: check_receipt's replay memory is per verifier.
         v = Verifier::new(
-            v.model,
+            v.model.expect("this verifier holds the model"),
             weight_hash,
             Kernels::Quantized,
             v.node,

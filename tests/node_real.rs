@@ -1,6 +1,7 @@
 //! `pot node` on real models, as separate processes on 127.0.0.1: a provider serving SmolLM2
 //! joins the network, a router holding its own copy finds it by the model's weight hash on
-//! Kademlia and audits its jobs over libp2p (receipts, VRF-chosen openings, re-execution).
+//! Kademlia and audits its jobs over libp2p (receipts, VRF-chosen openings, re-execution);
+//! and a network of three providers, two of them cheats, behind a router's OpenAI API.
 
 mod common;
 
@@ -21,6 +22,10 @@ struct Provider {
 
 impl Provider {
     fn start(model: &Path, dir: &Path, name: &str) -> Provider {
+        Self::start_with(model, dir, name, &[])
+    }
+
+    fn start_with(model: &Path, dir: &Path, name: &str, extra: &[&str]) -> Provider {
         let key = dir.join(format!("{name}.key"));
         keygen(&["--node"], &key);
         let mut child = common::pot()
@@ -31,6 +36,7 @@ impl Provider {
             .arg("--store")
             .arg(dir.join(format!("{name}.store")))
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -163,4 +169,367 @@ fn bad_addresses_and_keys_are_refused_in_one_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("router.key"), "{err}");
     assert!(!dir.path().join("s").exists(), "nothing written");
+}
+
+/// A `pot node router --openai` child, killed on drop.
+struct Router {
+    child: Child,
+    url: String,
+    peer: String,
+    addrs: Vec<String>,
+    weight_hash: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Router {
+    fn start(dir: &Path, name: &str, extra: &[&str]) -> Router {
+        let key = dir.join(format!("{name}.vrf"));
+        if !key.exists() {
+            keygen(&["--router"], &key);
+        }
+        let mut child = common::pot()
+            .args(["node", "router", "--router-key"])
+            .arg(&key)
+            .arg("--model")
+            .arg(model_path(SMOL))
+            .args(["--model-name", "smol", "--openai", "127.0.0.1:0"])
+            .arg("--reputation")
+            .arg(dir.join(format!("{name}.redb")))
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pot node router starts");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = match lines.next() {
+            Some(Ok(l)) => l,
+            _ => panic!("the router printed nothing: {}", log.lock().unwrap()),
+        };
+        let v: Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_eq!(v["event"], "ready", "{v}");
+        Router {
+            child,
+            url: v["openai"].as_str().unwrap().to_string(),
+            peer: v["peer"].as_str().unwrap().to_string(),
+            addrs: v["addrs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect(),
+            weight_hash: v["weight_hash"].as_str().unwrap().to_string(),
+            log,
+        }
+    }
+
+    fn status(&self) -> Value {
+        reqwest::blocking::get(format!("{}/v1/pot/router", self.url))
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// Wait until `done` holds of the status, or fail after `secs`.
+    fn wait_for(&self, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> f64 {
+        let t = Instant::now();
+        loop {
+            let s = self.status();
+            if done(&s) {
+                return t.elapsed().as_secs_f64();
+            }
+            assert!(
+                t.elapsed().as_secs() < secs,
+                "{what}: not after {secs} s: {s}\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn banned(status: &Value, peer: &str) -> bool {
+    !status["providers"][peer]["ban"].is_null()
+}
+
+/// One request through the router: the text, the provider that answered, whether it was
+/// audited, and the receipt.
+fn ask(http: &reqwest::blocking::Client, url: &str, i: usize) -> (String, String, bool, Value) {
+    let (route, body) = if i.is_multiple_of(2) {
+        (
+            "chat/completions",
+            serde_json::json!({"model": "smol", "max_tokens": 12, "temperature": 0,
+                "messages": [{"role": "user", "content": format!("Name a colour, number {i}.")}]}),
+        )
+    } else {
+        (
+            "completions",
+            serde_json::json!({"model": "smol", "max_tokens": 12, "temperature": 0.7, "seed": i,
+                "prompt": format!("The {i}th line of the poem reads")}),
+        )
+    };
+    let r = http
+        .post(format!("{url}/v1/{route}"))
+        .json(&body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let provider = r
+        .headers()
+        .get("x-pot-provider")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let audited = r.headers().get("x-pot-audited").is_some_and(|v| v == "yes");
+    let v: Value = r.json().unwrap();
+    assert_eq!(status, 200, "request {i}: {v}");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .or(v["choices"][0]["text"].as_str())
+        .unwrap()
+        .to_string();
+    (text, provider, audited, v["pot"].clone())
+}
+
+/// The issue's network: an honest provider, one serving a 2-bit copy while advertising the
+/// original's weight hash (its receipts name the copy), one serving the copy that forges the
+/// original's hash into its receipts, and one that accepts jobs and never answers; routers
+/// holding the original. Clients only ever get answers whose receipts passed; both cheats are
+/// banned (the first on its receipt, the second by re-execution) and never chosen again, the
+/// staller costs one timeout and a fault but no ban, the honest provider is never flagged, a
+/// second router bans both cheats on the first router's gossiped evidence after re-checking
+/// it, and a restarted router keeps its bans.
+#[test]
+fn a_router_serves_only_checked_answers_and_bans_both_cheats_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = common::derived_model(
+        &model_path(SMOL),
+        "smol-q2_k.gguf",
+        &["variant", "--to", "q2_k"],
+    );
+    let t = Instant::now();
+    let a = Router::start(
+        dir.path(),
+        "a",
+        &[
+            "--audit-rate",
+            "0.5",
+            "--probation",
+            "2",
+            "--audit-steps",
+            "8",
+            "--request-timeout-s",
+            "4",
+            "--attempts",
+            "4",
+        ],
+    );
+    let boot = a.addrs[0].clone();
+    let b = Router::start(dir.path(), "b", &["--bootstrap", &boot]);
+    let honest = Provider::start_with(
+        &model_path(SMOL),
+        dir.path(),
+        "honest",
+        &["--bootstrap", &boot],
+    );
+    let switcher = Provider::start_with(
+        &copy,
+        dir.path(),
+        "switcher",
+        &[
+            "--bootstrap",
+            &boot,
+            "--claim-weight-hash",
+            &a.weight_hash,
+            "--announce-every-s",
+            "1",
+        ],
+    );
+    let forger = Provider::start_with(
+        &copy,
+        dir.path(),
+        "forger",
+        &[
+            "--bootstrap",
+            &boot,
+            "--claim-weight-hash",
+            &a.weight_hash,
+            "--forge-receipts",
+        ],
+    );
+    let staller = Provider::start_with(
+        &model_path(SMOL),
+        dir.path(),
+        "staller",
+        &["--bootstrap", &boot, "--stall"],
+    );
+    let discover_s = a.wait_for(30, "discovery of the four providers", |s| {
+        s["known"].as_array().is_some_and(|k| k.len() == 4)
+    });
+    eprintln!(
+        "four providers found {discover_s:.1} s after the router asked ({:.1} s from the start)",
+        t.elapsed().as_secs_f64()
+    );
+    // The switcher's announcement reaches the router (its evidence needs it).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
+    let http = reqwest::blocking::Client::new();
+    let t_ban = Instant::now();
+    let mut audited = 0;
+    let mut ban_s = None;
+    for i in 0..10 {
+        let (text, provider, was_audited, receipt) = ask(&http, &a.url, i);
+        assert_eq!(provider, honest.peer, "request {i} was answered by a cheat");
+        assert!(!receipt.is_null(), "the answer carries its receipt");
+        assert!(!text.is_empty() || receipt["output"].as_array().is_some());
+        audited += usize::from(was_audited);
+        if ban_s.is_none() {
+            let s = a.status();
+            if banned(&s, &switcher.peer) && banned(&s, &forger.peer) {
+                ban_s = Some(t_ban.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let s = a.status();
+    eprintln!(
+        "router a after 10 requests: {}",
+        serde_json::to_string_pretty(&s["providers"]).unwrap()
+    );
+    let rec = |p: &str| s["providers"][p].clone();
+    assert!(banned(&s, &switcher.peer), "{s}");
+    assert!(banned(&s, &forger.peer), "{s}");
+    assert!(
+        rec(&switcher.peer)["ban"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("names weights"),
+        "{s}"
+    );
+    assert!(
+        rec(&forger.peer)["ban"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("re-execution disagrees"),
+        "{s}"
+    );
+    let h = rec(&honest.peer);
+    assert!(
+        h["ban"].is_null(),
+        "the honest provider is never banned: {s}"
+    );
+    assert_eq!(h["faults"], 0, "{s}");
+    assert_eq!(h["audits_failed"], 0, "{s}");
+    assert_eq!(h["passed"], 10, "{s}");
+    assert!(audited >= 2, "probation audits the first two jobs");
+    let st = rec(&staller.peer);
+    assert!(st["ban"].is_null(), "a stall is a fault, not a proof: {s}");
+    assert_eq!(
+        (st["jobs"].as_u64(), st["faults"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    // The evidence is kept: the forger's receipt, the VRF choice and its opening.
+    let ev: Value = http
+        .get(format!("{}/v1/pot/router/evidence/{}", a.url, forger.peer))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let e = &ev["evidence"][0]["evidence"];
+    assert_eq!(e["rejection"]["reason"], "diverges", "{ev}");
+    assert!(e["receipt"]["steps"].as_u64().unwrap() > 0, "{ev}");
+    assert!(!e["selection"].is_null() && !e["opening"].is_null(), "{ev}");
+    let cheat_jobs = (
+        rec(&switcher.peer)["jobs"].clone(),
+        rec(&forger.peer)["jobs"].clone(),
+    );
+    assert_eq!(cheat_jobs, (Value::from(1), Value::from(1)), "{s}");
+    eprintln!(
+        "both cheats banned {:.1} s after the first request",
+        ban_s.unwrap_or(f64::NAN)
+    );
+
+    // Router b never sent them a job: it bans on a's gossiped evidence, re-checked.
+    let b_s = b.wait_for(60, "router b banning both cheats on a's reports", |s| {
+        banned(s, &switcher.peer) && banned(s, &forger.peer)
+    });
+    let sb = b.status();
+    assert!(!banned(&sb, &honest.peer), "{sb}");
+    for p in [&switcher.peer, &forger.peer] {
+        assert_eq!(sb["providers"][p]["ban"]["by"], a.peer.as_str(), "{sb}");
+    }
+    assert_eq!(sb["providers"][&forger.peer]["jobs"], 0, "{sb}");
+    eprintln!("router b banned both on gossiped evidence within {b_s:.1} s");
+
+    // A router restart (killed, not stopped) keeps the bans; the cheats are never chosen again.
+    drop(a);
+    let a = Router::start(dir.path(), "a", &["--bootstrap", &honest.addrs[0]]);
+    a.wait_for(30, "rediscovery", |s| {
+        s["known"].as_array().is_some_and(|k| k.len() == 4)
+    });
+    let s = a.status();
+    assert!(
+        banned(&s, &switcher.peer) && banned(&s, &forger.peer),
+        "{s}"
+    );
+    for i in 10..14 {
+        let (_, provider, _, _) = ask(&http, &a.url, i);
+        assert_eq!(provider, honest.peer);
+    }
+    let s = a.status();
+    assert_eq!(
+        (
+            s["providers"][&switcher.peer]["jobs"].clone(),
+            s["providers"][&forger.peer]["jobs"].clone()
+        ),
+        cheat_jobs,
+        "a banned provider gets no job: {s}"
+    );
+    assert_eq!(s["providers"][&honest.peer]["passed"], 14, "{s}");
+
+    // The official openai client, through the router: chat, streamed chat, completion.
+    let python = std::env::var("POT_OPENAI_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import sys, openai
+c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="none")
+r = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8, temperature=0)
+assert r.choices[0].message.content is not None
+parts = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8, temperature=0, stream=True) if ch.choices]
+assert "".join(parts) == r.choices[0].message.content, (parts, r.choices[0].message.content)
+t = c.completions.create(model="smol", prompt="Once upon", max_tokens=6, temperature=0)
+assert t.choices[0].text is not None
+try:
+    c.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
+    raise SystemExit("an unknown model was accepted")
+except openai.NotFoundError:
+    pass
+print("openai client ok")
+"#;
+    let o = std::process::Command::new(&python)
+        .args(["-c", script, &a.url])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop((switcher, forger, staller));
 }

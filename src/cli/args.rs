@@ -614,11 +614,18 @@ pub(crate) enum NodeCommand {
     /// The node advertises its weight hash on Kademlia and announces itself on gossip. Prints
     /// a JSON line with its peer id and addresses once listening; runs until SIGINT/SIGTERM.
     Provider(Box<NodeProviderArgs>),
-    /// Find the providers of a model on the network and audit each: fresh secret challenge
-    /// jobs, every receipt checked against the key the provider's peer id names, VRF-chosen
-    /// steps re-executed with your own copy of the model. Exit codes: 0 every job of every
-    /// provider accepted, 1 a job rejected or a provider that could not be audited, 2 error
-    /// (no provider found included).
+    /// A router. With --openai ADDR it is the users' entry point: it serves the OpenAI API
+    /// for the model, sends each request to a provider chosen by reputation and load, checks
+    /// every receipt, audits a provider's first --probation jobs and then a share
+    /// (--audit-rate) by re-executing VRF-chosen steps, answers only with text rebuilt from a
+    /// receipt that passed (a failed job is retried on another provider), bans proven cheats
+    /// (kept in --reputation across restarts) and gossips re-checkable evidence. Prints a JSON
+    /// line once ready; runs until SIGINT/SIGTERM.
+    ///
+    /// Without --openai it sweeps once: finds the providers of the model and audits --jobs
+    /// fresh challenge jobs of each. Exit codes: 0 every job of every provider accepted, 1 a
+    /// job rejected or a provider that could not be audited, 2 error (no provider found
+    /// included).
     Router(Box<NodeRouterArgs>),
 }
 
@@ -678,6 +685,15 @@ pub(crate) struct NodeProviderArgs {
     /// Seconds between announcements on gossip.
     #[arg(long, default_value_t = 60)]
     pub(crate) announce_every_s: u64,
+    /// Test only (a cheat for routers to catch): advertise and accept jobs for these weights.
+    #[arg(long, hide = true, value_name = "HEX")]
+    pub(crate) claim_weight_hash: Option<String>,
+    /// Test only: also sign the claimed weight hash into receipts (a forged identity).
+    #[arg(long, hide = true, requires = "claim_weight_hash")]
+    pub(crate) forge_receipts: bool,
+    /// Test only: accept jobs and never answer them (a stalling peer).
+    #[arg(long, hide = true)]
+    pub(crate) stall: bool,
 }
 
 #[derive(Args)]
@@ -689,8 +705,39 @@ pub(crate) struct NodeRouterArgs {
     /// its steps are re-executed.
     #[arg(long)]
     pub(crate) model: String,
+    /// Route for these weights without loading them: --model is read only for its tokenizer
+    /// and chat template, receipts are checked (signature, weights, nonce, replay, request)
+    /// and nothing is re-executed (so a forged weight hash is not caught). --openai only.
+    #[arg(long, value_name = "HEX", requires = "openai")]
+    pub(crate) weight_hash: Option<String>,
     #[command(flatten)]
     pub(crate) net: NetArgs,
+    /// Serve the OpenAI API at this address (e.g. 127.0.0.1:8080) and route requests to the
+    /// network.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) openai: Option<String>,
+    /// Name clients ask for (default: the model file's stem).
+    #[arg(long)]
+    pub(crate) model_name: Option<String>,
+    /// Share of jobs audited by re-execution after a provider's probation (0 to 1).
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) audit_rate: f64,
+    /// Jobs of a new provider that are all audited.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) probation: u64,
+    /// Providers tried per request before the client gets a 502.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) attempts: usize,
+    /// Reputation store (redb; created if missing): providers' records, bans and evidence.
+    #[arg(long, default_value = "pot-router.redb")]
+    pub(crate) reputation: PathBuf,
+    /// Largest max_tokens a client may ask for (and the default when it asks for none).
+    #[arg(long, default_value_t = 512)]
+    pub(crate) max_tokens_limit: u32,
+    /// Node key (`pot keygen --node`): the router's peer identity, which signs its gossiped
+    /// reports (default: a fresh one each start).
+    #[arg(long)]
+    pub(crate) node_key: Option<PathBuf>,
     /// Seconds to look for providers.
     #[arg(long, default_value_t = 30)]
     pub(crate) discover_s: u64,

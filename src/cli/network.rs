@@ -242,29 +242,129 @@ pub(super) fn cmd_node_provider(a: NodeProviderArgs) -> Result<ExitCode> {
         &a.net,
         &["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"],
     )?;
-    pot::net::provider::run(pot::net::provider::ProviderConfig {
-        serve: pot::serve::ServeConfig {
-            model: a.model,
-            name: a.model_name,
-            host: String::new(),
-            port: 0,
-            max_queue: a.max_queue,
-            max_batch: a.max_batch,
-            max_tokens_limit: a.max_tokens_limit,
-            max_body_bytes: 1 << 20,
-            shutdown_grace: std::time::Duration::from_secs(5),
-            kernels: a.kernels.into(),
-            api_key: None,
-            node_key: Some(a.node_key),
-            store: Some(a.store),
-            retention: std::time::Duration::from_secs_f64(a.retention_hours.max(0.0) * 3600.0),
-            store_max_bytes: a.store_max_bytes,
+    let disguise = pot::serve::service::Disguise {
+        claim: a
+            .claim_weight_hash
+            .as_deref()
+            .map(|h| pot::commit::keys::parse_hex32(h, "--claim-weight-hash"))
+            .transpose()?,
+        forge: a.forge_receipts,
+        stall: a.stall,
+    };
+    let run = pot::net::provider::run(
+        pot::net::provider::ProviderConfig {
+            serve: pot::serve::ServeConfig {
+                model: a.model,
+                name: a.model_name,
+                host: String::new(),
+                port: 0,
+                max_queue: a.max_queue,
+                max_batch: a.max_batch,
+                max_tokens_limit: a.max_tokens_limit,
+                max_body_bytes: 1 << 20,
+                shutdown_grace: std::time::Duration::from_secs(5),
+                kernels: a.kernels.into(),
+                api_key: None,
+                node_key: Some(a.node_key),
+                store: Some(a.store),
+                retention: std::time::Duration::from_secs_f64(a.retention_hours.max(0.0) * 3600.0),
+                store_max_bytes: a.store_max_bytes,
+            },
+            listen,
+            bootstrap,
+            net,
+            announce_every: std::time::Duration::from_secs(a.announce_every_s),
+            disguise,
         },
-        listen,
-        bootstrap,
-        net,
-        announce_every: std::time::Duration::from_secs(a.announce_every_s),
-    })?;
+        |l| {
+            for addr in &l.addrs {
+                eprintln!("pot node: provider {} listening on {addr}", l.model);
+            }
+            println!("{}", serde_json::to_string(l).expect("serializes"));
+        },
+    );
+    run?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pot node router --openai`: the users' entry point.
+fn cmd_node_gateway(a: NodeRouterArgs) -> Result<ExitCode> {
+    use pot::commit::keys::{NodeKey, RouterKey};
+    use pot::verify::Verifier;
+    if !(0.0..=1.0).contains(&a.audit_rate) {
+        bail!("--audit-rate must be between 0 and 1");
+    }
+    if a.attempts == 0 || a.max_tokens_limit == 0 {
+        bail!("--attempts and --max-tokens-limit must be at least 1");
+    }
+    let (net, listen, bootstrap) = net_setup(&a.net, &["/ip4/0.0.0.0/tcp/0"])?;
+    let router = RouterKey::read(&a.router_key)?;
+    let identity = match &a.node_key {
+        Some(p) => NodeKey::read(p)?.libp2p_keypair(),
+        None => libp2p::identity::Keypair::generate_ed25519(),
+    };
+    let kernels: Kernels = a.kernels.into();
+    let path = pot::model::resolve(&a.model)?;
+    let text = pot::model::TextSide::load(&a.model)?;
+    // Replaced by each provider's key (its peer id) before its receipts are checked.
+    let placeholder = NodeKey::generate().public();
+    let mut v = match &a.weight_hash {
+        Some(h) => {
+            let hash = pot::commit::keys::parse_hex32(h, "--weight-hash")?;
+            Verifier::without_model(
+                text.tokenizer.vocab_size(),
+                hash,
+                kernels,
+                placeholder,
+                router,
+            )
+        }
+        None => {
+            let (model, identity) =
+                pot::identity::load_identified(&path, LoadOptions::kernels(kernels))?;
+            let hash = pot::commit::keys::parse_hex32(&identity.weight_hash, "weight hash")?;
+            Verifier::new(model, hash, kernels, placeholder, router, a.audit_steps)
+        }
+    };
+    if let Some(t) = a.tolerance {
+        if !(t > 0.0 && t.is_finite()) {
+            bail!("--tolerance must be a positive number of nats");
+        }
+        v.tolerance = t;
+    }
+    v.window_ms = a.window_s * 1000;
+    let name = a.model_name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| a.model.clone())
+    });
+    eprintln!(
+        "pot node: router for {name:?}; reputation in {}",
+        a.reputation.display()
+    );
+    pot::net::gateway::run(
+        pot::net::gateway::GatewayConfig {
+            identity,
+            listen,
+            bootstrap,
+            net,
+            openai: a.openai.clone().expect("checked by the caller"),
+            name,
+            text,
+            audit_rate: a.audit_rate,
+            probation: a.probation,
+            attempts: a.attempts,
+            reputation: a.reputation.clone(),
+            max_tokens_limit: a.max_tokens_limit,
+            discover_every: std::time::Duration::from_secs(10),
+            max_body_bytes: 1 << 20,
+        },
+        v,
+        |r| {
+            eprintln!("pot node: router ready; OpenAI API at {}", r.openai);
+            println!("{}", serde_json::to_string(r).expect("serializes"));
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -273,6 +373,9 @@ pub(super) fn cmd_node_router(a: NodeRouterArgs) -> Result<ExitCode> {
     use pot::verify::Verifier;
     if a.jobs == 0 || a.max_tokens == 0 || a.audit_steps == 0 {
         bail!("--jobs, --max-tokens and --audit-steps must be at least 1");
+    }
+    if a.openai.is_some() {
+        return cmd_node_gateway(a);
     }
     let (net, listen, bootstrap) = net_setup(&a.net, &[])?;
     let router = RouterKey::read(&a.router_key)?;
@@ -299,7 +402,10 @@ pub(super) fn cmd_node_router(a: NodeRouterArgs) -> Result<ExitCode> {
     v.window_ms = a.window_s * 1000;
     let report = pot::net::router::sweep(
         pot::net::router::SweepConfig {
-            identity: libp2p::identity::Keypair::generate_ed25519(),
+            identity: match &a.node_key {
+                Some(p) => pot::commit::keys::NodeKey::read(p)?.libp2p_keypair(),
+                None => libp2p::identity::Keypair::generate_ed25519(),
+            },
             listen,
             bootstrap,
             net,

@@ -450,6 +450,32 @@ pub fn sample(row: &[f32], s: Sampling, rng: &mut impl Rng) -> u32 {
     *kept.last().expect("the nucleus holds a token") as u32
 }
 
+/// The text a job's output tokens show, as the engine builds it: each token's bytes, up to an
+/// end token (not shown) or the first stop string (cut before it); and whether the output
+/// stopped (rather than ran out of tokens). A router rebuilds the text it hands a client
+/// from a checked receipt's tokens with this, so it never relays a provider's own text.
+pub fn text_of_output(
+    tokenizer: &crate::model::tokenizer::Tokenizer,
+    output: &[u32],
+    stop: &[String],
+) -> (String, bool) {
+    let mut t = TextState::new(stop.to_vec());
+    let mut out = String::new();
+    for &id in output {
+        if tokenizer.stop_ids.contains(&id) {
+            out.push_str(&t.flush());
+            return (out, true);
+        }
+        let (s, stopped) = t.push(&tokenizer.token_bytes(id));
+        out.push_str(&s);
+        if stopped {
+            return (out, true);
+        }
+    }
+    out.push_str(&t.flush());
+    (out, false)
+}
+
 /// The output text as it grows: bytes decoded as UTF-8 as soon as whole characters are in,
 /// stop strings searched, and text that could still begin a stop string held back.
 struct TextState {

@@ -8,13 +8,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::commit::keys::{NodeKey, NodePublic};
 use crate::commit::receipt::{JobRequest, Opening, Receipt};
+use crate::commit::select::Selection;
 use crate::commit::wire::Bytes;
 use crate::model::Kernels;
+use crate::verify::Rejection;
 
 /// Version of [`JobMsg`].
 pub const JOB_VERSION: u32 = 1;
 /// Version of [`Announcement`].
 pub const ANNOUNCEMENT_VERSION: u32 = 1;
+/// Version of [`AuditReport`].
+pub const REPORT_VERSION: u32 = 1;
+/// How far apart (ms) an announcement and a receipt naming other weights may be signed for the
+/// pair to prove a bait and switch (a node may change models; within this it claimed one
+/// model while it ran another).
+pub const SWITCH_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// The longest model name an announcement may carry.
 pub const MAX_NAME_BYTES: usize = 256;
 const ANNOUNCEMENT_TAG: &[u8] = b"pot/announcement/v1\0";
@@ -173,6 +181,151 @@ impl Announcement {
             ));
         }
         Ok(node)
+    }
+}
+
+/// What a router holds against a provider: signed by the provider itself, so that anyone can
+/// re-check it, never a bare accusation.
+///
+/// * A failed re-execution: the signed receipt, the router's VRF choice of steps (anyone holding
+///   the router's public key re-derives the steps, so they were not picked to frame the node)
+///   and the node's opening of them (Merkle paths to the signed root). Whoever holds the claimed
+///   model re-executes those steps and sees the same disagreement.
+/// * A bait and switch: the node's signed announcement of the claimed weights and a receipt it
+///   signed within [`SWITCH_WINDOW_MS`] naming other weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The weights the provider claimed (the job asked for them; it advertised them).
+    pub claimed: Bytes<32>,
+    /// What the router found.
+    pub rejection: Rejection,
+    /// The provider's signed receipt.
+    pub receipt: Receipt,
+    /// The router's choice of audited steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+    /// The provider's opening of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening: Option<Opening>,
+    /// The provider's signed announcement of `claimed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<Announcement>,
+}
+
+/// How a third party can re-check a piece of [`Evidence`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recheck {
+    /// By re-executing the opened steps with the claimed model.
+    Reexecution,
+    /// By the signatures alone (announcement and receipt).
+    Signatures,
+    /// Only the router that saw it knows (a replayed nonce, another request, a malformed
+    /// receipt): acted on locally, never gossiped.
+    Local,
+}
+
+impl Evidence {
+    /// How this evidence can be re-checked by someone else.
+    pub fn recheck(&self) -> Recheck {
+        match (
+            &self.rejection,
+            &self.selection,
+            &self.opening,
+            &self.announcement,
+        ) {
+            (
+                Rejection::Diverges { .. }
+                | Rejection::NotGreedy { .. }
+                | Rejection::Path { .. }
+                | Rejection::Malformed(_),
+                Some(_),
+                Some(_),
+                _,
+            ) => Recheck::Reexecution,
+            (Rejection::WeightHash { .. }, _, _, Some(_)) => Recheck::Signatures,
+            _ => Recheck::Local,
+        }
+    }
+
+    /// The bait-and-switch check: the announcement and the receipt are both signed by the
+    /// receipt's node, the announcement names the claimed weights, the receipt others, within
+    /// [`SWITCH_WINDOW_MS`]. The reason when they do not prove it.
+    pub fn check_switch(&self) -> Result<(), String> {
+        let a = self
+            .announcement
+            .as_ref()
+            .ok_or("no announcement to hold the receipt against")?;
+        let node = NodePublic::from_bytes(&self.receipt.node.0).map_err(|e| e.to_string())?;
+        a.check(&node.peer_id())?;
+        if !self.receipt.signature_valid() {
+            return Err("the receipt's signature does not verify".into());
+        }
+        if a.weight_hash != self.claimed {
+            return Err("the announcement names other weights than the claimed ones".into());
+        }
+        if self.receipt.weight_hash == self.claimed {
+            return Err("the receipt names the claimed weights".into());
+        }
+        let apart = a.timestamp_ms.abs_diff(self.receipt.timestamp_ms);
+        if apart > SWITCH_WINDOW_MS {
+            return Err(format!(
+                "announcement and receipt are {apart} ms apart (more than {SWITCH_WINDOW_MS})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A router's report of a proven cheat, gossiped on `/pot/audit/1` (gossipsub signs it with
+/// the router's key; the evidence inside is signed by the provider).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// [`REPORT_VERSION`].
+    pub version: u32,
+    /// When (Unix milliseconds).
+    pub timestamp_ms: u64,
+    /// The evidence (its receipt names the provider).
+    pub evidence: Evidence,
+}
+
+impl AuditReport {
+    /// The provider the report is about.
+    pub fn provider(&self) -> Result<NodePublic, String> {
+        NodePublic::from_bytes(&self.evidence.receipt.node.0).map_err(|e| e.to_string())
+    }
+
+    /// The checks any node makes before relaying a report (cheap: no model): the version,
+    /// re-checkable evidence, the receipt's signature, and the VRF proof of the audited steps
+    /// or the bait-and-switch signatures.
+    pub fn check(&self) -> Result<NodePublic, String> {
+        if self.version != REPORT_VERSION {
+            return Err(format!(
+                "report version {} (this node reads {REPORT_VERSION})",
+                self.version
+            ));
+        }
+        let node = self.provider()?;
+        let e = &self.evidence;
+        if !e.receipt.signature_valid() {
+            return Err("the reported receipt's signature does not verify".into());
+        }
+        match e.recheck() {
+            Recheck::Local => Err("the evidence cannot be re-checked by others".into()),
+            Recheck::Signatures => e.check_switch().map(|_| node),
+            Recheck::Reexecution => {
+                let sel = e
+                    .selection
+                    .as_ref()
+                    .expect("re-execution evidence has a selection");
+                sel.verify(&e.receipt.digest(), e.receipt.steps)
+                    .map_err(|e| e.to_string())?;
+                if e.receipt.weight_hash != e.claimed {
+                    return Err("the receipt does not claim the reported weights".into());
+                }
+                Ok(node)
+            }
+        }
     }
 }
 

@@ -11,15 +11,23 @@
 //! | `/pot/job/1`   | [`message::JobMsg`]              | [`message::JobAnswer`] (text + receipt)  | 1 MiB / 4 MiB             |
 //! | `/pot/open/1`  | [`crate::commit::receipt::OpenRequest`] | [`message::OpenAnswer`] (opening) | 64 KiB / 4 MiB            |
 //!
-//! Gossipsub topic `/pot/announce/1` carries signed [`message::Announcement`]s (at most
-//! 64 KiB), each checked (signature, and published by the node it names) before it is
-//! forwarded; a forged one is rejected, which costs its sender gossipsub score.
+//! Gossipsub topic `/pot/announce/1` carries signed [`message::Announcement`]s, each checked
+//! (signature, and published by the node it names) before it is forwarded; `/pot/audit/1`
+//! carries routers' [`message::AuditReport`]s of proven cheats, relayed only when their
+//! evidence holds the checks that need no model ([`message::AuditReport::check`]). A forged or
+//! unfounded message is rejected, which costs its sender gossipsub score. Messages are at most
+//! 1 MiB and signed by their publisher (gossipsub's strict mode).
+//!
+//! Routers ([`gateway`]) keep each provider's record and bans in [`reputation`]; the threat
+//! model is in `docs/network.md`.
 
 pub mod codec;
+pub mod gateway;
 pub mod message;
 pub mod node;
 pub mod provider;
 pub mod remote;
+pub mod reputation;
 pub mod router;
 
 use libp2p::StreamProtocol;
@@ -36,6 +44,8 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/pot/kad/1.0.0");
 pub const IDENTIFY_PROTOCOL: &str = "/pot/1";
 /// Announcements.
 pub const ANNOUNCE_TOPIC: &str = "/pot/announce/1";
+/// Audit reports: proven cheats, with their evidence.
+pub const REPORT_TOPIC: &str = "/pot/audit/1";
 
 /// The largest job request: a prompt of 128k token ids fits.
 pub const MAX_JOB_BYTES: usize = 1 << 20;
@@ -45,8 +55,9 @@ pub const MAX_JOB_ANSWER_BYTES: usize = crate::commit::wire::MAX_MESSAGE_BYTES;
 pub const MAX_OPEN_BYTES: usize = 64 << 10;
 /// The largest opening ([`crate::commit::wire::MAX_OPEN_STEPS`] steps fit).
 pub const MAX_OPEN_ANSWER_BYTES: usize = crate::commit::wire::MAX_MESSAGE_BYTES;
-/// The largest gossip message.
-pub const MAX_GOSSIP_BYTES: usize = 64 << 10;
+/// The largest gossip message (an audit report carries a receipt with its output tokens and
+/// an opening of a few steps).
+pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
 
 /// What can go wrong on the network.
 #[derive(Debug, thiserror::Error)]

@@ -19,10 +19,11 @@ use libp2p::{gossipsub, identify, identity, kad, mdns, ping, Multiaddr, PeerId, 
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, CborCodec, Inbound};
-use super::message::{Announcement, JobAnswer, JobMsg, OpenAnswer};
+use super::message::{Announcement, AuditReport, JobAnswer, JobMsg, OpenAnswer};
 use super::{
     NetError, ANNOUNCE_TOPIC, IDENTIFY_PROTOCOL, JOB_PROTOCOL, KAD_PROTOCOL, MAX_GOSSIP_BYTES,
     MAX_JOB_ANSWER_BYTES, MAX_JOB_BYTES, MAX_OPEN_ANSWER_BYTES, MAX_OPEN_BYTES, OPEN_PROTOCOL,
+    REPORT_TOPIC,
 };
 use crate::commit::receipt::OpenRequest;
 
@@ -34,8 +35,11 @@ pub struct NetOptions {
     /// How long a request may wait for its answer (a provider generating a long output needs
     /// time; a peer that stalls past it fails the request).
     pub request_timeout: Duration,
-    /// Requests one connection may have in flight; more are refused.
+    /// Requests one connection may have in flight; libp2p drops streams past it.
     pub max_concurrent_streams: usize,
+    /// Requests one peer may have in flight at this node (jobs and openings together); more
+    /// are refused with the reason, and reported as [`Event::Refused`] (a flood).
+    pub max_in_flight_per_peer: usize,
     /// Gossipsub heartbeat.
     pub heartbeat: Duration,
 }
@@ -46,6 +50,7 @@ impl Default for NetOptions {
             mdns: true,
             request_timeout: Duration::from_secs(300),
             max_concurrent_streams: 32,
+            max_in_flight_per_peer: 16,
             heartbeat: Duration::from_secs(1),
         }
     }
@@ -115,9 +120,11 @@ impl Behaviour {
             gossip_cfg,
         )
         .map_err(|e| setup("gossipsub", &e))?;
-        gossip
-            .subscribe(&gossipsub::IdentTopic::new(ANNOUNCE_TOPIC))
-            .map_err(|e| setup("gossipsub", &e))?;
+        for topic in [ANNOUNCE_TOPIC, REPORT_TOPIC] {
+            gossip
+                .subscribe(&gossipsub::IdentTopic::new(topic))
+                .map_err(|e| setup("gossipsub", &e))?;
+        }
         let rr = |timeout| {
             request_response::Config::default()
                 .with_request_timeout(timeout)
@@ -196,6 +203,14 @@ pub enum Event {
         /// What it says.
         announcement: Announcement,
     },
+    /// A router's report of a proven cheat, whose evidence passed the checks that need no
+    /// model; the application re-executes before it acts on it.
+    Reported {
+        /// The router that published it.
+        peer: PeerId,
+        /// The report.
+        report: Box<AuditReport>,
+    },
     /// Something a peer sent was refused (malformed, oversized, forged, stalled): logged, and
     /// the application may hold it against the peer.
     Refused {
@@ -218,6 +233,7 @@ enum Command {
     AnswerJob(ResponseChannel<JobAnswer>, JobAnswer),
     AnswerOpen(ResponseChannel<OpenAnswer>, OpenAnswer),
     Announce(Announcement, Reply<()>),
+    Report(Box<AuditReport>, Reply<()>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
 }
 
@@ -309,6 +325,11 @@ impl Client {
     pub async fn announce(&self, a: Announcement) -> Result<(), NetError> {
         self.ask(|r| Command::Announce(a, r)).await
     }
+
+    /// Publish an audit report (fails while no peer shares the topic).
+    pub async fn report(&self, report: AuditReport) -> Result<(), NetError> {
+        self.ask(|r| Command::Report(Box::new(report), r)).await
+    }
 }
 
 /// The task that owns the swarm.
@@ -322,6 +343,10 @@ pub struct Node {
     finds: HashMap<kad::QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
     jobs: HashMap<OutboundRequestId, Reply<JobAnswer>>,
     opens: HashMap<OutboundRequestId, Reply<OpenAnswer>>,
+    /// Requests each peer has in flight here, and which request is whose.
+    inbound: HashMap<PeerId, usize>,
+    inbound_ids: HashMap<libp2p::request_response::InboundRequestId, PeerId>,
+    max_per_peer: usize,
 }
 
 impl Node {
@@ -344,8 +369,34 @@ impl Node {
             finds: HashMap::new(),
             jobs: HashMap::new(),
             opens: HashMap::new(),
+            inbound: HashMap::new(),
+            inbound_ids: HashMap::new(),
+            max_per_peer: NetOptions::default().max_in_flight_per_peer,
         };
         (node, client, rx)
+    }
+
+    /// Refuse a peer's requests past `n` in flight (default 16).
+    pub fn limit_per_peer(mut self, n: usize) -> Self {
+        self.max_per_peer = n.max(1);
+        self
+    }
+
+    fn start_inbound(&mut self, id: libp2p::request_response::InboundRequestId, peer: PeerId) {
+        *self.inbound.entry(peer).or_default() += 1;
+        self.inbound_ids.insert(id, peer);
+    }
+
+    fn done_inbound(&mut self, id: &libp2p::request_response::InboundRequestId) {
+        let Some(peer) = self.inbound_ids.remove(id) else {
+            return;
+        };
+        if let Some(n) = self.inbound.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.inbound.remove(&peer);
+            }
+        }
     }
 
     /// Run until every [`Client`] is dropped.
@@ -460,19 +511,28 @@ impl Node {
                 }
             }
             Command::Announce(a, reply) => {
-                let r = codec::encode(&a, MAX_GOSSIP_BYTES, "announcement")
-                    .map_err(|e| NetError::Publish(e.to_string()))
-                    .and_then(|bytes| {
-                        self.swarm
-                            .behaviour_mut()
-                            .gossip
-                            .publish(gossipsub::IdentTopic::new(ANNOUNCE_TOPIC), bytes)
-                            .map(|_| ())
-                            .map_err(|e| NetError::Publish(e.to_string()))
-                    });
-                let _ = reply.send(r);
+                let _ = reply.send(self.publish(ANNOUNCE_TOPIC, &a, "announcement"));
+            }
+            Command::Report(a, reply) => {
+                let _ = reply.send(self.publish(REPORT_TOPIC, &*a, "audit report"));
             }
         }
+    }
+
+    fn publish(
+        &mut self,
+        topic: &str,
+        v: &impl serde::Serialize,
+        what: &str,
+    ) -> Result<(), NetError> {
+        let bytes = codec::encode(v, MAX_GOSSIP_BYTES, what)
+            .map_err(|e| NetError::Publish(e.to_string()))?;
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .publish(gossipsub::IdentTopic::new(topic), bytes)
+            .map(|_| ())
+            .map_err(|e| NetError::Publish(e.to_string()))
     }
 
     async fn emit(&mut self, e: Event) {
@@ -558,13 +618,7 @@ impl Node {
             }) => {
                 let verdict = match message.source {
                     None => Err("an unsigned message".to_string()),
-                    Some(publisher) => codec::decode::<Announcement>(
-                        &message.data,
-                        MAX_GOSSIP_BYTES,
-                        "announcement",
-                    )
-                    .map_err(|e| e.to_string())
-                    .and_then(|a| a.check(&publisher).map(|_| (publisher, a))),
+                    Some(publisher) => check_gossip(&message.topic, &message.data, publisher),
                 };
                 let acceptance = match &verdict {
                     Ok(_) => gossipsub::MessageAcceptance::Accept,
@@ -575,9 +629,7 @@ impl Node {
                     .gossip
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
                 match verdict {
-                    Ok((peer, announcement)) => {
-                        self.emit(Event::Announced { peer, announcement }).await
-                    }
+                    Ok(e) => self.emit(e).await,
                     Err(reason) => {
                         self.refuse(propagation_source, format!("gossip: {reason}"))
                             .await
@@ -634,15 +686,33 @@ impl Node {
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
+                    channel,
+                    request_id,
+                    ..
+                } if self.inbound.get(&peer).copied().unwrap_or(0) >= self.max_per_peer => {
+                    // Counted until its refusal is sent, like any other.
+                    self.start_inbound(request_id, peer);
+                    let reason = format!(
+                        "{protocol}: too many requests in flight from this peer (at most {})",
+                        self.max_per_peer
+                    );
+                    respond(self.swarm.behaviour_mut(), channel, refusal(reason.clone()));
+                    self.refuse(peer, reason).await
+                }
+                request_response::Message::Request {
                     request: Inbound::Message(request),
                     channel,
-                    ..
-                } => self.emit(deliver(peer, request, channel)).await,
+                    request_id,
+                } => {
+                    self.start_inbound(request_id, peer);
+                    self.emit(deliver(peer, request, channel)).await
+                }
                 request_response::Message::Request {
                     request: Inbound::Refused(reason),
                     channel,
-                    ..
+                    request_id,
                 } => {
+                    self.start_inbound(request_id, peer);
                     respond(self.swarm.behaviour_mut(), channel, refusal(reason.clone()));
                     self.refuse(peer, reason).await
                 }
@@ -668,10 +738,18 @@ impl Node {
                     }));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
+                self.done_inbound(&request_id);
                 self.refuse(peer, format!("{protocol}: {error}")).await
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.done_inbound(&request_id)
+            }
         }
     }
 
@@ -699,6 +777,35 @@ impl Node {
             }
             _ => {}
         }
+    }
+}
+
+/// A gossip message as the event it brings, or why it is rejected.
+fn check_gossip(
+    topic: &gossipsub::TopicHash,
+    data: &[u8],
+    publisher: PeerId,
+) -> Result<Event, String> {
+    if *topic == gossipsub::IdentTopic::new(ANNOUNCE_TOPIC).hash() {
+        let a: Announcement =
+            codec::decode(data, MAX_GOSSIP_BYTES, "announcement").map_err(|e| e.to_string())?;
+        a.check(&publisher)?;
+        Ok(Event::Announced {
+            peer: publisher,
+            announcement: a,
+        })
+    } else if *topic == gossipsub::IdentTopic::new(REPORT_TOPIC).hash() {
+        let r: AuditReport =
+            codec::decode(data, MAX_GOSSIP_BYTES, "audit report").map_err(|e| e.to_string())?;
+        r.check()?;
+        Ok(Event::Reported {
+            peer: publisher,
+            report: Box::new(r),
+        })
+    } else {
+        Err(format!(
+            "a message on topic {topic}, which pot does not use"
+        ))
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::message::{JobAnswer, OpenAnswer, JOB_VERSION};
 use super::node::{self, Event, NetOptions, Node};
 use super::{Client, NetError};
-use crate::serve::service::Service;
+use crate::serve::service::{Disguise, Service};
 use crate::serve::{ServeConfig, ServeError};
 
 /// What a provider needs.
@@ -27,6 +27,23 @@ pub struct ProviderConfig {
     pub net: NetOptions,
     /// How often the node re-announces itself on gossip.
     pub announce_every: Duration,
+    /// Lies to tell (tests of routers only; honest nodes leave it empty).
+    pub disguise: Disguise,
+}
+
+/// Where a provider listens, once it does.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Listening {
+    /// Always "listening".
+    pub event: &'static str,
+    /// Its peer id (its receipt key).
+    pub peer: String,
+    /// Its addresses, each ending in `/p2p/<peer>`.
+    pub addrs: Vec<String>,
+    /// The model's name.
+    pub model: String,
+    /// The weight hash it advertises.
+    pub weight_hash: String,
 }
 
 /// Why a provider stopped.
@@ -44,11 +61,14 @@ pub enum ProviderError {
     Runtime(std::io::Error),
 }
 
-/// Load the model, join the network, and answer jobs until SIGINT or SIGTERM. Prints one JSON
-/// line to stdout once listening: `{"event":"listening","peer":…,"addrs":[…],"weight_hash":…}`.
-pub fn run(cfg: ProviderConfig) -> Result<(), ProviderError> {
+/// Load the model, join the network, and answer jobs until SIGINT or SIGTERM; `on_listening`
+/// is told where the node listens once it does.
+pub fn run(
+    cfg: ProviderConfig,
+    on_listening: impl FnOnce(&Listening),
+) -> Result<(), ProviderError> {
     // The key and the store are read before the model: a bad file is named at once.
-    let (service, _engine) = Service::start(cfg.serve.clone())?;
+    let (service, _engine) = Service::start_disguised(cfg.serve.clone(), cfg.disguise.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -57,6 +77,7 @@ pub fn run(cfg: ProviderConfig) -> Result<(), ProviderError> {
     rt.block_on(async move {
         let swarm = node::swarm(service.libp2p_keypair(), &cfg.net)?;
         let (node, client, events) = Node::new(swarm, 64);
+        let node = node.limit_per_peer(cfg.net.max_in_flight_per_peer);
         tokio::spawn(node.run());
         let mut addrs = Vec::new();
         for a in &cfg.listen {
@@ -66,20 +87,13 @@ pub fn run(cfg: ProviderConfig) -> Result<(), ProviderError> {
             client.dial(b.clone()).await?;
         }
         let listening = client.listening().await?;
-        let hash = hex::encode(service.weight_hash());
-        for a in &listening {
-            eprintln!("pot node: provider {} listening on {a}", service.name());
-        }
-        println!(
-            "{}",
-            serde_json::json!({
-                "event": "listening",
-                "peer": client.peer_id().to_string(),
-                "addrs": listening.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "model": service.name(),
-                "weight_hash": hash,
-            })
-        );
+        on_listening(&Listening {
+            event: "listening",
+            peer: client.peer_id().to_string(),
+            addrs: listening.iter().map(|a| a.to_string()).collect(),
+            model: service.name().to_string(),
+            weight_hash: hex::encode(service.weight_hash()),
+        });
         if let Err(e) = client.provide(service.weight_hash()).await {
             // Kept locally and re-published by Kademlia; routers that ask find it.
             tracing::warn!("the provider record was not stored on other peers yet: {e}");
@@ -108,38 +122,21 @@ async fn announce_loop(service: Service, client: Client, every: Duration) {
 /// Answer the network's jobs and openings with `service`, each in a task of its own.
 pub async fn answer(service: Service, client: Client, mut events: mpsc::Receiver<Event>) {
     while let Some(e) = events.recv().await {
+        let (service, client) = (service.clone(), client.clone());
         match e {
             Event::Job {
                 peer,
                 request,
                 channel,
             } => {
-                let (service, client) = (service.clone(), client.clone());
                 tokio::spawn(async move {
-                    let answer = if request.version != JOB_VERSION {
-                        JobAnswer::Refused {
-                            reason: format!(
-                                "job version {} (this node speaks {JOB_VERSION})",
-                                request.version
-                            ),
-                        }
-                    } else if request.weight_hash.0 != service.weight_hash() {
-                        JobAnswer::Refused {
-                            reason: format!(
-                                "this node serves weights {}, not {}",
-                                hex::encode(service.weight_hash()),
-                                request.weight_hash
-                            ),
-                        }
-                    } else {
-                        match service.job(request.request, request.nonce.0).await {
-                            Ok((text, receipt)) => JobAnswer::Done {
-                                text,
-                                receipt: Box::new(receipt),
-                            },
-                            Err(e) => JobAnswer::Refused { reason: e.message },
-                        }
-                    };
+                    if service.stalls() {
+                        // Hold the request open and never answer.
+                        let _held = channel;
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                    let answer = run_job(&service, request).await;
                     if let JobAnswer::Refused { reason } = &answer {
                         tracing::info!(%peer, "job refused: {reason}");
                     }
@@ -151,19 +148,43 @@ pub async fn answer(service: Service, client: Client, mut events: mpsc::Receiver
                 request,
                 channel,
             } => {
-                let (service, client) = (service.clone(), client.clone());
                 tokio::spawn(async move {
                     let answer = match service.open(request).await {
                         Ok(o) => OpenAnswer::Opened(o),
-                        Err(e) => {
-                            tracing::info!(%peer, "opening refused: {}", e.message);
-                            OpenAnswer::Refused { reason: e.message }
-                        }
+                        Err(e) => OpenAnswer::Refused { reason: e.message },
                     };
+                    if let OpenAnswer::Refused { reason } = &answer {
+                        tracing::info!(%peer, "opening refused: {reason}");
+                    }
                     let _ = client.answer_open(channel, answer).await;
                 });
             }
-            Event::Announced { .. } | Event::Refused { .. } => {}
+            Event::Announced { .. } | Event::Reported { .. } | Event::Refused { .. } => {}
         }
+    }
+}
+
+/// A job's answer: run by `service`, or refused (another version, other weights, a bad request).
+async fn run_job(service: &Service, request: super::message::JobMsg) -> JobAnswer {
+    let refuse = |reason| JobAnswer::Refused { reason };
+    if request.version != JOB_VERSION {
+        return refuse(format!(
+            "job version {} (this node speaks {JOB_VERSION})",
+            request.version
+        ));
+    }
+    if request.weight_hash.0 != service.weight_hash() {
+        return refuse(format!(
+            "this node serves weights {}, not {}",
+            hex::encode(service.weight_hash()),
+            request.weight_hash
+        ));
+    }
+    match service.job(request.request, request.nonce.0).await {
+        Ok((text, receipt)) => JobAnswer::Done {
+            text,
+            receipt: Box::new(receipt),
+        },
+        Err(e) => refuse(e.message),
     }
 }

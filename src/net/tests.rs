@@ -53,6 +53,11 @@ fn answer_all(client: Client, mut events: mpsc::Receiver<Event>, refused: mpsc::
                         .send(format!("announced {}", announcement.name))
                         .await;
                 }
+                Event::Reported { report, .. } => {
+                    let _ = refused
+                        .send(format!("reported {}", report.evidence.rejection))
+                        .await;
+                }
             }
         }
     });
@@ -237,4 +242,172 @@ async fn providers_are_found_by_weight_hash_and_forged_announcements_are_rejecte
         "{got:?}"
     );
     assert!(!got.iter().any(|g| g == "announced forged"), "{got:?}");
+}
+
+/// A flood: one peer sends 30 jobs at once to a provider whose application takes its time;
+/// past 16 in flight the node refuses each with the reason (and tells the application who
+/// sent it), answers the first 16 when the application does, and answers the next peer.
+#[tokio::test]
+async fn a_request_flood_is_refused_past_the_per_peer_limit_and_the_node_stays_up() {
+    let mut provider = Swarm::new_ephemeral_tokio(|k| Behaviour::new(&k, &opts()).unwrap());
+    provider.listen().with_memory_addr_external().await;
+    let mut flooder = Swarm::new_ephemeral_tokio(|k| Behaviour::new(&k, &opts()).unwrap());
+    flooder.connect(&mut provider).await;
+    let mut other = Swarm::new_ephemeral_tokio(|k| Behaviour::new(&k, &opts()).unwrap());
+    other.connect(&mut provider).await;
+    let provider_id = *provider.local_peer_id();
+    let (node, client, mut events) = Node::new(provider, 64);
+    tokio::spawn(node.limit_per_peer(16).run());
+    let (refused_tx, mut refused) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match e {
+                Event::Job { channel, .. } => {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        let reason = "slow answer".to_string();
+                        let _ = client
+                            .answer_job(channel, JobAnswer::Refused { reason })
+                            .await;
+                    });
+                }
+                Event::Refused { peer, reason } => {
+                    let _ = refused_tx.send((peer, reason)).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    let (node, flood_client, _e1) = Node::new(flooder, 16);
+    let flooder_id = flood_client.peer_id();
+    tokio::spawn(node.run());
+    let (node, other_client, _e2) = Node::new(other, 16);
+    tokio::spawn(node.run());
+
+    let mut sent = Vec::new();
+    for _ in 0..30 {
+        let c = flood_client.clone();
+        sent.push(tokio::spawn(async move {
+            c.job(provider_id, JobMsg::example()).await
+        }));
+    }
+    let mut answered = 0;
+    let mut too_many = 0;
+    for h in sent {
+        match h.await.unwrap().unwrap() {
+            JobAnswer::Refused { reason } if reason == "slow answer" => answered += 1,
+            JobAnswer::Refused { reason } if reason.contains("too many requests in flight") => {
+                too_many += 1
+            }
+            a => panic!("{a:?}"),
+        }
+    }
+    assert_eq!((answered, too_many), (16, 14));
+    let (peer, why) = refused.recv().await.unwrap();
+    assert_eq!(peer, flooder_id, "the refusal names the flooder");
+    assert!(why.contains("at most 16"), "{why}");
+    // Another peer is served; so is the flooder, now that its jobs are answered.
+    let a = other_client
+        .job(provider_id, JobMsg::example())
+        .await
+        .unwrap();
+    assert_eq!(
+        a,
+        JobAnswer::Refused {
+            reason: "slow answer".into()
+        }
+    );
+    let a = flood_client
+        .job(provider_id, JobMsg::example())
+        .await
+        .unwrap();
+    assert_eq!(
+        a,
+        JobAnswer::Refused {
+            reason: "slow answer".into()
+        }
+    );
+}
+
+/// Audit reports on gossip: one whose evidence holds (a bait and switch: the provider's own
+/// announcement of one model and its receipt for another) reaches the other router; one with
+/// evidence only its author could check, or a tampered receipt, is rejected with the reason.
+#[tokio::test]
+async fn audit_reports_are_relayed_only_with_evidence_others_can_recheck() {
+    use super::message::{AuditReport, Evidence, REPORT_VERSION};
+    use crate::commit::receipt::{JobRequest, Prover};
+    use crate::commit::wire::Bytes;
+    use crate::verify::Rejection;
+    let (a_key, b_key, cheat_key) = (
+        NodeKey::generate(),
+        NodeKey::generate(),
+        NodeKey::generate(),
+    );
+    let (a, _a_events, a_addr) = tcp_node(&a_key).await;
+    let (b, b_events, _) = tcp_node(&b_key).await;
+    let (seen_tx, mut seen) = mpsc::channel(16);
+    answer_all(b.clone(), b_events, seen_tx);
+    b.dial(a_addr).await.unwrap();
+
+    let now = crate::transcript::unix_now_ms();
+    let claimed = [7u8; 32];
+    let announcement = Announcement::new(&cheat_key, "big", claimed, Kernels::Quantized, now);
+    let prover = Prover {
+        key: cheat_key,
+        weight_hash: [8; 32],
+        kernels: Kernels::Quantized,
+    };
+    let steps = vec![crate::commit::step::StepData::from_logits(
+        &[0.0, 1.0, 2.0],
+        2,
+    )];
+    let request = JobRequest {
+        prompt: vec![1],
+        max_tokens: 1,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        stop: vec![],
+    };
+    let receipt = prover
+        .commit([1; 16], [2; 32], request, vec![2], &steps, now)
+        .unwrap();
+    let switch = AuditReport {
+        version: REPORT_VERSION,
+        timestamp_ms: now,
+        evidence: Evidence {
+            claimed: Bytes(claimed),
+            rejection: Rejection::WeightHash {
+                claimed: hex::encode(claimed),
+                got: hex::encode([8u8; 32]),
+            },
+            receipt: receipt.clone(),
+            selection: None,
+            opening: None,
+            announcement: Some(announcement),
+        },
+    };
+    let mut bare = switch.clone();
+    bare.evidence.announcement = None; // a bare accusation
+    let mut tampered = switch.clone();
+    tampered.evidence.receipt.output = vec![1];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut got: Vec<String> = Vec::new();
+    let want = |got: &Vec<String>| {
+        got.iter().any(|g| g.starts_with("reported"))
+            && got.iter().any(|g| g.contains("cannot be re-checked"))
+            && got.iter().any(|g| g.contains("signature does not verify"))
+    };
+    while tokio::time::Instant::now() < deadline && !want(&got) {
+        for r in [&switch, &bare, &tampered] {
+            let mut r = r.clone();
+            r.timestamp_ms += got.len() as u64; // a new message each round
+            let _ = a.report(r).await;
+        }
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await {
+            got.push(m);
+        }
+    }
+    assert!(want(&got), "{got:?}");
 }

@@ -18,6 +18,23 @@ use crate::model::Kernels;
 #[derive(Clone)]
 pub struct Service {
     st: St,
+    /// The weight hash the node claims on the network (its model's, unless disguised).
+    claimed: [u8; 32],
+    /// Never answer jobs (a stalling peer, for tests).
+    stall: bool,
+}
+
+/// How a provider lies, for the tests of routers that must catch it (hidden flags of
+/// `pot node provider`; an honest node has none).
+#[derive(Clone, Debug, Default)]
+pub struct Disguise {
+    /// Advertise, announce and accept jobs for these weights instead of the served model's.
+    pub claim: Option<[u8; 32]>,
+    /// Also sign the claimed hash into receipts (a forged identity; without it the receipts
+    /// honestly name the served weights).
+    pub forge: bool,
+    /// Accept jobs and never answer them (a peer that stalls mid-request).
+    pub stall: bool,
 }
 
 /// Owns the engine worker: dropping it cancels what the engine holds and waits for it.
@@ -39,14 +56,36 @@ impl Service {
     /// Load the model, the node key and the step store as `pot serve` does; both the key and
     /// the store are required (a provider that does not commit has nothing to offer a router).
     pub fn start(cfg: ServeConfig) -> Result<(Service, Engine), ServeError> {
+        Self::start_disguised(cfg, Disguise::default())
+    }
+
+    /// [`Service::start`], lying as `disguise` says.
+    pub fn start_disguised(
+        cfg: ServeConfig,
+        disguise: Disguise,
+    ) -> Result<(Service, Engine), ServeError> {
         if cfg.node_key.is_none() {
             return Err(ServeError::Options(
                 "a provider needs --node-key FILE (make one with `pot keygen --node --out FILE`)",
             ));
         }
-        let (st, worker, cancel) = start(load(&cfg)?, cfg);
+        let mut loaded = load(&cfg)?;
+        let prover = loaded
+            .prover
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .expect("a node key makes a prover, held once");
+        let claimed = disguise.claim.unwrap_or(prover.weight_hash);
+        if disguise.forge {
+            prover.weight_hash = claimed;
+        }
+        let (st, worker, cancel) = start(loaded, cfg);
         Ok((
-            Service { st },
+            Service {
+                st,
+                claimed,
+                stall: disguise.stall,
+            },
             Engine {
                 worker: Some(worker),
                 cancel,
@@ -54,9 +93,14 @@ impl Service {
         ))
     }
 
-    /// The canonical weight hash of the served model.
+    /// The canonical weight hash of the served model (what the node claims to serve).
     pub fn weight_hash(&self) -> [u8; 32] {
-        self.prover().weight_hash
+        self.claimed
+    }
+
+    /// Whether the node stalls instead of answering jobs (a test's hostile peer).
+    pub fn stalls(&self) -> bool {
+        self.stall
     }
 
     /// The node's public key (the one that signs receipts).
@@ -72,13 +116,7 @@ impl Service {
     /// A signed announcement of this node and its model.
     pub fn announcement(&self, now_ms: u64) -> crate::net::message::Announcement {
         let p = self.prover();
-        crate::net::message::Announcement::new(
-            &p.key,
-            self.name(),
-            p.weight_hash,
-            p.kernels,
-            now_ms,
-        )
+        crate::net::message::Announcement::new(&p.key, self.name(), self.claimed, p.kernels, now_ms)
     }
 
     /// The model's name.

@@ -50,7 +50,7 @@ pub fn default_tolerance(k: Kernels) -> f64 {
 
 /// Why a job is rejected.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "reason", rename_all = "snake_case")]
+#[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The signature does not verify.
     #[error("the receipt's signature does not verify")]
@@ -162,6 +162,9 @@ pub enum VerifyError {
         /// What happened.
         what: String,
     },
+    /// An audit was asked of a router that holds no copy of the model.
+    #[error("this router holds no copy of the claimed model, so it cannot re-execute steps; give it the model, or audit no jobs (--audit-rate 0)")]
+    CannotReexecute,
     /// The receipt names an arithmetic this router does not run.
     #[error("the provider ran {got:?} kernels and this router re-executes with {have:?}; rerun with --kernels {}", if *got == Kernels::Dense { "dense" } else { "quantized" })]
     Kernels {
@@ -203,6 +206,9 @@ pub struct JobReport {
     /// The VRF choice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selection: Option<Selection>,
+    /// The provider's opening of the chosen steps (evidence when the audit fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening: Option<Opening>,
 }
 
 impl JobReport {
@@ -214,8 +220,11 @@ impl JobReport {
 
 /// A router's state for one claimed model.
 pub struct Verifier {
-    /// The claimed model (the router's own copy).
-    pub model: Model,
+    /// The claimed model (the router's own copy); without it, receipts are checked (signature,
+    /// weight hash, nonce, replay, time, request, shape) but no step can be re-executed.
+    pub model: Option<Model>,
+    /// The size of the claimed model's vocabulary.
+    pub vocab: usize,
     /// Its canonical weight hash.
     pub weight_hash: [u8; 32],
     /// The arithmetic the model was loaded with.
@@ -244,7 +253,8 @@ impl Verifier {
         audit_steps: u32,
     ) -> Self {
         Self {
-            model,
+            vocab: model.tokenizer.vocab_size(),
+            model: Some(model),
             weight_hash,
             kernels,
             node,
@@ -256,7 +266,35 @@ impl Verifier {
         }
     }
 
-    /// Run one job through `p` and check it.
+    /// A router without the model: it checks receipts against `weight_hash` and a vocabulary
+    /// of `vocab` tokens, and re-executes nothing.
+    pub fn without_model(
+        vocab: usize,
+        weight_hash: [u8; 32],
+        kernels: Kernels,
+        node: NodePublic,
+        router: RouterKey,
+    ) -> Self {
+        Self {
+            model: None,
+            vocab,
+            weight_hash,
+            kernels,
+            node,
+            router,
+            audit_steps: 0,
+            tolerance: default_tolerance(kernels),
+            window_ms: 300_000,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Whether this router can re-execute (it holds the model).
+    pub fn can_reexecute(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// Run one job through `p` and check it, audit included.
     pub fn job(
         &mut self,
         p: &mut dyn Provider,
@@ -266,6 +304,23 @@ impl Verifier {
         let t0 = Instant::now();
         let receipt = p.run(request, nonce)?;
         let generate_s = t0.elapsed().as_secs_f64();
+        self.examine(p, receipt, nonce, request, generate_s, true)
+    }
+
+    /// Check a receipt `p` returned for `request` and `nonce` (steps 1–4), then, when `audit`
+    /// is set, open and re-execute VRF-chosen steps (step 5).
+    pub fn examine(
+        &mut self,
+        p: &mut dyn Provider,
+        receipt: Receipt,
+        nonce: [u8; 32],
+        request: &JobRequest,
+        generate_s: f64,
+        audit: bool,
+    ) -> Result<JobReport, VerifyError> {
+        if audit && self.model.is_none() {
+            return Err(VerifyError::CannotReexecute);
+        }
         let t1 = Instant::now();
         let mut report = JobReport {
             job_id: receipt.job_id.to_string(),
@@ -277,8 +332,14 @@ impl Verifier {
             audit_s: 0.0,
             receipt: receipt.clone(),
             selection: None,
+            opening: None,
         };
-        let outcome = self.check(p, &receipt, nonce, request, &mut report);
+        let outcome = self
+            .check_receipt(&receipt, nonce, request, crate::transcript::unix_now_ms())
+            .and_then(|()| match audit {
+                true => self.audit(p, &receipt, &mut report),
+                false => Ok(()),
+            });
         report.audit_s = t1.elapsed().as_secs_f64();
         match outcome {
             Ok(()) => {}
@@ -288,15 +349,13 @@ impl Verifier {
         Ok(report)
     }
 
-    fn check(
-        &mut self,
+    /// Step 5: VRF-chosen steps opened by `p` and re-executed.
+    fn audit(
+        &self,
         p: &mut dyn Provider,
         r: &Receipt,
-        nonce: [u8; 32],
-        request: &JobRequest,
         report: &mut JobReport,
     ) -> Result<(), Checked> {
-        self.check_receipt(r, nonce, request, crate::transcript::unix_now_ms())?;
         let (selection, indices) =
             Selection::make(&self.router, &r.digest(), r.steps, self.audit_steps);
         report.audited = indices.clone();
@@ -308,6 +367,7 @@ impl Verifier {
                 selection,
             })
             .map_err(|e| Checked::Rejected(Rejection::NotOpened(e)))?;
+        report.opening = Some(opening.clone());
         let opened = self.check_opening(r, &indices, &opening)?;
         report.worst = self.reexecute(r, &opened)?;
         Ok(())
@@ -370,7 +430,7 @@ impl Verifier {
                 have: self.kernels,
             }));
         }
-        let vocab = self.model.tokenizer.vocab_size();
+        let vocab = self.vocab;
         let shape = if r.version != crate::commit::receipt::VERSION {
             Some(format!("receipt version {}", r.version))
         } else if r.top_k as usize != TOP_K || r.scale as f64 != SCALE {
@@ -418,7 +478,7 @@ impl Verifier {
                 "opened steps {got:?}, the VRF chose {indices:?}"
             ))));
         }
-        let vocab = self.model.tokenizer.vocab_size();
+        let vocab = self.vocab;
         let mut out = Vec::with_capacity(o.steps.len());
         for s in &o.steps {
             if !s.proves(r) {
@@ -457,8 +517,11 @@ impl Verifier {
             .iter()
             .map(|(i, _)| prompt.len() - 1 + *i as usize)
             .collect();
-        let rows = self
+        let model = self
             .model
+            .as_ref()
+            .ok_or(Checked::Error(VerifyError::CannotReexecute))?;
+        let rows = model
             .logprobs_at(&seq, &positions)
             .map_err(|e| Checked::Error(e.into()))?;
         let mut worst = 0.0f64;

@@ -56,11 +56,10 @@ impl Session {
         let c = self
             .catalog
             .challenge(&self.key, &self.run_id, self.tally.jobs as u64);
-        let prompt = match v.model.chat_template {
-            Some(_) => v
-                .model
-                .chat_prompt(&[crate::run::user_message(&c.prompt)])?,
-            None => v.model.tokenizer.encode(&c.prompt)?,
+        let model = v.model.as_ref().ok_or(VerifyError::CannotReexecute)?;
+        let prompt = match model.chat_template {
+            Some(_) => model.chat_prompt(&[crate::run::user_message(&c.prompt)])?,
+            None => model.tokenizer.encode(&c.prompt)?,
         };
         let request = JobRequest {
             prompt,
