@@ -149,6 +149,30 @@ struct Gw {
     created: u64,
     known: Mutex<BTreeMap<PeerId, Known>>,
     in_flight: Mutex<HashMap<PeerId, usize>>,
+    wire: Mutex<Wire>,
+}
+
+/// Payload bytes on the wire (the CBOR messages; noise adds 16 bytes per frame of up to
+/// 64 KiB and yamux 12 bytes per frame on top).
+#[derive(Clone, Debug, Default, Serialize)]
+struct Wire {
+    /// Jobs that got an answer.
+    jobs: u64,
+    /// Job requests sent.
+    job_out: u64,
+    /// Job answers received.
+    job_in: u64,
+    /// Audits (openings asked for).
+    openings: u64,
+    /// Opening requests sent.
+    open_out: u64,
+    /// Openings received.
+    open_in: u64,
+}
+
+fn cbor_len(v: &impl Serialize) -> u64 {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).map_or(0, |_| out.len() as u64)
 }
 
 /// Run the router until SIGINT or SIGTERM; `on_ready` is told where it listens.
@@ -201,6 +225,7 @@ pub fn run(
             created: crate::transcript::unix_now(),
             known: Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            wire: Mutex::new(Wire::default()),
         });
         if !reexecutes {
             eprintln!(
@@ -423,19 +448,21 @@ impl Gw {
         };
         let nonce: [u8; 32] = rand::random();
         let t0 = Instant::now();
-        let answer = self
-            .client
-            .job(
-                peer,
-                JobMsg {
-                    version: JOB_VERSION,
-                    weight_hash: Bytes(self.hash),
-                    request: request.clone(),
-                    nonce: Bytes(nonce),
-                },
-            )
-            .await;
+        let msg = JobMsg {
+            version: JOB_VERSION,
+            weight_hash: Bytes(self.hash),
+            request: request.clone(),
+            nonce: Bytes(nonce),
+        };
+        let out = cbor_len(&msg);
+        let answer = self.client.job(peer, msg).await;
         let generate_s = t0.elapsed().as_secs_f64();
+        if let Ok(a) = &answer {
+            let mut w = self.wire.lock().expect("not poisoned");
+            w.jobs += 1;
+            w.job_out += out;
+            w.job_in += cbor_len(a);
+        }
         let receipt = match answer {
             Ok(JobAnswer::Done { receipt, .. }) => *receipt,
             Ok(JobAnswer::Refused { reason }) => return fault(format!("refused: {reason}")),
@@ -459,6 +486,18 @@ impl Gw {
             Ok(Err(e)) => return fault(crate::with_causes(&e)),
             Err(e) => return fault(format!("the check stopped: {e}")),
         };
+        if let Some(sel) = &report.selection {
+            let mut w = self.wire.lock().expect("not poisoned");
+            w.openings += 1;
+            w.open_out += cbor_len(&crate::commit::receipt::OpenRequest {
+                version: crate::commit::receipt::OPEN_VERSION,
+                job_id: report.receipt.job_id,
+                selection: sel.clone(),
+            });
+            if let Some(o) = &report.opening {
+                w.open_in += cbor_len(&super::message::OpenAnswer::Opened(o.clone()));
+            }
+        }
         match report.rejection.clone() {
             None => {
                 let _ = self.rep.update(&peer_s, |r| {
@@ -545,6 +584,13 @@ impl Gw {
         let ev = &report.evidence;
         if ev.claimed.0 != self.hash {
             return; // about another model: not this router's business.
+        }
+        if self
+            .rep
+            .get(&accused.to_string())
+            .is_ok_and(|r| r.ban.is_some())
+        {
+            return; // already banned, on evidence of its own.
         }
         let verdict: Result<(), String> = match ev.recheck() {
             Recheck::Local => Err("not re-checkable".into()),
@@ -663,6 +709,7 @@ async fn status(State(gw): State<St>) -> Response {
             "audit_rate": gw.audit_rate,
             "probation": gw.probation,
             "known": known,
+            "wire": gw.wire.lock().expect("not poisoned").clone(),
             "providers": records,
         }))
         .into_response(),

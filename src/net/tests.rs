@@ -411,3 +411,36 @@ async fn audit_reports_are_relayed_only_with_evidence_others_can_recheck() {
     }
     assert!(want(&got), "{got:?}");
 }
+
+/// QUIC: a job crosses between two nodes that only listen on QUIC (the transport `pot node`
+/// offers beside TCP).
+#[tokio::test]
+async fn a_job_crosses_over_quic() {
+    let (p_key, r_key) = (NodeKey::generate(), NodeKey::generate());
+    let start = |key: &NodeKey| {
+        let swarm = node::swarm(key.libp2p_keypair(), &opts()).unwrap();
+        let (node, client, events) = Node::new(swarm, 16);
+        tokio::spawn(node.run());
+        (client, events)
+    };
+    let (provider, p_events) = start(&p_key);
+    let (router, _r_events) = start(&r_key);
+    let (tx, _rx) = mpsc::channel(16);
+    answer_all(provider.clone(), p_events, tx);
+    let addr = provider
+        .listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(addr.to_string().contains("/quic-v1"), "{addr}");
+    let addr = addr.with(libp2p::multiaddr::Protocol::P2p(provider.peer_id()));
+    assert_eq!(router.dial(addr).await.unwrap(), provider.peer_id());
+    let mut job = JobMsg::example();
+    job.request.max_tokens = 9;
+    let a = router.job(provider.peer_id(), job).await.unwrap();
+    assert_eq!(
+        a,
+        JobAnswer::Refused {
+            reason: "echo 9".into()
+        }
+    );
+}
