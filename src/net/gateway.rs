@@ -191,7 +191,7 @@ pub fn run(
     rt.block_on(async move {
         let swarm = node::swarm(cfg.identity.clone(), &cfg.net)?;
         let (node, client, events) = Node::new(swarm, 64);
-        let node = node.limit_per_peer(cfg.net.max_in_flight_per_peer);
+        let node = node.with_limits(&cfg.net);
         tokio::spawn(node.run());
         for a in &cfg.listen {
             client.listen(a.clone()).await?;

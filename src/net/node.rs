@@ -40,6 +40,9 @@ pub struct NetOptions {
     /// Requests one peer may have in flight at this node (jobs and openings together); more
     /// are refused with the reason, and reported as [`Event::Refused`] (a flood).
     pub max_in_flight_per_peer: usize,
+    /// Refusals a peer may earn (malformed, oversized or forged messages, floods) before this
+    /// node disconnects it and refuses its connections until the node restarts.
+    pub max_strikes: usize,
     /// Gossipsub heartbeat.
     pub heartbeat: Duration,
 }
@@ -51,6 +54,7 @@ impl Default for NetOptions {
             request_timeout: Duration::from_secs(300),
             max_concurrent_streams: 32,
             max_in_flight_per_peer: 16,
+            max_strikes: 100,
             heartbeat: Duration::from_secs(1),
         }
     }
@@ -347,6 +351,10 @@ pub struct Node {
     inbound: HashMap<PeerId, usize>,
     inbound_ids: HashMap<libp2p::request_response::InboundRequestId, PeerId>,
     max_per_peer: usize,
+    /// Refusals per peer, and the peers cut off for too many.
+    strikes: HashMap<PeerId, usize>,
+    max_strikes: usize,
+    blocked: HashSet<PeerId>,
 }
 
 impl Node {
@@ -372,6 +380,9 @@ impl Node {
             inbound: HashMap::new(),
             inbound_ids: HashMap::new(),
             max_per_peer: NetOptions::default().max_in_flight_per_peer,
+            strikes: HashMap::new(),
+            max_strikes: NetOptions::default().max_strikes,
+            blocked: HashSet::new(),
         };
         (node, client, rx)
     }
@@ -380,6 +391,18 @@ impl Node {
     pub fn limit_per_peer(mut self, n: usize) -> Self {
         self.max_per_peer = n.max(1);
         self
+    }
+
+    /// Cut a peer off after `n` refusals (default 100).
+    pub fn limit_strikes(mut self, n: usize) -> Self {
+        self.max_strikes = n.max(1);
+        self
+    }
+
+    /// The limits of `opts`.
+    pub fn with_limits(self, opts: &NetOptions) -> Self {
+        self.limit_per_peer(opts.max_in_flight_per_peer)
+            .limit_strikes(opts.max_strikes)
     }
 
     fn start_inbound(&mut self, id: libp2p::request_response::InboundRequestId, peer: PeerId) {
@@ -542,6 +565,12 @@ impl Node {
 
     async fn refuse(&mut self, peer: PeerId, reason: String) {
         tracing::warn!(%peer, "refused: {reason}");
+        let n = self.strikes.entry(peer).or_default();
+        *n += 1;
+        if *n >= self.max_strikes && self.blocked.insert(peer) {
+            tracing::warn!(%peer, "cut off after {} refusals", self.max_strikes);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         self.emit(Event::Refused { peer, reason }).await;
     }
 
@@ -564,6 +593,17 @@ impl Node {
                     let _ = reply.send(Err(NetError::Listen {
                         addr: String::new(),
                         reason: format!("{reason:?}"),
+                    }));
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                if self.blocked.contains(&peer_id) =>
+            {
+                let _ = self.swarm.disconnect_peer_id(peer_id);
+                for reply in self.dials.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr: peer_id.to_string(),
+                        reason: "this node cut the peer off for misbehaving".into(),
                     }));
                 }
             }

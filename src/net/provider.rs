@@ -77,7 +77,7 @@ pub fn run(
     rt.block_on(async move {
         let swarm = node::swarm(service.libp2p_keypair(), &cfg.net)?;
         let (node, client, events) = Node::new(swarm, 64);
-        let node = node.limit_per_peer(cfg.net.max_in_flight_per_peer);
+        let node = node.with_limits(&cfg.net);
         tokio::spawn(node.run());
         let mut addrs = Vec::new();
         for a in &cfg.listen {

@@ -95,7 +95,7 @@ pub fn sweep(cfg: SweepConfig, v: &mut Verifier) -> Result<SweepReport, SweepErr
     let (client, peers) = rt.block_on(async {
         let swarm = node::swarm(cfg.identity.clone(), &cfg.net)?;
         let (node, client, mut events) = Node::new(swarm, 64);
-        let node = node.limit_per_peer(cfg.net.max_in_flight_per_peer);
+        let node = node.with_limits(&cfg.net);
         tokio::spawn(node.run());
         // A router answers nothing yet; it drains what the network brings (and logs refusals).
         tokio::spawn(async move {

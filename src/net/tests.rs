@@ -257,7 +257,7 @@ async fn a_request_flood_is_refused_past_the_per_peer_limit_and_the_node_stays_u
     other.connect(&mut provider).await;
     let provider_id = *provider.local_peer_id();
     let (node, client, mut events) = Node::new(provider, 64);
-    tokio::spawn(node.limit_per_peer(16).run());
+    tokio::spawn(node.limit_per_peer(16).limit_strikes(20).run());
     let (refused_tx, mut refused) = mpsc::channel(64);
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
@@ -319,6 +319,30 @@ async fn a_request_flood_is_refused_past_the_per_peer_limit_and_the_node_stays_u
         }
     );
     let a = flood_client
+        .job(provider_id, JobMsg::example())
+        .await
+        .unwrap();
+    assert_eq!(
+        a,
+        JobAnswer::Refused {
+            reason: "slow answer".into()
+        }
+    );
+    // A second flood brings the flooder's refusals past 20: it is cut off, the other peer is
+    // still served.
+    let mut sent = Vec::new();
+    for _ in 0..22 {
+        let c = flood_client.clone();
+        sent.push(tokio::spawn(async move {
+            c.job(provider_id, JobMsg::example()).await
+        }));
+    }
+    for h in sent {
+        let _ = h.await.unwrap();
+    }
+    let r = flood_client.job(provider_id, JobMsg::example()).await;
+    assert!(r.is_err(), "a cut-off peer gets no answer: {r:?}");
+    let a = other_client
         .job(provider_id, JobMsg::example())
         .await
         .unwrap();
