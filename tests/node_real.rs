@@ -41,22 +41,10 @@ impl Provider {
             .stderr(Stdio::null())
             .spawn()
             .expect("pot node provider starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines
-            .next()
-            .expect("the provider prints a line once listening")
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).expect("a JSON line");
-        assert_eq!(v["event"], "listening", "{v}");
-        std::thread::spawn(move || for _ in lines {});
+        let v = first_line(&mut child, "listening", None);
         Provider {
             child,
-            addrs: v["addrs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string())
-                .collect(),
+            addrs: addrs(&v),
             peer: v["peer"].as_str().unwrap().to_string(),
         }
     }
@@ -67,6 +55,32 @@ impl Drop for Provider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The JSON line a node prints once it is up (its `event` must be `event`); the rest of its
+/// stdout is drained.
+fn first_line(child: &mut Child, event: &str, log: Option<&std::sync::Mutex<String>>) -> Value {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = match lines.next() {
+        Some(Ok(l)) => l,
+        _ => panic!(
+            "the node printed nothing once started: {}",
+            log.map(|l| l.lock().unwrap().clone()).unwrap_or_default()
+        ),
+    };
+    let v: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(v["event"], event, "{v}");
+    std::thread::spawn(move || for _ in lines {});
+    v
+}
+
+fn addrs(v: &Value) -> Vec<String> {
+    v["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn keygen(args: &[&str], out: &Path) {
@@ -211,23 +225,12 @@ impl Router {
                 s.push('\n');
             }
         });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = match lines.next() {
-            Some(Ok(l)) => l,
-            _ => panic!("the router printed nothing: {}", log.lock().unwrap()),
-        };
-        let v: Value = serde_json::from_str(&line).expect("a JSON line");
-        assert_eq!(v["event"], "ready", "{v}");
+        let v = first_line(&mut child, "ready", Some(&log));
         Router {
             child,
             url: v["openai"].as_str().unwrap().to_string(),
             peer: v["peer"].as_str().unwrap().to_string(),
-            addrs: v["addrs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string())
-                .collect(),
+            addrs: addrs(&v),
             weight_hash: v["weight_hash"].as_str().unwrap().to_string(),
             log,
         }

@@ -207,6 +207,27 @@ pub struct Prover {
 }
 
 impl Prover {
+    /// A one-token receipt signed by `key` for weights `weight_hash` at `now_ms` (tests).
+    #[doc(hidden)]
+    pub fn example_receipt(key: NodeKey, weight_hash: [u8; 32], now_ms: u64) -> Receipt {
+        let p = Prover {
+            key,
+            weight_hash,
+            kernels: Kernels::Quantized,
+        };
+        let steps = vec![StepData::from_logits(&[0.0, 1.0, 2.0], 2)];
+        let request = JobRequest {
+            prompt: vec![1],
+            max_tokens: 1,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: vec![],
+        };
+        p.commit([1; 16], [2; 32], request, vec![2], &steps, now_ms)
+            .expect("one step for one token")
+    }
+
     /// Commit to a finished job: the receipt, signed now.
     pub fn commit(
         &self,

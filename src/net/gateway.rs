@@ -713,14 +713,7 @@ async fn status(State(gw): State<St>) -> Response {
             "providers": records,
         }))
         .into_response(),
-        Err(e) => ApiError {
-            status: 500,
-            kind: "server_error",
-            code: None,
-            param: None,
-            message: e.to_string(),
-        }
-        .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }
 
@@ -731,14 +724,7 @@ async fn evidence(
 ) -> Response {
     match gw.rep.evidence(&peer) {
         Ok(kept) => Json(serde_json::json!({ "peer": peer, "evidence": kept })).into_response(),
-        Err(e) => ApiError {
-            status: 500,
-            kind: "server_error",
-            code: None,
-            param: None,
-            message: e.to_string(),
-        }
-        .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }
 
@@ -755,23 +741,6 @@ async fn body(gw: &Gw, req: Request) -> Result<axum::body::Bytes, ApiError> {
                 gw.max_body_bytes
             ),
         })
-}
-
-fn check_model(gw: &Gw, model: Option<&str>) -> Result<(), ApiError> {
-    match model {
-        None => Err(ApiError::invalid("model", "model is required")),
-        Some(m) if m == gw.name => Ok(()),
-        Some(m) => Err(ApiError {
-            status: 404,
-            kind: "invalid_request_error",
-            code: Some("model_not_found"),
-            param: Some("model".into()),
-            message: format!(
-                "the model {m:?} is not routed here; this router serves {:?}",
-                gw.name
-            ),
-        }),
-    }
 }
 
 fn no_logprobs(lp: Option<usize>, param: &str) -> Result<(), ApiError> {
@@ -809,7 +778,7 @@ async fn completions(State(gw): State<St>, req: Request) -> Response {
     let prepared = async {
         let bytes = body(&gw, req).await?;
         let r: api::CompletionRequest = api::parse(&bytes)?;
-        check_model(&gw, r.common.model.as_deref())?;
+        ApiError::check_model(r.common.model.as_deref(), &gw.name, "router")?;
         if r.echo {
             return Err(ApiError::invalid(
                 "echo",
@@ -837,7 +806,7 @@ async fn chat(State(gw): State<St>, req: Request) -> Response {
     let prepared = async {
         let bytes = body(&gw, req).await?;
         let r: api::ChatRequest = api::parse(&bytes)?;
-        check_model(&gw, r.common.model.as_deref())?;
+        ApiError::check_model(r.common.model.as_deref(), &gw.name, "router")?;
         let s = r.common.settings(gw.max_tokens_limit as usize)?;
         let (messages, lp) = r.messages_and_logprobs()?;
         no_logprobs(lp, "logprobs")?;

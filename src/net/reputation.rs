@@ -260,37 +260,11 @@ impl Reputation {
 mod tests {
     use super::*;
     use crate::commit::keys::NodeKey;
-    use crate::commit::receipt::{JobRequest, Prover};
+    use crate::commit::receipt::Prover;
     use crate::commit::wire::Bytes;
-    use crate::model::Kernels;
 
     fn evidence(rejection: Rejection) -> Evidence {
-        let p = Prover {
-            key: NodeKey::generate(),
-            weight_hash: [1; 32],
-            kernels: Kernels::Quantized,
-        };
-        let steps = vec![crate::commit::step::StepData::from_logits(
-            &[0.0, 1.0, 2.0],
-            2,
-        )];
-        let receipt = p
-            .commit(
-                [9; 16],
-                [8; 32],
-                JobRequest {
-                    prompt: vec![1],
-                    max_tokens: 1,
-                    temperature: 0.0,
-                    top_p: 1.0,
-                    seed: 0,
-                    stop: vec![],
-                },
-                vec![2],
-                &steps,
-                1_000,
-            )
-            .unwrap();
+        let receipt = Prover::example_receipt(NodeKey::generate(), [1; 32], 1_000);
         Evidence {
             claimed: Bytes([2; 32]),
             rejection,

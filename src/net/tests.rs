@@ -360,7 +360,7 @@ async fn a_request_flood_is_refused_past_the_per_peer_limit_and_the_node_stays_u
 #[tokio::test]
 async fn audit_reports_are_relayed_only_with_evidence_others_can_recheck() {
     use super::message::{AuditReport, Evidence, REPORT_VERSION};
-    use crate::commit::receipt::{JobRequest, Prover};
+    use crate::commit::receipt::Prover;
     use crate::commit::wire::Bytes;
     use crate::verify::Rejection;
     let (a_key, b_key, cheat_key) = (
@@ -377,26 +377,7 @@ async fn audit_reports_are_relayed_only_with_evidence_others_can_recheck() {
     let now = crate::transcript::unix_now_ms();
     let claimed = [7u8; 32];
     let announcement = Announcement::new(&cheat_key, "big", claimed, Kernels::Quantized, now);
-    let prover = Prover {
-        key: cheat_key,
-        weight_hash: [8; 32],
-        kernels: Kernels::Quantized,
-    };
-    let steps = vec![crate::commit::step::StepData::from_logits(
-        &[0.0, 1.0, 2.0],
-        2,
-    )];
-    let request = JobRequest {
-        prompt: vec![1],
-        max_tokens: 1,
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-        stop: vec![],
-    };
-    let receipt = prover
-        .commit([1; 16], [2; 32], request, vec![2], &steps, now)
-        .unwrap();
+    let receipt = Prover::example_receipt(cheat_key, [8; 32], now);
     let switch = AuditReport {
         version: REPORT_VERSION,
         timestamp_ms: now,

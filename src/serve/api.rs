@@ -45,6 +45,35 @@ impl ApiError {
         }
     }
 
+    /// A 500: the server failed, not the request.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: 500,
+            kind: "server_error",
+            code: None,
+            param: None,
+            message: message.into(),
+        }
+    }
+
+    /// The request's `model` against the one model `served` here (`who`: "server",
+    /// "router"): 400 when missing, 404 when another.
+    pub fn check_model(model: Option<&str>, served: &str, who: &str) -> Result<(), Self> {
+        match model {
+            None => Err(Self::invalid("model", "model is required")),
+            Some(m) if m == served => Ok(()),
+            Some(m) => Err(Self {
+                status: 404,
+                kind: "invalid_request_error",
+                code: Some("model_not_found"),
+                param: Some("model".into()),
+                message: format!(
+                    "the model {m:?} does not exist here; this {who} serves {served:?}"
+                ),
+            }),
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {

@@ -407,20 +407,7 @@ pub(crate) fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
 }
 
 fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
-    match model {
-        None => Err(ApiError::invalid("model", "model is required")),
-        Some(m) if m == st.name => Ok(()),
-        Some(m) => Err(ApiError {
-            status: 404,
-            kind: "invalid_request_error",
-            code: Some("model_not_found"),
-            param: Some("model".into()),
-            message: format!(
-                "the model {m:?} does not exist here; this server serves {:?}",
-                st.name
-            ),
-        }),
-    }
+    ApiError::check_model(model, &st.name, "server")
 }
 
 /// The request body, refused with 413 past the limit.

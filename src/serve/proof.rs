@@ -43,13 +43,7 @@ fn not_committing() -> ApiError {
 
 /// A failure of the server's own (500), its causes on one line.
 fn server_error(e: impl std::error::Error) -> ApiError {
-    ApiError {
-        status: 500,
-        kind: "server_error",
-        code: None,
-        param: None,
-        message: crate::with_causes(&e),
-    }
+    ApiError::internal(crate::with_causes(&e))
 }
 
 /// Sign a finished job's receipt and keep its steps: the receipt as JSON.

@@ -127,13 +127,7 @@ pub(crate) async fn respond(st: St, reply: Reply, rx: UnboundedReceiver<Event>) 
 }
 
 pub(crate) fn engine_failure(msg: String) -> ApiError {
-    ApiError {
-        status: 500,
-        kind: "server_error",
-        code: None,
-        param: None,
-        message: msg,
-    }
+    ApiError::internal(msg)
 }
 
 /// Wait for the whole output and answer with one JSON object.
