@@ -738,13 +738,13 @@ pub(crate) struct NodeRouterArgs {
     /// reports (default: a fresh one each start).
     #[arg(long)]
     pub(crate) node_key: Option<PathBuf>,
-    /// Seconds to look for providers.
+    /// Sweep: seconds to look for providers.
     #[arg(long, default_value_t = 30)]
     pub(crate) discover_s: u64,
-    /// Jobs per provider.
+    /// Sweep: jobs per provider.
     #[arg(long, default_value_t = 3)]
     pub(crate) jobs: usize,
-    /// Tokens per job.
+    /// Sweep: tokens per job.
     #[arg(long, default_value_t = 32)]
     pub(crate) max_tokens: u32,
     /// Steps audited per job.
