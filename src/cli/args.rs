@@ -520,15 +520,8 @@ pub(crate) struct ServeArgs {
     /// Port (0: any free port; the one chosen is printed).
     #[arg(long, default_value_t = 8080)]
     pub(crate) port: u16,
-    /// Requests that may wait for the engine; more are answered 429 with Retry-After.
-    #[arg(long, default_value_t = 32)]
-    pub(crate) max_queue: usize,
-    /// Requests the engine steps together (continuous batching).
-    #[arg(long, default_value_t = 8)]
-    pub(crate) max_batch: usize,
-    /// Largest max_tokens a request may ask for.
-    #[arg(long, default_value_t = 4096)]
-    pub(crate) max_tokens_limit: usize,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
     /// Largest request body in bytes (larger: 413).
     #[arg(long, default_value_t = 1 << 20)]
     pub(crate) max_body_bytes: usize,
@@ -538,9 +531,6 @@ pub(crate) struct ServeArgs {
     /// Require clients to send this environment variable's value as a bearer token.
     #[arg(long, value_name = "VAR")]
     pub(crate) api_key_env: Option<String>,
-    /// Matrix kernels.
-    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
-    pub(crate) kernels: KernelArg,
     /// Node key (`pot keygen --node`): sign a receipt for every request that carries
     /// "pot": {"nonce": ...}, and open its steps at /v1/pot/open.
     #[arg(long, requires = "store")]
@@ -548,6 +538,31 @@ pub(crate) struct ServeArgs {
     /// Step store file (created if missing), where committed steps are kept for audits.
     #[arg(long)]
     pub(crate) store: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) retention: RetentionArgs,
+}
+
+/// The engine's options, shared by `pot serve` and `pot node provider`.
+#[derive(Args)]
+pub(crate) struct EngineArgs {
+    /// Matrix kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
+    pub(crate) kernels: KernelArg,
+    /// Requests that may wait for the engine; more are refused (429 with Retry-After over
+    /// HTTP).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) max_queue: usize,
+    /// Requests the engine steps together (continuous batching).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) max_batch: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) max_tokens_limit: usize,
+}
+
+/// How long committed steps are kept, shared by `pot serve` and `pot node provider`.
+#[derive(Args)]
+pub(crate) struct RetentionArgs {
     /// Hours committed steps are kept.
     #[arg(long, default_value_t = 24.0)]
     pub(crate) retention_hours: f64,
@@ -664,24 +679,10 @@ pub(crate) struct NodeProviderArgs {
     pub(crate) store: PathBuf,
     #[command(flatten)]
     pub(crate) net: NetArgs,
-    /// Matrix kernels.
-    #[arg(long, value_enum, default_value_t = KernelArg::Quantized)]
-    pub(crate) kernels: KernelArg,
-    /// Jobs that may wait for the engine; more are refused.
-    #[arg(long, default_value_t = 32)]
-    pub(crate) max_queue: usize,
-    /// Jobs the engine steps together.
-    #[arg(long, default_value_t = 8)]
-    pub(crate) max_batch: usize,
-    /// Largest max_tokens a job may ask for.
-    #[arg(long, default_value_t = 4096)]
-    pub(crate) max_tokens_limit: usize,
-    /// Hours committed steps are kept.
-    #[arg(long, default_value_t = 24.0)]
-    pub(crate) retention_hours: f64,
-    /// Byte budget of the step store.
-    #[arg(long, default_value_t = 1 << 30)]
-    pub(crate) store_max_bytes: u64,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+    #[command(flatten)]
+    pub(crate) retention: RetentionArgs,
     /// Seconds between announcements on gossip.
     #[arg(long, default_value_t = 60)]
     pub(crate) announce_every_s: u64,

@@ -2,10 +2,23 @@
 
 use super::*;
 
-pub(super) fn cmd_serve(a: ServeArgs) -> Result<ExitCode> {
-    if a.max_queue == 0 || a.max_batch == 0 {
-        bail!("--max-queue and --max-batch must be at least 1");
+impl EngineArgs {
+    fn check(&self) -> Result<()> {
+        if self.max_queue == 0 || self.max_batch == 0 {
+            bail!("--max-queue and --max-batch must be at least 1");
+        }
+        Ok(())
     }
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.retention_hours.max(0.0) * 3600.0)
+    }
+}
+
+pub(super) fn cmd_serve(a: ServeArgs) -> Result<ExitCode> {
+    a.engine.check()?;
     if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
         bail!("--shutdown-grace must be a number of seconds, 0 or more");
     }
@@ -15,17 +28,17 @@ pub(super) fn cmd_serve(a: ServeArgs) -> Result<ExitCode> {
         name: a.model_name,
         host: a.host,
         port: a.port,
-        max_queue: a.max_queue,
-        max_batch: a.max_batch,
-        max_tokens_limit: a.max_tokens_limit,
+        max_queue: a.engine.max_queue,
+        max_batch: a.engine.max_batch,
+        max_tokens_limit: a.engine.max_tokens_limit,
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: std::time::Duration::from_secs_f64(a.shutdown_grace),
-        kernels: a.kernels.into(),
+        kernels: a.engine.kernels.into(),
         api_key,
         node_key: a.node_key,
         store: a.store,
-        retention: std::time::Duration::from_secs_f64(a.retention_hours.max(0.0) * 3600.0),
-        store_max_bytes: a.store_max_bytes,
+        retention: a.retention.retention(),
+        store_max_bytes: a.retention.store_max_bytes,
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -232,9 +245,7 @@ fn net_setup(
 }
 
 pub(super) fn cmd_node_provider(a: NodeProviderArgs) -> Result<ExitCode> {
-    if a.max_queue == 0 || a.max_batch == 0 {
-        bail!("--max-queue and --max-batch must be at least 1");
-    }
+    a.engine.check()?;
     if a.announce_every_s == 0 {
         bail!("--announce-every-s must be at least 1");
     }
@@ -258,17 +269,17 @@ pub(super) fn cmd_node_provider(a: NodeProviderArgs) -> Result<ExitCode> {
                 name: a.model_name,
                 host: String::new(),
                 port: 0,
-                max_queue: a.max_queue,
-                max_batch: a.max_batch,
-                max_tokens_limit: a.max_tokens_limit,
+                max_queue: a.engine.max_queue,
+                max_batch: a.engine.max_batch,
+                max_tokens_limit: a.engine.max_tokens_limit,
                 max_body_bytes: 1 << 20,
                 shutdown_grace: std::time::Duration::from_secs(5),
-                kernels: a.kernels.into(),
+                kernels: a.engine.kernels.into(),
                 api_key: None,
                 node_key: Some(a.node_key),
                 store: Some(a.store),
-                retention: std::time::Duration::from_secs_f64(a.retention_hours.max(0.0) * 3600.0),
-                store_max_bytes: a.store_max_bytes,
+                retention: a.retention.retention(),
+                store_max_bytes: a.retention.store_max_bytes,
             },
             listen,
             bootstrap,
