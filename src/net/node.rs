@@ -726,33 +726,23 @@ impl Node {
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    channel,
-                    request_id,
-                    ..
-                } if self.inbound.get(&peer).copied().unwrap_or(0) >= self.max_per_peer => {
-                    // Counted until its refusal is sent, like any other.
-                    self.start_inbound(request_id, peer);
-                    let reason = format!(
-                        "{protocol}: too many requests in flight from this peer (at most {})",
-                        self.max_per_peer
-                    );
-                    respond(self.swarm.behaviour_mut(), channel, refusal(reason.clone()));
-                    self.refuse(peer, reason).await
-                }
-                request_response::Message::Request {
-                    request: Inbound::Message(request),
+                    request,
                     channel,
                     request_id,
                 } => {
+                    // Counted until its answer (or refusal) is sent.
                     self.start_inbound(request_id, peer);
-                    self.emit(deliver(peer, request, channel)).await
-                }
-                request_response::Message::Request {
-                    request: Inbound::Refused(reason),
-                    channel,
-                    request_id,
-                } => {
-                    self.start_inbound(request_id, peer);
+                    let flood = self.inbound[&peer] > self.max_per_peer;
+                    let reason = match request {
+                        Inbound::Message(_) if flood => format!(
+                            "{protocol}: too many requests in flight from this peer (at most {})",
+                            self.max_per_peer
+                        ),
+                        Inbound::Message(request) => {
+                            return self.emit(deliver(peer, request, channel)).await
+                        }
+                        Inbound::Refused(reason) => reason,
+                    };
                     respond(self.swarm.behaviour_mut(), channel, refusal(reason.clone()));
                     self.refuse(peer, reason).await
                 }
