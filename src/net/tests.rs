@@ -182,13 +182,19 @@ async fn jobs_cross_and_oversized_or_malformed_requests_are_refused_while_the_no
 
 /// A node on loopback TCP with the identity of `key`, its client and its events.
 async fn tcp_node(key: &NodeKey) -> (Client, mpsc::Receiver<Event>, libp2p::Multiaddr) {
+    node_on(key, "/ip4/127.0.0.1/tcp/0").await
+}
+
+/// A node listening on `listen` with the identity of `key`, its client, its events and its
+/// address (ending in its peer id).
+async fn node_on(
+    key: &NodeKey,
+    listen: &str,
+) -> (Client, mpsc::Receiver<Event>, libp2p::Multiaddr) {
     let swarm = node::swarm(key.libp2p_keypair(), &opts()).unwrap();
     let (node, client, events) = Node::new(swarm, 16);
     tokio::spawn(node.run());
-    let addr = client
-        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .await
-        .unwrap();
+    let addr = client.listen(listen.parse().unwrap()).await.unwrap();
     let addr = addr.with(libp2p::multiaddr::Protocol::P2p(client.peer_id()));
     (client, events, addr)
 }
@@ -422,22 +428,11 @@ async fn audit_reports_are_relayed_only_with_evidence_others_can_recheck() {
 #[tokio::test]
 async fn a_job_crosses_over_quic() {
     let (p_key, r_key) = (NodeKey::generate(), NodeKey::generate());
-    let start = |key: &NodeKey| {
-        let swarm = node::swarm(key.libp2p_keypair(), &opts()).unwrap();
-        let (node, client, events) = Node::new(swarm, 16);
-        tokio::spawn(node.run());
-        (client, events)
-    };
-    let (provider, p_events) = start(&p_key);
-    let (router, _r_events) = start(&r_key);
+    let (provider, p_events, addr) = node_on(&p_key, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let (router, _r_events, _) = node_on(&r_key, "/ip4/127.0.0.1/udp/0/quic-v1").await;
     let (tx, _rx) = mpsc::channel(16);
     answer_all(provider.clone(), p_events, tx);
-    let addr = provider
-        .listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
-        .await
-        .unwrap();
     assert!(addr.to_string().contains("/quic-v1"), "{addr}");
-    let addr = addr.with(libp2p::multiaddr::Protocol::P2p(provider.peer_id()));
     assert_eq!(router.dial(addr).await.unwrap(), provider.peer_id());
     let mut job = JobMsg::example();
     job.request.max_tokens = 9;
