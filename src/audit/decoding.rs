@@ -27,11 +27,18 @@ use crate::score::EndpointPosition;
 use crate::stats::uniformity::Uniformity;
 
 /// Fewest departures at repeat positions, and their rate against the rest, before text
-/// answers are said to show a penalty's pattern (a description, not a test: the verdict does
-/// not depend on it, since repeat positions are never scored).
+/// answers are said to show a penalty's pattern (the verdict does not depend on it, since
+/// repeat positions are never scored).
 pub const PENALTY_MISSES: u64 = 3;
 /// See [`PENALTY_MISSES`].
 pub const PENALTY_RATIO: f64 = 3.0;
+/// The level of the one-sided Fisher exact test behind the penalty finding. Null: a departure
+/// from the reference's first choice is as likely where that token had already appeared as
+/// elsewhere (an endpoint that decodes as asked departs only at near-ties of its arithmetic,
+/// which do not care whether a token appeared). Given the departures' total, their count at
+/// repeat positions is then hypergeometric, and an honest endpoint is said to show the
+/// pattern with probability at most this.
+pub const PENALTY_LEVEL: f64 = 0.01;
 
 /// The e-value at which sampled tokens are said not to follow the requested settings (a
 /// false finding has probability at most 1/this, by Ville's inequality).
@@ -177,12 +184,26 @@ impl DecodingCheck {
 
     /// Whether text answers show a penalty's pattern: the endpoint leaves the reference's
     /// first choice where that token had already appeared (at least [`PENALTY_MISSES`] times)
-    /// [`PENALTY_RATIO`] times as often as elsewhere.
+    /// [`PENALTY_RATIO`] times as often as elsewhere, and more often than chance allows
+    /// ([`penalty_p`](Self::penalty_p) under [`PENALTY_LEVEL`]).
     pub fn penalty_pattern(&self) -> bool {
         let rate = |m: u64, n: u64| if n == 0 { 0.0 } else { m as f64 / n as f64 };
         let elsewhere = rate(self.text_misses, self.text_positions).max(0.01);
         self.repeat_misses >= PENALTY_MISSES
             && rate(self.repeat_misses, self.repeat_positions) >= PENALTY_RATIO * elsewhere
+            && self.penalty_p() < PENALTY_LEVEL
+    }
+
+    /// The one-sided Fisher exact p-value of the departures at repeat positions: the
+    /// probability, were departures as likely there as elsewhere, of at least as many of them
+    /// falling at repeat positions as did.
+    pub fn penalty_p(&self) -> f64 {
+        fisher_greater(
+            self.repeat_misses,
+            self.repeat_positions,
+            self.text_misses,
+            self.text_positions,
+        )
     }
 
     pub(super) fn add_prompt(&mut self, reported: u64, counted: usize) {
@@ -235,9 +256,9 @@ impl DecodingCheck {
             out.push(if self.looks_sampled() {
                 format!("decoding differs from requested: {counts}, and the text fits the reference sampled at temperature 1 (e-value 10^{:.2} against that over {} tokens): the endpoint may sample although temperature 0 was asked, and DIFFERENT is withheld while that fit stands (audit it with --temperature 1 to test it so)", self.fit_log10_e, self.fit_tokens)
             } else if self.penalty_pattern() {
-                format!("decoding differs from requested: {counts}: the pattern of a repetition, presence or frequency penalty; those positions are not scored, and the verdict stands")
+                format!("decoding differs from requested: {counts}; one-sided Fisher exact p = {:.1e}: the pattern of a repetition, presence or frequency penalty; those positions are not scored, and the verdict stands", self.penalty_p())
             } else {
-                format!("decoding: no penalty's pattern in the text ({counts}); positions where the reference's first choice had appeared are not scored")
+                format!("decoding: no penalty's pattern in the text ({counts}; one-sided Fisher exact p = {:.2}); positions where the reference's first choice had appeared are not scored", self.penalty_p())
             });
         } else if self.steps == 0 {
             out.push("decoding: not checked (the answers report no alternatives)".into());
@@ -276,9 +297,77 @@ impl DecodingCheck {
     }
 }
 
+/// One-sided Fisher exact test that `a` of `n` exceeds `b` of `m` as a rate: the
+/// hypergeometric probability of at least `a` of the `a + b` events falling among the first
+/// `n` of the `n + m` positions. 1 when there is nothing to test.
+fn fisher_greater(a: u64, n: u64, b: u64, m: u64) -> f64 {
+    use statrs::distribution::{DiscreteCDF, Hypergeometric};
+    if a == 0 || n == 0 || m == 0 {
+        return 1.0;
+    }
+    match Hypergeometric::new(n + m, a + b, n) {
+        Ok(h) => h.sf(a - 1).clamp(0.0, 1.0),
+        Err(_) => 1.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn text_check(repeat: (u64, u64), elsewhere: (u64, u64)) -> DecodingCheck {
+        DecodingCheck {
+            repeat_misses: repeat.0,
+            repeat_positions: repeat.1,
+            text_misses: elsewhere.0,
+            text_positions: elsewhere.1,
+            ..Default::default()
+        }
+    }
+
+    /// The counts llama.cpp's server gave on the same weights, unpenalized (a CI run of
+    /// 2026-12-03: 3 of 31 against 2 of 74, a ratio of 3.6 by chance), are no pattern; those
+    /// behind a 1.3 penalty (11 of 41 against 1 of 59) are.
+    #[test]
+    fn a_penalty_pattern_needs_more_than_chance() {
+        let honest = text_check((3, 31), (2, 74));
+        assert!(
+            (honest.penalty_p() - 0.1516).abs() < 1e-3,
+            "{}",
+            honest.penalty_p()
+        );
+        assert!(!honest.penalty_pattern());
+        assert!(honest.findings()[0].starts_with("decoding: no penalty's pattern"));
+        let penalized = text_check((11, 41), (1, 59));
+        assert!(penalized.penalty_p() < 1e-3, "{}", penalized.penalty_p());
+        assert!(penalized.penalty_pattern());
+        assert!(penalized.findings()[0].contains("the pattern of a repetition"));
+        assert_eq!(fisher_greater(0, 10, 3, 10), 1.0);
+        assert_eq!(fisher_greater(3, 10, 0, 0), 1.0);
+    }
+
+    /// The false-finding rate under the null (departures equally likely everywhere), by
+    /// simulation: 20,000 audits each of 30 to 60 repeat and 60 to 120 other positions, at
+    /// departure rates from 1 % to 10 %, show the pattern in at most [`PENALTY_LEVEL`] of them
+    /// (the exact test is conservative; the rate floor makes it more so).
+    #[test]
+    fn an_honest_endpoint_rarely_shows_a_penalty_pattern() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20261203);
+        for rate in [0.01, 0.03, 0.05, 0.1] {
+            let trials = 5_000;
+            let mut found = 0;
+            for _ in 0..trials {
+                let n = rng.gen_range(30..=60);
+                let m = rng.gen_range(60..=120);
+                let a = (0..n).filter(|_| rng.gen::<f64>() < rate).count() as u64;
+                let b = (0..m).filter(|_| rng.gen::<f64>() < rate).count() as u64;
+                found += text_check((a, n), (b, m)).penalty_pattern() as u32;
+            }
+            let share = found as f64 / trials as f64;
+            assert!(share <= PENALTY_LEVEL, "rate {rate}: {share}");
+        }
+    }
 
     fn pos(token: u32, logprob: f64, top: &[(u32, f64)]) -> EndpointPosition {
         EndpointPosition {
