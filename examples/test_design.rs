@@ -5,7 +5,8 @@
 //! cargo run --release --example test_design -- CAL.json [CAL2.json ...] [--streams N] [--kind kl|endpoint]
 //! ```
 //!
-//! For each design (clip B as a multiple of δ, betting mixture, continuation length K), it
+//! For each design (clip B as a multiple of δ, continuation length K; the betting is pot's own,
+//! in its fixed-point arithmetic: `pot::stats::fixed`), it
 //! reports:
 //! * **power and speed on real entries**: streams resampled from each floor entry and rung of
 //!   each calibration (stratified: each cycle draws one challenge of each family, with
@@ -19,7 +20,7 @@
 //!   rate must stay at or below α; they are printed with their Clopper–Pearson 95 % upper bound.
 
 use pot::calibrate::Calibration;
-use pot::stats::{Betting, Decision, SequentialTest, TestParams, CYCLE};
+use pot::stats::{Decision, SequentialTest, TestParams, CYCLE};
 use rand::{Rng, SeedableRng};
 
 /// A measured entry: per family, the per-challenge scores at the studied K.
@@ -78,13 +79,12 @@ fn short(name: &str) -> String {
 struct Design {
     name: String,
     params: TestParams,
-    betting: Betting,
     k: usize,
 }
 
 /// One stratified stream run through a test: (decision, queries).
 fn run(design: &Design, mut draw: impl FnMut(usize) -> f64) -> (Decision, usize) {
-    let mut t = SequentialTest::with_betting(design.params, design.betting).expect("valid");
+    let mut t = SequentialTest::new(design.params).expect("valid");
     for i in 0..design.params.n_max {
         if let Some(d) = t.push(draw(i % CYCLE)) {
             return (d, t.n());
@@ -144,7 +144,6 @@ fn main() {
     let mut only_power = false;
     let mut ratios = vec![1.5, 2.0, 3.0, 4.0];
     let mut ks = vec![32usize, 64];
-    let mut bettings = vec!["grid".to_string(), "grid+adaptive".to_string()];
     let list = |v: Option<&String>| -> Vec<String> {
         v.map(|s| s.split(',').map(str::to_string).collect())
             .unwrap_or_default()
@@ -167,7 +166,6 @@ fn main() {
                     .map(|v| v.parse().expect("K"))
                     .collect()
             }
-            "--bettings" => bettings = list(it.next()),
             f => files.push(f.to_string()),
         }
     }
@@ -189,41 +187,21 @@ fn main() {
     };
     let audit = pot::run::Mode::Audit.params(kind);
     let (gamma, delta, alpha) = (audit.gamma, audit.delta, audit.alpha);
-    let grid = Betting {
-        adaptive_weight: 0.0,
-        bold_weight: 0.5,
-        max_share: 0.9,
-    };
     let mut designs = Vec::new();
     for &ratio in &ratios {
-        for (bname, betting) in [
-            ("grid", grid),
-            (
-                "grid+adaptive",
-                Betting {
-                    adaptive_weight: 0.5,
-                    ..grid
+        for &k in &ks {
+            designs.push(Design {
+                name: format!("B={ratio}δ K={k}"),
+                params: TestParams {
+                    alpha,
+                    gamma,
+                    delta,
+                    clip: ratio * delta,
+                    n_min: CYCLE,
+                    n_max: 200,
                 },
-            ),
-        ] {
-            if !bettings.iter().any(|b| b == bname) {
-                continue;
-            }
-            for &k in &ks {
-                designs.push(Design {
-                    name: format!("B={ratio}δ {bname} K={k}"),
-                    params: TestParams {
-                        alpha,
-                        gamma,
-                        delta,
-                        clip: ratio * delta,
-                        n_min: CYCLE,
-                        n_max: 200,
-                    },
-                    betting,
-                    k,
-                });
-            }
+                k,
+            });
         }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261202);

@@ -36,6 +36,7 @@ pub mod stats;
 pub mod transcript;
 pub mod variant;
 pub mod verify;
+pub mod zk;
 
 /// A closed set of named choices (modes, methods, ladder rungs, floor variants): what a front
 /// end lists and parses, without the library knowing any front end.

@@ -19,10 +19,11 @@ use crate::score::{ChallengeScore, ScoreKind};
 use crate::served::{Ladder, Served};
 use crate::stats::{Decision, SequentialTest, Status, TestParams};
 
-/// Transcript format version. Version 2: margins by score kind, the betting of
-/// [`crate::stats::Betting::POT`], the reference's ladder in the header and what is served in
-/// the verdict. Transcripts of other versions are refused (their test differs).
-pub const VERSION: u32 = 2;
+/// Transcript format version. Version 3: the betting test in fixed point
+/// ([`crate::stats::fixed`]); version 2 added margins by score kind, the reference's ladder in
+/// the header and what is served in the verdict. Transcripts of other versions are refused
+/// (their test differs).
+pub const VERSION: u32 = 3;
 
 /// The first line.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -45,6 +46,10 @@ pub struct Header {
     pub score_kind: ScoreKind,
     /// SHA-256 commitment to the challenge key.
     pub key_commitment: String,
+    /// The start of the score commitment's chain, `Poseidon(salt, TAG)` with the salt from
+    /// the run key ([`crate::zk`]): written before the first score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_chain: Option<String>,
     /// The reference model.
     pub reference: Identity,
     /// The candidate: a model file (diff) or an endpoint (audit).
@@ -153,6 +158,10 @@ pub struct Verdict {
     pub served: Served,
     /// Wall time over all sessions of the run.
     pub elapsed_s: f64,
+    /// The Poseidon commitment to the scores on the test's grid ([`crate::zk`]), which a
+    /// proof of the verdict is checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_commitment: Option<String>,
 }
 
 /// Transcript I/O errors.
@@ -387,8 +396,15 @@ pub fn read(path: &Path) -> Result<Loaded, TranscriptError> {
 
 impl Verdict {
     /// The verdict line of a run at this status.
-    pub fn new(decision: Decision, st: &Status, served: Served, elapsed_s: f64) -> Self {
+    pub fn new(
+        decision: Decision,
+        st: &Status,
+        served: Served,
+        elapsed_s: f64,
+        score_commitment: Option<String>,
+    ) -> Self {
         Self {
+            score_commitment,
             record: "verdict".into(),
             decision,
             queries: st.n,
@@ -431,6 +447,7 @@ pub enum Resumed {
 /// ladder its header recorded (`header.ladder` is set to it), whatever calibration exists now.
 pub fn resume(
     path: &Path,
+    key: &crate::challenge::ChallengeKey,
     header: &mut Header,
     same_candidate: impl Fn(&Candidate) -> bool,
     test: &mut SequentialTest,
@@ -475,7 +492,14 @@ pub fn resume(
     if let Some(d) = test.decision() {
         // Killed between the last query line and the verdict line.
         let served = Served::of(test, h.ladder.as_ref());
-        w.append(&Verdict::new(d, &test.status(), served, prior_elapsed))?;
+        let commitment = Some(crate::zk::commit_scores(key, test));
+        w.append(&Verdict::new(
+            d,
+            &test.status(),
+            served,
+            prior_elapsed,
+            commitment,
+        ))?;
         return Ok(Resumed::Finished(prior_elapsed));
     }
     Ok(Resumed::Continue(w, prior_elapsed))

@@ -307,6 +307,7 @@ fn with_transcript(b: &Bundle, transcript: Vec<u8>, resign: Option<&AuditorKey>)
         envelope: envelope(&st, Some(key), b),
         transcript,
         key: b.key.clone(),
+        proof: b.proof.clone(),
     }
 }
 
@@ -709,12 +710,19 @@ fn an_audit_of_pot_serve_bundles_and_verifies() {
         .arg(&bundle)
         .arg("--auditor-key")
         .arg(&key)
+        .arg("--prove")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // --prove: the bundle carries a proof of the audit's verdict, and it verifies.
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["bundle"]["proof"]["decision"], out["decision"], "{out}");
     let (o, v) = verify_cli(&bundle, &["--pubkey", &pubkey]);
     assert_eq!(o.status.code(), Some(0), "{v}");
+    let last = v["checks"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["name"], "verdict-proof", "{v}");
     let b = Bundle::unpack(&std::fs::read(&bundle).unwrap()).unwrap();
+    assert!(b.proof.is_some());
     let st = statement_of(&b);
     assert_eq!(st["predicate"]["command"], "audit");
     assert_eq!(st["predicate"]["score_kind"], "endpoint-kl");
@@ -737,4 +745,172 @@ fn an_audit_of_pot_serve_bundles_and_verifies() {
     );
     assert_eq!(r.first_failure().unwrap().name, "scores");
     drop(server);
+}
+
+/// `pot prove` adds a Halo2 proof of the verdict to a real run's bundle; `pot bundle verify`
+/// checks it offline. A flipped byte of the proof, a proof moved to a bundle of another run,
+/// or a bundle that does not verify are refused, each with its reason.
+#[test]
+fn a_proof_of_the_verdict_verifies_and_a_tampered_or_moved_one_does_not() {
+    let m = made();
+    let dir = tempfile::tempdir().unwrap();
+    let proved = dir.path().join("proved.tar.gz");
+    let o = pot()
+        .args(["prove", "--json"])
+        .arg(&m.bundle)
+        .arg("-o")
+        .arg(&proved)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["decision"], "SAME");
+    let size = p["proof_bytes"].as_u64().unwrap();
+    assert!(size > 1000 && size < 20_000, "{p}");
+    eprintln!(
+        "proof of SAME after {}: {size} B, 2^{} rows, proved in {} s, verified in {} s",
+        p["queries"], p["k"], p["prove_s"], p["verify_s"]
+    );
+    // The original is left as it was (the proof went to -o).
+    assert_eq!(std::fs::read(&m.bundle).unwrap(), m.bytes);
+
+    let (o, v) = verify_cli(&proved, &["--pubkey", &m.pubkey]);
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.ends_with(&["score-commitment", "verdict-proof"]),
+        "{names:?}"
+    );
+
+    // A flipped byte of the proof.
+    let b = Bundle::unpack(&std::fs::read(&proved).unwrap()).unwrap();
+    let proof = b.proof.clone().unwrap();
+    for at in [0, proof.len() / 2, proof.len() - 1] {
+        let mut bad = b.clone();
+        let mut p = proof.clone();
+        p[at] ^= 0x01;
+        bad.proof = Some(p);
+        let path = dir.path().join(format!("flipped-{at}.tar.gz"));
+        std::fs::write(&path, bad.pack()).unwrap();
+        let (o, v) = verify_cli(&path, &[]);
+        assert_eq!(o.status.code(), Some(1), "byte {at}: {v}");
+        assert_eq!(failed(&v), ["verdict-proof"], "byte {at}");
+    }
+    // The proof in another run's bundle (tests/fixtures/fuzz-run: another commitment, another
+    // verdict and other parameters).
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let other = dir.path().join("other.tar.gz");
+    evidence::create(
+        &fx.join("fuzz-run.ndjson"),
+        &pot::challenge::ChallengeKey::read(&fx.join("fuzz-run.key")).unwrap(),
+        &m.auditor,
+        &other,
+    )
+    .unwrap();
+    let mut moved = Bundle::unpack(&std::fs::read(&other).unwrap()).unwrap();
+    moved.proof = Some(proof.clone());
+    let path = dir.path().join("moved.tar.gz");
+    std::fs::write(&path, moved.pack()).unwrap();
+    let (o, v) = verify_cli(&path, &[]);
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(failed(&v), ["verdict-proof"]);
+    // A public bundle: the signed statement and the proof, the transcript and key withheld.
+    let public = dir.path().join("public.tar.gz");
+    let o = pot()
+        .args(["prove", "--public", "--json"])
+        .arg(&m.bundle)
+        .arg("-o")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pb = Bundle::unpack(&std::fs::read(&public).unwrap()).unwrap();
+    assert!(pb.is_public() && pb.transcript.is_empty() && pb.key.is_empty());
+    let (o, v) = verify_cli(&public, &["--pubkey", &m.pubkey]);
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    assert_eq!(v["public"], true);
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "archive",
+            "canonical",
+            "envelope",
+            "signature",
+            "statement",
+            "verdict-proof"
+        ]
+    );
+    eprintln!(
+        "public bundle: {} B (the full bundle with its proof: {} B)",
+        std::fs::metadata(&public).unwrap().len(),
+        std::fs::metadata(&proved).unwrap().len()
+    );
+    // Its statement re-signed by the auditor with another verdict: the signature holds, the
+    // proof does not.
+    let mut st = statement_of(&pb);
+    st["predicate"]["decision"] = "DIFFERENT".into();
+    let mut lie = pb.clone();
+    lie.envelope = envelope(&st, Some(&m.auditor), &pb);
+    let path = dir.path().join("lie.tar.gz");
+    std::fs::write(&path, lie.pack()).unwrap();
+    let (o, v) = verify_cli(&path, &["--pubkey", &m.pubkey]);
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(failed(&v), ["verdict-proof"]);
+    // Other parameters, re-signed: likewise.
+    let mut st = statement_of(&pb);
+    st["predicate"]["params"]["alpha"] = 0.01.into();
+    lie.envelope = envelope(&st, Some(&m.auditor), &pb);
+    std::fs::write(&path, lie.pack()).unwrap();
+    let (o, v) = verify_cli(&path, &["--pubkey", &m.pubkey]);
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(failed(&v), ["verdict-proof"]);
+    // Other bounds, re-signed: the proof is of the published bounds (each placed on the
+    // score grid), so a tighter one fails, and so does a looser one (true, but not what was
+    // proven).
+    let pred = statement_of(&pb)["predicate"].clone();
+    let published = pred["upper"].as_f64().unwrap();
+    let clip = pred["params"]["clip"].as_f64().unwrap();
+    assert!(published > 0.0 && published < clip, "{pred}");
+    for upper in [published * 0.5, (published + clip) / 2.0] {
+        let mut st = statement_of(&pb);
+        st["predicate"]["upper"] = upper.into();
+        lie.envelope = envelope(&st, Some(&m.auditor), &pb);
+        std::fs::write(&path, lie.pack()).unwrap();
+        let (o, v) = verify_cli(&path, &["--pubkey", &m.pubkey]);
+        assert_eq!(o.status.code(), Some(1), "upper {upper}: {v}");
+        assert_eq!(failed(&v), ["verdict-proof"]);
+    }
+
+    // A bundle that does not verify is not proven, and nothing is written.
+    let broken = dir.path().join("broken.tar.gz");
+    let mut bytes = m.bytes.clone();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    std::fs::write(&broken, &bytes).unwrap();
+    let out = dir.path().join("never.tar.gz");
+    let o = pot()
+        .arg("prove")
+        .arg(&broken)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("cannot prove its verdict"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
 }

@@ -33,6 +33,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const PRF_TAG: &[u8] = b"pot/challenge/v1";
 const COMMIT_TAG: &[u8] = b"pot/key-commitment/v1";
 const RUN_KEY_TAG: &[u8] = b"pot/run-key/v1";
+const SCORE_SALT_TAG: &[u8] = b"pot/score-salt/v1";
 
 /// The five challenge families, in their canonical order.
 pub const FAMILIES: [&str; 5] = ["general", "arithmetic", "code", "safety-vocab", "ood-nouns"];
@@ -154,6 +155,21 @@ impl ChallengeKey {
         mac.update(&(run_id.len() as u64).to_be_bytes());
         mac.update(run_id.as_bytes());
         Self(mac.finalize().into_bytes().into())
+    }
+
+    /// 64 bytes for the salt of the run's score commitment (`crate::zk`): HMAC-SHA256(key,
+    /// tag ‖ i) for i = 0, 1. Whoever holds the run key can prove the verdict; nobody else
+    /// can search the commitment for the scores.
+    pub fn score_salt(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        for (i, half) in out.chunks_mut(32).enumerate() {
+            let mut mac =
+                HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+            mac.update(SCORE_SALT_TAG);
+            mac.update(&[i as u8]);
+            half.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        out
     }
 
     /// The PRF: HMAC-SHA256 over a length-prefixed, domain-separated encoding of

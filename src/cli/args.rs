@@ -82,6 +82,26 @@ pub(crate) enum Command {
     /// Evidence bundles: a finished run, signed, in one file that anyone can re-check.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Add a zero-knowledge proof of the verdict to a bundle (Halo2, no trusted setup): that
+    /// SAME, DIFFERENT or UNDECIDED after its queries, and the confidence bounds beside it,
+    /// are what pot's fixed-point test computes from the scores the statement commits to,
+    /// checkable without the scores. It does not prove that the scores are what the models
+    /// compute. `pot bundle verify` checks it. A run of 10 challenges proves in seconds; 200
+    /// take minutes and a few GB on 2 cores (the public parameters are made once and cached).
+    Prove {
+        /// The bundle (.tar.gz, from --bundle or `pot bundle create`); it must verify.
+        bundle: PathBuf,
+        /// Where to write the bundle with its proof (must not exist); default: replace BUNDLE.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Write a public bundle instead: the signed statement and the proof only, for a third
+        /// party who may check the verdict's arithmetic but not see the transcript (needs -o).
+        #[arg(long, requires = "out")]
+        public: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the challenge prompts of a key and run id.
     Challenges {
         /// Secret key file (from `pot keygen`).
@@ -876,6 +896,9 @@ pub(crate) struct RunArgs {
     /// The auditor's signing key for --bundle (`pot keygen --auditor --out FILE`).
     #[arg(long)]
     pub(crate) auditor_key: Option<PathBuf>,
+    /// Add a zero-knowledge proof of the verdict to the bundle (what `pot prove` does).
+    #[arg(long, requires = "bundle")]
+    pub(crate) prove: bool,
     /// JSON output.
     #[arg(long)]
     pub(crate) json: bool,

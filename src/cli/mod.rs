@@ -69,6 +69,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node(NodeCommand::Provider(a)) => cmd_node_provider(*a),
         Command::Node(NodeCommand::Router(a)) => cmd_node_router(*a),
         Command::Bundle(b) => cmd_bundle(b),
+        Command::Prove {
+            bundle,
+            out,
+            public,
+            json,
+        } => cmd_prove(bundle, out, public, json),
         Command::Report { results, json } => cmd_report(results, json),
         Command::Calibrate(a) => cmd_calibrate(*a),
         Command::Keygen {

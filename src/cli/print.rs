@@ -69,6 +69,15 @@ pub(crate) fn print_bundle(made: Option<&pot::evidence::Created>) -> Result<()> 
             m.path,
             m.signer
         )?;
+        if let Some(p) = &m.proof {
+            outln!(
+                "  proof  {} after {} proven from the committed scores ({} B, {:.1} s)",
+                p.decision.as_str(),
+                p.queries,
+                p.proof_bytes,
+                p.prove_s
+            )?;
+        }
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ pub(super) fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let out = diff::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;
-    let made = make_bundle(bundle, &run, true)?;
+    let made = make_bundle(bundle, &run, true, a.run.prove)?;
     if a.run.json {
         outln!("{}", with_bundle(&out, made.as_ref())?)?;
     } else {
@@ -65,7 +65,7 @@ pub(super) fn cmd_audit(a: AuditArgs) -> Result<ExitCode> {
     let out = pot::audit::run(&cfg, &mut |st| bar.update(st));
     bar.finish();
     let out = run.cleanup_on_error(out)?;
-    let made = make_bundle(bundle, &run, out.stopped.is_none())?;
+    let made = make_bundle(bundle, &run, out.stopped.is_none(), a.run.prove)?;
     if a.run.json {
         outln!("{}", with_bundle(&out, made.as_ref())?)?;
     } else {
@@ -106,6 +106,7 @@ pub(super) fn make_bundle(
     plan: Option<(PathBuf, pot::commit::keys::AuditorKey)>,
     run: &RunFiles,
     decided: bool,
+    prove: bool,
 ) -> Result<Option<pot::evidence::Created>> {
     let Some((path, key)) = plan else {
         return Ok(None);
@@ -118,14 +119,24 @@ pub(super) fn make_bundle(
         );
         return Ok(None);
     }
-    pot::evidence::create(&run.transcript, &run.key, &key, &path)
-        .map(Some)
-        .with_context(|| {
+    let mut made = pot::evidence::create(&run.transcript, &run.key, &key, &path).with_context(|| {
+        format!(
+            "the run is finished and its transcript kept, but the bundle was not written; make it with `pot bundle create --transcript {}`",
+            run.transcript.display()
+        )
+    })?;
+    if prove {
+        let p = pot::evidence::prove(&path, &path).with_context(|| {
             format!(
-                "the run is finished and its transcript kept, but the bundle was not written; make it with `pot bundle create --transcript {}`",
-                run.transcript.display()
+                "the bundle {} is written, without a proof; try `pot prove {}`",
+                path.display(),
+                path.display()
             )
-        })
+        })?;
+        made.bytes = p.bytes;
+        made.proof = Some(p);
+    }
+    Ok(Some(made))
 }
 
 pub(super) fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
@@ -164,6 +175,9 @@ pub(super) fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
                         c.detail
                     )?;
                 }
+                if r.public && r.valid {
+                    outln!("note: a public bundle: the verdict follows from the committed scores by pot's test; the scores themselves, the challenges and the transcript are withheld and not checked")?;
+                }
                 match r.first_failure() {
                     None => outln!(
                         "VALID: {} of run {}, signed by {}{}",
@@ -196,6 +210,46 @@ pub(super) fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
             })
         }
     }
+}
+
+pub(super) fn cmd_prove(
+    bundle: PathBuf,
+    out: Option<PathBuf>,
+    public: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let out = out.unwrap_or_else(|| bundle.clone());
+    if !json {
+        eprintln!(
+            "pot: proving the verdict of {} (Halo2; about a minute per 50 challenges on 2 cores)",
+            bundle.display()
+        );
+    }
+    let p = pot::evidence::prove_to(&bundle, &out, public)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&p)?)?;
+    } else {
+        outln!(
+            "proved    {} after {} from the committed scores: {} B proof (2^{} rows), {:.1} s to prove, {:.2} s to verify",
+            p.decision.as_str(),
+            p.queries,
+            p.proof_bytes,
+            p.k,
+            p.prove_s,
+            p.verify_s
+        )?;
+        outln!(
+            "bundle    {} ({} B{}); check it with `pot bundle verify`",
+            p.path,
+            p.bytes,
+            if public {
+                ": the statement and the proof, the transcript withheld"
+            } else {
+                ""
+            }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn cmd_calibrate(a: CalibrateArgs) -> Result<ExitCode> {

@@ -52,6 +52,17 @@ fn failures(what: &str, total: usize, bad: &[String]) -> Outcome {
 /// `archive`: the bytes are a gzip'd tar of the three entries.
 fn archive(bytes: &[u8]) -> Result<(Bundle, String), String> {
     let bundle = Bundle::unpack(bytes)?;
+    if bundle.is_public() {
+        return Ok((
+            bundle.clone(),
+            format!(
+                "{STATEMENT_ENTRY} ({} B), {} ({} B): a public bundle, the transcript withheld",
+                bundle.envelope.len(),
+                super::PROOF_ENTRY,
+                bundle.proof.as_ref().map_or(0, Vec::len)
+            ),
+        ));
+    }
     let detail = format!(
         "{STATEMENT_ENTRY} ({} B), {TRANSCRIPT_ENTRY} ({} B), {KEY_ENTRY}",
         bundle.envelope.len(),
@@ -413,6 +424,7 @@ pub fn verify_bytes(bytes: &[u8], pinned: Option<&NodePublic>) -> Report {
         pinned: false,
         decision: None,
         run_id: None,
+        public: false,
         checks: Vec::new(),
     };
     run_checks(bytes, pinned, &mut c, &mut report);
@@ -449,6 +461,13 @@ fn run_checks(
     report.decision = Some(pr.decision);
     report.run_id = Some(pr.run_id.clone());
     c.add("statement", outcome);
+    if let (true, Some(proof)) = (bundle.is_public(), &bundle.proof) {
+        // The statement and the proof alone: the decision arithmetic is checked, the scores,
+        // challenges and digests are not (the auditor keeps the transcript).
+        c.add("verdict-proof", verdict_proof(proof, pr));
+        report.public = true;
+        return Some(());
+    }
     c.add(
         "transcript-digest",
         transcript_digest(&bundle.transcript, pr),
@@ -456,20 +475,93 @@ fn run_checks(
     let parsed = split(c, "transcript", transcript(&bundle.transcript))?;
     let h = &parsed.header;
     c.add("header", header(&st, h));
-    if let Some(k) = split(c, "key", key(&bundle.key, h)) {
-        c.add("challenges", challenges(&k, &parsed));
+    let run_key = split(c, "key", key(&bundle.key, h));
+    if let Some(k) = &run_key {
+        c.add("challenges", challenges(k, &parsed));
     }
     c.add("scores", scores(&parsed));
-    match bounds(&parsed) {
+    let test = match bounds(&parsed) {
         Err(e) => {
             c.add("bounds", Err(e));
+            None
         }
         Ok((test, outcome)) => {
             c.add("bounds", outcome);
             c.add("decision", decision(&parsed, &test, pr));
+            Some(test)
         }
+    };
+    let committed = pr.score_commitment.is_some() || h.score_chain.is_some();
+    if let (true, Some(k), Some(test)) = (committed, &run_key, &test) {
+        c.add("score-commitment", score_commitment(k, test, &parsed, pr));
+    }
+    if let Some(proof) = &bundle.proof {
+        c.add("verdict-proof", verdict_proof(proof, pr));
     }
     Some(())
+}
+
+/// `score-commitment`: the header's chain start and the verdict's and statement's
+/// commitment are what the revealed key's salt and the transcript's scores give.
+fn score_commitment(
+    key: &ChallengeKey,
+    test: &SequentialTest,
+    parsed: &Records,
+    pr: &Predicate,
+) -> Outcome {
+    let start = crate::zk::chain_start(key);
+    let end = crate::zk::commit_scores(key, test);
+    let verdict = parsed
+        .verdict
+        .as_ref()
+        .and_then(|(_, v)| v.score_commitment.clone());
+    if parsed.header.score_chain.as_deref() != Some(start.as_str()) {
+        return Err(format!(
+            "the header's score chain {:?} is not the run key's start {start}",
+            parsed.header.score_chain
+        ));
+    }
+    if verdict.as_deref() != Some(end.as_str()) || pr.score_commitment.as_deref() != Some(&end) {
+        return Err(format!(
+            "the verdict's ({verdict:?}) or the statement's ({:?}) score commitment is not {end}, the commitment to the transcript's {} scores",
+            pr.score_commitment,
+            test.n()
+        ));
+    }
+    Ok(format!(
+        "Poseidon commitment {}… to the {} grid scores, recomputed",
+        &end[..16],
+        test.n()
+    ))
+}
+
+/// `verdict-proof`: the Halo2 proof verifies against the statement's parameters, verdict,
+/// queries, bounds and score commitment.
+fn verdict_proof(proof: &[u8], pr: &Predicate) -> Outcome {
+    let Some(commitment) = pr.score_commitment.as_deref().and_then(crate::zk::from_hex) else {
+        return Err(
+            "a proof, but the statement records no score commitment to check it against".into(),
+        );
+    };
+    let statement = crate::zk::Statement {
+        params: pr.params,
+        decision: pr.decision,
+        queries: pr.queries,
+        lower: pr.lower,
+        upper: pr.upper,
+        commitment,
+    };
+    let start = std::time::Instant::now();
+    crate::zk::verify(&statement, proof).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "Halo2 (IPA, Pasta) proof of {} after {} and of the bounds [{:.4}, {:.4}] from the committed scores: {} B, verified in {:.2} s",
+        pr.decision.as_str(),
+        pr.queries,
+        pr.lower,
+        pr.upper,
+        proof.len(),
+        start.elapsed().as_secs_f64()
+    ))
 }
 
 /// Record a check that also yields a value: its line, and the value when it holds.
@@ -547,7 +639,8 @@ mod tests {
                 "challenges",
                 "scores",
                 "bounds",
-                "decision"
+                "decision",
+                "score-commitment"
             ]
         );
         assert!(r.pinned && r.decision.is_some());
@@ -626,5 +719,22 @@ mod tests {
         assert!(decision(&f.parsed, &test, &pr2)
             .unwrap_err()
             .contains("the statement says"));
+
+        assert!(score_commitment(&k, &test, &f.parsed, pr).is_ok());
+        let other = ChallengeKey::generate();
+        assert!(score_commitment(&other, &test, &f.parsed, pr)
+            .unwrap_err()
+            .contains("score chain"));
+        let mut pr3 = pr.clone();
+        pr3.score_commitment = Some(crate::zk::chain_start(&k));
+        assert!(score_commitment(&k, &test, &f.parsed, &pr3)
+            .unwrap_err()
+            .contains("score commitment"));
+        let mut shorter = SequentialTest::new(pr.params).unwrap();
+        shorter.push(f.parsed.queries[0].1.score.score);
+        assert!(score_commitment(&k, &shorter, &f.parsed, pr).is_err());
+        assert!(verdict_proof(b"not a proof", pr)
+            .unwrap_err()
+            .contains("does not verify"));
     }
 }

@@ -63,6 +63,8 @@ pub const STATEMENT_ENTRY: &str = "statement.dsse.json";
 pub const TRANSCRIPT_ENTRY: &str = "transcript.ndjson";
 /// The revealed key entry.
 pub const KEY_ENTRY: &str = "challenge-key.txt";
+/// The optional entry of a Halo2 proof of the verdict (`pot prove`, [`crate::zk`]).
+pub const PROOF_ENTRY: &str = "verdict.proof";
 /// The in-toto digest name of pot's canonical weight hash (the file's SHA-256 is `sha256`).
 pub const WEIGHTS_DIGEST: &str = "pot-weights-sha256";
 /// Largest bundle content read back (a bomb guard): 256 MiB decompressed.
@@ -87,6 +89,14 @@ pub enum EvidenceError {
     TooLarge {
         /// File.
         path: String,
+    },
+    /// A bundle whose verdict cannot be proven.
+    #[error("{path}: cannot prove its verdict: {reason}")]
+    Prove {
+        /// File.
+        path: String,
+        /// Why, and what to do.
+        reason: String,
     },
     /// A transcript that cannot be bundled.
     #[error("{path}: {reason}")]
@@ -154,6 +164,10 @@ pub struct Predicate {
     /// ladder rungs it is consistent with and those it excludes (recomputed by verification
     /// from the transcript header's ladder and the scores).
     pub served: Served,
+    /// The Poseidon commitment to the scores on the test's grid, under a salt from the run
+    /// key ([`crate::zk`]): what a proof of the verdict (`pot prove`) is checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_commitment: Option<String>,
     /// The reference model.
     pub reference: Identity,
     /// The candidate model or endpoint.
@@ -288,7 +302,9 @@ impl Envelope {
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// The three entries of a bundle.
+/// The entries of a bundle: three, and a proof once `pot prove` has added one. A *public*
+/// bundle (`pot prove --public`) holds only the statement and the proof: the transcript and
+/// the key stay with the auditor, and are empty here.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bundle {
     /// `statement.dsse.json`.
@@ -297,15 +313,26 @@ pub struct Bundle {
     pub transcript: Vec<u8>,
     /// `challenge-key.txt`.
     pub key: Vec<u8>,
+    /// `verdict.proof`: a Halo2 proof of the verdict from the committed scores.
+    pub proof: Option<Vec<u8>>,
 }
 
 impl Bundle {
-    fn entries(&self) -> [(&'static str, &[u8]); 3] {
-        [
-            (STATEMENT_ENTRY, &self.envelope),
-            (TRANSCRIPT_ENTRY, &self.transcript),
-            (KEY_ENTRY, &self.key),
-        ]
+    /// Whether this is a public bundle: a statement and a proof, the transcript withheld.
+    pub fn is_public(&self) -> bool {
+        self.proof.is_some() && self.transcript.is_empty() && self.key.is_empty()
+    }
+
+    fn entries(&self) -> Vec<(&'static str, &[u8])> {
+        let mut v = vec![(STATEMENT_ENTRY, &self.envelope[..])];
+        if !self.is_public() {
+            v.push((TRANSCRIPT_ENTRY, &self.transcript[..]));
+            v.push((KEY_ENTRY, &self.key[..]));
+        }
+        if let Some(p) = &self.proof {
+            v.push((PROOF_ENTRY, &p[..]));
+        }
+        v
     }
 
     /// The canonical archive: ustar entries in a fixed order, mode 0644, owner 0, time 0;
@@ -343,7 +370,7 @@ impl Bundle {
             return Err(format!("it unpacks to more than {MAX_BYTES} bytes"));
         }
         let mut ar = tar::Archive::new(raw.as_slice());
-        let (mut envelope, mut transcript, mut key) = (None, None, None);
+        let (mut envelope, mut transcript, mut key, mut proof) = (None, None, None, None);
         let entries = ar
             .entries()
             .map_err(|e| format!("not a tar archive ({e})"))?;
@@ -361,6 +388,7 @@ impl Bundle {
                 STATEMENT_ENTRY => &mut envelope,
                 TRANSCRIPT_ENTRY => &mut transcript,
                 KEY_ENTRY => &mut key,
+                PROOF_ENTRY => &mut proof,
                 other => return Err(format!("an unexpected entry {other:?}")),
             };
             if slot.is_some() {
@@ -372,10 +400,20 @@ impl Bundle {
             *slot = Some(data);
         }
         let missing = |n: &str| format!("no {n} entry");
+        let envelope = envelope.ok_or_else(|| missing(STATEMENT_ENTRY))?;
+        if proof.is_some() && transcript.is_none() && key.is_none() {
+            return Ok(Self {
+                envelope,
+                transcript: Vec::new(),
+                key: Vec::new(),
+                proof,
+            });
+        }
         Ok(Self {
-            envelope: envelope.ok_or_else(|| missing(STATEMENT_ENTRY))?,
+            envelope,
             transcript: transcript.ok_or_else(|| missing(TRANSCRIPT_ENTRY))?,
             key: key.ok_or_else(|| missing(KEY_ENTRY))?,
+            proof,
         })
     }
 }
@@ -443,6 +481,9 @@ pub struct Created {
     pub decision: Decision,
     /// The transcript's Merkle root.
     pub merkle_root: String,
+    /// The proof of the verdict, when one was added (`--prove`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proved>,
 }
 
 /// Bundle the finished run of `transcript_path`, revealing its run key and signing with
@@ -511,6 +552,7 @@ pub fn create(
             lower: verdict.lower,
             upper: verdict.upper,
             served: verdict.served.clone(),
+            score_commitment: verdict.score_commitment.clone(),
             reference: h.reference.clone(),
             candidate: h.candidate.clone(),
             challenge_key: KeyInfo {
@@ -547,6 +589,7 @@ pub fn create(
         envelope: serde_json::to_vec_pretty(&envelope).expect("an envelope serializes"),
         transcript,
         key: format!("{}\n", run_key.to_hex()).into_bytes(),
+        proof: None,
     };
     let bytes = bundle.pack();
     write_new(out, &bytes)?;
@@ -556,7 +599,166 @@ pub fn create(
         signer: hex::encode(auditor.public().to_bytes()),
         decision: verdict.decision,
         merkle_root: statement.predicate.transcript.merkle_root,
+        proof: None,
     })
+}
+
+/// What `pot prove` made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Proved {
+    /// The bundle written.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// The proof's size.
+    pub proof_bytes: usize,
+    /// The proven verdict.
+    pub decision: Decision,
+    /// Queries to it.
+    pub queries: usize,
+    /// Circuit size: `2^k` rows.
+    pub k: u32,
+    /// Seconds to prove (parameters, keys and proof).
+    pub prove_s: f64,
+    /// Seconds to verify it once made.
+    pub verify_s: f64,
+}
+
+/// Add a Halo2 proof of the verdict ([`crate::zk`]) to the bundle at `path`, writing the
+/// bundle with its proof to `out` (`out` may be `path`: it is replaced whole, never partly).
+/// The bundle must verify first, and record a score commitment; the proof is checked before
+/// it is written.
+pub fn prove(path: &Path, out: &Path) -> Result<Proved, EvidenceError> {
+    prove_to(path, out, false)
+}
+
+/// [`prove`], writing to `out` either the whole bundle with its proof, or (`public`) a
+/// public bundle of the signed statement and the proof only, which reveals neither the
+/// scores, nor the prompts, nor the key.
+pub fn prove_to(path: &Path, out: &Path, public: bool) -> Result<Proved, EvidenceError> {
+    let fail = |reason: String| EvidenceError::Prove {
+        path: path.display().to_string(),
+        reason,
+    };
+    let read_err = |e| crate::FileError::new(path, "cannot read the bundle", "", e);
+    if std::fs::metadata(path).map_err(read_err)?.len() > MAX_BYTES {
+        return Err(EvidenceError::TooLarge {
+            path: path.display().to_string(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    let report = verify_bytes(&bytes, None);
+    if let Some(c) = report.first_failure() {
+        return Err(fail(format!(
+            "the bundle does not verify ({}: {}); only a valid bundle is proven",
+            c.name, c.detail
+        )));
+    }
+    let mut bundle = Bundle::unpack(&bytes).map_err(fail)?;
+    let env: Envelope =
+        serde_json::from_slice(&bundle.envelope).map_err(|e| fail(e.to_string()))?;
+    let payload = B64.decode(&env.payload).map_err(|e| fail(e.to_string()))?;
+    let st: Statement = serde_json::from_slice(&payload).map_err(|e| fail(e.to_string()))?;
+    let pr = &st.predicate;
+    let Some(commitment) = pr.score_commitment.as_deref().and_then(crate::zk::from_hex) else {
+        return Err(fail(
+            "its statement records no score commitment (a bundle of a pot before 0.1's transcript format 3); rerun the audit".into(),
+        ));
+    };
+    if pr.score_kind == ScoreKind::SampledText {
+        return Err(fail(
+            "the verdict of a sampled-text run rests on the uniformity e-process, which the circuit does not compute; only betting-test verdicts are proven".into(),
+        ));
+    }
+    let text = std::str::from_utf8(&bundle.transcript).map_err(|e| fail(e.to_string()))?;
+    let records = crate::transcript::parse(text)
+        .map_err(|(l, e)| fail(format!("transcript line {l}: {e}")))?;
+    let key = std::str::from_utf8(&bundle.key)
+        .map_err(|e| e.to_string())
+        .and_then(|t| ChallengeKey::from_hex(t, KEY_ENTRY).map_err(|e| e.to_string()))
+        .map_err(fail)?;
+    let clip = records.header.params.clip;
+    let qs: Vec<u64> = records
+        .queries
+        .iter()
+        .map(|(_, q)| crate::stats::fixed::quantize(q.score.score, clip))
+        .collect();
+    let statement = crate::zk::Statement {
+        params: pr.params,
+        decision: pr.decision,
+        queries: pr.queries,
+        lower: pr.lower,
+        upper: pr.upper,
+        commitment,
+    };
+    let witness = crate::zk::Witness {
+        salt: crate::zk::salt_of(&key),
+        qs,
+    };
+    let start = std::time::Instant::now();
+    let proof = crate::zk::prove(&statement, &witness).map_err(|e| {
+        fail(match e {
+            crate::zk::ZkError::Witness(w) => format!(
+                "{w}: the betting test alone does not give the recorded verdict (a text run whose DIFFERENT also waited on the sampled-fit e-process)"
+            ),
+            other => other.to_string(),
+        })
+    })?;
+    let prove_s = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    crate::zk::verify(&statement, &proof).map_err(|e| fail(e.to_string()))?;
+    let verify_s = start.elapsed().as_secs_f64();
+    let k = statement.shape().map(|s| s.k()).unwrap_or(0);
+    let proof_bytes = proof.len();
+    bundle.proof = Some(proof);
+    if public {
+        bundle.transcript.clear();
+        bundle.key.clear();
+    }
+    let packed = bundle.pack();
+    if out == path {
+        replace(path, &packed)?;
+    } else {
+        write_new(out, &packed)?;
+    }
+    Ok(Proved {
+        path: out.display().to_string(),
+        bytes: packed.len() as u64,
+        proof_bytes,
+        decision: pr.decision,
+        queries: pr.queries,
+        k,
+        prove_s,
+        verify_s,
+    })
+}
+
+/// Replace `path` with `bytes` whole: a temporary file renamed over it.
+fn replace(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(crate::FileError::new(
+            path,
+            "cannot write the bundle",
+            "; check the folder is writable",
+            e,
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Write `bytes` to `path`, which must not exist, through a temporary file: a reader never
@@ -620,6 +822,9 @@ pub struct Report {
     pub decision: Option<Decision>,
     /// Run id (when the statement reads).
     pub run_id: Option<String>,
+    /// A public bundle (statement and proof; the transcript withheld): the verdict's
+    /// arithmetic is checked, the scores and challenges are not.
+    pub public: bool,
     /// The checks, in order.
     pub checks: Vec<Check>,
 }
@@ -663,6 +868,7 @@ mod tests {
             envelope: b"{}".to_vec(),
             transcript: b"a\nb\n".to_vec(),
             key: b"k\n".to_vec(),
+            proof: None,
         };
         let bytes = b.pack();
         assert_eq!(bytes, b.pack());

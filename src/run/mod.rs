@@ -222,6 +222,7 @@ pub fn run(
     let mut writer = if spec.resume {
         match transcript::resume(
             &spec.transcript,
+            &spec.key,
             &mut header,
             |c| candidate.is(c),
             &mut test,
@@ -315,6 +316,7 @@ pub fn run(
             &test.status(),
             Served::of(&test, header.ladder.as_ref()),
             elapsed,
+            Some(crate::zk::commit_scores(&spec.key, &test)),
         ))?;
     }
     Ok(Outcome {

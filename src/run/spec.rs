@@ -248,6 +248,7 @@ impl RunSpec {
             kernels: self.kernels,
             score_kind,
             key_commitment: self.key.commitment(),
+            score_chain: Some(crate::zk::chain_start(&self.key)),
             reference,
             candidate,
             ladder: calibration.and_then(|c| Ladder::of(c, score_kind)),

@@ -30,7 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Betting, LAMBDA_SHARES};
+use super::{bet_shares, bet_weights};
 
 /// `ln R` of a detector that has not bet yet (`R = 0`), kept finite for serialization.
 const LOG_ZERO: f64 = -1e300;
@@ -70,7 +70,7 @@ impl Detector {
             gamma,
             clip,
             arl,
-            log_r: vec![LOG_ZERO; LAMBDA_SHARES.len()],
+            log_r: vec![LOG_ZERO; bet_shares().count()],
             pending: Vec::with_capacity(super::CYCLE),
             cycles: 0,
         })
@@ -90,7 +90,7 @@ impl Detector {
         }
         let m = self.gamma / self.clip;
         let cap = 1.0 / m;
-        for (lr, s) in self.log_r.iter_mut().zip(LAMBDA_SHARES) {
+        for (lr, s) in self.log_r.iter_mut().zip(bet_shares()) {
             let log_e: f64 = self
                 .pending
                 .iter()
@@ -106,12 +106,11 @@ impl Detector {
 
     /// `log10` of the mixture statistic `Σ w_g R_g` (alerts at `log10 A`).
     pub fn log10_statistic(&self) -> f64 {
-        let b = Betting::POT;
-        super::log_sum_weighted_exp(
-            self.log_r
-                .iter()
-                .enumerate()
-                .map(|(g, lr)| (b.grid_weight(g), *lr)),
+        log_sum_weighted_exp(
+            bet_weights()
+                .zip(self.log_r.iter().copied())
+                .collect::<Vec<_>>()
+                .into_iter(),
         ) / std::f64::consts::LN_10
     }
 
@@ -119,6 +118,23 @@ impl Detector {
     pub fn alerts(&self) -> bool {
         self.log10_statistic() >= self.arl.log10()
     }
+}
+
+/// `ln Σ w_i e^{v_i}` over the terms with positive weight.
+fn log_sum_weighted_exp(terms: impl Iterator<Item = (f64, f64)> + Clone) -> f64 {
+    let m = terms
+        .clone()
+        .filter(|(w, _)| *w > 0.0)
+        .map(|(_, v)| v)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + terms
+        .filter(|(w, _)| *w > 0.0)
+        .map(|(w, v)| w * (v - m).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// `ln(1 + e^v)`, stable for large `v`.

@@ -23,6 +23,13 @@
 //! (`W = Σ_g w_g W_g` with fixed prior weights, no tuning, no look-ahead), and the mirror process
 //! `Π (1 − λ (x_i − m))` refutes `μ ≥ m`.
 //!
+//! # In exact integer arithmetic
+//! pot computes all of this in fixed point ([`fixed`]): scores on a grid of 2⁻²⁴ of B rounded
+//! down, nulls moved to their conservative side by a few grid steps, each factor an exact
+//! rational, wealth in 2⁻⁴⁰ units rounded down and capped, the threshold rounded up. Every
+//! rounding lowers the wealth, so the guarantees above hold exactly, and a proof circuit can
+//! re-compute the verdict step by step. There is no floating-point version of the decision.
+//!
 //! # Why decisions are taken at cycle ends
 //! Challenges are stratified: each cycle of [`CYCLE`] consecutive challenges holds each family
 //! once. Under the null only the *average* of the family means is bounded, not each one, so a
@@ -41,6 +48,7 @@
 //! This room is pure: no models, no I/O.
 
 pub mod detector;
+pub mod fixed;
 pub mod uniformity;
 
 use serde::{Deserialize, Serialize};
@@ -48,159 +56,33 @@ use serde::{Deserialize, Serialize};
 /// Challenges per stratification cycle (the number of families).
 pub const CYCLE: usize = crate::challenge::FAMILIES.len();
 
-/// How the gambler bets: a mixture of fixed bets on a grid and one variance-adaptive bet.
-///
-/// Every component is a test supermartingale at cycle ends on its own, so any fixed-weight
-/// mixture of them is one too, and Ville's inequality bounds the error of the mixture. The
-/// grid serves clear evidence (every score at 0, or above the clip) in the fewest cycles the
-/// bold bet allows; the adaptive bet serves scores that are spread out but on one side of the
-/// null, where the best fraction depends on their variance.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Betting {
-    /// Prior weight of the adaptive component (0: grid only).
-    pub adaptive_weight: f64,
-    /// Prior weight of the grid's boldest bet, as a share of the grid's weight; the other
-    /// grid bets share the rest equally.
-    pub bold_weight: f64,
-    /// The adaptive bet's largest fraction, as a share of the largest safe bet.
-    pub max_share: f64,
+/// The betting fractions of the mixture's grid, as shares of the largest safe bet, boldest
+/// first ([`fixed::SHARES`] as reals).
+pub fn bet_shares() -> impl Iterator<Item = f64> {
+    fixed::SHARES
+        .iter()
+        .map(|&p| p as f64 / fixed::SHARE_DEN as f64)
 }
 
-impl Betting {
-    /// pot's betting (chosen by simulation: `examples/test_design.rs`, BENCHMARKS.md).
-    pub const POT: Betting = Betting {
-        adaptive_weight: 0.0,
-        bold_weight: 0.5,
-        max_share: 0.9,
+/// The mixture's prior weights: half on the boldest bet, the rest equally
+/// ([`fixed::WEIGHTS`] as reals).
+pub fn bet_weights() -> impl Iterator<Item = f64> {
+    fixed::WEIGHTS
+        .iter()
+        .map(|&c| c as f64 / fixed::WEIGHT_DEN as f64)
+}
+
+/// The test's grid nulls: (DIFFERENT side refuting "μ ≤ γ", SAME side refuting "μ ≥ δ").
+pub(crate) fn grid_nulls(p: &TestParams) -> Result<(u64, u64), ParamError> {
+    let e = || {
+        ParamError(format!(
+            "the margins γ = {} and δ = {} must lie at least 3 steps of 2^-{} of the clip B = {} inside (0, B) for the test's fixed-point arithmetic",
+            p.gamma, p.delta, fixed::SCORE_BITS, p.clip
+        ))
     };
-
-    fn grid_weight(&self, g: usize) -> f64 {
-        let grid = 1.0 - self.adaptive_weight;
-        if g == 0 {
-            grid * self.bold_weight
-        } else {
-            grid * (1.0 - self.bold_weight) / (LAMBDA_SHARES.len() - 1) as f64
-        }
-    }
-}
-
-/// Betting fractions of the grid, as shares of the largest safe bet.
-const LAMBDA_SHARES: [f64; 12] = [
-    0.95, 0.7, 0.5, 0.35, 0.25, 0.17, 0.12, 0.08, 0.05, 0.03, 0.02, 0.01,
-];
-
-/// One side of the test: the wealth of a gambler refuting `μ ≤ m` (`up`) or `μ ≥ m` on
-/// scaled scores `x ∈ [0, 1]`. With `y = ±(x − m)` (the gain per unit bet), every bet `λ` lies
-/// in `[0, cap]`, `cap = 1 / max(−y)`, so that no factor `1 + λ y` is negative.
-#[derive(Clone, Debug)]
-struct Side {
-    m: f64,
-    up: bool,
-    betting: Betting,
-    /// log-wealth of each grid bet.
-    grid: Vec<f64>,
-    /// log-wealth of the adaptive bet.
-    adaptive: f64,
-    /// The adaptive bet of the current cycle (chosen at the last cycle end).
-    lambda: f64,
-    /// Σ y and Σ y² over completed cycles.
-    sum: f64,
-    sum_sq: f64,
-    /// Gains of the current cycle, folded into the sums at its end.
-    pending: Vec<f64>,
-}
-
-impl Side {
-    fn new(m: f64, up: bool, betting: Betting) -> Self {
-        let mut s = Self {
-            m,
-            up,
-            betting,
-            grid: vec![0.0; LAMBDA_SHARES.len()],
-            adaptive: 0.0,
-            lambda: 0.0,
-            sum: 0.0,
-            sum_sq: 0.0,
-            pending: Vec::with_capacity(CYCLE),
-        };
-        s.lambda = s.next_lambda();
-        s
-    }
-
-    fn cap(&self) -> f64 {
-        if self.up {
-            1.0 / self.m
-        } else {
-            1.0 / (1.0 - self.m)
-        }
-    }
-
-    /// The adaptive bet for the next cycle, from completed cycles only (predictable):
-    /// aGRAPA's `Σy / Σy²` (Waudby-Smith & Ramdas 2023, §B.2), the first-order Kelly bet,
-    /// clipped to `[0, max_share · cap]`. Before any data it bets half the largest bet.
-    fn next_lambda(&self) -> f64 {
-        let top = self.betting.max_share * self.cap();
-        if self.sum_sq <= 0.0 {
-            return 0.5 * top;
-        }
-        (self.sum / self.sum_sq).clamp(0.0, top)
-    }
-
-    fn push(&mut self, x: f64, cycle_end: bool) {
-        let y = if self.up { x - self.m } else { self.m - x };
-        let cap = self.cap();
-        for (w, s) in self.grid.iter_mut().zip(LAMBDA_SHARES) {
-            *w += (1.0 + s * cap * y).ln();
-        }
-        self.adaptive += (1.0 + self.lambda * y).ln();
-        self.pending.push(y);
-        if cycle_end {
-            for y in self.pending.drain(..) {
-                self.sum += y;
-                self.sum_sq += y * y;
-            }
-            self.lambda = self.next_lambda();
-        }
-    }
-
-    /// log of the mixture wealth.
-    fn log_wealth(&self) -> f64 {
-        let b = self.betting;
-        let terms = self
-            .grid
-            .iter()
-            .enumerate()
-            .map(|(g, w)| (b.grid_weight(g), *w))
-            .chain(std::iter::once((b.adaptive_weight, self.adaptive)));
-        log_sum_weighted_exp(terms)
-    }
-}
-
-/// `ln Σ w_i e^{v_i}` over the terms with positive weight.
-fn log_sum_weighted_exp(terms: impl Iterator<Item = (f64, f64)> + Clone) -> f64 {
-    let m = terms
-        .clone()
-        .filter(|(w, _)| *w > 0.0)
-        .map(|(_, v)| v)
-        .fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + terms
-        .filter(|(w, _)| *w > 0.0)
-        .map(|(w, v)| w * (v - m).exp())
-        .sum::<f64>()
-        .ln()
-}
-
-/// log-wealth after the whole scaled stream `xs` (cycle ends at multiples of [`CYCLE`]) of a
-/// gambler refuting `μ ≤ m` (`up`) or `μ ≥ m`.
-fn log_wealth(xs: &[f64], m: f64, up: bool, betting: Betting) -> f64 {
-    let mut side = Side::new(m, up, betting);
-    for (i, x) in xs.iter().enumerate() {
-        side.push(*x, (i + 1) % CYCLE == 0);
-    }
-    side.log_wealth()
+    let up = fixed::null_at_most(p.gamma / p.clip).ok_or_else(e)?;
+    let down = fixed::null_at_least(p.delta / p.clip).ok_or_else(e)?;
+    Ok((up, down))
 }
 
 /// Scores above this many nats count as this many in the served-precision estimate
@@ -231,11 +113,11 @@ pub struct TestParams {
 pub struct ParamError(pub String);
 
 impl TestParams {
-    /// Check `0 < α < 1`, `0 < γ ≤ δ < B`, `n_min ≤ n_max`.
+    /// Check `10⁻⁹ ≤ α < 1`, `0 < γ ≤ δ < B` (with room for the score grid), `n_min ≤ n_max`.
     pub fn validate(&self) -> Result<(), ParamError> {
         let e = |s: &str| Err(ParamError(s.to_string()));
-        if !(self.alpha > 0.0 && self.alpha < 1.0) {
-            return e("--alpha must lie strictly between 0 and 1");
+        if !(self.alpha >= fixed::MIN_ALPHA && self.alpha < 1.0) {
+            return e("--alpha must lie in [1e-9, 1)");
         }
         if !(self.gamma > 0.0 && self.gamma <= self.delta && self.delta < self.clip) {
             return e("margins must satisfy 0 < --gamma <= --delta < --clip");
@@ -243,7 +125,7 @@ impl TestParams {
         if self.n_max == 0 || self.n_min > self.n_max {
             return e("--n-min must not exceed --n-max, and --n-max must be positive");
         }
-        Ok(())
+        grid_nulls(self).map(|_| ())
     }
 }
 
@@ -274,12 +156,13 @@ impl Decision {
 #[derive(Clone, Debug)]
 pub struct SequentialTest {
     params: TestParams,
-    betting: Betting,
     scores: Vec<f64>,
     /// The DIFFERENT test: refuting μ ≤ γ.
-    different: Side,
+    different: fixed::Side,
     /// The SAME test: refuting μ ≥ δ.
-    same: Side,
+    same: fixed::Side,
+    /// Where the mixtures cross 1/α.
+    threshold: u128,
     /// Sampled-text runs: the uniformity e-process on the PITs, which alone decides.
     uniformity: Option<uniformity::Uniformity>,
     /// Greedy text runs whose scores carry the fit of the text to the reference sampled at
@@ -322,20 +205,16 @@ pub struct Status {
 }
 
 impl SequentialTest {
-    /// A test with no challenges yet, betting as pot does ([`Betting::POT`]).
+    /// A test with no challenges yet.
     pub fn new(params: TestParams) -> Result<Self, ParamError> {
-        Self::with_betting(params, Betting::POT)
-    }
-
-    /// A test with another betting strategy (for simulations that compare strategies).
-    pub fn with_betting(params: TestParams, betting: Betting) -> Result<Self, ParamError> {
         params.validate()?;
+        let (up, down) = grid_nulls(&params)?;
         Ok(Self {
             params,
-            betting,
             scores: Vec::new(),
-            different: Side::new(params.gamma / params.clip, true, betting),
-            same: Side::new(params.delta / params.clip, false, betting),
+            different: fixed::Side::new(fixed::Null::AtMost, up),
+            same: fixed::Side::new(fixed::Null::AtLeast, down),
+            threshold: fixed::threshold(params.alpha),
             uniformity: None,
             sampled_fit: None,
             decision: None,
@@ -420,37 +299,40 @@ impl SequentialTest {
         s.clamp(0.0, clip)
     }
 
-    fn scaled(&self, s: f64) -> f64 {
-        Self::clipped(s, self.params.clip) / self.params.clip
+    /// The scores seen, on the test's grid ([`fixed::quantize`] at the clip bound).
+    pub fn grid_scores(&self) -> Vec<u64> {
+        self.scores
+            .iter()
+            .map(|s| fixed::quantize(*s, self.params.clip))
+            .collect()
     }
 
     /// Add one challenge's score (NaN counts as the clip bound: maximal divergence) and
     /// return the verdict once reached. After a decision, further scores change nothing.
     pub fn push(&mut self, score: f64) -> Option<Decision> {
         let p = self.params;
-        let x = self.scaled(score);
+        let q = fixed::quantize(score, p.clip);
         self.scores.push(score);
         let n = self.scores.len();
         let cycle_end = n.is_multiple_of(CYCLE);
-        self.different.push(x, cycle_end);
-        self.same.push(x, cycle_end);
+        self.different.push(q);
+        self.same.push(q);
         if let Some(u) = &self.uniformity {
             if self.decision.is_none() && n >= p.n_min && u.log_e() >= (1.0 / p.alpha).ln() {
                 self.decision = Some(Decision::Different);
             }
         } else if self.decision.is_none() && cycle_end && n >= p.n_min {
-            let threshold = (1.0 / p.alpha).ln();
-            let wd = self.different.log_wealth();
-            let ws = self.same.log_wealth();
+            let wd = self.different.mixture();
+            let ws = self.same.mixture();
             // Both can cross only when μ lies between γ and δ, where either verdict is right;
             // the larger wealth (stronger evidence) wins.
             let refuted = self
                 .sampled_fit
                 .as_ref()
-                .is_none_or(|f| f.log_e() >= threshold);
-            if wd >= threshold && wd >= ws && refuted {
+                .is_none_or(|f| f.log_e() >= (1.0 / p.alpha).ln());
+            if wd >= self.threshold && wd >= ws && refuted {
                 self.decision = Some(Decision::Different);
-            } else if ws >= threshold {
+            } else if ws >= self.threshold {
                 self.decision = Some(Decision::Same);
             }
         }
@@ -513,11 +395,11 @@ impl SequentialTest {
                 upper: clip,
             };
         }
-        let xs: Vec<f64> = self.scores[..full]
+        let qs: Vec<u64> = self.scores[..full]
             .iter()
-            .map(|s| Self::clipped(*s, clip) / clip)
+            .map(|s| fixed::quantize(*s, clip))
             .collect();
-        let threshold = (1.0 / self.params.alpha).ln();
+        let alpha = self.params.alpha;
         // Candidate means on a geometric grid, m_i = LOW^(1 - i/GRID) for i in 1..GRID, from
         // just above 0 to just below 1 (and mirrored, 1 - m_i, for the upper end).
         const GRID: usize = 1000;
@@ -525,7 +407,8 @@ impl SequentialTest {
         let m_at = |i: usize| LOW.powf(1.0 - i as f64 / GRID as f64);
         // The largest i in 1..GRID with refuted(m_at(j)) for every j ≤ i (0 when m_at(1) is
         // not refuted), by bisection: refutation of "μ ≤ m" only weakens as m grows (each
-        // grid bet's factor (1 − s) + s·x/m falls with m), and likewise for "μ ≥ 1 − m".
+        // bet's factor falls with the grid null, and rounding down keeps that order), and
+        // likewise for "μ ≥ 1 − m".
         let last_refuted = |refuted: &dyn Fn(f64) -> bool| -> usize {
             let (mut lo, mut hi) = (0usize, GRID); // refuted at lo (or lo = 0), not at hi
             while hi - lo > 1 {
@@ -538,8 +421,16 @@ impl SequentialTest {
             }
             lo
         };
-        let i = last_refuted(&|m| log_wealth(&xs, m, true, self.betting) >= threshold);
-        let j = last_refuted(&|g| log_wealth(&xs, 1.0 - g, false, self.betting) >= threshold);
+        // Each candidate is placed on the score grid on its conservative side, as the
+        // decision's margins are.
+        let i = last_refuted(&|m| {
+            fixed::null_at_most(m)
+                .is_some_and(|g| fixed::refutes(fixed::Null::AtMost, g, &qs, alpha))
+        });
+        let j = last_refuted(&|g| {
+            fixed::null_at_least(1.0 - g)
+                .is_some_and(|n| fixed::refutes(fixed::Null::AtLeast, n, &qs, alpha))
+        });
         // "μ ≤ m_i" and "μ ≥ 1 − m_j" are refuted: the mean lies between (a valid statement at
         // the grid point itself, so the grid costs width, never coverage).
         let lower = if i == 0 { 0.0 } else { m_at(i) };
