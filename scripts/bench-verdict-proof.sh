@@ -5,7 +5,7 @@
 #
 #   scripts/bench-verdict-proof.sh [N ...]      # default: 10 50 200
 #
-# The public parameters (2^k points hashed to the curve: 5 s at k = 13, 105 s at k = 17 on
+# The public parameters (2^k points hashed to the curve: 5 s at k = 13, 4 to 7 minutes at k = 18 on
 # 2 cores) are made once and kept in ~/.cache/pot/halo2 (pinned by SHA-256 in src/zk); a
 # first pass makes them, so the measured pass shows proving and verifying as they run after.
 # Each N runs in its own process, so the peak memory is that N's.

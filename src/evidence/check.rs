@@ -543,14 +543,7 @@ fn verdict_proof(proof: &[u8], pr: &Predicate) -> Outcome {
             "a proof, but the statement records no score commitment to check it against".into(),
         );
     };
-    let statement = crate::zk::Statement {
-        params: pr.params,
-        decision: pr.decision,
-        queries: pr.queries,
-        lower: pr.lower,
-        upper: pr.upper,
-        commitment,
-    };
+    let statement = pr.proof_statement(commitment);
     let start = std::time::Instant::now();
     crate::zk::verify(&statement, proof).map_err(|e| e.to_string())?;
     Ok(format!(

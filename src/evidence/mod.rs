@@ -184,6 +184,21 @@ pub struct Predicate {
     pub pot: Tool,
 }
 
+impl Predicate {
+    /// The public statement a proof of this verdict proves: its parameters, verdict, queries
+    /// and bounds, against the score commitment.
+    pub fn proof_statement(&self, commitment: halo2_proofs::pasta::Fp) -> crate::zk::Statement {
+        crate::zk::Statement {
+            params: self.params,
+            decision: self.decision,
+            queries: self.queries,
+            lower: self.lower,
+            upper: self.upper,
+            commitment,
+        }
+    }
+}
+
 /// The challenge key in a bundle.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -683,14 +698,7 @@ pub fn prove_to(path: &Path, out: &Path, public: bool) -> Result<Proved, Evidenc
         .iter()
         .map(|(_, q)| crate::stats::fixed::quantize(q.score.score, clip))
         .collect();
-    let statement = crate::zk::Statement {
-        params: pr.params,
-        decision: pr.decision,
-        queries: pr.queries,
-        lower: pr.lower,
-        upper: pr.upper,
-        commitment,
-    };
+    let statement = pr.proof_statement(commitment);
     let witness = crate::zk::Witness {
         salt: crate::zk::salt_of(&key),
         qs,
@@ -735,30 +743,9 @@ pub fn prove_to(path: &Path, out: &Path, public: bool) -> Result<Proved, Evidenc
 
 /// Replace `path` with `bytes` whole: a temporary file renamed over it.
 fn replace(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(crate::FileError::new(
-            path,
-            "cannot write the bundle",
-            "; check the folder is writable",
-            e,
-        )
-        .into());
-    }
-    Ok(())
+    through_temporary(path, bytes, "; check the folder is writable", |tmp| {
+        std::fs::rename(tmp, path)
+    })
 }
 
 /// Write `bytes` to `path`, which must not exist, through a temporary file: a reader never
@@ -769,6 +756,26 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
             path: path.display().to_string(),
         });
     }
+    through_temporary(
+        path,
+        bytes,
+        "; check the folder exists and is writable",
+        |tmp| {
+            // Never replaces a file that appeared meanwhile.
+            std::fs::hard_link(tmp, path)?;
+            std::fs::remove_file(tmp)
+        },
+    )
+}
+
+/// Write `bytes` to a temporary file beside `path`, synced, then put it in place with
+/// `finish`; on any failure the temporary file is removed and the error names `path`.
+fn through_temporary(
+    path: &Path,
+    bytes: &[u8],
+    fix: &'static str,
+    finish: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), EvidenceError> {
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
         path.file_name()
@@ -780,19 +787,11 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        // Never replaces a file that appeared meanwhile.
-        std::fs::hard_link(&tmp, path)?;
-        std::fs::remove_file(&tmp)
+        finish(&tmp)
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(crate::FileError::new(
-            path,
-            "cannot write the bundle",
-            "; check the folder exists and is writable",
-            e,
-        )
-        .into());
+        return Err(crate::FileError::new(path, "cannot write the bundle", fix, e).into());
     }
     Ok(())
 }
