@@ -71,7 +71,7 @@ pub(crate) fn print_bundle(made: Option<&pot::evidence::Created>) -> Result<()> 
         )?;
         if let Some(p) = &m.proof {
             outln!(
-                "  proof  {} after {} proven from the committed scores ({} B, {:.1} s)",
+                "  proof  {} after {} and its bounds proven from the committed scores ({} B, {:.1} s)",
                 p.decision.as_str(),
                 p.queries,
                 p.proof_bytes,

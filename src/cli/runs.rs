@@ -176,7 +176,7 @@ pub(super) fn cmd_bundle(b: BundleCommand) -> Result<ExitCode> {
                     )?;
                 }
                 if r.public && r.valid {
-                    outln!("note: a public bundle: the verdict follows from the committed scores by pot's test; the scores themselves, the challenges and the transcript are withheld and not checked")?;
+                    outln!("note: a public bundle: the verdict, its queries and its bounds follow from the committed scores by pot's test; the scores themselves, the challenges and the transcript are withheld and not checked")?;
                 }
                 match r.first_failure() {
                     None => outln!(
@@ -221,7 +221,7 @@ pub(super) fn cmd_prove(
     let out = out.unwrap_or_else(|| bundle.clone());
     if !json {
         eprintln!(
-            "pot: proving the verdict of {} (Halo2; about a minute per 50 challenges on 2 cores)",
+            "pot: proving the verdict of {} (Halo2: seconds for 10 challenges, about 2 minutes for 200 on 2 cores)",
             bundle.display()
         );
     }
@@ -230,7 +230,7 @@ pub(super) fn cmd_prove(
         outln!("{}", serde_json::to_string_pretty(&p)?)?;
     } else {
         outln!(
-            "proved    {} after {} from the committed scores: {} B proof (2^{} rows), {:.1} s to prove, {:.2} s to verify",
+            "proved    {} after {}, and its bounds, from the committed scores: {} B proof (2^{} rows), {:.1} s to prove, {:.2} s to verify",
             p.decision.as_str(),
             p.queries,
             p.proof_bytes,
